@@ -1,0 +1,53 @@
+"""Bytes in, bytes out: decode an OTLP body, evaluate it, encode what is left.
+
+JSON bodies are parsed with orjson and protobuf bodies with the upb-backed OTLP
+messages; neither is ever converted into the other. When nothing was dropped or
+changed the original bytes are returned untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from edge.engine.engine import Engine, Outcome
+from edge.engine.otlp_json import BatchShapeError, JsonLogs, JsonMetrics, JsonTraces
+
+JSON_BATCHES = {"log": JsonLogs, "metric": JsonMetrics, "trace": JsonTraces}
+
+
+class UndecodableBody(ValueError):
+    """The body is not OTLP in the declared encoding: the caller forwards it raw (fail-open)."""
+
+
+@dataclass(slots=True)
+class Evaluated:
+    body: bytes
+    outcome: Outcome
+
+
+def is_protobuf(content_type: str | None) -> bool:
+    return bool(content_type) and "protobuf" in content_type.lower()
+
+
+def evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None) -> Evaluated:
+    """Evaluate one OTLP body; raises UndecodableBody when it cannot be parsed."""
+    if is_protobuf(content_type):
+        from edge.engine.otlp_proto import PROTO_BATCHES, parse_request
+
+        message = parse_request(signal, body)
+        batch = PROTO_BATCHES[signal](message)
+        outcome = engine.evaluate(signal, batch)
+        return Evaluated(message.SerializeToString() if outcome.changed else body, outcome)
+    try:
+        doc = orjson.loads(body)
+        batch = JSON_BATCHES[signal](doc)
+    except (orjson.JSONDecodeError, BatchShapeError) as exc:
+        raise UndecodableBody(f"not an OTLP/JSON {signal} request: {exc}") from None
+    outcome = engine.evaluate(signal, batch)
+    return Evaluated(orjson.dumps(doc) if outcome.changed else body, outcome)
+
+
+def evaluate_body(engine: Engine, signal: str, body: bytes, content_type: str | None) -> bytes:
+    return evaluate(engine, signal, body, content_type).body

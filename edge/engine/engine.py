@@ -1,0 +1,219 @@
+"""The policy engine: decides keep/drop, samples, limits and transforms a batch.
+
+One `Engine` wraps one snapshot plus the state that outlives it (rate-limit windows,
+match statistics, extension handlers). Work per batch is: one column extraction and
+one scan per field, a few big-int operations per policy, and per-record Python only
+where the outcome really is per record (sampling draws, transforms, tracestate).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from edge.engine import bits, sampling
+from edge.engine.extensions import ExtensionRegistry, dispatch
+from edge.engine.matching import condition_masks, policy_masks
+from edge.engine.ratelimit import LocalRateLimiter, RateLimiter
+from edge.engine.stats import MatchStats
+from edge.engine.transforms import apply_transforms
+from edge.engine.values import MISSING, OTHER, Column
+from edge.policy.model import LOG, METRIC, TRACE, CompiledPolicy, SignalPlan
+from edge.policy.snapshot import Snapshot
+
+TRACE_ID_KEY = ("log_field", 3)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to a batch."""
+
+    total: int
+    kept: int
+    changed: bool  # records were dropped or modified: the document must be re-serialised
+
+    @property
+    def dropped(self) -> int:
+        return self.total - self.kept
+
+
+def per_record(column: Column, n: int) -> list[Any]:
+    """A column as one value per record (group-level values repeated over their records)."""
+    if column.owners is None:
+        return column.values
+    out: list[Any] = [MISSING] * n
+    for value, owner in zip(column.values, column.owners, strict=True):
+        for i in bits.indices(owner):
+            out[i] = value
+    return out
+
+
+def _key_bytes(value: Any) -> bytes | None:
+    if value is MISSING or value is OTHER:
+        return None
+    if value.__class__ is bytes:
+        return value
+    if value.__class__ is str:
+        return value.encode()
+    if value.__class__ is bool:
+        return b"true" if value else b"false"
+    return str(value).encode()
+
+
+class Engine:
+    def __init__(self, snapshot: Snapshot, *, limiter: RateLimiter | None = None,
+                 stats: MatchStats | None = None, extensions: ExtensionRegistry | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.snapshot = snapshot
+        self.limiter = limiter if limiter is not None else LocalRateLimiter()
+        self.stats = stats if stats is not None else MatchStats()
+        self.extensions = extensions
+        self.rng = rng or random.SystemRandom()
+
+    # ── shared steps ──
+
+    def _match(self, plan: SignalPlan, batch: Any) -> list[tuple[CompiledPolicy, int]]:
+        masks = condition_masks(self.snapshot, plan, batch)
+        return list(zip(plan.policies, policy_masks(plan, masks, batch.full), strict=True))
+
+    def _count(self, matched: list[tuple[CompiledPolicy, int]], alive: int,
+               caused: dict[str, int]) -> None:
+        """Hits and misses (POLICY.md §7) for every policy that matched something."""
+        for policy, mask in matched:
+            if not mask:
+                continue
+            kept = (mask & alive).bit_count()
+            cause = caused.get(policy.id, 0)
+            self.stats.add(policy.id, kept + cause, mask.bit_count() - kept - cause)
+
+    def _finish(self, signal: str, batch: Any, matched: list[tuple[CompiledPolicy, int]], alive: int) -> None:
+        if self.extensions:
+            dispatch(self.extensions, signal, [p for p, _ in matched], [m for _, m in matched],
+                     alive, batch.full, batch.export)
+
+    # ── logs ──
+
+    def _sample_drop(self, policy: CompiledPolicy, candidates: int, batch: Any) -> int:
+        keep = policy.log_keep
+        t = sampling.threshold(keep.percent)
+        if t == 0:
+            return 0
+        if t >= sampling.SPACE:
+            return candidates
+        drop = 0
+        positions = bits.indices(candidates)
+        if policy.sample_key is None:
+            draw = self.rng.getrandbits
+            for i in positions:
+                if draw(sampling.BITS) < t:
+                    drop |= 1 << i
+            return drop
+        values = per_record(batch.column(policy.sample_key), batch.n)
+        by_trace_id = policy.sample_key == TRACE_ID_KEY
+        for i in positions:
+            raw = _key_bytes(values[i])
+            if not raw:
+                continue  # an absent sample key keeps the record
+            r = sampling.randomness_of_trace_id(raw) if by_trace_id else sampling.randomness_of_key(raw)
+            if r < t:
+                drop |= 1 << i
+        return drop
+
+    def _rate_drop(self, policy: CompiledPolicy, candidates: int) -> int:
+        keep = policy.log_keep
+        positions = bits.indices(candidates)
+        granted = self.limiter.take(policy.id, keep.rate, keep.window_s, len(positions))
+        if granted >= len(positions):
+            return 0
+        return bits.from_indices(positions[granted:], positions[-1] + 1)
+
+    def evaluate_logs(self, batch: Any) -> Outcome:
+        plan = self.snapshot.plan(LOG)
+        if not plan or not batch.n:
+            return Outcome(batch.n, batch.n, False)
+        matched = self._match(plan, batch)
+        alive = batch.full
+        caused: dict[str, int] = {}
+        order = sorted((pm for pm in matched if pm[1]), key=lambda pm: pm[0].log_keep.restrictiveness())
+        for policy, mask in order:
+            kind = policy.log_keep.kind
+            candidates = mask & alive
+            if kind == "all" or not candidates:
+                continue
+            if kind == "none":
+                drop = candidates
+            elif kind == "percent":
+                drop = self._sample_drop(policy, candidates, batch)
+            else:
+                drop = self._rate_drop(policy, candidates)
+            if drop:
+                caused[policy.id] = drop.bit_count()
+                alive &= ~drop
+        self._count(matched, alive, caused)
+        self._finish(LOG, batch, matched, alive)
+        apply_transforms(batch, self.snapshot, [(p, m & alive) for p, m in matched], self.stats)
+        batch.keep_only(alive)
+        return Outcome(batch.n, alive.bit_count(), batch.changed)
+
+    # ── metrics ──
+
+    def evaluate_metrics(self, batch: Any) -> Outcome:
+        plan = self.snapshot.plan(METRIC)
+        if not plan or not batch.n:
+            return Outcome(batch.n, batch.n, False)
+        matched = self._match(plan, batch)
+        alive = batch.full
+        caused: dict[str, int] = {}
+        for policy, mask in matched:
+            drop = mask & alive
+            if not policy.metric_keep and drop:
+                caused[policy.id] = drop.bit_count()
+                alive &= ~drop
+        self._count(matched, alive, caused)
+        self._finish(METRIC, batch, matched, alive)
+        batch.keep_only(alive)
+        return Outcome(batch.n, alive.bit_count(), batch.changed)
+
+    # ── traces ──
+
+    def evaluate_traces(self, batch: Any) -> Outcome:
+        plan = self.snapshot.plan(TRACE)
+        if not plan or not batch.n:
+            return Outcome(batch.n, batch.n, False)
+        matched = [(p, m) for p, m in self._match(plan, batch)]
+        alive = batch.full
+        caused: dict[str, int] = {}
+        # Most restrictive first: the lowest percentage decides a span; ties by policy id.
+        order = sorted((pm for pm in matched if pm[1]), key=lambda pm: pm[0].trace_keep.percentage)
+        decided = 0
+        for policy, mask in order:
+            todo = mask & ~decided
+            if not todo:
+                continue
+            decided |= todo
+            drop = 0
+            for i in bits.indices(todo):
+                decision = sampling.decide_span(policy.trace_keep, batch.trace_id(i), batch.trace_state(i))
+                if not decision.keep:
+                    drop |= 1 << i
+                elif decision.tracestate is not None:
+                    batch.set_trace_state(i, decision.tracestate)
+            if drop:
+                caused[policy.id] = drop.bit_count()
+                alive &= ~drop
+        self._count(matched, alive, caused)
+        self._finish(TRACE, batch, matched, alive)
+        batch.keep_only(alive)
+        return Outcome(batch.n, alive.bit_count(), batch.changed)
+
+    def evaluate(self, signal: str, batch: Any) -> Outcome:
+        if signal == LOG:
+            return self.evaluate_logs(batch)
+        if signal == METRIC:
+            return self.evaluate_metrics(batch)
+        return self.evaluate_traces(batch)
+
+
+__all__ = ["Engine", "Outcome", "math"]

@@ -1,0 +1,182 @@
+"""Evaluate every condition of a signal against a batch, one field at a time.
+
+For each field the values of all records are joined with `\\n` into one buffer and
+scanned once with the field's Hyperscan database (compiled MULTILINE, so `^`/`$` see
+record boundaries). Match ends are mapped back to records with a bisect. Reports that
+Hyperscan cannot settle alone are verified with RE2 on that one value: records whose
+value itself contains a newline, and regex matches whose leftmost start lies before
+the record (a match that spans the separator). The result is one bitmask per condition.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import defaultdict
+from itertools import accumulate
+from typing import Any, Protocol
+
+import hyperscan
+
+from edge.engine import bits
+from edge.engine.values import MISSING, Column, string_view
+from edge.policy.model import Condition, FieldPlan, Op, SignalPlan
+from edge.policy.snapshot import Snapshot
+
+_SOM = hyperscan.HS_FLAG_SOM_LEFTMOST
+
+
+class Batch(Protocol):
+    n: int
+    full: int
+
+    def column(self, key: Any) -> Column: ...
+
+    def strings(self, key: Any) -> Column: ...
+
+
+def _fold(matched_values: list[int], owners: list[int] | None) -> int:
+    """Value positions -> record mask."""
+    if owners is None:
+        return sum(1 << i for i in matched_values) if len(matched_values) < 64 else \
+            bits.from_indices(matched_values, max(matched_values) + 1)
+    mask = 0
+    for j in matched_values:
+        mask |= owners[j]
+    return mask
+
+
+def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Column,
+                masks: list[int]) -> None:
+    """String conditions of one field: one Hyperscan scan plus RE2 for the rest."""
+    values = column.values
+    present = [i for i, v in enumerate(values) if v is not None]
+    if not present:
+        return
+    matched: dict[int, set[int]] = defaultdict(set)  # condition -> value positions
+    if fp.scanned and fp.hs_database is not None:
+        _hyperscan_pass(snapshot, plan, fp, values, present, matched)
+    for ci in fp.re2_only:
+        program = snapshot.regex(plan.conditions[ci].re2_pattern)
+        search = program.search
+        verdicts: dict[str, bool] = {}
+        hits = matched[ci]
+        for i in present:
+            v = values[i]
+            verdict = verdicts.get(v)
+            if verdict is None:
+                verdict = verdicts[v] = search(v) is not None
+            if verdict:
+                hits.add(i)
+    for ci, positions in matched.items():
+        if positions:
+            masks[ci] |= _fold(sorted(positions), column.owners)
+
+
+def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[Any],
+                    present: list[int], matched: dict[int, set[int]]) -> None:
+    encoded = [values[i].encode() for i in present]
+    buffer = b"\n".join(encoded)
+    starts = list(accumulate((len(e) + 1 for e in encoded), initial=0))
+    reports: list[tuple[int, int, int]] = []
+    add = reports.append
+
+    def on_match(cid: int, start: int, end: int, flags: int, context: Any) -> None:
+        add((cid, start, end))
+
+    db, scratch = snapshot.database(plan.signal, fp.key)
+    db.scan(buffer, match_event_handler=on_match, scratch=scratch)
+    if not reports:
+        return
+    dirty: set[int] = set()
+    if buffer.count(b"\n") != len(encoded) - 1:
+        dirty = {k for k, e in enumerate(encoded) if b"\n" in e}
+    conditions = plan.conditions
+    to_verify: set[tuple[int, int]] = set()
+    for cid, start, end in reports:
+        k = bisect_right(starts, end - 1) - 1
+        if (k in dirty or end >= starts[k + 1]
+                or (start < starts[k] and conditions[cid].hs_flags & _SOM)):
+            to_verify.add((cid, k))
+        else:
+            matched[cid].add(present[k])
+    for cid, k in to_verify:
+        if snapshot.regex(conditions[cid].re2_pattern).search(values[present[k]]) is not None:
+            matched[cid].add(present[k])
+
+
+# ── typed conditions ───────────────────────────────────────────────────────
+
+
+def _is_number(v: Any) -> bool:
+    return (v.__class__ is int or v.__class__ is float)
+
+
+def _equals(v: Any, operand: Any) -> bool:
+    if operand.__class__ is bool or v.__class__ is bool:
+        return v.__class__ is bool and operand.__class__ is bool and v == operand
+    if _is_number(operand):
+        return _is_number(v) and v == operand
+    return v.__class__ is operand.__class__ and v == operand
+
+
+_COMPARE = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+def _typed_mask(condition: Condition, column: Column, full: int) -> int:
+    values = column.values
+    op = condition.op
+    if op is Op.EXISTS:
+        hits = [i for i, v in enumerate(values) if v is not MISSING]
+        mask = _fold(hits, column.owners) if hits else 0
+        return mask if condition.operand else full & ~mask
+    if op is Op.EQUALS:
+        operand = condition.operand
+        hits = [i for i, v in enumerate(values) if _equals(v, operand)]
+    elif op is Op.COMPARE:
+        name, number = condition.operand
+        compare = _COMPARE[name]
+        hits = [i for i, v in enumerate(values) if _is_number(v) and v.__class__ is not bool and compare(v, number)]
+    elif op is Op.ENUM:
+        hits = [i for i, v in enumerate(values) if v == condition.operand]
+    elif op is Op.PRESENT:
+        target = condition.field[1]
+        hits = [i for i, v in enumerate(values) if v == target]
+    elif op is Op.NON_EMPTY:
+        hits = [i for i, v in enumerate(values) if string_view(v) is not None]
+    else:  # Op.NEVER
+        hits = []
+    return _fold(hits, column.owners) if hits else 0
+
+
+def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Batch) -> list[int]:
+    """One record mask per condition of the plan, negation applied."""
+    masks = [0] * len(plan.conditions)
+    for key, fp in plan.fields.items():
+        if fp.scanned or fp.re2_only:
+            _scan_field(snapshot, plan, fp, batch.strings(key), masks)
+        if fp.typed:
+            column = batch.column(key)
+            for ci in fp.typed:
+                masks[ci] = _typed_mask(plan.conditions[ci], column, batch.full)
+    for condition in plan.conditions:
+        if condition.negate:
+            masks[condition.index] ^= batch.full
+    return masks
+
+
+def policy_masks(plan: SignalPlan, masks: list[int], full: int) -> list[int]:
+    """Per valid policy (plan order): the records on which all its conditions hold."""
+    out = []
+    for policy in plan.policies:
+        mask = full
+        for ci in policy.conditions:
+            mask &= masks[ci]
+            if not mask:
+                break
+        out.append(mask)
+    return out

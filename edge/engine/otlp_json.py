@@ -1,0 +1,480 @@
+"""OTLP/JSON documents (as parsed by orjson) seen as batches of records.
+
+The evaluator asks a batch for columns (one field's values for every record) and for
+a handful of mutations; it never walks the document itself. Records are the dicts
+inside the document, so kept records are forwarded exactly as they arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edge.engine import bits
+from edge.engine.values import (
+    MISSING,
+    OTHER,
+    Column,
+    hex_id_bytes,
+    json_any_value,
+    json_string_view,
+)
+from edge.policy.model import FieldKey
+
+
+class BatchShapeError(ValueError):
+    """The document is valid JSON but not OTLP: evaluate nothing, forward it as is."""
+
+
+def _scalar(value: Any) -> Any:
+    if not value:
+        return MISSING
+    return value if value.__class__ is str else OTHER
+
+
+def _scalar_string(value: Any) -> str | None:
+    return value if value.__class__ is str and value else None
+
+
+def _hex_string(value: Any) -> str | None:
+    return value.lower() if value.__class__ is str and value else None
+
+
+_ENUM_NUMBERS: dict[str, int] = {
+    **{f"SPAN_KIND_{n}": i for i, n in enumerate(
+        ["UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"])},
+    **{f"STATUS_CODE_{n}": i for i, n in enumerate(["UNSET", "OK", "ERROR"])},
+    **{f"AGGREGATION_TEMPORALITY_{n}": i for i, n in enumerate(["UNSPECIFIED", "DELTA", "CUMULATIVE"])},
+}
+
+
+def _enum(value: Any) -> Any:
+    if value is None:
+        return 0
+    if value.__class__ is int:
+        return value
+    if value.__class__ is str:
+        return _ENUM_NUMBERS.get(value, int(value) if value.isdigit() else OTHER)
+    return OTHER
+
+
+def _body(value: Any) -> Any:
+    """Body values: an empty string body counts as absent (compound_empty_vs_missing)."""
+    typed = json_any_value(value)
+    return MISSING if typed == "" else typed
+
+
+# (typed converter, string-view converter) per kind of raw value
+CONVERTERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], str | None]]] = {
+    "any": (json_any_value, json_string_view),
+    "body": (_body, json_string_view),
+    "scalar": (_scalar, _scalar_string),
+    "hexid": (hex_id_bytes, _hex_string),
+    "enum": (_enum, lambda v: None),
+    "name": (lambda v: v if v.__class__ is str else MISSING, _scalar_string),
+}
+
+
+def find_attribute(attributes: Any, path: tuple[str, ...]) -> Any:
+    """Walk a KeyValue list along `path` (nested kvlistValue maps); the AnyValue or None."""
+    value = None
+    last = len(path) - 1
+    for depth, key in enumerate(path):
+        if attributes.__class__ is not list:
+            return None
+        for kv in attributes:
+            if kv.__class__ is dict and kv.get("key") == key:
+                value = kv.get("value")
+                break
+        else:
+            return None
+        if depth < last:
+            kvlist = value.get("kvlistValue") if value.__class__ is dict else None
+            attributes = kvlist.get("values") if kvlist.__class__ is dict else None
+    return value
+
+
+def _attributes_of(container: Any, holder: str | None) -> Any:
+    if holder is not None:
+        container = container.get(holder)
+        if container.__class__ is not dict:
+            return None
+    return container.get("attributes")
+
+
+class JsonBatch:
+    """Shared structure of resourceLogs / resourceMetrics / resourceSpans documents."""
+
+    TOP = SCOPES = RECORDS = ""
+    SCOPE_HOLDER = "scope"
+    # field key head (or (head, enum number)) -> (level, raw kind, getter)
+    FIELDS: dict[Any, tuple[str, str, Callable[[dict], Any]]] = {}
+
+    def __init__(self, doc: Any) -> None:
+        if doc.__class__ is not dict:
+            raise BatchShapeError("an OTLP document must be a JSON object")
+        self.doc = doc
+        self.records: list[dict] = []
+        self.resources: list[tuple[dict, int, int]] = []
+        self.scopes: list[tuple[dict, int, int, int]] = []
+        tops = doc.get(self.TOP) or []
+        if tops.__class__ is not list:
+            raise BatchShapeError(f"{self.TOP} must be a list")
+        for rl in tops:
+            if rl.__class__ is not dict:
+                raise BatchShapeError(f"{self.TOP} entries must be objects")
+            start = len(self.records)
+            scopes = rl.get(self.SCOPES) or []
+            if scopes.__class__ is not list:
+                raise BatchShapeError(f"{self.SCOPES} must be a list")
+            for sl in scopes:
+                recs = sl.get(self.RECORDS) or [] if sl.__class__ is dict else None
+                if recs.__class__ is not list or any(r.__class__ is not dict for r in recs):
+                    raise BatchShapeError(f"{self.RECORDS} must be a list of objects")
+                s = len(self.records)
+                self.records.extend(recs)
+                self.scopes.append((sl, s, len(self.records), len(self.resources)))
+            self.resources.append((rl, start, len(self.records)))
+        self.n = len(self.records)
+        self.full = bits.full_mask(self.n)
+        self.changed = False
+
+    # ── columns ──
+
+    def _spec(self, key: FieldKey) -> tuple[str, str, Callable[[Any], Any]]:
+        head = key[0]
+        if head in ("log_field", "metric_field", "trace_field"):
+            return self.FIELDS[(head, key[1])]
+        return self.FIELDS[head]
+
+    def _raw(self, key: FieldKey) -> tuple[list[Any], list[int] | None, bool]:
+        """(raw values, owners, multi-valued) for a field key."""
+        level, _, getter = self._spec(key)
+        if level == "record":
+            return [getter(r, key) for r in self.records], None, False
+        if level == "multi":
+            values: list[Any] = []
+            owners: list[int] = []
+            for i, r in enumerate(self.records):
+                found = getter(r, key)
+                values.extend(found)
+                owners.extend([1 << i] * len(found))
+            return values, owners, True
+        groups = self.resources if level == "resource" else self.scopes
+        return ([getter(g[0], key) for g in groups],
+                [bits.range_mask(g[1], g[2]) for g in groups], False)
+
+    def column(self, key: FieldKey) -> Column:
+        raw, owners, _ = self._raw(key)
+        convert = CONVERTERS[self._spec(key)[1]][0]
+        return Column([convert(v) for v in raw], owners)
+
+    def strings(self, key: FieldKey) -> Column:
+        raw, owners, _ = self._raw(key)
+        convert = CONVERTERS[self._spec(key)[1]][1]
+        return Column([convert(v) for v in raw], owners)
+
+    # ── output ──
+
+    def keep_only(self, alive: int) -> None:
+        """Remove every record whose bit is clear; prune scopes and resources left empty."""
+        if alive == self.full:
+            return
+        self.changed = True
+        flags = bits.flags(alive, self.n)
+        emptied_scopes = set()
+        for sl, start, end, _ in self.scopes:
+            if start == end:
+                continue
+            kept = [r for r, f in zip(sl[self.RECORDS], flags[start:end], strict=True) if f == "1"]
+            sl[self.RECORDS] = kept
+            if not kept:
+                emptied_scopes.add(id(sl))
+        if not emptied_scopes:
+            return
+        for rl, _, _ in self.resources:
+            scopes = rl.get(self.SCOPES)
+            if scopes:
+                rl[self.SCOPES] = [sl for sl in scopes if id(sl) not in emptied_scopes]
+        self.doc[self.TOP] = [rl for rl, _, _ in self.resources if rl.get(self.SCOPES)]
+
+    def export(self, i: int) -> dict[str, Any]:
+        """A standalone copy of record i with its resource and scope (for extensions)."""
+        import copy
+
+        sl = next(s for s in self.scopes if s[1] <= i < s[2])
+        rl = self.resources[sl[3]][0]
+        return {
+            "resource": copy.deepcopy(rl.get("resource") or {}),
+            "scope": copy.deepcopy(sl[0].get(self.SCOPE_HOLDER) or {}),
+            "record": copy.deepcopy(self.records[i]),
+        }
+
+
+def _record_attr(r: dict, key: FieldKey) -> Any:
+    return find_attribute(r.get("attributes"), key[1])
+
+
+def _resource_attr(rl: dict, key: FieldKey) -> Any:
+    return find_attribute(_attributes_of(rl, "resource"), key[1])
+
+
+def _scope_attr(sl: dict, key: FieldKey) -> Any:
+    return find_attribute(_attributes_of(sl, "scope"), key[1])
+
+
+def _scope_member(name: str) -> Callable[[dict, FieldKey], Any]:
+    def get(sl: dict, key: FieldKey) -> Any:
+        scope = sl.get("scope")
+        return scope.get(name) if scope.__class__ is dict else None
+    return get
+
+
+def _member(name: str) -> Callable[[dict, FieldKey], Any]:
+    return lambda d, key: d.get(name)
+
+
+_COMMON_FIELDS = {
+    "resource_attribute": ("resource", "any", _resource_attr),
+    "scope_attribute": ("scope", "any", _scope_attr),
+}
+
+
+# ── logs ──────────────────────────────────────────────────────────────────
+
+
+class JsonLogs(JsonBatch):
+    TOP, SCOPES, RECORDS = "resourceLogs", "scopeLogs", "logRecords"
+    FIELDS = {
+        **_COMMON_FIELDS,
+        ("log_field", 1): ("record", "body", _member("body")),
+        ("log_field", 2): ("record", "scalar", _member("severityText")),
+        ("log_field", 3): ("record", "hexid", _member("traceId")),
+        ("log_field", 4): ("record", "hexid", _member("spanId")),
+        ("log_field", 5): ("record", "scalar", _member("eventName")),
+        ("log_field", 10): ("resource", "scalar", _member("schemaUrl")),
+        ("log_field", 11): ("scope", "scalar", _member("schemaUrl")),
+        "log_attribute": ("record", "any", _record_attr),
+    }
+    # log_field number -> (level, JSON key, stored as AnyValue?)
+    _SLOTS = {1: ("record", "body", True), 2: ("record", "severityText", False),
+              3: ("record", "traceId", False), 4: ("record", "spanId", False),
+              5: ("record", "eventName", False), 10: ("resource", "schemaUrl", False),
+              11: ("scope", "schemaUrl", False)}
+
+    def _owner(self, i: int, level: str) -> dict:
+        if level == "record":
+            return self.records[i]
+        for sl, start, end, rpos in self.scopes:
+            if start <= i < end:
+                if level == "scope":
+                    return sl
+                return self.resources[rpos][0]
+        raise IndexError(i)
+
+    def _attribute_list(self, i: int, key: FieldKey, create: bool) -> list | None:
+        """The KeyValue list that holds the last segment of an attribute path."""
+        head, path = key
+        if head == "log_attribute":
+            holder = self.records[i]
+        else:
+            owner = self._owner(i, "resource" if head == "resource_attribute" else "scope")
+            name = "resource" if head == "resource_attribute" else "scope"
+            holder = owner.get(name)
+            if holder.__class__ is not dict:
+                if not create:
+                    return None
+                holder = owner[name] = {}
+        attrs = holder.get("attributes")
+        if attrs.__class__ is not list:
+            if not create:
+                return None
+            attrs = holder["attributes"] = []
+        for segment in path[:-1]:
+            value = next((kv.get("value") for kv in attrs if kv.__class__ is dict and kv.get("key") == segment),
+                         None)
+            if value.__class__ is not dict or "kvlistValue" not in value:
+                if not create:
+                    return None
+                value = {"kvlistValue": {"values": []}}
+                attrs.append({"key": segment, "value": value})
+            kvlist = value["kvlistValue"]
+            attrs = kvlist.setdefault("values", [])
+        return attrs
+
+    def get(self, i: int, key: FieldKey) -> dict | None:
+        """The field as an AnyValue dict, or None when absent."""
+        if key[0] == "log_field":
+            level, name, any_value = self._SLOTS[key[1]]
+            value = self._owner(i, level).get(name)
+            if any_value:
+                return value if value.__class__ is dict and value else None
+            return {"stringValue": value} if value else None
+        attrs = self._attribute_list(i, key, create=False)
+        if attrs is None:
+            return None
+        last = key[1][-1]
+        return next((kv.get("value") for kv in attrs if kv.__class__ is dict and kv.get("key") == last), None)
+
+    def set(self, i: int, key: FieldKey, value: dict) -> None:
+        self.changed = True
+        if key[0] == "log_field":
+            level, name, any_value = self._SLOTS[key[1]]
+            owner = self._owner(i, level)
+            if any_value:
+                owner[name] = value
+            else:
+                text = value.get("stringValue")
+                owner[name] = text if text.__class__ is str else str(json_any_value(value))
+            return
+        attrs = self._attribute_list(i, key, create=True)
+        last = key[1][-1]
+        for kv in attrs:
+            if kv.__class__ is dict and kv.get("key") == last:
+                kv["value"] = value
+                return
+        attrs.append({"key": last, "value": value})
+
+    def delete(self, i: int, key: FieldKey) -> bool:
+        if key[0] == "log_field":
+            level, name, _ = self._SLOTS[key[1]]
+            owner = self._owner(i, level)
+            if not owner.get(name):
+                return False
+            del owner[name]
+            self.changed = True
+            return True
+        attrs = self._attribute_list(i, key, create=False)
+        if attrs is None:
+            return False
+        last = key[1][-1]
+        for pos, kv in enumerate(attrs):
+            if kv.__class__ is dict and kv.get("key") == last:
+                del attrs[pos]
+                self.changed = True
+                return True
+        return False
+
+    @staticmethod
+    def string_value(text: str) -> dict:
+        return {"stringValue": text}
+
+    @staticmethod
+    def string_of(value: dict) -> str | None:
+        text = value.get("stringValue")
+        return text if text.__class__ is str else None
+
+
+# ── metrics ───────────────────────────────────────────────────────────────
+
+_METRIC_DATA = ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
+
+
+def _metric_type(m: dict, key: FieldKey) -> Any:
+    for number, name in enumerate(_METRIC_DATA, start=1):
+        if name in m:
+            return number
+    return 0
+
+
+def _temporality(m: dict, key: FieldKey) -> Any:
+    for name in ("sum", "histogram", "exponentialHistogram"):
+        data = m.get(name)
+        if data.__class__ is dict:
+            return data.get("aggregationTemporality")
+    return None
+
+
+def _datapoint_attrs(m: dict, key: FieldKey) -> list[Any]:
+    for name in _METRIC_DATA:
+        data = m.get(name)
+        if data.__class__ is dict:
+            points = data.get("dataPoints")
+            if points.__class__ is list:
+                return [find_attribute(p.get("attributes"), key[1]) for p in points if p.__class__ is dict]
+            return []
+    return []
+
+
+class JsonMetrics(JsonBatch):
+    TOP, SCOPES, RECORDS = "resourceMetrics", "scopeMetrics", "metrics"
+    FIELDS = {
+        **_COMMON_FIELDS,
+        ("metric_field", 1): ("record", "scalar", _member("name")),
+        ("metric_field", 2): ("record", "scalar", _member("description")),
+        ("metric_field", 3): ("record", "scalar", _member("unit")),
+        ("metric_field", 10): ("resource", "scalar", _member("schemaUrl")),
+        ("metric_field", 11): ("scope", "scalar", _member("schemaUrl")),
+        ("metric_field", 12): ("scope", "scalar", _scope_member("name")),
+        ("metric_field", 13): ("scope", "scalar", _scope_member("version")),
+        "datapoint_attribute": ("multi", "any", _datapoint_attrs),
+        "metric_type": ("record", "enum", _metric_type),
+        "aggregation_temporality": ("record", "enum", _temporality),
+    }
+
+
+# ── traces ────────────────────────────────────────────────────────────────
+
+
+def _status_code(span: dict, key: FieldKey) -> Any:
+    status = span.get("status")
+    return status.get("code") if status.__class__ is dict else None
+
+
+def _events(span: dict) -> list[dict]:
+    events = span.get("events")
+    return [e for e in events if e.__class__ is dict] if events.__class__ is list else []
+
+
+def _event_names(span: dict, key: FieldKey) -> list[Any]:
+    return [e.get("name") for e in _events(span)]
+
+
+def _event_attrs(span: dict, key: FieldKey) -> list[Any]:
+    return [find_attribute(e.get("attributes"), key[1]) for e in _events(span)]
+
+
+def _link_trace_ids(span: dict, key: FieldKey) -> list[Any]:
+    links = span.get("links")
+    if links.__class__ is not list:
+        return []
+    return [(link.get("traceId") or "").lower() for link in links if link.__class__ is dict]
+
+
+class JsonTraces(JsonBatch):
+    TOP, SCOPES, RECORDS = "resourceSpans", "scopeSpans", "spans"
+    FIELDS = {
+        **_COMMON_FIELDS,
+        ("trace_field", 1): ("record", "scalar", _member("name")),
+        ("trace_field", 2): ("record", "hexid", _member("traceId")),
+        ("trace_field", 3): ("record", "hexid", _member("spanId")),
+        ("trace_field", 4): ("record", "hexid", _member("parentSpanId")),
+        ("trace_field", 5): ("record", "scalar", _member("traceState")),
+        ("trace_field", 10): ("resource", "scalar", _member("schemaUrl")),
+        ("trace_field", 11): ("scope", "scalar", _member("schemaUrl")),
+        ("trace_field", 12): ("scope", "scalar", _scope_member("name")),
+        ("trace_field", 13): ("scope", "scalar", _scope_member("version")),
+        "span_attribute": ("record", "any", _record_attr),
+        "span_kind": ("record", "enum", _member("kind")),
+        "span_status": ("record", "enum", _status_code),
+        "event_name": ("multi", "name", _event_names),
+        "event_attribute": ("multi", "any", _event_attrs),
+        "link_trace_id": ("multi", "name", _link_trace_ids),
+    }
+
+    def trace_id(self, i: int) -> bytes | None:
+        value = hex_id_bytes(self.records[i].get("traceId"))
+        return value if value.__class__ is bytes else None
+
+    def trace_state(self, i: int) -> str:
+        value = self.records[i].get("traceState")
+        return value if value.__class__ is str else ""
+
+    def set_trace_state(self, i: int, value: str) -> None:
+        span = self.records[i]
+        if span.get("traceState", "") != value:
+            span["traceState"] = value
+            self.changed = True
+
+
+__all__ = ["BatchShapeError", "JsonLogs", "JsonMetrics", "JsonTraces", "MISSING", "OTHER"]

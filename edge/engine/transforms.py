@@ -1,0 +1,156 @@
+"""Log transforms (POLICY.md §5): remove, redact, rename, add.
+
+Policies apply in policy-id order, each running its four stages in that order. This
+is what the conformance cases pin (compound_transforms_across_policies: a rename of
+an earlier-sorting policy lands after a later policy's adds would not), and where
+POLICY.md and the cases disagree the cases win. A transform that finds its field absent is a no-op (counted as a stage miss);
+one that changes the record is a stage hit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, Protocol
+
+from edge.engine import bits
+from edge.engine.stats import MatchStats
+from edge.policy.model import CompiledPolicy, FieldKey
+from edge.policy.snapshot import Snapshot
+
+_TEMPLATE = re.compile(r"\$(?:\$|(\d{1,2})|\{(\w+)\})")
+
+
+class MutableLogs(Protocol):
+    def get(self, i: int, key: FieldKey) -> Any: ...
+
+    def set(self, i: int, key: FieldKey, value: Any) -> None: ...
+
+    def delete(self, i: int, key: FieldKey) -> bool: ...
+
+    def string_value(self, text: str) -> Any: ...
+
+    def string_of(self, value: Any) -> str | None: ...
+
+
+@lru_cache(maxsize=1024)
+def compile_template(template: str) -> tuple[Any, ...]:
+    """`$0 $1 ${1} ${name} $$` -> a tuple of literal strings and group references."""
+    parts: list[Any] = []
+    pos = 0
+    for m in _TEMPLATE.finditer(template):
+        parts.append(template[pos:m.start()])
+        if m.group(0) == "$$":
+            parts.append("$")
+        else:
+            ref = m.group(1) or m.group(2)
+            parts.append((int(ref),) if ref.isdigit() else (ref,))
+        pos = m.end()
+    parts.append(template[pos:])
+    return tuple(p for p in parts if p != "")
+
+
+def expander(template: str) -> Callable[[Any], str]:
+    """A function for RE2 `sub` that expands the template for one match; missing groups -> ""."""
+    parts = compile_template(template)
+    if all(isinstance(p, str) for p in parts):
+        literal = "".join(parts)
+        return lambda m: literal
+
+    def expand(match: Any) -> str:
+        out = []
+        for part in parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            try:
+                out.append(match.group(part[0]) or "")
+            except (IndexError, KeyError, ValueError, TypeError):
+                out.append("")
+        return "".join(out)
+
+    return expand
+
+
+def _rename_target(source: FieldKey, to: str) -> FieldKey:
+    """A rename moves the value to attribute `to` beside the source (log fields -> log attributes)."""
+    head = source[0]
+    if head == "log_field":
+        return ("log_attribute", (to,))
+    return (head, source[1][:-1] + (to,))
+
+
+class _StageCounter:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+
+    def count(self, changed: bool) -> None:
+        if changed:
+            self.hits += 1
+        else:
+            self.misses += 1
+
+
+def _remove(batch: MutableLogs, i: int, key: FieldKey) -> bool:
+    return batch.delete(i, key)
+
+
+def _redact(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
+    value = batch.get(i, op.field)
+    if value is None:
+        return False
+    if op.regex is None:
+        batch.set(i, op.field, batch.string_value(op.replacement))
+        return True
+    text = batch.string_of(value)
+    if text is None:
+        return False
+    redacted = snapshot.regex(op.regex).sub(expander(op.replacement), text)
+    if redacted == text:
+        return False
+    batch.set(i, op.field, batch.string_value(redacted))
+    return True
+
+
+def _rename(batch: MutableLogs, i: int, op: Any) -> bool:
+    value = batch.get(i, op.source)
+    if value is None:
+        return False
+    target = _rename_target(op.source, op.to)
+    if target == op.source:
+        return False
+    if not op.upsert and batch.get(i, target) is not None:
+        return False
+    batch.set(i, target, value)
+    batch.delete(i, op.source)
+    return True
+
+
+def _add(batch: MutableLogs, i: int, op: Any) -> bool:
+    if not op.upsert and batch.get(i, op.field) is not None:
+        return False
+    batch.set(i, op.field, batch.string_value(op.value))
+    return True
+
+
+def apply_transforms(batch: MutableLogs, snapshot: Snapshot, targets: list[tuple[CompiledPolicy, int]],
+                     stats: MatchStats | None) -> None:
+    """Apply the transforms of `targets` (policy, mask of kept records it matched)."""
+    per_policy = [(p, bits.indices(mask)) for p, mask in targets if p.transform and mask]
+    stages: list[tuple[str, Callable[[CompiledPolicy, int, _StageCounter], None]]] = [
+        ("remove", lambda p, i, c: [c.count(_remove(batch, i, k)) for k in p.transform.remove]),
+        ("redact", lambda p, i, c: [c.count(_redact(batch, snapshot, i, op)) for op in p.transform.redact]),
+        ("rename", lambda p, i, c: [c.count(_rename(batch, i, op)) for op in p.transform.rename]),
+        ("add", lambda p, i, c: [c.count(_add(batch, i, op)) for op in p.transform.add]),
+    ]
+    for policy, records in per_policy:
+        for stage, run in stages:
+            if not getattr(policy.transform, stage):
+                continue
+            counter = _StageCounter()
+            for i in records:
+                run(policy, i, counter)
+            if stats is not None:
+                stats.add_stage(policy.id, stage, counter.hits, counter.misses)

@@ -1,0 +1,1 @@
+"""Generated protobuf code lives here; regenerate with ``python -m edge.proto.generate``."""
