@@ -22,6 +22,7 @@ from edge.engine.stats import MatchStats
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_file
 from edge.policy.sync import JSON, PROTOBUF, SyncClient, SyncError, statuses
+from edge.runtime import tune_gc
 
 SIGNALS = ("log", "metric", "trace")
 
@@ -62,6 +63,7 @@ def _write_output(path: str, data: bytes) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    tune_gc()
     content_type = PROTOBUF if args.format == "protobuf" else JSON
     client = None
     if args.server:

@@ -36,7 +36,10 @@ def evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None)
     if is_protobuf(content_type):
         from edge.engine.otlp_proto import PROTO_BATCHES, parse_request
 
-        message = parse_request(signal, body)
+        try:
+            message = parse_request(signal, body)
+        except BatchShapeError as exc:
+            raise UndecodableBody(f"not an OTLP/protobuf {signal} request: {exc}") from None
         batch = PROTO_BATCHES[signal](message)
         outcome = engine.evaluate(signal, batch)
         return Evaluated(message.SerializeToString() if outcome.changed else body, outcome)

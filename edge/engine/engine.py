@@ -8,7 +8,6 @@ where the outcome really is per record (sampling draws, transforms, tracestate).
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -216,4 +215,4 @@ class Engine:
         return self.evaluate_traces(batch)
 
 
-__all__ = ["Engine", "Outcome", "math"]
+__all__ = ["Engine", "Outcome"]

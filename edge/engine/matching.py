@@ -47,36 +47,59 @@ def _fold(matched_values: list[int], owners: list[int] | None) -> int:
 
 def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Column,
                 masks: list[int]) -> None:
-    """String conditions of one field: one Hyperscan scan plus RE2 for the rest."""
+    """String conditions of one field: one Hyperscan scan plus RE2 for the rest.
+
+    `column.values` are string views: "" where the field is absent or not a string,
+    which no string condition matches. Low-cardinality fields (severity, method,
+    service) are scanned once per distinct value and mapped back without a per-record
+    Python loop; others are scanned as one joined buffer.
+    """
     values = column.values
-    present = [i for i, v in enumerate(values) if v is not None]
-    if not present:
+    if not values:
         return
-    matched: dict[int, set[int]] = defaultdict(set)  # condition -> value positions
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) <= min(255, len(values) // 4):
+        matched = _match_values(snapshot, plan, fp, distinct)
+        codes = bytes(map({v: j for j, v in enumerate(distinct)}.__getitem__, values))
+        for ci, positions in matched.items():
+            if positions:
+                table = bytearray(b"0" * 256)
+                for j in positions:
+                    table[j] = 49  # "1"
+                flags = codes.translate(table)
+                mask = int(flags[::-1], 2)
+                masks[ci] |= mask if column.owners is None else _fold(bits.indices(mask), column.owners)
+        return
+    for ci, positions in _match_values(snapshot, plan, fp, values).items():
+        if positions:
+            masks[ci] |= _fold(sorted(positions), column.owners)
+
+
+def _match_values(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str]
+                  ) -> dict[int, set[int]]:
+    """condition index -> positions in `values` that satisfy it."""
+    matched: dict[int, set[int]] = defaultdict(set)
     if fp.scanned and fp.hs_database is not None:
-        _hyperscan_pass(snapshot, plan, fp, values, present, matched)
+        _hyperscan_pass(snapshot, plan, fp, values, matched)
     for ci in fp.re2_only:
-        program = snapshot.regex(plan.conditions[ci].re2_pattern)
-        search = program.search
-        verdicts: dict[str, bool] = {}
+        search = snapshot.regex(plan.conditions[ci].re2_pattern).search
+        verdicts: dict[str, bool] = {"": False}
         hits = matched[ci]
-        for i in present:
-            v = values[i]
+        for i, v in enumerate(values):
             verdict = verdicts.get(v)
             if verdict is None:
                 verdict = verdicts[v] = search(v) is not None
             if verdict:
                 hits.add(i)
-    for ci, positions in matched.items():
-        if positions:
-            masks[ci] |= _fold(sorted(positions), column.owners)
+    return matched
 
 
-def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[Any],
-                    present: list[int], matched: dict[int, set[int]]) -> None:
-    encoded = [values[i].encode() for i in present]
-    buffer = b"\n".join(encoded)
-    starts = list(accumulate((len(e) + 1 for e in encoded), initial=0))
+def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str],
+                    matched: dict[int, set[int]]) -> None:
+    text = "\n".join(values)
+    buffer = text.encode()
+    lengths = map(len, values) if len(buffer) == len(text) else (len(v.encode()) for v in values)
+    starts = list(accumulate(lengths, _plus_separator, initial=0))
     reports: list[tuple[int, int, int]] = []
     add = reports.append
 
@@ -88,8 +111,8 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     if not reports:
         return
     dirty: set[int] = set()
-    if buffer.count(b"\n") != len(encoded) - 1:
-        dirty = {k for k, e in enumerate(encoded) if b"\n" in e}
+    if buffer.count(b"\n") != len(values) - 1:
+        dirty = {k for k, v in enumerate(values) if "\n" in v}
     conditions = plan.conditions
     to_verify: set[tuple[int, int]] = set()
     for cid, start, end in reports:
@@ -98,10 +121,14 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
                 or (start < starts[k] and conditions[cid].hs_flags & _SOM)):
             to_verify.add((cid, k))
         else:
-            matched[cid].add(present[k])
+            matched[cid].add(k)
     for cid, k in to_verify:
-        if snapshot.regex(conditions[cid].re2_pattern).search(values[present[k]]) is not None:
-            matched[cid].add(present[k])
+        if values[k] and snapshot.regex(conditions[cid].re2_pattern).search(values[k]) is not None:
+            matched[cid].add(k)
+
+
+def _plus_separator(total: int, length: int) -> int:
+    return total + length + 1
 
 
 # ── typed conditions ───────────────────────────────────────────────────────

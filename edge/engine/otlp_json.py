@@ -32,12 +32,12 @@ def _scalar(value: Any) -> Any:
     return value if value.__class__ is str else OTHER
 
 
-def _scalar_string(value: Any) -> str | None:
-    return value if value.__class__ is str and value else None
+def _scalar_string(value: Any) -> str:
+    return value if value.__class__ is str else ""
 
 
-def _hex_string(value: Any) -> str | None:
-    return value.lower() if value.__class__ is str and value else None
+def _hex_string(value: Any) -> str:
+    return value.lower() if value.__class__ is str else ""
 
 
 _ENUM_NUMBERS: dict[str, int] = {
@@ -65,18 +65,31 @@ def _body(value: Any) -> Any:
 
 
 # (typed converter, string-view converter) per kind of raw value
-CONVERTERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], str | None]]] = {
+CONVERTERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], str]]] = {
     "any": (json_any_value, json_string_view),
     "body": (_body, json_string_view),
     "scalar": (_scalar, _scalar_string),
     "hexid": (hex_id_bytes, _hex_string),
-    "enum": (_enum, lambda v: None),
+    "enum": (_enum, lambda v: ""),
     "name": (lambda v: v if v.__class__ is str else MISSING, _scalar_string),
 }
 
 
-def find_attribute(attributes: Any, path: tuple[str, ...]) -> Any:
+def first_value(attributes: Any, key: str) -> Any:
+    """The AnyValue of `key` in a KeyValue list, or None (fast path for one-segment paths)."""
+    try:
+        for kv in attributes:
+            if kv["key"] == key:
+                return kv["value"]
+        return None
+    except (TypeError, KeyError):
+        return find_attribute(attributes, (key,), safe=True)
+
+
+def find_attribute(attributes: Any, path: tuple[str, ...], safe: bool = False) -> Any:
     """Walk a KeyValue list along `path` (nested kvlistValue maps); the AnyValue or None."""
+    if len(path) == 1 and not safe:
+        return first_value(attributes, path[0])
     value = None
     last = len(path) - 1
     for depth, key in enumerate(path):
@@ -94,6 +107,13 @@ def find_attribute(attributes: Any, path: tuple[str, ...]) -> Any:
     return value
 
 
+def _walk(value: Any, rest: tuple[str, ...]) -> Any:
+    """Continue an attribute path below a kvlistValue."""
+    kvlist = value.get("kvlistValue") if value.__class__ is dict else None
+    values = kvlist.get("values") if kvlist.__class__ is dict else None
+    return find_attribute(values, rest) if values is not None else None
+
+
 def _attributes_of(container: Any, holder: str | None) -> Any:
     if holder is not None:
         container = container.get(holder)
@@ -109,6 +129,8 @@ class JsonBatch:
     SCOPE_HOLDER = "scope"
     # field key head (or (head, enum number)) -> (level, raw kind, getter)
     FIELDS: dict[Any, tuple[str, str, Callable[[dict], Any]]] = {}
+    # record-level string columns worth a dedicated comprehension (the per-batch hot path)
+    FAST_STRINGS: dict[Any, Callable[[list[dict], FieldKey], list[str]]] = {}
 
     def __init__(self, doc: Any) -> None:
         if doc.__class__ is not dict:
@@ -139,6 +161,15 @@ class JsonBatch:
         self.full = bits.full_mask(self.n)
         self.changed = False
 
+    def _record_attribute(self, key: FieldKey, convert: Callable[[Any], Any]) -> list[Any]:
+        """A record-level attribute path for every record, converted (one pass for one segment)."""
+        path = key[1]
+        if len(path) == 1:
+            name = path[0]
+            return [convert(first_value(r.get("attributes") or (), name)) for r in self.records]
+        rest = path[1:]
+        return [convert(_walk(first_value(r.get("attributes") or (), path[0]), rest)) for r in self.records]
+
     # ── columns ──
 
     def _spec(self, key: FieldKey) -> tuple[str, str, Callable[[Any], Any]]:
@@ -165,13 +196,26 @@ class JsonBatch:
                 [bits.range_mask(g[1], g[2]) for g in groups], False)
 
     def column(self, key: FieldKey) -> Column:
+        level, kind, getter = self._spec(key)
+        convert = CONVERTERS[kind][0]
+        if getter is _record_attr:
+            return Column(self._record_attribute(key, convert))
+        if level == "record":
+            return Column([convert(getter(r, key)) for r in self.records])
         raw, owners, _ = self._raw(key)
-        convert = CONVERTERS[self._spec(key)[1]][0]
         return Column([convert(v) for v in raw], owners)
 
     def strings(self, key: FieldKey) -> Column:
+        fast = self.FAST_STRINGS.get(key)
+        if fast is not None:
+            return Column(fast(self.records, key))
+        level, kind, getter = self._spec(key)
+        convert = CONVERTERS[kind][1]
+        if getter is _record_attr:
+            return Column(self._record_attribute(key, convert))
+        if level == "record":
+            return Column([convert(getter(r, key)) for r in self.records])
         raw, owners, _ = self._raw(key)
-        convert = CONVERTERS[self._spec(key)[1]][1]
         return Column([convert(v) for v in raw], owners)
 
     # ── output ──
@@ -255,6 +299,13 @@ class JsonLogs(JsonBatch):
         ("log_field", 10): ("resource", "scalar", _member("schemaUrl")),
         ("log_field", 11): ("scope", "scalar", _member("schemaUrl")),
         "log_attribute": ("record", "any", _record_attr),
+    }
+    FAST_STRINGS = {
+        ("log_field", 1): lambda recs, key: [
+            (s if (s := b.get("stringValue")).__class__ is str else json_string_view(b) or "")
+            if (b := r.get("body")).__class__ is dict else "" for r in recs],
+        ("log_field", 2): lambda recs, key: [
+            s if (s := r.get("severityText")).__class__ is str else "" for r in recs],
     }
     # log_field number -> (level, JSON key, stored as AnyValue?)
     _SLOTS = {1: ("record", "body", True), 2: ("record", "severityText", False),

@@ -1,25 +1,22 @@
 """Log transforms (POLICY.md §5): remove, redact, rename, add.
 
 Policies apply in policy-id order, each running its four stages in that order. This
-is what the conformance cases pin (compound_transforms_across_policies: a rename of
-an earlier-sorting policy lands after a later policy's adds would not), and where
-POLICY.md and the cases disagree the cases win. A transform that finds its field absent is a no-op (counted as a stage miss);
-one that changes the record is a stage hit.
+is what the conformance cases pin (compound_transforms_across_policies: a later
+policy's rename lands after an earlier policy's adds), and where POLICY.md and the
+cases disagree the cases win. A transform that finds its field absent is a no-op
+(counted as a stage miss); one that changes the record is a stage hit.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, Protocol
 
 from edge.engine import bits
 from edge.engine.stats import MatchStats
+from edge.engine.substitute import compile_template, substitute
 from edge.policy.model import CompiledPolicy, FieldKey
 from edge.policy.snapshot import Snapshot
-
-_TEMPLATE = re.compile(r"\$(?:\$|(\d{1,2})|\{(\w+)\})")
 
 
 class MutableLogs(Protocol):
@@ -32,45 +29,6 @@ class MutableLogs(Protocol):
     def string_value(self, text: str) -> Any: ...
 
     def string_of(self, value: Any) -> str | None: ...
-
-
-@lru_cache(maxsize=1024)
-def compile_template(template: str) -> tuple[Any, ...]:
-    """`$0 $1 ${1} ${name} $$` -> a tuple of literal strings and group references."""
-    parts: list[Any] = []
-    pos = 0
-    for m in _TEMPLATE.finditer(template):
-        parts.append(template[pos:m.start()])
-        if m.group(0) == "$$":
-            parts.append("$")
-        else:
-            ref = m.group(1) or m.group(2)
-            parts.append((int(ref),) if ref.isdigit() else (ref,))
-        pos = m.end()
-    parts.append(template[pos:])
-    return tuple(p for p in parts if p != "")
-
-
-def expander(template: str) -> Callable[[Any], str]:
-    """A function for RE2 `sub` that expands the template for one match; missing groups -> ""."""
-    parts = compile_template(template)
-    if all(isinstance(p, str) for p in parts):
-        literal = "".join(parts)
-        return lambda m: literal
-
-    def expand(match: Any) -> str:
-        out = []
-        for part in parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            try:
-                out.append(match.group(part[0]) or "")
-            except (IndexError, KeyError, ValueError, TypeError):
-                out.append("")
-        return "".join(out)
-
-    return expand
 
 
 def _rename_target(source: FieldKey, to: str) -> FieldKey:
@@ -107,7 +65,7 @@ def _redact(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     text = batch.string_of(value)
     if text is None:
         return False
-    redacted = snapshot.regex(op.regex).sub(expander(op.replacement), text)
+    redacted = substitute(snapshot.regex(op.regex), compile_template(op.replacement), text)
     if redacted == text:
         return False
     batch.set(i, op.field, batch.string_value(redacted))
