@@ -236,11 +236,15 @@ class JsonBatch:
                 emptied_scopes.add(id(sl))
         if not emptied_scopes:
             return
+        emptied_resources = set()
         for rl, _, _ in self.resources:
             scopes = rl.get(self.SCOPES)
-            if scopes:
+            if scopes and any(id(sl) in emptied_scopes for sl in scopes):
                 rl[self.SCOPES] = [sl for sl in scopes if id(sl) not in emptied_scopes]
-        self.doc[self.TOP] = [rl for rl, _, _ in self.resources if rl.get(self.SCOPES)]
+                if not rl[self.SCOPES]:
+                    emptied_resources.add(id(rl))
+        if emptied_resources:
+            self.doc[self.TOP] = [rl for rl, _, _ in self.resources if id(rl) not in emptied_resources]
 
     def export(self, i: int) -> dict[str, Any]:
         """A standalone copy of record i with its resource and scope (for extensions)."""

@@ -63,8 +63,8 @@ def typed_any(value: Any) -> Any:
 def find_attribute(attributes: Any, path: tuple[str, ...]) -> Any:
     """Walk repeated KeyValue along `path` (nested kvlist_value maps); the AnyValue or None.
 
-    First match per key, like otlp_json.find_attribute. A KeyValue whose value is not
-    set at all counts as absent (JSON: a KeyValue without "value").
+    First match per key, like otlp_json.find_attribute. A KeyValue without a value
+    yields an empty AnyValue, which every reader treats as absent.
     """
     last = len(path) - 1
     for depth, key in enumerate(path):
@@ -72,8 +72,6 @@ def find_attribute(attributes: Any, path: tuple[str, ...]) -> Any:
             if kv.key == key:
                 break
         else:
-            return None
-        if not kv.HasField("value"):
             return None
         value = kv.value
         if depth == last:
@@ -89,9 +87,7 @@ def _attr_typed(attributes: Any, path: tuple[str, ...]) -> Any:
         key = path[0]
         for kv in attributes:
             if kv.key == key:
-                if not kv.HasField("value"):
-                    return MISSING
-                value = kv.value
+                value = kv.value  # unset: an empty AnyValue, so MISSING below
                 which = value.WhichOneof("value")
                 if which is None:
                     return MISSING
@@ -115,10 +111,21 @@ def _attr_string(attributes: Any, path: tuple[str, ...]) -> str:
     return "" if value is None else value.string_value or value.bytes_value.hex()
 
 
+def _body_typed(body: Any) -> Any:
+    """Typed log body: like typed_any, but an empty string body counts as absent."""
+    which = body.WhichOneof("value")
+    if which is None or which == "string_value":
+        return MISSING
+    if which == "array_value" or which == "kvlist_value":
+        return OTHER
+    return getattr(body, which)
+
+
 # ── the batch ───────────────────────────────────────────────────────────────
 
-_COMPOUND = frozenset(("array_value", "kvlist_value"))
 _ZERO_RUNS = re.compile("0+")
+# runs x scope length above which deleting runs one by one costs more than a sort
+_MEMMOVE_BUDGET = 1 << 25
 
 
 class ProtoBatch:
@@ -181,10 +188,8 @@ class ProtoBatch:
         if not typed:
             # string_value is "" unless it is the set oneof; bytes_value likewise b"".
             return Column([(b := r.body).string_value or b.bytes_value.hex() for r in records])
-        return Column([
-            (b.string_value or MISSING) if (w := (b := r.body).WhichOneof("value")) == "string_value"
-            else MISSING if w is None else OTHER if w in _COMPOUND else getattr(b, w)
-            for r in records])
+        # a non-empty string_value is the set oneof; anything else takes the slow branch
+        return Column([s if (s := (b := r.body).string_value) else _body_typed(b) for r in records])
 
     def _c_scalar(self, key: FieldKey, name: str, typed: bool) -> Column:
         records = self.records
@@ -261,8 +266,16 @@ class ProtoBatch:
                 del field[:]
                 emptied.append(j)
                 continue
-            for run in reversed(list(_ZERO_RUNS.finditer(segment))):
-                del field[run.start():run.end()]
+            runs = list(_ZERO_RUNS.finditer(segment))
+            if len(runs) * (end - start) <= _MEMMOVE_BUDGET:
+                for run in reversed(runs):  # each deletion shifts the tail once (a memmove in C)
+                    del field[run.start():run.end()]
+            else:
+                # many scattered drops in a huge scope: a stable sort moves the kept records
+                # (pointers, not copies) to the front in one O(n log n) pass, then truncate.
+                order = iter(segment)
+                field.sort(key=lambda _: next(order) == "0")
+                del field[segment.count("1"):]
         if not emptied:
             return
         by_resource: dict[int, list[int]] = {}
