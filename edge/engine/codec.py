@@ -7,12 +7,15 @@ changed the original bytes are returned untouched.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import orjson
 
 from edge.engine.engine import Engine, Outcome
 from edge.engine.otlp_json import BatchShapeError, JsonLogs, JsonMetrics, JsonTraces
+
+log = logging.getLogger(__name__)
 
 JSON_BATCHES = {"log": JsonLogs, "metric": JsonMetrics, "trace": JsonTraces}
 
@@ -32,7 +35,21 @@ def is_protobuf(content_type: str | None) -> bool:
 
 
 def evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None) -> Evaluated:
-    """Evaluate one OTLP body; raises UndecodableBody when it cannot be parsed."""
+    """Evaluate one OTLP body; raises UndecodableBody when it cannot be parsed.
+
+    An internal error while evaluating is fail-open: it is logged and the original bytes
+    go on unchanged, never a dropped or half-transformed batch.
+    """
+    try:
+        return _evaluate(engine, signal, body, content_type)
+    except UndecodableBody:
+        raise
+    except Exception:  # noqa: BLE001 - fail-open is the contract (POLICY.md §8)
+        log.exception("policy evaluation failed; forwarding the %s batch unmodified", signal)
+        return Evaluated(body, Outcome(0, 0, False))
+
+
+def _evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None) -> Evaluated:
     if is_protobuf(content_type):
         from edge.engine.otlp_proto import PROTO_BATCHES, parse_request
 

@@ -70,6 +70,7 @@ class Engine:
         self.stats = stats if stats is not None else MatchStats()
         self.extensions = extensions
         self.rng = rng or random.SystemRandom()
+        self.limiter.load({p.id for p in snapshot.plan(LOG).policies if p.log_keep.kind == "rate"})
 
     # ── shared steps ──
 

@@ -10,9 +10,9 @@ the record (a match that spans the separator). The result is one bitmask per con
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Any, Protocol
 
 import hyperscan
@@ -115,10 +115,21 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
         dirty = {k for k, v in enumerate(values) if "\n" in v}
     conditions = plan.conditions
     to_verify: set[tuple[int, int]] = set()
+    # Literal conditions (no SOM) cannot span a separator: map them in one C-level pass.
+    # A match ending at `end` lies in the last record starting before `end`.
+    literal = [(cid, end) for cid, _, end in reports if not conditions[cid].hs_flags & _SOM]
+    if literal:
+        cids, ends = zip(*literal, strict=True)
+        for cid, k1 in set(zip(cids, map(bisect_left, repeat(starts), ends), strict=True)):
+            if k1 - 1 in dirty:
+                to_verify.add((cid, k1 - 1))
+            else:
+                matched[cid].add(k1 - 1)
     for cid, start, end in reports:
+        if not conditions[cid].hs_flags & _SOM:
+            continue
         k = bisect_right(starts, end - 1) - 1
-        if (k in dirty or end >= starts[k + 1]
-                or (start < starts[k] and conditions[cid].hs_flags & _SOM)):
+        if k in dirty or end >= starts[k + 1] or start < starts[k]:
             to_verify.add((cid, k))
         else:
             matched[cid].add(k)
@@ -154,13 +165,17 @@ _COMPARE = {
 }
 
 
-def _typed_mask(condition: Condition, column: Column, full: int) -> int:
+def _typed_mask(condition: Condition, column: Column) -> int:
     values = column.values
     op = condition.op
     if op is Op.EXISTS:
-        hits = [i for i, v in enumerate(values) if v is not MISSING]
-        mask = _fold(hits, column.owners) if hits else 0
-        return mask if condition.operand else full & ~mask
+        if condition.operand:
+            hits = [i for i, v in enumerate(values) if v is not MISSING]
+        else:
+            # per value, then "any value matches": a metric with one data point lacking
+            # the attribute satisfies exists:false (POLICY.md §3)
+            hits = [i for i, v in enumerate(values) if v is MISSING]
+        return _fold(hits, column.owners) if hits else 0
     if op is Op.EQUALS:
         operand = condition.operand
         hits = [i for i, v in enumerate(values) if _equals(v, operand)]
@@ -189,7 +204,7 @@ def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Batch) -> list[
         if fp.typed:
             column = batch.column(key)
             for ci in fp.typed:
-                masks[ci] = _typed_mask(plan.conditions[ci], column, batch.full)
+                masks[ci] = _typed_mask(plan.conditions[ci], column)
     for condition in plan.conditions:
         if condition.negate:
             masks[condition.index] ^= batch.full

@@ -346,13 +346,15 @@ class JsonLogs(JsonBatch):
                 return None
             attrs = holder["attributes"] = []
         for segment in path[:-1]:
-            value = next((kv.get("value") for kv in attrs if kv.__class__ is dict and kv.get("key") == segment),
-                         None)
-            if value.__class__ is not dict or "kvlistValue" not in value:
+            entry = next((kv for kv in attrs if kv.__class__ is dict and kv.get("key") == segment), None)
+            value = entry.get("value") if entry is not None else None
+            if entry is None:
                 if not create:
                     return None
                 value = {"kvlistValue": {"values": []}}
                 attrs.append({"key": segment, "value": value})
+            elif value.__class__ is not dict or value.get("kvlistValue").__class__ is not dict:
+                return None  # the parent holds a scalar: never shadow it with a second key
             kvlist = value["kvlistValue"]
             attrs = kvlist.setdefault("values", [])
         return attrs
@@ -371,9 +373,10 @@ class JsonLogs(JsonBatch):
         last = key[1][-1]
         return next((kv.get("value") for kv in attrs if kv.__class__ is dict and kv.get("key") == last), None)
 
-    def set(self, i: int, key: FieldKey, value: dict) -> None:
-        self.changed = True
+    def set(self, i: int, key: FieldKey, value: dict) -> bool:
+        """Store the field; False when the path cannot hold it (a scalar where a map is needed)."""
         if key[0] == "log_field":
+            self.changed = True
             level, name, any_value = self._SLOTS[key[1]]
             owner = self._owner(i, level)
             if any_value:
@@ -381,14 +384,18 @@ class JsonLogs(JsonBatch):
             else:
                 text = value.get("stringValue")
                 owner[name] = text if text.__class__ is str else str(json_any_value(value))
-            return
+            return True
         attrs = self._attribute_list(i, key, create=True)
+        if attrs is None:
+            return False
+        self.changed = True
         last = key[1][-1]
         for kv in attrs:
             if kv.__class__ is dict and kv.get("key") == last:
                 kv["value"] = value
-                return
+                return True
         attrs.append({"key": last, "value": value})
+        return True
 
     def delete(self, i: int, key: FieldKey) -> bool:
         if key[0] == "log_field":

@@ -389,12 +389,13 @@ class ProtoLogs(ProtoBatch):
                 if kv.key == segment:
                     found = kv
                     break
-            if found is None or found.value.WhichOneof("value") != "kvlist_value":
+            if found is None:
                 if not create:
                     return None
-                # like the JSON view: a new map entry (even beside a non-map value of that key)
                 found = attrs.add(key=segment)
                 found.value.kvlist_value.SetInParent()
+            elif found.value.WhichOneof("value") != "kvlist_value":
+                return None  # the parent holds a scalar: never shadow it with a second key
             attrs = found.value.kvlist_value.values
         return attrs
 
@@ -419,33 +420,38 @@ class ProtoLogs(ProtoBatch):
                 return kv.value if kv.HasField("value") else None
         return None
 
-    def set(self, i: int, key: FieldKey, value: Any) -> None:
-        self.changed = True
+    def set(self, i: int, key: FieldKey, value: Any) -> bool:
+        """Store the field; False when the path cannot hold it (a scalar where a map is needed)."""
         if key[0] == "log_field":
+            self.changed = True
             level, name, kind = self._SLOTS[key[1]]
             owner = self._owner(i, level)
             if kind == "any":
                 if value is not owner.body:
                     owner.body.CopyFrom(value)
-                return
+                return True
             is_string = value.WhichOneof("value") == "string_value"
             text = value.string_value if is_string else str(typed_any(value))
             if kind == "str":
                 setattr(owner, name, text)
-                return
+                return True
             try:
                 setattr(owner, name, bytes.fromhex(text))
             except ValueError:
                 owner.ClearField(name)  # not hex: a binary id cannot hold the text, so it goes
-            return
+            return True
         attrs = self._attribute_list(i, key, create=True)
+        if attrs is None:
+            return False
+        self.changed = True
         last = key[1][-1]
         for kv in attrs:
             if kv.key == last:
                 if value is not kv.value:
                     kv.value.CopyFrom(value)
-                return
+                return True
         attrs.add(key=last, value=value)
+        return True
 
     def delete(self, i: int, key: FieldKey) -> bool:
         if key[0] == "log_field":

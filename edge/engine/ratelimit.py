@@ -14,6 +14,10 @@ from typing import Protocol
 
 
 class RateLimiter(Protocol):
+    def load(self, policy_ids: set[str]) -> None:
+        """Start the first window of newly loaded rate-limit policies now."""
+        ...
+
     def take(self, policy_id: str, rate: int, window_s: float, count: int) -> int:
         """Ask for `count` slots; returns how many of them are granted (in record order)."""
         ...
@@ -35,6 +39,13 @@ class LocalRateLimiter:
             else:
                 for pid in policy_ids:
                     self._windows.pop(pid, None)
+
+    def load(self, policy_ids: set[str]) -> None:
+        """Policies already known keep their window (a reload of the same policy is not a reset)."""
+        now = self._clock()
+        with self._lock:
+            for pid in policy_ids:
+                self._windows.setdefault(pid, (now, 0))
 
     def take(self, policy_id: str, rate: int, window_s: float, count: int) -> int:
         now = self._clock()

@@ -80,7 +80,25 @@ def substitute(program: Any, template: Template, text: str) -> str:
     if not out:
         return text
     out.append(data[last:])
-    return b"".join(out).decode()
+    try:
+        return b"".join(out).decode()
+    except UnicodeDecodeError:
+        # RE2 reported an empty match inside a multi-byte character (patterns like `x*`);
+        # google-re2's own sub works in characters and gets it right, slowly.
+        return program.sub(lambda match: _expand_match(template, match), text)
+
+
+def _expand_match(template: Template, match: Any) -> str:
+    out = []
+    for part in template:
+        if part.__class__ is bytes:
+            out.append(part.decode())
+            continue
+        try:
+            out.append(match.group(part) or "")
+        except (IndexError, KeyError):
+            pass
+    return "".join(out)
 
 
 def check_available() -> None:

@@ -22,7 +22,7 @@ from edge.policy.snapshot import Snapshot
 class MutableLogs(Protocol):
     def get(self, i: int, key: FieldKey) -> Any: ...
 
-    def set(self, i: int, key: FieldKey, value: Any) -> None: ...
+    def set(self, i: int, key: FieldKey, value: Any) -> bool: ...
 
     def delete(self, i: int, key: FieldKey) -> bool: ...
 
@@ -60,16 +60,14 @@ def _redact(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     if value is None:
         return False
     if op.regex is None:
-        batch.set(i, op.field, batch.string_value(op.replacement))
-        return True
+        return batch.set(i, op.field, batch.string_value(op.replacement))
     text = batch.string_of(value)
     if text is None:
         return False
     redacted = substitute(snapshot.regex(op.regex), compile_template(op.replacement), text)
     if redacted == text:
         return False
-    batch.set(i, op.field, batch.string_value(redacted))
-    return True
+    return batch.set(i, op.field, batch.string_value(redacted))
 
 
 def _rename(batch: MutableLogs, i: int, op: Any) -> bool:
@@ -81,7 +79,8 @@ def _rename(batch: MutableLogs, i: int, op: Any) -> bool:
         return False
     if not op.upsert and batch.get(i, target) is not None:
         return False
-    batch.set(i, target, value)
+    if not batch.set(i, target, value):
+        return False
     batch.delete(i, op.source)
     return True
 
@@ -89,8 +88,7 @@ def _rename(batch: MutableLogs, i: int, op: Any) -> bool:
 def _add(batch: MutableLogs, i: int, op: Any) -> bool:
     if not op.upsert and batch.get(i, op.field) is not None:
         return False
-    batch.set(i, op.field, batch.string_value(op.value))
-    return True
+    return batch.set(i, op.field, batch.string_value(op.value))
 
 
 def apply_transforms(batch: MutableLogs, snapshot: Snapshot, targets: list[tuple[CompiledPolicy, int]],

@@ -15,6 +15,7 @@ import hyperscan
 import re2
 
 from edge.policy import model
+from edge.policy.hsregex import to_hyperscan
 from edge.policy.model import (
     LOG,
     METRIC,
@@ -40,9 +41,6 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 
 HS_BASE_FLAGS = hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_MULTILINE
-# \A \z \Z anchor to the whole scanned buffer, which is many records joined: RE2 handles those.
-_BUFFER_ANCHOR = re.compile(r"(?<!\\)(?:\\\\)*\\[AzZ]")
-_UNICODE_CLASS = re.compile(r"[^\x00-\x7f]|\\[pPx]\{?")
 
 _KEEP_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
 _KEEP_RATE = re.compile(r"^(\d+)/(\d*)([sm])$")
@@ -85,6 +83,9 @@ def field_key(message, oneof: str = "field", prefix: str = "") -> FieldKey:
         raise PolicyError("no field selector")
     name = which[len(prefix):] if prefix and which.startswith(prefix) else which
     value = getattr(message, which)
+    enum = message.DESCRIPTOR.fields_by_name[which].enum_type
+    if enum is not None and value not in enum.values_by_number:
+        raise PolicyError(f"{name} has unknown value {value}")
     if name in _FIELD_ENUM_SELECTORS:
         if value == 0:
             raise PolicyError(f"{name} is unspecified")
@@ -114,9 +115,7 @@ def _string_condition(kind: str, text: str, case_insensitive: bool) -> tuple[Op,
     ci = "(?i)" if case_insensitive else ""
     if kind == "regex":
         compile_re2(ci + text)
-        hs_ok = not _BUFFER_ANCHOR.search(text) and not (
-            (case_insensitive or "(?i" in text) and _UNICODE_CLASS.search(text))
-        return Op.STRING, (text if hs_ok else None), flags | hyperscan.HS_FLAG_SOM_LEFTMOST, ci + text
+        return Op.STRING, to_hyperscan(text, case_insensitive), flags | hyperscan.HS_FLAG_SOM_LEFTMOST, ci + text
     if text == "":
         return (Op.NEVER if kind == "exact" else Op.NON_EMPTY), None, 0, None
     literal = _hs_literal(text)

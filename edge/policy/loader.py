@@ -71,7 +71,7 @@ def _enum_value(raw: Any, enum: EnumDescriptor) -> Any:
     # OTLP spells span status values STATUS_CODE_OK; the policy enum says SPAN_STATUS_CODE_OK.
     if ("SPAN_" + name) in enum.values_by_name:
         return "SPAN_" + name
-    return raw
+    raise ValueError(f"unknown {enum.name} value {raw!r}")
 
 
 def _literal_value(raw: Any) -> Any:
