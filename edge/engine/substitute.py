@@ -8,6 +8,7 @@ iteration rules (an empty match advances by one character) and builds the output
 
 from __future__ import annotations
 
+import contextlib
 import re
 from functools import lru_cache
 from typing import Any
@@ -94,10 +95,8 @@ def _expand_match(template: Template, match: Any) -> str:
         if part.__class__ is bytes:
             out.append(part.decode())
             continue
-        try:
+        with contextlib.suppress(IndexError, KeyError):
             out.append(match.group(part) or "")
-        except (IndexError, KeyError):
-            pass
     return "".join(out)
 
 
