@@ -1,0 +1,1 @@
+"""The supervisor process: config, policy providers, snapshot compilation and publication, gunicorn."""
