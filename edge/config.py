@@ -268,6 +268,16 @@ def build(doc: Any, env: Mapping[str, str] | None = None, overrides: Mapping[str
                   s3_dump=doc.get("s3_dump") or {}, tail=doc.get("tail") or {}, warnings=tuple(warnings))
 
 
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """A relative provider path means the working directory if it exists there, else the config's folder."""
+    providers = []
+    for p in config.policy_providers:
+        if p.type == "file" and not Path(p.path).is_absolute() and not Path(p.path).exists():
+            p = ProviderConfig(**{**p.__dict__, "path": str(base / p.path)})
+        providers.append(p)
+    return Config(**{**config.__dict__, "policy_providers": tuple(providers)})
+
+
 def load(path: str | Path | None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> Config:
     """Read and validate a config file (None: defaults only)."""
@@ -281,6 +291,7 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None,
             doc = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise ConfigError(f"config {path}: not valid JSON: {exc}") from None
+        return _resolve_paths(build(doc, env, overrides), Path(path).resolve().parent)
     return build(doc, env, overrides)
 
 

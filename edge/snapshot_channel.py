@@ -23,7 +23,7 @@ _HEADER = struct.Struct("<QQ64s")
 CONTROL_SIZE = _HEADER.size
 
 
-def _attach(name: str) -> shared_memory.SharedMemory:
+def attach(name: str) -> shared_memory.SharedMemory:
     """Attach without adopting: the reader's resource tracker must not unlink the publisher's segment."""
     segment = shared_memory.SharedMemory(name=name)
     with contextlib.suppress(Exception):  # tracker bookkeeping only
@@ -90,7 +90,7 @@ class SnapshotReader:
     """Used by each worker: `current()` returns the newest snapshot (None before the first)."""
 
     def __init__(self, control_name: str) -> None:
-        self._control = _attach(control_name)
+        self._control = attach(control_name)
         self._generation_view = self._control.buf[:8].cast("Q")
         self.generation = 0
         self.snapshot: Snapshot | None = None
@@ -106,7 +106,7 @@ class SnapshotReader:
             _, length, raw_name = _HEADER.unpack(bytes(self._control.buf[:CONTROL_SIZE]))
             name = raw_name.rstrip(b"\0").decode()
             try:
-                segment = _attach(name)
+                segment = attach(name)
             except FileNotFoundError:
                 generation = self._generation_view[0]
                 continue

@@ -1,0 +1,174 @@
+"""`edge [CONFIG.json]`: the supervisor process.
+
+It validates the config (one error line, exit 2), lays out the run directory and the
+shared-memory segments, starts gunicorn with the Falcon workers at once (they pass
+traffic through raw until the first snapshot), and runs the policy providers, whose
+merged policy sets it compiles and publishes. On SIGTERM/SIGINT it stops accepting,
+lets gunicorn drain in-flight requests (at most 10 s), performs a final policy sync
+with the last statistics, removes every shared-memory segment and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import faulthandler
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from edge import __version__
+from edge.config import Config, ConfigError, load
+from edge.engine.shared_ratelimit import create_table
+from edge.snapshot_channel import SnapshotPublisher
+from edge.stats_spool import StatsSpool
+from supervisor import logs
+from supervisor.policies import SnapshotManager
+from supervisor.providers import PolicyMerger, ProviderSet
+from workers.runtime import RUN_DIR_ENV, RuntimePaths
+
+log = logging.getLogger("edge.supervisor")
+
+DEFAULT_CONFIG = "config.json"
+EMBEDDED_CONFIG = Path(__file__).resolve().parent.parent / "edge" / "examples" / "config.json"
+DISTRIBUTION_ENV = "EDGE_DISTRIBUTION"
+DRAIN_SECONDS = 10
+
+
+def _config_path(argument: str | None) -> Path:
+    """The named file; with no argument `config.json` if present, else the embedded default."""
+    if argument:
+        return Path(argument)
+    return Path(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else EMBEDDED_CONFIG
+
+
+class Supervisor:
+    def __init__(self, config: Config, distribution: str) -> None:
+        self.config = config
+        self.distribution = distribution
+        self.run_dir = Path(tempfile.mkdtemp(prefix="edge-"))
+        prefix = f"edge-{os.getpid()}"
+        self.publisher = SnapshotPublisher(prefix)
+        self.rate_table = create_table(f"{prefix}-rl")
+        self.paths = RuntimePaths(
+            config=str(self.run_dir / "config.json"), snapshot_control=self.publisher.control_name,
+            rate_table=self.rate_table.name, rate_lock=str(self.run_dir / "ratelimit.lock"),
+            stats_spool=str(self.run_dir / "stats"), prometheus_dir=str(self.run_dir / "prometheus"))
+        self.manager = SnapshotManager(self.publisher, StatsSpool(self.paths.stats_spool))
+        merger = PolicyMerger(self.manager.on_change, config.policy_providers)
+        self.providers = ProviderSet(config.policy_providers, merger, service=config.service,
+                                     stats_source=self.manager.drain_stats, stats_return=self.manager.return_stats,
+                                     errors_source=self.manager.errors)
+        self.gunicorn: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self._shut_down = False
+
+    def _write_runtime(self) -> None:
+        # Workers need no provider settings, and provider headers may hold secrets.
+        worker_config = dataclasses.replace(self.config, policy_providers=())
+        Path(self.paths.config).write_bytes(worker_config.to_json())
+        Path(self.paths.prometheus_dir).mkdir()
+        self.paths.write(self.run_dir)
+
+    def _start_gunicorn(self) -> None:
+        c = self.config
+        argv = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop",
+                "--workers", str(c.workers), "--bind", f"{c.listen_address}:{c.listen_port}",
+                "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
+                "--keep-alive", "75", "--log-level", "warning" if c.log_level == "info" else c.log_level,
+                "--limit-request-field_size", "16384", "workers.app:app"]
+        env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": self.paths.prometheus_dir,
+               DISTRIBUTION_ENV: self.distribution}
+        self.gunicorn = subprocess.Popen(argv, env=env)
+        log.info("edge %s (%s) listening on %s:%d with %d workers, upstream %s", __version__, self.distribution,
+                 c.listen_address, c.listen_port, c.workers, c.upstream_url)
+
+    def run(self) -> int:
+        self._write_runtime()
+        self._start_gunicorn()
+        self.providers.start()
+        while not self.stopping.wait(1.0):
+            self.manager.tick()
+            if self.gunicorn.poll() is not None:
+                log.error("gunicorn exited with status %s; shutting down", self.gunicorn.returncode)
+                return 1
+        return 0
+
+    def request_stop(self, signum: int, _frame: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        self.stopping.set()
+
+    def shutdown(self) -> None:
+        """Drain workers, final sync, release every shared resource (idempotent)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.providers.stop()
+        if self.gunicorn is not None and self.gunicorn.poll() is None:
+            self.gunicorn.send_signal(signal.SIGTERM)
+            try:
+                self.gunicorn.wait(DRAIN_SECONDS + 2)
+            except subprocess.TimeoutExpired:
+                log.warning("workers did not drain in %d s; killing them", DRAIN_SECONDS)
+                self.gunicorn.kill()
+                self.gunicorn.wait()
+        if self.providers.http_providers and not self.providers.final_sync():
+            log.warning("final policy sync failed; match statistics since the last sync are lost")
+        self.publisher.close()
+        self.rate_table.close()
+        self.rate_table.unlink()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def run(distribution: str, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"edge{'' if distribution == 'edge' else '-' + distribution}",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help=f"config file (default {DEFAULT_CONFIG}, else the embedded one)")
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    faulthandler.enable()
+    path = _config_path(args.config)
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    log.info("configuration from %s", path)
+    supervisor = Supervisor(config, distribution)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    try:
+        status = supervisor.run()
+    finally:
+        supervisor.shutdown()
+    log.info("stopped")
+    return status
+
+
+def main() -> int:
+    return run("edge")
+
+
+def main_otlp() -> int:
+    return run("otlp")
+
+
+def main_datadog() -> int:
+    return run("datadog")
+
+
+def main_prometheus() -> int:
+    return run("prometheus")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Worker processes: the gunicorn/Falcon HTTP workers (and, later, the tail worker)."""

@@ -1,0 +1,88 @@
+"""What one HTTP worker process shares between requests: the current engine and its state.
+
+The supervisor leaves `runtime.json` in the run directory (named by `EDGE_RUN_DIR`):
+the resolved config, the shared-memory names and the spool paths. A worker keeps one
+`Engine` per snapshot generation; rate-limit windows are shared by all workers of the
+instance and match statistics go to the spool about once a second.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from edge.config import Config, from_json
+from edge.engine.engine import Engine
+from edge.engine.extensions import ExtensionRegistry
+from edge.engine.shared_ratelimit import SharedRateLimiter
+from edge.engine.stats import MatchStats
+from edge.snapshot_channel import SnapshotReader
+from edge.stats_spool import StatsSpool
+
+RUN_DIR_ENV = "EDGE_RUN_DIR"
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Names the supervisor chose for this instance (written once, read by every worker)."""
+
+    config: str  # resolved worker config (JSON)
+    snapshot_control: str  # shared-memory control segment
+    rate_table: str  # shared-memory rate-limit table
+    rate_lock: str  # lock file for the rate-limit table
+    stats_spool: str  # directory
+    prometheus_dir: str  # prometheus-client multiprocess directory
+
+    def write(self, run_dir: Path) -> Path:
+        path = run_dir / "runtime.json"
+        path.write_bytes(orjson.dumps(self.__dict__))
+        return path
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RuntimePaths:
+        return cls(**orjson.loads((Path(run_dir) / "runtime.json").read_bytes()))
+
+
+class WorkerRuntime:
+    def __init__(self, paths: RuntimePaths) -> None:
+        self.paths = paths
+        self.config: Config = from_json(Path(paths.config).read_bytes())
+        self.snapshots = SnapshotReader(paths.snapshot_control)
+        self.limiter = SharedRateLimiter(paths.rate_table, paths.rate_lock)
+        self.stats = MatchStats()
+        self.spool = StatsSpool(paths.stats_spool)
+        self.extensions = ExtensionRegistry()
+        self._engine: Engine | None = None
+        self._generation = 0
+
+    @classmethod
+    def from_environment(cls) -> WorkerRuntime:
+        run_dir = os.environ.get(RUN_DIR_ENV)
+        if not run_dir:
+            raise RuntimeError(f"{RUN_DIR_ENV} is not set: workers are started by the edge supervisor")
+        return cls(RuntimePaths.read(run_dir))
+
+    def engine(self) -> Engine | None:
+        """The engine for the newest snapshot; None until the first one (raw passthrough)."""
+        snapshot = self.snapshots.current()
+        if snapshot is None:
+            return None
+        if self.snapshots.generation != self._generation:
+            self._engine = Engine(snapshot, limiter=self.limiter, stats=self.stats, extensions=self.extensions)
+            self._generation = self.snapshots.generation
+        return self._engine
+
+    @property
+    def generation(self) -> int:
+        return self.snapshots.generation
+
+    def flush_stats(self) -> None:
+        self.spool.flush(self.stats)
+
+    def close(self) -> None:
+        self.flush_stats()
+        self.snapshots.close()
+        self.limiter.close()
