@@ -88,11 +88,6 @@ class Engine:
             cause = caused.get(policy.id, 0)
             self.stats.add(policy.id, kept + cause, mask.bit_count() - kept - cause)
 
-    def _finish(self, signal: str, batch: Any, matched: list[tuple[CompiledPolicy, int]], alive: int) -> None:
-        if self.extensions:
-            dispatch(self.extensions, signal, [p for p, _ in matched], [m for _, m in matched],
-                     alive, batch.full, batch.export)
-
     # ── logs ──
 
     def _sample_drop(self, policy: CompiledPolicy, candidates: int, batch: Any) -> int:
@@ -129,11 +124,8 @@ class Engine:
             return 0
         return bits.from_indices(positions[granted:], positions[-1] + 1)
 
-    def evaluate_logs(self, batch: Any) -> Outcome:
-        plan = self.snapshot.plan(LOG)
-        if not plan or not batch.n:
-            return Outcome(batch.n, batch.n, False)
-        matched = self._match(plan, batch)
+    def _decide_logs(self, matched: list[tuple[CompiledPolicy, int]], batch: Any) -> tuple[int, dict[str, int]]:
+        """Most restrictive keep first; the first policy (by restrictiveness, then id) that drops causes it."""
         alive = batch.full
         caused: dict[str, int] = {}
         order = sorted((pm for pm in matched if pm[1]), key=lambda pm: pm[0].log_keep.restrictiveness())
@@ -151,19 +143,12 @@ class Engine:
             if drop:
                 caused[policy.id] = drop.bit_count()
                 alive &= ~drop
-        self._count(matched, alive, caused)
-        self._finish(LOG, batch, matched, alive)
-        apply_transforms(batch, self.snapshot, [(p, m & alive) for p, m in matched], self.stats)
-        batch.keep_only(alive)
-        return Outcome(batch.n, alive.bit_count(), batch.changed)
+        return alive, caused
 
     # ── metrics ──
 
-    def evaluate_metrics(self, batch: Any) -> Outcome:
-        plan = self.snapshot.plan(METRIC)
-        if not plan or not batch.n:
-            return Outcome(batch.n, batch.n, False)
-        matched = self._match(plan, batch)
+    def _decide_metrics(self, matched: list[tuple[CompiledPolicy, int]], batch: Any) -> tuple[int, dict[str, int]]:
+        """Any matching keep=false drops; the first such policy by id causes it."""
         alive = batch.full
         caused: dict[str, int] = {}
         for policy, mask in matched:
@@ -171,21 +156,14 @@ class Engine:
             if not policy.metric_keep and drop:
                 caused[policy.id] = drop.bit_count()
                 alive &= ~drop
-        self._count(matched, alive, caused)
-        self._finish(METRIC, batch, matched, alive)
-        batch.keep_only(alive)
-        return Outcome(batch.n, alive.bit_count(), batch.changed)
+        return alive, caused
 
     # ── traces ──
 
-    def evaluate_traces(self, batch: Any) -> Outcome:
-        plan = self.snapshot.plan(TRACE)
-        if not plan or not batch.n:
-            return Outcome(batch.n, batch.n, False)
-        matched = [(p, m) for p, m in self._match(plan, batch)]
+    def _decide_traces(self, matched: list[tuple[CompiledPolicy, int]], batch: Any) -> tuple[int, dict[str, int]]:
+        """The lowest percentage decides a span (ties by id) and writes its threshold."""
         alive = batch.full
         caused: dict[str, int] = {}
-        # Most restrictive first: the lowest percentage decides a span; ties by policy id.
         order = sorted((pm for pm in matched if pm[1]), key=lambda pm: pm[0].trace_keep.percentage)
         decided = 0
         for policy, mask in order:
@@ -203,17 +181,25 @@ class Engine:
             if drop:
                 caused[policy.id] = drop.bit_count()
                 alive &= ~drop
-        self._count(matched, alive, caused)
-        self._finish(TRACE, batch, matched, alive)
-        batch.keep_only(alive)
-        return Outcome(batch.n, alive.bit_count(), batch.changed)
+        return alive, caused
+
+    _DECIDERS = {LOG: _decide_logs, METRIC: _decide_metrics, TRACE: _decide_traces}
 
     def evaluate(self, signal: str, batch: Any) -> Outcome:
+        """Match, decide keep, count, dispatch extensions, transform (logs), drop: one batch."""
+        plan = self.snapshot.plan(signal)
+        if not plan or not batch.n:
+            return Outcome(batch.n, batch.n, False)
+        matched = self._match(plan, batch)
+        alive, caused = self._DECIDERS[signal](self, matched, batch)
+        self._count(matched, alive, caused)
+        if self.extensions:
+            dispatch(self.extensions, signal, [p for p, _ in matched], [m for _, m in matched],
+                     alive, batch.full, batch.export)
         if signal == LOG:
-            return self.evaluate_logs(batch)
-        if signal == METRIC:
-            return self.evaluate_metrics(batch)
-        return self.evaluate_traces(batch)
+            apply_transforms(batch, self.snapshot, [(p, m & alive) for p, m in matched], self.stats)
+        batch.keep_only(alive)
+        return Outcome(batch.n, alive.bit_count(), batch.changed)
 
 
 __all__ = ["Engine", "Outcome"]
