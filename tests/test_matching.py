@@ -844,3 +844,17 @@ def test_literal_match_ending_the_batch_alone():
     engine = _engine([{"id": "b", "log": {"match": [{"log_field": "body", "contains": "XY"}], "keep": "none"}}])
     doc = _log_doc([{"body": S("AAAB")}, {"body": S("AAAAxxxxxxXY")}])
     assert codec.evaluate(engine, "log", orjson.dumps(doc), "application/json").outcome.kept == 1
+
+
+@pytest.mark.parametrize(
+    "matcher",
+    [
+        {"regex": "[[:alpha:]]b", "case_insensitive": True},
+        {"regex": "(?i)sb"},
+        {"contains": "sB", "case_insensitive": True},
+    ],
+)
+def test_caseless_follows_re2_unicode_folding(matcher):
+    """§3 (RE2): under case folding U+017F (ſ) is an `s` and U+212A (K) a `k`; Hyperscan alone folds ASCII only."""
+    bodies = ["ſB", "xx", "\u212aelvin sb", "plain"]
+    assert _body_dropped(matcher, bodies) == {0, 2}

@@ -111,8 +111,14 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
 
     db, scratch = snapshot.database(plan.signal, fp.key)
     db.scan(buffer, match_event_handler=on_match, scratch=scratch)
-    if not reports:
-        return
+    if reports:
+        _map_reports(snapshot, plan, reports, starts, values, buffer, matched)
+    _refold_caseless(snapshot, plan, fp, values, text, matched)
+
+
+def _map_reports(snapshot: Snapshot, plan: SignalPlan, reports: list[tuple[int, int, int]], starts: list[int],
+                 values: list[str], buffer: bytes, matched: dict[int, set[int]]) -> None:
+    """Match ends -> records; verify with RE2 what Hyperscan cannot settle on the joined buffer."""
     dirty: set[int] = set()
     if buffer.count(b"\n") != len(values):
         dirty = {k for k, v in enumerate(values) if "\n" in v}
@@ -139,6 +145,25 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     for cid, k in to_verify:
         if values[k] and snapshot.regex(conditions[cid].re2_pattern).search(values[k]) is not None:
             matched[cid].add(k)
+
+
+def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str], text: str,
+                     matched: dict[int, set[int]]) -> None:
+    """RE2 folds U+017F (ſ) and U+212A (K) into ASCII s/k; Hyperscan's caseless mode does not.
+
+    Records holding either character get their case-insensitive conditions decided by RE2.
+    """
+    if "\u017f" not in text and "\u212a" not in text:
+        return
+    caseless = [c for c in (plan.conditions[i] for i in fp.scanned)
+                if c.hs_flags & hyperscan.HS_FLAG_CASELESS or "(?i" in (c.hs_pattern or "")]
+    for k, value in enumerate(values):
+        if "\u017f" in value or "\u212a" in value:
+            for c in caseless:
+                hits = matched[c.index]
+                hits.discard(k)
+                if snapshot.regex(c.re2_pattern).search(value) is not None:
+                    hits.add(k)
 
 
 def _plus_separator(total: int, length: int) -> int:
