@@ -82,7 +82,7 @@ class Supervisor:
                 "--workers", str(c.workers), "--bind", f"{c.listen_address}:{c.listen_port}",
                 "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
                 "--keep-alive", "75", "--log-level", "warning" if c.log_level == "info" else c.log_level,
-                "--limit-request-field_size", "16384", "workers.app:app"]
+                "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
         env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": self.paths.prometheus_dir,
                DISTRIBUTION_ENV: self.distribution}
         self.gunicorn = subprocess.Popen(argv, env=env)

@@ -1,0 +1,69 @@
+"""The proxy's own endpoints: health, loaded policies, Prometheus metrics. Never forwarded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from edge.protocols.metrics import Metrics
+from edge.protocols.upstream import JSON
+
+HEALTH_BODY = b'{"status":"ok"}'
+
+
+class Health:
+    route = "health"
+
+    async def __call__(self, req: Any, resp: Any) -> None:
+        resp.status = 200
+        resp.content_type = JSON
+        resp.data = HEALTH_BODY
+
+
+def policies_document(runtime: Any) -> dict[str, Any]:
+    snapshot = runtime.snapshots.current()
+    if snapshot is None:
+        return {"version": "", "generation": 0, "policies": [], "load_errors": []}
+    return {
+        "version": snapshot.version,
+        "generation": runtime.generation,
+        "policies": [{"id": p.id, "name": p.name, "signal": p.signal, "enabled": p.enabled,
+                      "errors": list(p.errors)} for p in snapshot.policies],
+        "load_errors": list(snapshot.load_errors),
+    }
+
+
+class Policies:
+    """GET /_edge/policies[?format=json] (JSON is the only format)."""
+
+    route = "policies"
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    async def __call__(self, req: Any, resp: Any) -> None:
+        resp.status = 200
+        resp.content_type = JSON
+        resp.data = orjson.dumps(policies_document(self.runtime))
+
+
+class MetricsEndpoint:
+    route = "metrics"
+
+    def __init__(self, runtime: Any, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+
+    async def __call__(self, req: Any, resp: Any) -> None:
+        update_snapshot_gauges(self.runtime, self.metrics)
+        data, content_type = self.metrics.exposition()
+        resp.status = 200
+        resp.content_type = content_type
+        resp.data = data
+
+
+def update_snapshot_gauges(runtime: Any, metrics: Metrics) -> None:
+    snapshot = runtime.snapshots.current()
+    if snapshot is not None:
+        metrics.snapshot_loaded(runtime.generation, len(snapshot.policies))

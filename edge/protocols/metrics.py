@@ -1,0 +1,109 @@
+"""The proxy's own Prometheus metrics, summed over every worker of the instance.
+
+The supervisor sets `PROMETHEUS_MULTIPROC_DIR` before the workers start: each worker then
+writes its values to memory-mapped files there and `/_edge/metrics` merges them with a
+`MultiProcessCollector`. Without the variable (a single process, tests) the metrics live
+in the default registry. Label children are resolved once and cached, so recording a
+request costs a dict lookup and a few memory-mapped adds.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIGNALS = ("log", "metric", "trace")
+UPSTREAM_ERRORS = ("connect", "timeout", "disconnect", "protocol", "internal")
+
+
+class Metrics:
+    """One instance per process (`get_metrics()`): prometheus-client refuses duplicate names."""
+
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()))
+        # In multiprocess mode values go to the mmap files, not to a registry.
+        registry = None if self.multiprocess else REGISTRY
+        self.requests = Counter("edge_requests", "HTTP requests answered, by route and status",
+                                ("route", "status"), registry=registry)
+        self.latency = Histogram("edge_request_duration_seconds", "Time to answer a request (until headers)",
+                                 ("route",), buckets=LATENCY_BUCKETS, registry=registry)
+        self.evaluated = Counter("edge_records_evaluated", "Telemetry records evaluated by policies",
+                                 ("signal",), registry=registry)
+        self.kept = Counter("edge_records_kept", "Telemetry records kept", ("signal",), registry=registry)
+        self.dropped = Counter("edge_records_dropped", "Telemetry records dropped", ("signal",), registry=registry)
+        self.upstream_errors = Counter("edge_upstream_errors", "Failed upstream requests, by kind",
+                                       ("kind",), registry=registry)
+        self.policies_loaded = Gauge("edge_policies_loaded", "Policies in the current snapshot",
+                                     registry=registry, multiprocess_mode="max")
+        self.generation = Gauge("edge_snapshot_generation", "Generation of the current policy snapshot",
+                                registry=registry, multiprocess_mode="max")
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._records = {s: (self.evaluated.labels(s), self.kept.labels(s), self.dropped.labels(s))
+                         for s in SIGNALS}
+        self._errors = {k: self.upstream_errors.labels(k) for k in UPSTREAM_ERRORS}
+        self._shown: tuple[int, int] | None = None
+        if self.multiprocess:
+            self._registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._registry)
+        else:
+            self._registry = REGISTRY
+
+    # ── hot path ──
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        child = self._requests.get((route, status))
+        if child is None:
+            child = self._requests[(route, status)] = self.requests.labels(route, str(status))
+        child.inc()
+        hist = self._latency.get(route)
+        if hist is None:
+            hist = self._latency[route] = self.latency.labels(route)
+        hist.observe(seconds)
+
+    def records(self, signal: str, total: int, kept: int) -> None:
+        evaluated, kept_c, dropped = self._records[signal]
+        evaluated.inc(total)
+        if kept:
+            kept_c.inc(kept)
+        if total > kept:
+            dropped.inc(total - kept)
+
+    def upstream_error(self, kind: str) -> None:
+        child = self._errors.get(kind)
+        if child is None:
+            child = self._errors[kind] = self.upstream_errors.labels(kind)
+        child.inc()
+
+    # ── background / scrape ──
+
+    def snapshot_loaded(self, generation: int, policies: int) -> None:
+        if self._shown != (generation, policies):
+            self._shown = (generation, policies)
+            self.generation.set(generation)
+            self.policies_loaded.set(policies)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+
+_metrics: Metrics | None = None
+
+
+def get_metrics() -> Metrics:
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics

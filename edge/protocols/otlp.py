@@ -1,0 +1,97 @@
+"""POST /v1/logs, /v1/metrics, /v1/traces: decode, evaluate the policies, forward what is left.
+
+Fail-open everywhere: a body we cannot decode (unknown codec, corrupt, too large once
+decoded, not OTLP) or an internal error forwards the original bytes untouched. A batch
+whose every record was dropped is answered here with an empty OTLP response and never
+reaches the upstream. Evaluation runs inline on the event loop: batches are bounded by
+`max_body_size` and a thread hop would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edge.engine.codec import UndecodableBody, evaluate, is_protobuf
+from edge.protocols.encoding import codec_of, decode, encode
+from edge.protocols.metrics import Metrics
+from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
+
+log = logging.getLogger(__name__)
+
+PROTOBUF = "application/x-protobuf"
+EMPTY_JSON = b"{}"
+EMPTY_PROTOBUF = b""
+DROPPED = None  # `OtlpRoute.filter` result: every record was dropped
+
+
+class OtlpRoute:
+    """One signal's OTLP/HTTP endpoint."""
+
+    def __init__(self, signal: str, base_url: str, runtime: Any, upstream: Upstream, metrics: Metrics) -> None:
+        self.signal = signal
+        self.route = f"otlp_{signal}s"
+        self.base_url = base_url
+        self.runtime = runtime
+        self.upstream = upstream
+        self.metrics = metrics
+        self.max_body = runtime.config.max_body_size
+        self.max_decoded = runtime.config.max_decoded_bytes
+
+    async def __call__(self, req: Any, resp: Any) -> None:
+        scope = req.scope
+        head = request_head(scope["headers"])
+        limit = self.max_body
+        if head.content_length is not None:
+            if head.content_length > limit:
+                return error_response(resp, 413)
+            body = await req.stream.read()
+        else:
+            body = await req.stream.read(limit + 1)
+        if len(body) > limit:
+            return error_response(resp, 413)
+        forward = self.filter(body, head)
+        if forward is DROPPED:
+            resp.status = 200
+            if is_protobuf(head.content_type):
+                resp.content_type = PROTOBUF
+                resp.data = EMPTY_PROTOBUF
+            else:
+                resp.content_type = JSON
+                resp.data = EMPTY_JSON
+            return None
+        response = await self.upstream.exchange(self.base_url, "POST", scope, head, forward)
+        relay_headers(resp, response.status, response.headers, keep_length=False)
+        resp.data = response.body
+        return None
+
+    def filter(self, body: bytes, head: RequestHead) -> bytes | None:
+        """The bytes to forward (the original ones whenever nothing changed), or DROPPED."""
+        try:
+            engine = self.runtime.engine()
+            if engine is None or not engine.snapshot.targets(self.signal):
+                return body  # nothing to do: never parse
+            codec = codec_of(head.content_encoding)
+            if codec is None:
+                return body  # deflate, br, ...: forwarded raw and unfiltered
+            decoded = decode(body, codec, self.max_decoded)
+            if decoded is None:
+                log.debug("%s body not decodable as %r within %d bytes: forwarded raw",
+                          self.signal, codec, self.max_decoded)
+                return body
+            try:
+                result = evaluate(engine, self.signal, decoded, head.content_type)
+            except UndecodableBody as exc:
+                log.debug("forwarding an undecodable %s body raw: %s", self.signal, exc)
+                return body
+            outcome = result.outcome
+            if outcome.total:
+                self.metrics.records(self.signal, outcome.total, outcome.kept)
+                if not outcome.kept:
+                    return DROPPED
+            if result.body is decoded:
+                return body  # unchanged: the original (still compressed) bytes
+            return encode(result.body, codec)
+        except Exception:  # noqa: BLE001 - fail-open: the original batch goes on
+            log.exception("filtering a %s batch failed; forwarding it unmodified", self.signal)
+            return body

@@ -1,0 +1,213 @@
+"""Forwarding to the upstream: connection pools per worker, header filtering, errors.
+
+Requests keep the method, the path and query exactly as received and every header except
+the hop-by-hop ones (plus any the client named in `Connection`); the upstream's Host and
+the Content-Length of the body actually sent are added. Responses are relayed with their
+status and headers (minus hop-by-hop) and their body as received, never decompressed.
+An unreachable upstream is a 502, one that does not answer within `upstream_timeout` a
+504, both with a short JSON body.
+
+One aiohttp `ClientSession` per worker (`auto_decompress=False`) carries buffered
+exchanges (OTLP batches) and streaming passthrough alike; it keeps connections alive and
+verifies TLS certificates unless `tls_insecure_skip_verify` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from edge.config import Config
+from edge.protocols.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding", b"keep-alive",
+                        b"proxy-connection", b"te", b"trailer", b"upgrade",
+                        b"expect"})  # gunicorn already answered the client's 100-continue; the body is in hand
+# Response headers never relayed; content-length is handled separately (kept for streamed bodies).
+RESPONSE_HOP_BY_HOP = frozenset({b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"te",
+                                 b"trailer", b"upgrade", b"content-length"})
+# Headers aiohttp would invent; the client's own are forwarded, nothing is added.
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+JSON = "application/json"
+
+ERROR_BODIES = {
+    502: b'{"error":"upstream unreachable"}',
+    504: b'{"error":"upstream timed out"}',
+    413: b'{"error":"request body too large"}',
+}
+
+
+@dataclass(slots=True)
+class Response:
+    """A buffered upstream answer: status, raw header pairs, whole body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """The request headers to forward (raw ASGI pairs) and the few the proxy itself looks at."""
+
+    raw: list[tuple[bytes, bytes]]
+    content_length: int | None
+    content_type: str | None
+    content_encoding: str | None
+    chunked: bool
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw]
+
+
+def request_head(raw: list[tuple[bytes, bytes]]) -> RequestHead:
+    """One pass over the ASGI headers (lower-case names): filter and pick out the interesting ones."""
+    headers: list[tuple[bytes, bytes]] = []
+    length = ctype = encoding = None
+    chunked = False
+    connection = None
+    for pair in raw:
+        name = pair[0]
+        if name in HOP_BY_HOP:
+            if name == b"content-length":
+                try:
+                    length = int(pair[1])
+                except ValueError:
+                    length = None
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                connection = pair[1]
+            continue
+        if name == b"content-type":
+            ctype = pair[1].decode("latin-1")
+        elif name == b"content-encoding":
+            encoding = pair[1].decode("latin-1")
+        headers.append(pair)
+    if connection is not None:
+        named = {t.strip().lower() for t in connection.split(b",")} - {b"keep-alive", b"close", b""}
+        if named:
+            headers = [(n, v) for n, v in headers if n not in named]
+    return RequestHead(headers, length, ctype, encoding, chunked)
+
+
+def request_target(scope: dict[str, Any]) -> bytes:
+    """The path as received plus the query verbatim (both still percent-encoded)."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string")
+    return path + b"?" + query if query else path
+
+
+class UpstreamError(Exception):
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+
+
+def classify(exc: BaseException) -> UpstreamError:
+    """Map a client-side failure to the status we answer with."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(504, "timeout", str(exc) or "timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(502, "connect", str(exc))
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
+        return UpstreamError(502, "disconnect", str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamError(502, "protocol", str(exc) or type(exc).__name__)
+    return UpstreamError(502, "internal", repr(exc))
+
+
+class Upstream:
+    """The worker's connections to every upstream URL (opened in the ASGI lifespan)."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.session: aiohttp.ClientSession | None = None
+        t = config.upstream_timeout
+        self.timeout = aiohttp.ClientTimeout(total=t)
+        # Streamed bodies may take long as a whole: bound connecting and every read instead.
+        self.stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+
+    async def start(self) -> None:
+        if self.session is not None:
+            return
+        verify = not self.config.tls_insecure_skip_verify  # True: the default context, certificates verified
+        connector = aiohttp.TCPConnector(limit=max(1, self.config.max_connections), limit_per_host=0,
+                                         ssl=verify, keepalive_timeout=30, ttl_dns_cache=60)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             skip_auto_headers=SKIP_AUTO_HEADERS, timeout=self.timeout,
+                                             cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
+
+    async def close(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+
+    async def exchange(self, base_url: str, method: str, scope: dict[str, Any], head: RequestHead,
+                       body: bytes) -> Response:
+        """A buffered request/response (the whole response body is read)."""
+        target = request_target(scope)
+        try:
+            response = await self.open(method, url(base_url, target), head.pairs(), body)
+            try:
+                data = await response.read()
+            finally:
+                response.release()
+            return Response(response.status, list(response.raw_headers), data)
+        except UpstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 answer
+            raise self.failed(exc) from None
+
+    async def open(self, method: str, target: URL, headers: list[tuple[str, str]], data: Any,
+                   *, streaming: bool = False) -> aiohttp.ClientResponse:
+        """Send the request through aiohttp and return the response with its body unread."""
+        if self.session is None:  # no lifespan (e.g. a server without it): start lazily
+            await self.start()
+        assert self.session is not None
+        try:
+            return await self.session.request(method, target, headers=headers, data=data, allow_redirects=False,
+                                              timeout=self.stream_timeout if streaming else self.timeout,
+                                              compress=None)
+        except Exception as exc:  # noqa: BLE001
+            raise self.failed(exc) from None
+
+    def failed(self, exc: BaseException) -> UpstreamError:
+        error = classify(exc)
+        self.metrics.upstream_error(error.kind)
+        log.debug("upstream request failed (%s): %s", error.kind, error)
+        return error
+
+
+def url(base_url: str, target: bytes) -> URL:
+    return URL(base_url + target.decode("latin-1"), encoded=True)
+
+
+def relay_headers(resp: Any, status: int, raw_headers: Any, keep_length: bool) -> None:
+    """Copy the upstream's status and end-to-end headers onto the Falcon response."""
+    resp.status = status
+    append = resp.append_header
+    for raw_name, raw_value in raw_headers:
+        lower = raw_name.lower()
+        if lower in RESPONSE_HOP_BY_HOP and not (keep_length and lower == b"content-length"):
+            continue
+        try:
+            append(lower.decode("latin-1"), raw_value.decode("latin-1"))
+        except Exception:  # noqa: BLE001 - an unrepresentable header is dropped, not fatal
+            log.debug("dropping upstream header %r", raw_name)
+
+
+def error_response(resp: Any, status: int) -> None:
+    resp.status = status
+    resp.content_type = JSON
+    resp.data = ERROR_BODIES.get(status, b'{"error":"proxy error"}')
