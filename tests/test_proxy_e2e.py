@@ -125,13 +125,13 @@ def drop_policy(pid: str, severity: str) -> dict:
 
 
 class Edge:
-    def __init__(self, tmp: Path, config: dict) -> None:
+    def __init__(self, tmp: Path, config: dict, command: list[str] = EDGE) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         path = tmp / "config.json"
         path.write_text(json.dumps({"listen_port": self.port, "workers": 2, "log_level": "info", **config}))
         self.log = open(tmp / "edge.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([*EDGE, str(path)], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*command, str(path)], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -261,5 +261,22 @@ def test_passthrough_before_policies_and_final_sync(tmp_path: Path, upstream: Re
     try:
         assert post(edge.base + "/v1/logs", logs_body(("DEBUG", "d"))) == 200
         assert upstream.bodies() == ["d"]
+    finally:
+        assert edge.stop() == 0
+
+
+@pytest.mark.parametrize(("script", "filters_otlp"), [("edge-otlp", True), ("edge-datadog", False)])
+def test_distributions_serve_their_route_subsets(tmp_path: Path, upstream: Recorder, script: str,
+                                                 filters_otlp: bool) -> None:
+    """edge-otlp applies policies on /v1/logs; edge-datadog has no OTLP routes and passes them through."""
+    policy_file = tmp_path / "policies.json"
+    policy_file.write_text(json.dumps({"policies": [drop_policy("drop-debug", "DEBUG")]}))
+    edge = Edge(tmp_path, {"upstream_url": upstream.url,
+                           "policy_providers": [{"id": "f", "type": "file", "path": str(policy_file)}]},
+                command=[str(Path(sys.executable).parent / script)])
+    try:
+        edge.wait_policies(1)
+        assert post(edge.base + "/v1/logs", logs_body(("DEBUG", "d"), ("INFO", "i"))) == 200
+        assert upstream.bodies() == (["i"] if filters_otlp else ["d", "i"])
     finally:
         assert edge.stop() == 0

@@ -7,7 +7,11 @@ the fork and attaches to the instance's shared state.
 
 from __future__ import annotations
 
+import faulthandler
+import os
+
 from edge.protocols.app import create_app
 from workers.runtime import WorkerRuntime
 
-app = create_app(WorkerRuntime.from_environment())
+faulthandler.enable()  # a crashing worker leaves a stack trace in the log
+app = create_app(WorkerRuntime.from_environment(), os.environ.get("EDGE_DISTRIBUTION", "edge"))

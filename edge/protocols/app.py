@@ -97,7 +97,19 @@ class Lifespan:
             log.exception("flushing match statistics failed")
 
 
-def create_app(runtime: Any) -> falcon.asgi.App:
+# Which protocol routes each distribution serves; every distribution has the admin routes
+# and passes everything else through. Datadog and Prometheus routes arrive with their modules.
+DISTRIBUTIONS: dict[str, frozenset[str]] = {
+    "edge": frozenset({"otlp"}),
+    "otlp": frozenset({"otlp"}),
+    "datadog": frozenset(),
+    "prometheus": frozenset(),
+}
+
+
+def create_app(runtime: Any, distribution: str = "edge") -> falcon.asgi.App:
+    """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
+    protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
     level = logging.getLevelName(config.log_level.upper())
     if isinstance(level, int):
@@ -105,10 +117,10 @@ def create_app(runtime: Any) -> falcon.asgi.App:
     metrics = get_metrics()
     upstream = Upstream(config, metrics)
     otlp = {"log": config.logs_url, "metric": config.metrics_url, "trace": config.upstream_url}
-    routes: dict[str, dict[str, Handler]] = {
-        f"/v1/{signal}s": {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
-        for signal, base in otlp.items()
-    }
+    routes: dict[str, dict[str, Handler]] = {}
+    if "otlp" in protocols:
+        routes.update({f"/v1/{signal}s": {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
+                       for signal, base in otlp.items()})
     health = Health()
     routes["/_health"] = {"GET": health, "HEAD": health}
     routes["/_edge/policies"] = {"GET": Policies(runtime)}
