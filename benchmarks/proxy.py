@@ -162,7 +162,10 @@ def main() -> int:
                       f"{r['p99']:8.2f} {r['non2xx']:8.0f}")
                 sys.stdout.flush()
             print(f"{label:8} edge/nginx req/s ratio: {results['edge']['rps'] / results['nginx']['rps']:.0%}")
-        print(f"edge total RSS (supervisor + gunicorn + {args.workers} workers): {tree_rss_mb(edge.pid):.0f} MB")
+        loaded = tree_rss_mb(edge.pid)
+        time.sleep(3)
+        print(f"edge total RSS (supervisor + gunicorn + {args.workers} workers): {loaded:.0f} MB right after "
+              f"the load, {tree_rss_mb(edge.pid):.0f} MB 3 s later")
     finally:
         if edge is not None:
             edge.send_signal(signal.SIGTERM)

@@ -12,23 +12,36 @@ grace period so a reader that is just copying it is not cut off, then unlinks it
 
 from __future__ import annotations
 
-import contextlib
 import struct
+import threading
 import time
 from multiprocessing import resource_tracker, shared_memory
 
 from edge.policy.snapshot import Snapshot
 
 _HEADER = struct.Struct("<QQ64s")
+_TRACKER_LOCK = threading.Lock()
 CONTROL_SIZE = _HEADER.size
 
 
 def attach(name: str) -> shared_memory.SharedMemory:
-    """Attach without adopting: the reader's resource tracker must not unlink the publisher's segment."""
-    segment = shared_memory.SharedMemory(name=name)
-    with contextlib.suppress(Exception):  # tracker bookkeeping only
-        resource_tracker.unregister(segment._name, "shared_memory")  # type: ignore[attr-defined]
-    return segment
+    """Attach without adopting the segment: only the supervisor may ever unlink it.
+
+    On Python 3.11 attaching registers the segment with the caller's resource tracker,
+    which would unlink it when the worker exits, and merely registering starts a tracker
+    process (~12 MB) per worker. Registration is suppressed for the duration of the call.
+    """
+    with _TRACKER_LOCK:
+        register = resource_tracker.register
+        resource_tracker.register = _ignore  # type: ignore[assignment]
+        try:
+            return shared_memory.SharedMemory(name=name)
+        finally:
+            resource_tracker.register = register  # type: ignore[assignment]
+
+
+def _ignore(name: str, rtype: str) -> None:
+    """Stands in for resource_tracker.register while attaching."""
 
 
 class SnapshotPublisher:

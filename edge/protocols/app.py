@@ -21,7 +21,7 @@ from edge.protocols.metrics import Metrics, get_metrics
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.passthrough import Passthrough
 from edge.protocols.upstream import Upstream, UpstreamError, error_response
-from edge.runtime import tune_gc
+from edge.runtime import release_free_memory, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Lifespan:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             self._flush()
+            release_free_memory()
 
     def _flush(self) -> None:
         try:
