@@ -81,12 +81,14 @@ class Engine:
     def _count(self, matched: list[tuple[CompiledPolicy, int]], alive: int,
                caused: dict[str, int]) -> None:
         """Hits and misses (POLICY.md §7) for every policy that matched something."""
+        rows = []
         for policy, mask in matched:
             if not mask:
                 continue
             kept = (mask & alive).bit_count()
             cause = caused.get(policy.id, 0)
-            self.stats.add(policy.id, kept + cause, mask.bit_count() - kept - cause)
+            rows.append((policy.id, kept + cause, mask.bit_count() - kept - cause))
+        self.stats.add_many(rows)
 
     # ── logs ──
 

@@ -151,12 +151,14 @@ class JsonBatch:
                 raise BatchShapeError(f"{self.SCOPES} must be a list")
             for sl in scopes:
                 recs = sl.get(self.RECORDS) or [] if sl.__class__ is dict else None
-                if recs.__class__ is not list or any(r.__class__ is not dict for r in recs):
+                if recs.__class__ is not list:
                     raise BatchShapeError(f"{self.RECORDS} must be a list of objects")
                 s = len(self.records)
                 self.records.extend(recs)
                 self.scopes.append((sl, s, len(self.records), len(self.resources)))
             self.resources.append((rl, start, len(self.records)))
+        if not {*map(type, self.records)} <= {dict}:
+            raise BatchShapeError(f"{self.RECORDS} must be a list of objects")
         self.n = len(self.records)
         self.full = bits.full_mask(self.n)
         self.changed = False
@@ -230,7 +232,10 @@ class JsonBatch:
         for sl, start, end, _ in self.scopes:
             if start == end:
                 continue
-            kept = [r for r, f in zip(sl[self.RECORDS], flags[start:end], strict=True) if f == "1"]
+            window = flags[start:end]
+            if "0" not in window:
+                continue
+            kept = [r for r, f in zip(sl[self.RECORDS], window, strict=True) if f == "1"] if "1" in window else []
             sl[self.RECORDS] = kept
             if not kept:
                 emptied_scopes.add(id(sl))

@@ -31,14 +31,20 @@ class MatchStats:
         self._counters: dict[str, PolicyCounters] = {}
 
     def add(self, policy_id: str, hits: int, misses: int) -> None:
-        if not (hits or misses):
+        if hits or misses:
+            self.add_many([(policy_id, hits, misses)])
+
+    def add_many(self, rows: list[tuple[str, int, int]]) -> None:
+        """(policy id, hits, misses) for a whole batch under one lock."""
+        if not rows:
             return
         with self._lock:
-            c = self._counters.get(policy_id)
-            if c is None:
-                c = self._counters[policy_id] = PolicyCounters()
-            c.hits += hits
-            c.misses += misses
+            for policy_id, hits, misses in rows:
+                c = self._counters.get(policy_id)
+                if c is None:
+                    c = self._counters[policy_id] = PolicyCounters()
+                c.hits += hits
+                c.misses += misses
 
     def add_stage(self, policy_id: str, stage: str, hits: int, misses: int) -> None:
         if not (hits or misses):

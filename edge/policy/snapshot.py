@@ -71,23 +71,30 @@ class Snapshot:
     # ── runtime objects, built on first use in this process ──
 
     def database(self, signal: str, key: FieldKey) -> tuple[hyperscan.Database, hyperscan.Scratch] | None:
-        """The field's Hyperscan database with a scratch for the calling thread."""
-        cache_key = ("hs", signal, key)
-        db = self._runtime.get(cache_key)
-        if db is None:
-            raw = self.plans[signal].fields[key].hs_database
-            if raw is None:
-                return None
-            db = hyperscan.loadb(bytes(raw), hyperscan.HS_MODE_BLOCK)
-            self._runtime[cache_key] = db
-        local = self._runtime.setdefault("scratch", threading.local())
-        scratch = getattr(local, "by_db", None)
-        if scratch is None:
-            scratch = local.by_db = {}
-        s = scratch.get(id(db))
-        if s is None:
-            s = scratch[id(db)] = hyperscan.Scratch(db)
-        return db, s
+        """The field's Hyperscan database with a scratch for the calling thread (cached per thread)."""
+        local = self._runtime.get("local")
+        if local is None:
+            local = self._runtime.setdefault("local", threading.local())
+        cache = getattr(local, "databases", None)
+        if cache is None:
+            cache = local.databases = {}
+        found = cache.get((signal, key))
+        if found is None:
+            found = cache[(signal, key)] = self._load_database(signal, key)
+        return found
+
+    def _load_database(self, signal: str, key: FieldKey) -> tuple[hyperscan.Database, hyperscan.Scratch] | None:
+        with self._lock():
+            db = self._runtime.get(("hs", signal, key))
+            if db is None:
+                raw = self.plans[signal].fields[key].hs_database
+                if raw is None:
+                    return None
+                db = self._runtime[("hs", signal, key)] = hyperscan.loadb(bytes(raw), hyperscan.HS_MODE_BLOCK)
+        return db, hyperscan.Scratch(db)
+
+    def _lock(self) -> threading.Lock:
+        return self._runtime.setdefault("lock", threading.Lock())
 
     def regex(self, pattern: str) -> re2._Regexp:
         """A compiled RE2 program (patterns were validated when the snapshot was compiled)."""
