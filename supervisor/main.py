@@ -23,12 +23,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-from edge import __version__
+from edge import __version__, logs
 from edge.config import Config, ConfigError, load
 from edge.engine.shared_ratelimit import create_table
 from edge.snapshot_channel import SnapshotPublisher
 from edge.stats_spool import StatsSpool
-from supervisor import logs
 from supervisor.policies import SnapshotManager
 from supervisor.providers import PolicyMerger, ProviderSet
 from workers.runtime import RUN_DIR_ENV, RuntimePaths

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import falcon.asgi
 
+from edge import logs
 from edge.protocols.admin import Health, MetricsEndpoint, Policies, update_snapshot_gauges
 from edge.protocols.metrics import Metrics, get_metrics
 from edge.protocols.otlp import OtlpRoute
@@ -112,9 +113,7 @@ def create_app(runtime: Any, distribution: str = "edge") -> falcon.asgi.App:
     """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
-    level = logging.getLevelName(config.log_level.upper())
-    if isinstance(level, int):
-        logging.getLogger("edge").setLevel(level)
+    logs.configure(config.log_level)
     metrics = get_metrics()
     upstream = Upstream(config, metrics)
     otlp = {"log": config.logs_url, "metric": config.metrics_url, "trace": config.upstream_url}
