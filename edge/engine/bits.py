@@ -7,6 +7,9 @@ policy logic costs a few operations per policy per batch instead of per record.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import compress
+
+_TO_SELECTORS = bytes.maketrans(b"01", b"\x00\x01")
 
 
 def full_mask(n: int) -> int:
@@ -21,8 +24,8 @@ def indices(mask: int) -> list[int]:
     """Set bit positions in ascending order."""
     if not mask:
         return []
-    text = bin(mask)[:1:-1]
-    return [i for i, bit in enumerate(text) if bit == "1"]
+    selectors = bin(mask)[:1:-1].encode().translate(_TO_SELECTORS)
+    return list(compress(range(len(selectors)), selectors))
 
 
 def from_indices(positions: Iterable[int], n: int) -> int:
