@@ -12,6 +12,8 @@ grace period so a reader that is just copying it is not cut off, then unlinks it
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 import threading
 import time
@@ -20,6 +22,8 @@ from multiprocessing import resource_tracker, shared_memory
 from edge.policy.snapshot import Snapshot
 
 _HEADER = struct.Struct("<QQ64s")
+_SHM_DIR = "/dev/shm"
+_OWNED = re.compile(r"^edge-(\d+)-")
 _TRACKER_LOCK = threading.Lock()
 CONTROL_SIZE = _HEADER.size
 
@@ -137,3 +141,37 @@ class SnapshotReader:
     def close(self) -> None:
         self._generation_view.release()
         self._control.close()
+
+
+def remove_stale_segments() -> list[str]:
+    """Unlink `edge-<pid>-*` segments whose supervisor no longer exists.
+
+    A supervisor killed with SIGKILL together with its resource tracker (a whole
+    process group, as container runtimes and test harnesses do) cannot clean up after
+    itself; the next one to start does.
+    """
+    removed = []
+    try:
+        names = os.listdir(_SHM_DIR)
+    except OSError:
+        return removed
+    for name in names:
+        m = _OWNED.match(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(_SHM_DIR, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

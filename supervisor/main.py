@@ -26,7 +26,7 @@ from pathlib import Path
 from edge import __version__, logs
 from edge.config import Config, ConfigError, load
 from edge.engine.shared_ratelimit import create_table
-from edge.snapshot_channel import SnapshotPublisher
+from edge.snapshot_channel import SnapshotPublisher, remove_stale_segments
 from edge.stats_spool import StatsSpool
 from supervisor.policies import SnapshotManager
 from supervisor.providers import PolicyMerger, ProviderSet
@@ -51,6 +51,9 @@ class Supervisor:
     def __init__(self, config: Config, distribution: str) -> None:
         self.config = config
         self.distribution = distribution
+        stale = remove_stale_segments()
+        if stale:
+            log.info("removed %d shared-memory segments left by edge processes that no longer exist", len(stale))
         self.run_dir = Path(tempfile.mkdtemp(prefix="edge-"))
         prefix = f"edge-{os.getpid()}"
         self.publisher = SnapshotPublisher(prefix)

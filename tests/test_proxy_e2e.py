@@ -125,13 +125,14 @@ def drop_policy(pid: str, severity: str) -> dict:
 
 
 class Edge:
-    def __init__(self, tmp: Path, config: dict, command: list[str] = EDGE) -> None:
+    def __init__(self, tmp: Path, config: dict, command: list[str] = EDGE, new_session: bool = False) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         path = tmp / "config.json"
         path.write_text(json.dumps({"listen_port": self.port, "workers": 2, "log_level": "info", **config}))
         self.log = open(tmp / "edge.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([*command, str(path)], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*command, str(path)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=new_session)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -280,3 +281,22 @@ def test_distributions_serve_their_route_subsets(tmp_path: Path, upstream: Recor
         assert upstream.bodies() == (["i"] if filters_otlp else ["d", "i"])
     finally:
         assert edge.stop() == 0
+
+
+def test_segments_of_a_killed_instance_are_removed_by_the_next(tmp_path: Path, upstream: Recorder) -> None:
+    """SIGKILL of the whole process group (as a container runtime does) leaves segments behind;
+    the next edge to start removes them."""
+    (tmp_path / "first").mkdir()
+    first = Edge(tmp_path / "first", {"upstream_url": upstream.url}, new_session=True)
+    assert edge_segments(first.proc.pid)
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    first.log.close()
+    time.sleep(0.5)
+    assert edge_segments(first.proc.pid)
+    (tmp_path / "second").mkdir()
+    second = Edge(tmp_path / "second", {"upstream_url": upstream.url})
+    try:
+        assert edge_segments(first.proc.pid) == []
+    finally:
+        assert second.stop() == 0
