@@ -10,9 +10,9 @@ import pytest
 
 from edge.engine import codec
 from edge.engine.engine import Engine
-from edge.engine.ratelimit import LocalRateLimiter
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
+from tests.engine_helpers import clean_engine
 
 SPACE = 1 << 56
 
@@ -48,12 +48,7 @@ class Clock:
 
 
 def _engine(policies: list[dict], *, clock: Clock | None = None, seed: int = 7) -> Engine:
-    loaded = load_document({"policies": policies})
-    assert loaded.errors == []
-    snapshot = compile_policies(loaded.policies)
-    assert snapshot.errors() == {}, snapshot.errors()
-    limiter = LocalRateLimiter(clock=clock) if clock is not None else None
-    return Engine(snapshot, limiter=limiter, rng=random.Random(seed))
+    return clean_engine(policies, clock=clock, seed=seed)
 
 
 def _log(pid: str, keep: str, matcher: dict | None = None, **target) -> dict:

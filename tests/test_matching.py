@@ -11,8 +11,7 @@ import re2
 
 from edge.engine import codec
 from edge.engine.engine import Engine
-from edge.policy.compiler import compile_policies
-from edge.policy.loader import load_document
+from tests.engine_helpers import clean_engine
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
@@ -26,11 +25,7 @@ def kv(key: str, value: dict) -> dict:
 
 
 def _engine(policies: list[dict]) -> Engine:
-    loaded = load_document({"policies": policies})
-    assert loaded.errors == []
-    snapshot = compile_policies(loaded.policies)
-    assert snapshot.errors() == {}, snapshot.errors()
-    return Engine(snapshot)
+    return clean_engine(policies)
 
 
 def _drop(signal: str, matchers: list[dict]) -> dict:

@@ -7,8 +7,7 @@ import pytest
 
 from edge.engine import codec
 from edge.engine.engine import Engine
-from edge.policy.compiler import compile_policies
-from edge.policy.loader import load_document
+from tests.engine_helpers import clean_engine
 
 
 def S(text: str) -> dict:
@@ -54,11 +53,7 @@ def _policy(transform: dict, pid: str = "t", matcher: dict | None = None) -> dic
 
 
 def _engine(policies: list[dict]) -> Engine:
-    loaded = load_document({"policies": policies})
-    assert loaded.errors == []
-    snapshot = compile_policies(loaded.policies)
-    assert snapshot.errors() == {}, snapshot.errors()
-    return Engine(snapshot)
+    return clean_engine(policies)
 
 
 def _apply(policies: list[dict], records: list[dict] | None = None) -> tuple[dict, Engine, bytes, bytes]:
