@@ -99,24 +99,19 @@ class Engine:
             return 0
         if t >= sampling.SPACE:
             return candidates
-        drop = 0
         positions = bits.indices(candidates)
         if policy.sample_key is None:
             draw = self.rng.getrandbits
-            for i in positions:
-                if draw(sampling.BITS) < t:
-                    drop |= 1 << i
-            return drop
+            return bits.from_indices([i for i in positions if draw(sampling.BITS) < t], batch.n)
         values = per_record(batch.column(policy.sample_key), batch.n)
-        by_trace_id = policy.sample_key == TRACE_ID_KEY
+        randomness = (sampling.randomness_of_trace_id if policy.sample_key == TRACE_ID_KEY
+                      else sampling.randomness_of_key)
+        dropped = []
         for i in positions:
             raw = _key_bytes(values[i])
-            if not raw:
-                continue  # an absent sample key keeps the record
-            r = sampling.randomness_of_trace_id(raw) if by_trace_id else sampling.randomness_of_key(raw)
-            if r < t:
-                drop |= 1 << i
-        return drop
+            if raw and randomness(raw) < t:  # an absent sample key keeps the record
+                dropped.append(i)
+        return bits.from_indices(dropped, batch.n)
 
     def _rate_drop(self, policy: CompiledPolicy, candidates: int) -> int:
         keep = policy.log_keep
@@ -173,13 +168,14 @@ class Engine:
             if not todo:
                 continue
             decided |= todo
-            drop = 0
+            dropped = []
             for i in bits.indices(todo):
                 decision = sampling.decide_span(policy.trace_keep, batch.trace_id(i), batch.trace_state(i))
                 if not decision.keep:
-                    drop |= 1 << i
+                    dropped.append(i)
                 elif decision.tracestate is not None:
                     batch.set_trace_state(i, decision.tracestate)
+            drop = bits.from_indices(dropped, batch.n)
             if drop:
                 caused[policy.id] = drop.bit_count()
                 alive &= ~drop
