@@ -78,6 +78,13 @@ def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*COMMAND, *args], input=stdin, capture_output=True, timeout=60)
 
 
+def run_eval(policies: object, input_file: object, output: object, *extra: str,
+             signal: str = "log") -> subprocess.CompletedProcess:
+    """`edge-policy eval --policies P --input I --output O --signal S [extra...]`."""
+    return run("eval", "--policies", str(policies), "--input", str(input_file), "--output", str(output),
+               "--signal", signal, *extra)
+
+
 def assert_clean_failure(proc: subprocess.CompletedProcess) -> str:
     """Non-zero exit, a short message on stderr, and no Python traceback."""
     assert proc.returncode != 0
@@ -106,19 +113,7 @@ def _bodies(path: Path) -> list[str]:
 
 def test_eval_writes_output_and_stats(files):
     """eval --policies: filtered output plus a stats file in the documented format, sorted by id."""
-    proc = run(
-        "eval",
-        "--policies",
-        str(files["policies"]),
-        "--input",
-        str(files["input"]),
-        "--output",
-        str(files["output"]),
-        "--stats",
-        str(files["stats"]),
-        "--signal",
-        "log",
-    )
+    proc = run_eval(files["policies"], files["input"], files["output"], "--stats", str(files["stats"]))
     assert proc.returncode == 0, proc.stderr
     assert _bodies(files["output"]) == ["b", "d"]
     out = orjson.loads(files["output"].read_bytes())
@@ -161,17 +156,7 @@ def test_eval_yaml_policy_file(files, tmp_path):
         "policies:\n  - id: d\n    log:\n      match:\n        - log_field: body\n"
         "          exact: c\n      keep: none\n"
     )
-    proc = run(
-        "eval",
-        "--policies",
-        str(policy_file),
-        "--input",
-        str(files["input"]),
-        "--output",
-        str(files["output"]),
-        "--signal",
-        "log",
-    )
+    proc = run_eval(str(policy_file), str(files["input"]), str(files["output"]))
     assert proc.returncode == 0, proc.stderr
     assert _bodies(files["output"]) == ["a", "b", "d"]
 
@@ -179,17 +164,7 @@ def test_eval_yaml_policy_file(files, tmp_path):
 def test_eval_missing_input_file_fails_cleanly(files, tmp_path):
     """A missing input file: non-zero exit, one-line message naming it, no traceback."""
     missing = tmp_path / "nope.json"
-    proc = run(
-        "eval",
-        "--policies",
-        str(files["policies"]),
-        "--input",
-        str(missing),
-        "--output",
-        str(files["output"]),
-        "--signal",
-        "log",
-    )
+    proc = run_eval(str(files["policies"]), str(missing), str(files["output"]))
     assert "nope.json" in assert_clean_failure(proc)
 
 
@@ -198,17 +173,7 @@ def test_eval_missing_or_bad_policy_file_fails_cleanly(files, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{: [")
     for policy_file in (tmp_path / "missing.json", bad):
-        proc = run(
-            "eval",
-            "--policies",
-            str(policy_file),
-            "--input",
-            str(files["input"]),
-            "--output",
-            str(files["output"]),
-            "--signal",
-            "log",
-        )
+        proc = run_eval(str(policy_file), str(files["input"]), str(files["output"]))
         assert policy_file.name in assert_clean_failure(proc)
 
 
@@ -216,17 +181,7 @@ def test_eval_undecodable_input_passes_through(files, tmp_path):
     """A body that is not OTLP/JSON is forwarded unchanged (fail-open) with a message, never a traceback."""
     garbage = tmp_path / "garbage.json"
     garbage.write_bytes(b"this is not json")
-    proc = run(
-        "eval",
-        "--policies",
-        str(files["policies"]),
-        "--input",
-        str(garbage),
-        "--output",
-        str(files["output"]),
-        "--signal",
-        "log",
-    )
+    proc = run_eval(str(files["policies"]), str(garbage), str(files["output"]))
     err = proc.stderr.decode()
     assert "Traceback" not in err
     assert "not an OTLP/JSON log request" in err
@@ -235,17 +190,7 @@ def test_eval_undecodable_input_passes_through(files, tmp_path):
 
 def test_eval_unwritable_output_fails_cleanly(files, tmp_path):
     """An output path in a missing directory: non-zero exit, one-line message."""
-    proc = run(
-        "eval",
-        "--policies",
-        str(files["policies"]),
-        "--input",
-        str(files["input"]),
-        "--output",
-        str(tmp_path / "no" / "dir" / "out.json"),
-        "--signal",
-        "log",
-    )
+    proc = run_eval(str(files["policies"]), str(files["input"]), str(tmp_path / "no" / "dir" / "out.json"))
     assert_clean_failure(proc)
 
 
