@@ -37,8 +37,7 @@ class Batch(Protocol):
 def _fold(matched_values: list[int], owners: list[int] | None) -> int:
     """Value positions -> record mask."""
     if owners is None:
-        return sum(1 << i for i in matched_values) if len(matched_values) < 64 else \
-            bits.from_indices(matched_values, max(matched_values) + 1)
+        return bits.from_indices(matched_values, max(matched_values) + 1)
     mask = 0
     for j in matched_values:
         mask |= owners[j]

@@ -7,6 +7,7 @@ inside the document, so kept records are forwarded exactly as they arrived.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -180,11 +181,11 @@ class JsonBatch:
             return self.FIELDS[(head, key[1])]
         return self.FIELDS[head]
 
-    def _raw(self, key: FieldKey) -> tuple[list[Any], list[int] | None, bool]:
-        """(raw values, owners, multi-valued) for a field key."""
+    def _raw(self, key: FieldKey) -> tuple[list[Any], list[int] | None]:
+        """(raw values, owners) for a field key."""
         level, _, getter = self._spec(key)
         if level == "record":
-            return [getter(r, key) for r in self.records], None, False
+            return [getter(r, key) for r in self.records], None
         if level == "multi":
             values: list[Any] = []
             owners: list[int] = []
@@ -192,10 +193,10 @@ class JsonBatch:
                 found = getter(r, key)
                 values.extend(found)
                 owners.extend([1 << i] * len(found))
-            return values, owners, True
+            return values, owners
         groups = self.resources if level == "resource" else self.scopes
         return ([getter(g[0], key) for g in groups],
-                [bits.range_mask(g[1], g[2]) for g in groups], False)
+                [bits.range_mask(g[1], g[2]) for g in groups])
 
     def column(self, key: FieldKey) -> Column:
         level, kind, getter = self._spec(key)
@@ -204,7 +205,7 @@ class JsonBatch:
             return Column(self._record_attribute(key, convert))
         if level == "record":
             return Column([convert(getter(r, key)) for r in self.records])
-        raw, owners, _ = self._raw(key)
+        raw, owners = self._raw(key)
         return Column([convert(v) for v in raw], owners)
 
     def strings(self, key: FieldKey) -> Column:
@@ -217,7 +218,7 @@ class JsonBatch:
             return Column(self._record_attribute(key, convert))
         if level == "record":
             return Column([convert(getter(r, key)) for r in self.records])
-        raw, owners, _ = self._raw(key)
+        raw, owners = self._raw(key)
         return Column([convert(v) for v in raw], owners)
 
     # ── output ──
@@ -253,8 +254,6 @@ class JsonBatch:
 
     def export(self, i: int) -> dict[str, Any]:
         """A standalone copy of record i with its resource and scope (for extensions)."""
-        import copy
-
         sl = next(s for s in self.scopes if s[1] <= i < s[2])
         rl = self.resources[sl[3]][0]
         return {

@@ -9,7 +9,6 @@ cases disagree the cases win. A transform that finds its field absent is a no-op
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from edge.engine import bits
@@ -39,19 +38,7 @@ def _rename_target(source: FieldKey, to: str) -> FieldKey:
     return (head, source[1][:-1] + (to,))
 
 
-class _StageCounter:
-    def __init__(self) -> None:
-        self.hits = 0
-        self.misses = 0
-
-    def count(self, changed: bool) -> None:
-        if changed:
-            self.hits += 1
-        else:
-            self.misses += 1
-
-
-def _remove(batch: MutableLogs, i: int, key: FieldKey) -> bool:
+def _remove(batch: MutableLogs, snapshot: Snapshot, i: int, key: FieldKey) -> bool:
     return batch.delete(i, key)
 
 
@@ -70,7 +57,7 @@ def _redact(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     return batch.set(i, op.field, batch.string_value(redacted))
 
 
-def _rename(batch: MutableLogs, i: int, op: Any) -> bool:
+def _rename(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     value = batch.get(i, op.source)
     if value is None:
         return False
@@ -85,7 +72,7 @@ def _rename(batch: MutableLogs, i: int, op: Any) -> bool:
     return True
 
 
-def _add(batch: MutableLogs, i: int, op: Any) -> bool:
+def _add(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     if not op.upsert and batch.get(i, op.field) is not None:
         return False
     return batch.set(i, op.field, batch.string_value(op.value))
@@ -94,19 +81,18 @@ def _add(batch: MutableLogs, i: int, op: Any) -> bool:
 def apply_transforms(batch: MutableLogs, snapshot: Snapshot, targets: list[tuple[CompiledPolicy, int]],
                      stats: MatchStats | None) -> None:
     """Apply the transforms of `targets` (policy, mask of kept records it matched)."""
-    per_policy = [(p, bits.indices(mask)) for p, mask in targets if p.transform and mask]
-    stages: list[tuple[str, Callable[[CompiledPolicy, int, _StageCounter], None]]] = [
-        ("remove", lambda p, i, c: [c.count(_remove(batch, i, k)) for k in p.transform.remove]),
-        ("redact", lambda p, i, c: [c.count(_redact(batch, snapshot, i, op)) for op in p.transform.redact]),
-        ("rename", lambda p, i, c: [c.count(_rename(batch, i, op)) for op in p.transform.rename]),
-        ("add", lambda p, i, c: [c.count(_add(batch, i, op)) for op in p.transform.add]),
-    ]
-    for policy, records in per_policy:
-        for stage, run in stages:
-            if not getattr(policy.transform, stage):
+    for policy, mask in targets:
+        if not (policy.transform and mask):
+            continue
+        records = bits.indices(mask)
+        for stage, apply in _STAGES:
+            ops = getattr(policy.transform, stage)
+            if not ops:
                 continue
-            counter = _StageCounter()
-            for i in records:
-                run(policy, i, counter)
+            hits = sum(apply(batch, snapshot, i, op) for i in records for op in ops)
             if stats is not None:
-                stats.add_stage(policy.id, stage, counter.hits, counter.misses)
+                stats.add_stage(policy.id, stage, hits, len(records) * len(ops) - hits)
+
+
+# Within one policy the stages run in this order (POLICY.md §5).
+_STAGES = (("remove", _remove), ("redact", _redact), ("rename", _rename), ("add", _add))

@@ -264,10 +264,6 @@ def _compile_transform(transform: pb.LogTransform, errors: _Errors) -> Transform
     return out
 
 
-def _sample_key(key: pb.LogSampleKey) -> FieldKey:
-    return field_key(key)
-
-
 class _Builder:
     """Accumulates the per-signal condition tables while policies compile."""
 
@@ -293,7 +289,7 @@ class _Builder:
         if signal == LOG:
             compiled.log_keep = errors.run("keep", parse_log_keep, target.keep)
             if target.HasField("sample_key"):
-                compiled.sample_key = errors.run("sample_key", _sample_key, target.sample_key)
+                compiled.sample_key = errors.run("sample_key", field_key, target.sample_key)
             if target.HasField("transform"):
                 compiled.transform = _compile_transform(target.transform, errors) or None
         elif signal == METRIC:
