@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from itertools import compress
 
 _TO_SELECTORS = bytes.maketrans(b"01", b"\x00\x01")
+_TO_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 
 
 def full_mask(n: int) -> int:
@@ -35,6 +36,15 @@ def from_indices(positions: Iterable[int], n: int) -> int:
         row[i] = 49  # "1"
     row.reverse()
     return int(row, 2) if n else 0
+
+
+def from_bools(selectors: list[bool]) -> int:
+    """The mask with bit i set where selectors[i] is true (built in C, no loop per record)."""
+    if not selectors:
+        return 0
+    row = bytearray(selectors).translate(_TO_DIGITS)
+    row.reverse()
+    return int(row, 2)
 
 
 def flags(mask: int, n: int) -> str:

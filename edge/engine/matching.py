@@ -10,6 +10,7 @@ the record (a match that spans the separator). The result is one bitmask per con
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from itertools import accumulate, repeat
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import hyperscan
 
 from edge.engine import bits
-from edge.engine.values import MISSING, Column, string_view
+from edge.engine.values import MISSING, Column, only_numbers, string_view
 from edge.policy.model import Condition, FieldPlan, Op, SignalPlan
 from edge.policy.snapshot import Snapshot
 
@@ -51,12 +52,13 @@ def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Col
     `column.values` are string views: "" where the field is absent or not a string,
     which no string condition matches. Low-cardinality fields (severity, method,
     service) are scanned once per distinct value and mapped back without a per-record
-    Python loop; others are scanned as one joined buffer.
+    Python loop; others (told by a probe of the first values) are scanned as one
+    joined buffer.
     """
     values = column.values
     if not values:
         return
-    distinct = list(dict.fromkeys(values))
+    distinct = list(dict.fromkeys(values)) if len(set(values[:256])) <= 64 else values
     if len(distinct) <= min(255, len(values) // 4):
         matched = _match_values(snapshot, plan, fp, distinct)
         codes = bytes(map({v: j for j, v in enumerate(distinct)}.__getitem__, values))
@@ -101,7 +103,7 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     text = "\n".join(values) + "\n"
     buffer = text.encode()
     lengths = map(len, values) if len(buffer) == len(text) else (len(v.encode()) for v in values)
-    starts = list(accumulate(lengths, _plus_separator, initial=0))
+    starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=0))
     reports: list[tuple[int, int, int]] = []
     add = reports.append
 
@@ -165,8 +167,7 @@ def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values
                     hits.add(k)
 
 
-def _plus_separator(total: int, length: int) -> int:
-    return total + length + 1
+_PLUS_SEPARATOR = (1).__add__  # a value's length plus its "\n", in C
 
 
 # ── typed conditions ───────────────────────────────────────────────────────
@@ -184,6 +185,8 @@ def _equals(v: Any, operand: Any) -> bool:
     return v.__class__ is operand.__class__ and v == operand
 
 
+_OPERATORS = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le, "eq": operator.eq}
+
 _COMPARE = {
     "gt": lambda a, b: a > b,
     "gte": lambda a, b: a >= b,
@@ -192,9 +195,26 @@ _COMPARE = {
 }
 
 
+def _numeric_mask(condition: Condition, values: list[Any]) -> int | None:
+    """Numeric comparisons over an all-number record column, compared in C; None otherwise."""
+    if condition.op is Op.COMPARE:
+        name, number = condition.operand
+    elif condition.op is Op.EQUALS and _is_number(condition.operand):
+        name, number = "eq", condition.operand
+    else:
+        return None
+    if not only_numbers(values):
+        return None
+    return bits.from_bools(list(map(_OPERATORS[name], values, repeat(number))))
+
+
 def _typed_mask(condition: Condition, column: Column) -> int:
     values = column.values
     op = condition.op
+    if column.owners is None:
+        fast = _numeric_mask(condition, values)
+        if fast is not None:
+            return fast
     if op is Op.EXISTS:
         if condition.operand:
             hits = [i for i, v in enumerate(values) if v is not MISSING]

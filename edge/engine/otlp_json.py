@@ -11,7 +11,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from edge.engine import bits
+from edge.engine import bits, json_columns
 from edge.engine.values import (
     MISSING,
     OTHER,
@@ -163,12 +163,20 @@ class JsonBatch:
         self.n = len(self.records)
         self.full = bits.full_mask(self.n)
         self.changed = False
+        self._attributes: json_columns.AttributeColumns | None = None
 
     def _record_attribute(self, key: FieldKey, convert: Callable[[Any], Any]) -> list[Any]:
         """A record-level attribute path for every record, converted (one pass for one segment)."""
         path = key[1]
         if len(path) == 1:
             name = path[0]
+            if self._attributes is None:
+                self._attributes = json_columns.AttributeColumns(self.records)
+            values = self._attributes.values(name)
+            if values is not None:
+                fast = _FAST_CONVERTERS.get(convert)
+                converted = fast(values) if fast is not None else None
+                return converted if converted is not None else [convert(v) for v in values]
             return [convert(first_value(r.get("attributes") or (), name)) for r in self.records]
         rest = path[1:]
         return [convert(_walk(first_value(r.get("attributes") or (), path[0]), rest)) for r in self.records]
@@ -263,6 +271,29 @@ class JsonBatch:
         }
 
 
+# per-value converters -> their whole-column C-speed versions (None: irregular column)
+_FAST_CONVERTERS: dict[Callable[[Any], Any], Callable[[list[Any]], list[Any] | None]] = {
+    json_string_view: json_columns.string_views,
+    json_any_value: json_columns.typed_values,
+}
+
+
+def _body_strings(records: list[dict]) -> list[str]:
+    bodies = json_columns.dig(records, "body")
+    fast = json_columns.string_views(bodies) if bodies else None
+    if fast is not None:
+        return fast
+    return [(s if (s := b.get("stringValue")).__class__ is str else json_string_view(b) or "")
+            if (b := r.get("body")).__class__ is dict else "" for r in records]
+
+
+def _member_strings(records: list[dict], name: str) -> list[str]:
+    values = json_columns.dig(records, name)
+    if values and json_columns.only_strings(values):
+        return values
+    return [s if (s := r.get(name)).__class__ is str else "" for r in records]
+
+
 def _record_attr(r: dict, key: FieldKey) -> Any:
     return find_attribute(r.get("attributes"), key[1])
 
@@ -309,11 +340,8 @@ class JsonLogs(JsonBatch):
         "log_attribute": ("record", "any", _record_attr),
     }
     FAST_STRINGS = {
-        ("log_field", 1): lambda recs, key: [
-            (s if (s := b.get("stringValue")).__class__ is str else json_string_view(b) or "")
-            if (b := r.get("body")).__class__ is dict else "" for r in recs],
-        ("log_field", 2): lambda recs, key: [
-            s if (s := r.get("severityText")).__class__ is str else "" for r in recs],
+        ("log_field", 1): lambda recs, key: _body_strings(recs),
+        ("log_field", 2): lambda recs, key: _member_strings(recs, "severityText"),
     }
     # log_field number -> (level, JSON key, stored as AnyValue?)
     _SLOTS = {1: ("record", "body", True), 2: ("record", "severityText", False),
@@ -333,6 +361,7 @@ class JsonLogs(JsonBatch):
 
     def _attribute_list(self, i: int, key: FieldKey, create: bool) -> list | None:
         """The KeyValue list that holds the last segment of an attribute path."""
+        self._attributes = None  # a transform may change it: attribute columns are taken afresh
         head, path = key
         if head == "log_attribute":
             holder = self.records[i]

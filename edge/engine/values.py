@@ -43,6 +43,14 @@ class Column:
     owners: list[int] | None = None
 
 
+_NUMBER_TYPES = ({int}, {float}, {int, float})
+
+
+def only_numbers(values: list[Any]) -> bool:
+    """Every value an int or a float (bools excluded: they never compare as numbers)."""
+    return set(map(type, values)) in _NUMBER_TYPES
+
+
 def string_view(value: Any) -> str | None:
     """What string conditions see: non-empty strings, and bytes as lowercase hex."""
     if value.__class__ is str:
