@@ -1,6 +1,6 @@
 """Proxy throughput: edge vs nginx as a plain reverse proxy, same upstream, same load.
 
-    python benchmarks/proxy.py [--seconds 10] [--connections 32] [--workers 2]
+    python benchmarks/proxy.py [--seconds 10] [--connections 32] [--workers 2] [--floor]
 
 Starts (all on loopback, all stopped at the end):
 - an upstream: nginx answering 200 `{}` to every POST (fast, so the proxies are measured);
@@ -8,7 +8,10 @@ Starts (all on loopback, all stopped at the end):
 - nginx as a plain reverse proxy to the same upstream;
 then drives each proxy with `wrk` POSTing OTLP/JSON logs of ~4 KB and ~1 MB and reports
 req/s, p50/p99 latency, MB/s, edge's req/s as a ratio of nginx's, and edge's total RSS
-(supervisor + gunicorn master + workers). Needs Debian's `nginx-light` and `wrk`.
+(supervisor + gunicorn master + workers). With `--floor` it also serves
+`benchmarks/floor_app.py` (the same gunicorn/Falcon/aiohttp stack forwarding bodies with
+no policy work) to show how much of the gap to nginx is the stack itself. Needs
+Debian's `nginx-light` and `wrk`.
 """
 
 from __future__ import annotations
@@ -119,11 +122,22 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def start_floor(port: int, upstream_port: int, workers: int) -> subprocess.Popen:
+    """benchmarks/floor_app.py under gunicorn with edge's worker settings."""
+    argv = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop", "--workers", str(workers),
+            "--bind", f"127.0.0.1:{port}", "--keep-alive", "75", "--log-level", "warning", "--no-control-socket",
+            "benchmarks.floor_app:app"]
+    process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "FLOOR_UPSTREAM": f"http://127.0.0.1:{upstream_port}"})
+    wait_http(f"http://127.0.0.1:{port}/_health")
+    return process
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--floor", action="store_true", help="also measure benchmarks/floor_app.py")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -137,36 +151,45 @@ def main() -> int:
         files[label] = tmp / f"body-{label}.json"
         files[label].write_bytes(json.dumps(doc).encode())
     (tmp / "policies.json").write_text(json.dumps({"policies": CORE_POLICIES}))
-    upstream_port, nginx_port, edge_port = free_port(), free_port(), free_port()
+    upstream_port, nginx_port, edge_port, floor_port = free_port(), free_port(), free_port(), free_port()
     config = {"listen_port": edge_port, "upstream_url": f"http://127.0.0.1:{upstream_port}", "log_level": "warn",
               "workers": args.workers, "max_body_size": 16 << 20,
               "policy_providers": [{"id": "bench", "type": "file", "path": str(tmp / "policies.json")}]}
     (tmp / "config.json").write_text(json.dumps(config))
 
-    edge = None
+    edge = floor = None
+    proxies = [("nginx", nginx_port), ("edge", edge_port)]
     try:
         start_nginx(tmp, "upstream", upstream_port, "return 200 '{}';", 1)
         start_nginx(tmp, "proxy", nginx_port, "proxy_pass http://backend; proxy_http_version 1.1; "
                     "proxy_set_header Connection '';", args.workers, upstream_port)
         edge = subprocess.Popen([sys.executable, "-m", "supervisor.main", str(tmp / "config.json")], cwd=ROOT)
         wait_http(f"http://127.0.0.1:{edge_port}/_health")
+        if args.floor:
+            floor = start_floor(floor_port, upstream_port, args.workers)
+            proxies.append(("floor", floor_port))
         time.sleep(1.0)  # policies load in the background
         print(f"{'payload':8} {'proxy':6} {'req/s':>9} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
         for label, path in files.items():
             size_mb = path.stat().st_size / 1e6
             results = {}
-            for name, port in (("nginx", nginx_port), ("edge", edge_port)):
+            for name, port in proxies:
                 r = wrk(f"http://127.0.0.1:{port}/v1/logs", path, args.seconds, args.connections)
                 results[name] = r
                 print(f"{label:8} {name:6} {r['rps']:9,.0f} {r['rps'] * size_mb:8,.1f} {r['p50']:8.2f} "
                       f"{r['p99']:8.2f} {r['non2xx']:8.0f}")
                 sys.stdout.flush()
-            print(f"{label:8} edge/nginx req/s ratio: {results['edge']['rps'] / results['nginx']['rps']:.0%}")
+            for name in results:
+                if name != "nginx":
+                    print(f"{label:8} {name}/nginx req/s ratio: {results[name]['rps'] / results['nginx']['rps']:.0%}")
         loaded = tree_rss_mb(edge.pid)
         time.sleep(3)
         print(f"edge total RSS (supervisor + gunicorn + {args.workers} workers): {loaded:.0f} MB right after "
               f"the load, {tree_rss_mb(edge.pid):.0f} MB 3 s later")
     finally:
+        if floor is not None:
+            floor.send_signal(signal.SIGTERM)
+            floor.wait(30)
         if edge is not None:
             edge.send_signal(signal.SIGTERM)
             edge.wait(30)
