@@ -1,0 +1,130 @@
+"""Apply a policy file to blocks of lines: bytes in, kept lines' bytes out.
+
+The policy file goes through the proxy's loader and compiler into a `Snapshot`, and
+each block through the proxy's `Engine` as one `LineBatch`. Kept lines are cut out of
+the block with one `compress` and one `join`; a block where everything is kept is
+returned as the same bytes object. Lines longer than `max_line` are not evaluated and
+always kept. Any internal error keeps the whole block (fail-open).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import compress
+
+from edge.engine import bits
+from edge.engine.engine import Engine
+from edge.policy.compiler import compile_policies
+from edge.policy.loader import PolicyFileError, load_file
+from edge.policy.model import LOG
+from edge.policy.snapshot import Snapshot, empty_snapshot
+from edge.tail.lines import LineBatch, decode_lines
+
+log = logging.getLogger("edge.tail")
+
+_SELECTORS = bytes.maketrans(b"01", b"\x00\x01")
+
+
+class PolicyLoadError(ValueError):
+    """The policy file cannot be read or parsed (one line for the operator)."""
+
+
+def load_snapshot(path: str) -> Snapshot:
+    """Compile a policy file; bad individual policies are logged and left out (fail-open)."""
+    if not path:
+        return empty_snapshot()
+    try:
+        loaded = load_file(path)
+    except PolicyFileError as exc:
+        raise PolicyLoadError(str(exc)) from None
+    snapshot = compile_policies(loaded.policies, load_errors=loaded.errors)
+    for message in snapshot.load_errors:
+        log.warning("%s: %s", path, message)
+    for pid, errors in snapshot.errors().items():
+        log.warning("%s: policy %s is inert: %s", path, pid, "; ".join(errors))
+    return snapshot
+
+
+@dataclass(slots=True)
+class Kept:
+    """What survives a block: the bytes to deliver and how many lines they hold."""
+
+    data: bytes
+    lines: int
+
+
+SnapshotSource = Callable[[], "Snapshot | None"]
+
+
+class LineFilter:
+    """Filters blocks of complete lines with the current snapshot's engine.
+
+    `source` returns the snapshot to use (a fixed one for `-p`, the supervisor's newest
+    for its tail worker; None = no policies yet). A new snapshot gets a new engine; the
+    check costs one call per block.
+    """
+
+    def __init__(self, source: SnapshotSource, fmt: str, max_line: int,
+                 resource: Mapping[str, str] | None = None) -> None:
+        self.source = source
+        self.snapshot: Snapshot | None = None
+        self.engine: Engine | None = None
+        self.format = fmt
+        self.max_line = max_line
+        self.resource = dict(resource or {})
+
+    @classmethod
+    def fixed(cls, snapshot: Snapshot, fmt: str, max_line: int,
+              resource: Mapping[str, str] | None = None) -> LineFilter:
+        return cls(lambda: snapshot, fmt, max_line, resource)
+
+    def _current_engine(self) -> Engine | None:
+        try:
+            snapshot = self.source()
+        except Exception:  # noqa: BLE001 - an unreadable new snapshot: keep evaluating with the last one
+            log.exception("cannot read the current policy snapshot; keeping the previous one")
+            return self.engine
+        if snapshot is not self.snapshot:
+            self.snapshot = snapshot
+            self.engine = Engine(snapshot) if snapshot is not None and snapshot.targets(LOG) else None
+        return self.engine
+
+    def apply(self, block: bytes, file_path: str = "") -> Kept:
+        """`block` holds complete lines, each ending with a newline."""
+        engine = self._current_engine() if block else None
+        if engine is None:
+            return Kept(block, block.count(b"\n"))
+        lines = block.split(b"\n")
+        lines.pop()
+        try:
+            alive = self._alive(engine, block, lines, file_path)
+        except Exception:  # noqa: BLE001 - fail-open: an evaluation bug never loses lines
+            log.exception("policy evaluation failed; keeping the %d lines of this block", len(lines))
+            return Kept(block, len(lines))
+        n = len(lines)
+        if alive == bits.full_mask(n):
+            return Kept(block, n)
+        kept = list(compress(lines, bits.flags(alive, n).encode().translate(_SELECTORS)))
+        if not kept:
+            return Kept(b"", 0)
+        kept.append(b"")
+        return Kept(b"\n".join(kept), len(kept) - 1)
+
+    def _alive(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str) -> int:
+        """The mask of lines to keep; over-long lines are kept without evaluation."""
+        if len(block) <= self.max_line or max(map(len, lines)) <= self.max_line:
+            return self._evaluate(engine, block, lines, file_path)
+        short = [i for i, line in enumerate(lines) if len(line) <= self.max_line]
+        alive = bits.full_mask(len(lines)) ^ bits.from_indices(short, len(lines))
+        if short:
+            subset = [lines[i] for i in short]
+            sub_alive = self._evaluate(engine, b"\n".join(subset) + b"\n", subset, file_path)
+            alive |= bits.from_indices([short[j] for j in bits.indices(sub_alive)], len(lines))
+        return alive
+
+    def _evaluate(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str) -> int:
+        batch = LineBatch(lines, decode_lines(block), self.format, file_path, self.resource)
+        engine.evaluate(LOG, batch)
+        return batch.alive

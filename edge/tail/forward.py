@@ -1,0 +1,266 @@
+"""Forwarding kept lines as OTLP/HTTP log batches instead of writing them.
+
+Lines accumulate into a batch of at most `batch_lines` records (or `batch_interval_ms`
+after its first record); each sealed batch is encoded (protobuf or JSON), gzipped and
+POSTed by one aiohttp session running in a background thread. Batches are sent one at
+a time, in order, and a batch is retried until the target answers 2xx: exponential
+backoff with jitter, or the target's `Retry-After` when it gives one. Nothing is
+dropped. While `MAX_QUEUED` batches wait, `ready()` is false and the tailer stops
+reading (backpressure); positions are reported delivered only when the batch holding
+their lines is acknowledged, so checkpoints never pass unsent lines.
+
+Every record's body is its line (a string; bytes when the line is not valid UTF-8) with
+the attribute `log.file.path`; the resource carries `--resource` pairs and the
+Kubernetes downward-API variables (`POD_NAME`, `NAMESPACE`, `SERVICE_NAME`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import gzip
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from edge import __version__
+from edge.tail.lines import FILE_PATH_ATTRIBUTE
+from edge.tail.output import Delivered, Position
+
+log = logging.getLogger("edge.tail")
+
+MAX_QUEUED = 4  # sealed batches waiting or in flight before reading pauses
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 30.0
+RETRY_AFTER_MAX_S = 300.0
+REQUEST_TIMEOUT_S = 30.0
+SCOPE_NAME = "edge-tail"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Lines of one request, grouped by source file, and the positions they complete."""
+
+    groups: list[tuple[str, list[bytes]]] = field(default_factory=list)
+    count: int = 0
+    positions: dict[tuple[int, int], Position] = field(default_factory=dict)
+    started: float = 0.0
+
+    def add(self, source: str, lines: list[bytes]) -> None:
+        if self.groups and self.groups[-1][0] == source:
+            self.groups[-1][1].extend(lines)
+        else:
+            self.groups.append((source, lines))
+        self.count += len(lines)
+
+
+def _any_value(line: bytes) -> tuple[str, str | bytes]:
+    try:
+        return "string_value", line.decode()
+    except UnicodeDecodeError:
+        return "bytes_value", line
+
+
+def encode_protobuf(batch: Batch, resource: Mapping[str, str], observed_ns: int) -> bytes:
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    for key, value in resource.items():
+        kv = resource_logs.resource.attributes.add()
+        kv.key = key
+        kv.value.string_value = value
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = SCOPE_NAME
+    scope_logs.scope.version = __version__
+    records = scope_logs.log_records
+    for source, lines in batch.groups:
+        for line in lines:
+            record = records.add()
+            record.observed_time_unix_nano = observed_ns
+            kind, value = _any_value(line)
+            setattr(record.body, kind, value)
+            attribute = record.attributes.add()
+            attribute.key = FILE_PATH_ATTRIBUTE
+            attribute.value.string_value = source
+    return request.SerializeToString()
+
+
+def encode_json(batch: Batch, resource: Mapping[str, str], observed_ns: int) -> bytes:
+    observed = str(observed_ns)
+    records = []
+    for source, lines in batch.groups:
+        path = [{"key": FILE_PATH_ATTRIBUTE, "value": {"stringValue": source}}]
+        for text in (line.decode("utf-8", "replace") for line in lines):
+            records.append({"observedTimeUnixNano": observed, "body": {"stringValue": text}, "attributes": path})
+    doc = {"resourceLogs": [{
+        "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]},
+        "scopeLogs": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "logRecords": records}],
+    }]}
+    return orjson.dumps(doc)
+
+
+ENCODERS = {"protobuf": (encode_protobuf, "application/x-protobuf"), "json": (encode_json, "application/json")}
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) as seconds from now, capped."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), RETRY_AFTER_MAX_S))
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with jitter: a random delay in [d/2, d], d doubling from BACKOFF_FIRST_S."""
+    delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (2 ** min(attempt, 20)))
+    return random.uniform(delay / 2, delay)
+
+
+class ForwardSink:
+    """The `Sink` that POSTs OTLP log batches (see the module doc)."""
+
+    def __init__(self, url: str, *, fmt: str, batch_lines: int, batch_interval_ms: int,
+                 resource: Mapping[str, str], on_delivered: Delivered, wakeup: threading.Event) -> None:
+        self.url = url
+        self.encode, self.content_type = ENCODERS[fmt]
+        self.batch_lines = batch_lines
+        self.interval = batch_interval_ms / 1000
+        self.resource = dict(resource)
+        self.on_delivered = on_delivered
+        self.wakeup = wakeup
+        self.current = Batch()
+        self.sealed: collections.deque[Batch] = collections.deque()  # waiting or in flight, oldest first
+        self.lock = threading.Lock()
+        self.more = threading.Event()
+        self.stopping = threading.Event()
+        self.give_up_at: float | None = None
+        self.thread = threading.Thread(target=self._thread_main, name="edge-tail-forward", daemon=True)
+        self.thread.start()
+
+    # ── the tailer's side ──
+
+    def write(self, data: bytes, lines: int, source: str, position: Position | None) -> None:
+        if data:
+            records = data.split(b"\n")
+            if not records[-1]:
+                records.pop()
+            start = 0
+            while start < len(records):
+                if not self.current.count:
+                    self.current.started = time.monotonic()
+                room = self.batch_lines - self.current.count
+                self.current.add(source, records[start:start + room])
+                start += room
+                if self.current.count >= self.batch_lines:
+                    self._seal()
+        if position is not None:
+            identity = position[0]
+            self.current.positions[(identity.device, identity.inode)] = position
+            if not self.current.started:
+                self.current.started = time.monotonic()
+
+    def deadline(self) -> float | None:
+        return self.current.started + self.interval if self.current.started else None
+
+    def flush(self) -> None:
+        """Seal the open batch now (it is sent in the background)."""
+        if self.current.count or self.current.positions:
+            self._seal()
+
+    def ready(self) -> bool:
+        with self.lock:
+            return len(self.sealed) < MAX_QUEUED
+
+    def pending(self) -> int:
+        with self.lock:
+            return len(self.sealed)
+
+    def close(self, drain_s: float = 10.0) -> None:
+        """Seal what is open and wait up to `drain_s` for every batch to be acknowledged."""
+        self.flush()
+        self.give_up_at = time.monotonic() + drain_s
+        self.stopping.set()
+        self.more.set()
+        self.thread.join(drain_s + 5)
+        left = sum(b.count for b in self.sealed)
+        if left:
+            log.warning("%d forwarded lines were not acknowledged before shutdown; their checkpoints were "
+                        "not advanced, so they are sent again on the next start", left)
+
+    def _seal(self) -> None:
+        batch, self.current = self.current, Batch()
+        with self.lock:
+            self.sealed.append(batch)
+        self.more.set()
+
+    # ── the sender thread ──
+
+    def _thread_main(self) -> None:
+        asyncio.run(self._send_loop())
+
+    async def _send_loop(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                with self.lock:
+                    batch = self.sealed[0] if self.sealed else None
+                if batch is None:
+                    if self.stopping.is_set():
+                        return
+                    await asyncio.to_thread(self.more.wait, 0.5)
+                    self.more.clear()
+                    continue
+                if not await self._deliver(session, batch):
+                    return  # shutting down with the target still failing
+                with self.lock:
+                    self.sealed.popleft()
+                if batch.positions:
+                    self.on_delivered(list(batch.positions.values()))
+                self.wakeup.set()
+
+    async def _deliver(self, session: aiohttp.ClientSession, batch: Batch) -> bool:
+        """Send until acknowledged; False only when shutdown's drain time ran out first."""
+        if not batch.count:
+            return True
+        body = gzip.compress(self.encode(batch, self.resource, time.time_ns()), compresslevel=5)
+        headers = {"Content-Type": self.content_type, "Content-Encoding": "gzip"}
+        attempt = 0
+        while True:
+            delay = await self._attempt(session, body, headers, batch.count, attempt)
+            if delay is None:
+                return True
+            attempt += 1
+            if self.give_up_at is not None and time.monotonic() + delay > self.give_up_at:
+                return False
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str],
+                       count: int, attempt: int) -> float | None:
+        """One POST: None when acknowledged, else how long to wait before the next try."""
+        try:
+            async with session.post(self.url, data=body, headers=headers) as response:
+                await response.read()
+                if 200 <= response.status < 300:
+                    if attempt:
+                        log.info("forward target %s accepts again after %d retries", self.url, attempt)
+                    return None
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+                reason = f"HTTP {response.status}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            wait, reason = None, f"{type(exc).__name__}: {exc}"
+        delay = wait if wait is not None else backoff_seconds(attempt)
+        log.warning("forwarding %d lines to %s failed (%s); retrying in %.2f s", count, self.url, reason, delay)
+        return delay

@@ -1,0 +1,244 @@
+"""Tailed lines seen as a batch of log records: the engine's view of one read block.
+
+`LineBatch` implements the batch interface of `edge.engine.otlp_json.JsonLogs` (columns,
+string columns, `keep_only`, the transform accessors, `export`) over the lines of one
+block, so the proxy's engine evaluates them unchanged: one Hyperscan scan per field
+over the whole block. How a line maps to fields depends on the format (EDGE.md
+"Formats"):
+
+- raw: body = the line. The block is decoded once and split once; no per-line Python.
+- logfmt: `k=v` pairs (values may be double-quoted) are log attributes.
+- json: top-level fields of an object line (and those of its `attributes` object) are
+  log attributes; a line that is not a JSON object has no attributes.
+- logfmt and json: body = `message` | `body`, else the line; severity_text =
+  `severity_text` | `severity` | `level`.
+
+Every line also has the log attribute `log.file.path` (unless the line defines it) and
+the resource attributes of `--resource`. Transforms are evaluated (policies see their
+effect on later stages) but never rewrite the line: kept lines are written byte-for-byte.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from edge.engine import bits
+from edge.engine.values import MISSING, OTHER, Column
+from edge.policy.model import FieldKey
+
+BODY = ("log_field", 1)
+SEVERITY = ("log_field", 2)
+FILE_PATH_ATTRIBUTE = "log.file.path"
+_DELETED = object()
+_BODY_KEYS = ("message", "body")
+_SEVERITY_KEYS = ("severity_text", "severity", "level")
+_LOGFMT_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+_LOGFMT_ESCAPE = re.compile(r"\\(.)")
+K8S_ENVIRONMENT = {"POD_NAME": "k8s.pod.name", "NAMESPACE": "k8s.namespace.name", "SERVICE_NAME": "service.name"}
+
+
+def resource_attributes(pairs: tuple[tuple[str, str], ...], env: Mapping[str, str]) -> dict[str, str]:
+    """The resource of every line: the Kubernetes downward-API variables, then `--resource` pairs (which win)."""
+    attributes = {key: env[name] for name, key in K8S_ENVIRONMENT.items() if env.get(name)}
+    attributes.update(pairs)
+    return attributes
+
+
+def decode_lines(block: bytes) -> list[str]:
+    """The lines of a block of complete lines as text (invalid UTF-8 replaced, `\\r\\n` ends stripped).
+
+    Replacement never creates or swallows a newline, so line i of the text is line i of the block.
+    """
+    text = block.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    lines.pop()
+    return lines
+
+
+def _typed(value: Any) -> Any:
+    """A parsed JSON / logfmt value as the engine's typed value."""
+    if value is None:
+        return MISSING
+    if value.__class__ in (str, int, float, bool):
+        return value
+    return OTHER
+
+
+def _walk(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = record
+    for segment in path:
+        if value.__class__ is not dict:
+            return None
+        value = value.get(segment)
+        if value is None:
+            return None
+    return value
+
+
+def _logfmt_value(raw: str) -> str:
+    if raw.startswith('"') and len(raw) >= 2:
+        return _LOGFMT_ESCAPE.sub(r"\1", raw[1:-1])
+    return raw
+
+
+def parse_logfmt(line: str) -> dict[str, Any]:
+    return {k: _logfmt_value(v) for k, v in _LOGFMT_PAIR.findall(line)}
+
+
+def parse_json(line: bytes) -> dict[str, Any]:
+    """The object on a JSON line; {} when the line is not a JSON object (it still has a body)."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if doc.__class__ is dict else {}
+
+
+class _Structured:
+    """Parsed records of a logfmt or json block: attributes, body and severity per line."""
+
+    __slots__ = ("records", "bodies", "severities")
+
+    def __init__(self, fmt: str, lines: list[bytes], texts: list[str]) -> None:
+        if fmt == "json":
+            self.records = [parse_json(line) for line in lines]
+        else:
+            self.records = [parse_logfmt(text) for text in texts]
+        self.bodies = [self._first(r, _BODY_KEYS, text) for r, text in zip(self.records, texts, strict=True)]
+        self.severities = [self._first(r, _SEVERITY_KEYS, MISSING) for r in self.records]
+
+    @staticmethod
+    def _first(record: dict[str, Any], keys: tuple[str, ...], default: Any) -> Any:
+        for key in keys:
+            value = record.get(key)
+            if value is not None:
+                return _typed(value)
+        return default
+
+    def attribute(self, i: int, path: tuple[str, ...]) -> Any:
+        record = self.records[i]
+        value = _walk(record, path)
+        if value is None:
+            nested = record.get("attributes")
+            if nested.__class__ is dict:
+                value = _walk(nested, path)
+        return _typed(value)
+
+
+class LineBatch:
+    """One block of lines as log records (the `JsonLogs` batch interface)."""
+
+    def __init__(self, lines: list[bytes], texts: list[str], fmt: str, file_path: str = "",
+                 resource: Mapping[str, str] | None = None) -> None:
+        self.lines = lines
+        self.texts = texts
+        self.format = fmt
+        self.file_path = file_path
+        self.resource = resource or {}
+        self.n = len(lines)
+        self.full = bits.full_mask(self.n)
+        self.alive = self.full
+        self.changed = False
+        self._structured: _Structured | None = None
+        self._overlay: dict[tuple[int, FieldKey], Any] = {}
+        self._columns: dict[FieldKey, Column] = {}
+
+    def structured(self) -> _Structured:
+        if self._structured is None:
+            self._structured = _Structured(self.format, self.lines, self.texts)
+        return self._structured
+
+    # ── columns ──
+
+    def _record_values(self, key: FieldKey) -> list[Any]:
+        head = key[0]
+        if key == BODY:
+            return self.texts if self.format == "raw" else self.structured().bodies
+        if key == SEVERITY and self.format != "raw":
+            return self.structured().severities
+        if head == "log_attribute":
+            return self._attributes(key[1])
+        return [MISSING] * self.n
+
+    def _attributes(self, path: tuple[str, ...]) -> list[Any]:
+        fallback = self.file_path if path == (FILE_PATH_ATTRIBUTE,) and self.file_path else MISSING
+        if self.format == "raw":
+            return [fallback] * self.n
+        structured = self.structured()
+        values = [structured.attribute(i, path) for i in range(self.n)]
+        if fallback is not MISSING:
+            values = [fallback if v is MISSING else v for v in values]
+        return values
+
+    def column(self, key: FieldKey) -> Column:
+        column = self._columns.get(key)
+        if column is None:
+            column = self._columns[key] = self._build_column(key)
+        return column
+
+    def _build_column(self, key: FieldKey) -> Column:
+        if key[0] == "resource_attribute":
+            value = self.resource.get(".".join(key[1])) if len(key[1]) == 1 else None
+            return Column([MISSING if value is None else value], [self.full])
+        values = self._record_values(key)
+        if key == BODY:  # an empty-string body counts as absent, as in the OTLP views
+            values = [MISSING if v == "" else v for v in values]
+        return Column(values)
+
+    def strings(self, key: FieldKey) -> Column:
+        if key == BODY and self.format == "raw":
+            return Column(self.texts)
+        typed = self.column(key)
+        return Column([v if v.__class__ is str else "" for v in typed.values], typed.owners)
+
+    # ── outcome ──
+
+    def keep_only(self, alive: int) -> None:
+        """Remember which lines survive; the caller writes those lines' original bytes."""
+        self.alive = alive
+        self.changed = alive != self.full
+
+    def export(self, i: int) -> dict[str, Any]:
+        """Record i as an OTLP/JSON-style record with its resource (for extensions)."""
+        return {
+            "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in self.resource.items()]},
+            "scope": {},
+            "record": {"body": {"stringValue": self.texts[i]},
+                       "attributes": [{"key": FILE_PATH_ATTRIBUTE, "value": {"stringValue": self.file_path}}]},
+        }
+
+    # ── transform accessors: evaluated against an overlay, never written back ──
+
+    def get(self, i: int, key: FieldKey) -> Any:
+        value = self._overlay.get((i, key))
+        if value is _DELETED:
+            return None
+        if value is not None:
+            return value
+        column = self.column(key)
+        found = column.values[0] if column.owners is not None else column.values[i]
+        return None if found is MISSING else found
+
+    def set(self, i: int, key: FieldKey, value: Any) -> bool:
+        self._overlay[(i, key)] = value
+        return True
+
+    def delete(self, i: int, key: FieldKey) -> bool:
+        if self.get(i, key) is None:
+            return False
+        self._overlay[(i, key)] = _DELETED
+        return True
+
+    @staticmethod
+    def string_value(text: str) -> str:
+        return text
+
+    @staticmethod
+    def string_of(value: Any) -> str | None:
+        return value if value.__class__ is str else None

@@ -1,0 +1,166 @@
+"""One tailed file: an open descriptor, how far it has been read, and its identity.
+
+Reads are `pread`s of `read_buf` bytes at an explicit offset, cut at the last newline:
+what comes back is a block of complete lines (the unit the policy engine evaluates) and
+the partial last line is held until its newline arrives. A partial line that grows past
+`max_line` is streamed out unevaluated, and so is the rest of that line.
+
+A file is identified by (device, inode) plus a fingerprint of its first bytes
+(`edge.tail.checkpoint`), which is what tells a truncated or rewritten file (start
+again at 0) from one that merely grew.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from edge.tail.checkpoint import FINGERPRINT_BYTES, FileIdentity, fingerprint
+
+FileKey = tuple[int, int]  # (device, inode)
+
+
+@dataclass(slots=True)
+class Block:
+    """Bytes read from a file: complete lines, or (passthrough) a piece of an over-long line."""
+
+    data: bytes
+    end_offset: int  # file offset just after `data`: where the next undelivered byte starts
+    passthrough: bool = False
+
+
+def identity_of(fd: int, st: os.stat_result) -> FileIdentity:
+    head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    return FileIdentity(st.st_dev, st.st_ino, fingerprint(head), len(head))
+
+
+class LineCutter:
+    """Cuts a byte stream into blocks of complete lines, holding the partial last line."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.pending = b""  # the partial last line read so far
+        self.in_long_line = False  # streaming an over-long line until its newline
+
+    def feed(self, data: bytes, end_offset: int) -> list[Block]:
+        """Blocks ready for delivery from `data` (which ends at stream offset `end_offset`)."""
+        blocks: list[Block] = []
+        if self.in_long_line:
+            data = self._continue_long_line(data, end_offset, blocks)
+            if not data:
+                return blocks
+        buf = self.pending + data if self.pending else data
+        cut = buf.rfind(b"\n") + 1
+        self.pending = buf[cut:]
+        if cut:
+            blocks.append(Block(buf[:cut], end_offset - len(self.pending)))
+        if len(self.pending) > self.max_line:
+            blocks.append(Block(self.pending, end_offset, passthrough=True))
+            self.pending = b""
+            self.in_long_line = True
+        return blocks
+
+    def _continue_long_line(self, data: bytes, end_offset: int, blocks: list[Block]) -> bytes:
+        """Pass the rest of an over-long line through; return what follows its newline."""
+        newline = data.find(b"\n")
+        if newline < 0:
+            blocks.append(Block(data, end_offset, passthrough=True))
+            return b""
+        self.in_long_line = False
+        rest = data[newline + 1:]
+        blocks.append(Block(data[:newline + 1], end_offset - len(rest), passthrough=True))
+        return rest
+
+    def take_partial(self, end_offset: int) -> Block | None:
+        """The held partial line completed with a newline: its stream is ending (stdin EOF, abandoned file)."""
+        if not self.pending and not self.in_long_line:
+            return None
+        data, passthrough = self.pending, self.in_long_line
+        self.reset()
+        return Block(data + b"\n", end_offset, passthrough=passthrough)
+
+    def reset(self) -> None:
+        self.pending = b""
+        self.in_long_line = False
+
+
+class TailedFile:
+    """An open file being tailed; `read` returns what is new since the last call."""
+
+    def __init__(self, path: str, fd: int, st: os.stat_result, offset: int, max_line: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.key: FileKey = (st.st_dev, st.st_ino)
+        self.identity = identity_of(fd, st)
+        self.offset = offset  # next byte to read
+        self.cutter = LineCutter(max_line)
+        self.detached_at: float | None = None  # monotonic time its path stopped naming this file
+        self.size_seen = st.st_size
+        self.at_eof = False  # the last read found nothing new
+
+    @classmethod
+    def open(cls, path: str, max_line: int) -> TailedFile:
+        """Open `path` at offset 0; OSError when it cannot be read or is not a regular file."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(21, "not a regular file", path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, st, 0, max_line)
+
+    def head(self) -> bytes:
+        """The first bytes of the file, as far as a fingerprint covers them."""
+        return os.pread(self.fd, FINGERPRINT_BYTES, 0)
+
+    # ── reading ──
+
+    def read(self, size: int) -> list[Block] | None:
+        """One `pread` of up to `size` bytes as blocks ready for delivery (maybe none); None at end of file."""
+        data = os.pread(self.fd, size, self.offset)
+        self.at_eof = not data
+        if not data:
+            return None
+        self.offset += len(data)
+        self.size_seen = max(self.size_seen, self.offset)
+        return self.cutter.feed(data, self.offset)
+
+    def take_partial(self) -> Block | None:
+        return self.cutter.take_partial(self.offset)
+
+    # ── changes to the file itself ──
+
+    def restart_if_replaced(self) -> str:
+        """Detect copytruncate (size below our offset) or a rewritten head; restart at 0 if so.
+
+        Returns "" when nothing happened, else the reason. While the file is shorter than
+        FINGERPRINT_BYTES the identity's fingerprint grows with it.
+        """
+        st = os.fstat(self.fd)
+        self.size_seen = st.st_size
+        reason = ""
+        if st.st_size < self.offset:
+            reason = f"truncated to {st.st_size} bytes below offset {self.offset}"
+        else:
+            covered = self.identity.fingerprint_len
+            head = os.pread(self.fd, FINGERPRINT_BYTES if covered < FINGERPRINT_BYTES else covered, 0)
+            if len(head) < covered or fingerprint(head[:covered]) != self.identity.fingerprint:
+                reason = "its first bytes were rewritten"
+            elif len(head) > covered:
+                self.identity = FileIdentity(st.st_dev, st.st_ino, fingerprint(head), len(head))
+        if reason:
+            self.identity = identity_of(self.fd, st)
+            self.offset = 0
+            self.cutter.reset()
+        return reason
+
+    def has_unread(self) -> bool:
+        return self.size_seen > self.offset
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

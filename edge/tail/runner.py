@@ -1,0 +1,125 @@
+"""Assemble and run one tail pipeline from settings (the command and the supervisor's worker).
+
+Startup problems (bad policy file, unreadable input, unwritable output, unusable state
+dir) raise `TailStartupError` before anything is read, so the caller can print one line
+and exit 2. A failure while running (the output went away) is logged and gives exit 1;
+a stop request flushes the output, records the checkpoints and gives exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+
+from edge.runtime import tune_gc
+from edge.tail.checkpoint import CheckpointStore
+from edge.tail.discovery import WatchUnavailable
+from edge.tail.filtering import LineFilter, PolicyLoadError, SnapshotSource, load_snapshot
+from edge.tail.lines import resource_attributes
+from edge.tail.output import Delivered, FileSink, OutputError, Sink
+from edge.tail.pipeline import CheckpointRecorder, FileTailer, StartupError, check_inputs, run_stdin
+from edge.tail.settings import TailSettings
+
+log = logging.getLogger("edge.tail")
+
+
+class TailStartupError(ValueError):
+    """Something named in the settings cannot be used (one line for the operator)."""
+
+
+def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered: Delivered,
+              wakeup: threading.Event) -> Sink:
+    if settings.forward_url:
+        from edge.tail.forward import ForwardSink  # aiohttp and the OTLP messages only when forwarding
+
+        return ForwardSink(settings.forward_url, fmt=settings.forward_format, batch_lines=settings.batch_lines,
+                           batch_interval_ms=settings.batch_interval_ms, resource=resource,
+                           on_delivered=on_delivered, wakeup=wakeup)
+    try:
+        return FileSink(settings.output, write_buf=settings.write_buf, flush_lines=settings.flush_lines,
+                        flush_interval_ms=settings.flush_interval_ms, on_delivered=on_delivered)
+    except OutputError as exc:
+        raise TailStartupError(exc.strerror) from None
+
+
+def open_store(settings: TailSettings) -> CheckpointStore:
+    try:
+        return CheckpointStore(settings.state_dir, sync_batch=settings.checkpoint_sync_batch,
+                               interval_ms=settings.checkpoint_interval_ms,
+                               snapshot_interval_ms=settings.checkpoint_snapshot_interval_ms,
+                               ttl_ms=settings.checkpoint_ttl_ms, max_slots=settings.checkpoint_max_slots)
+    except OSError as exc:
+        raise TailStartupError(f"state dir {settings.state_dir}: {exc.strerror or exc}") from None
+
+
+def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event | None = None,
+        env: Mapping[str, str] | None = None, snapshots: SnapshotSource | None = None) -> int:
+    """Run until EOF (stdin) or `stop`; TailStartupError before anything is read.
+
+    Policies come from `settings.policy`, else from `snapshots` (the supervisor's), else none.
+    """
+    env = os.environ if env is None else env
+    wakeup = wakeup or threading.Event()
+    try:
+        if settings.policy or snapshots is None:
+            snapshot = load_snapshot(settings.policy)
+            snapshots = lambda: snapshot  # noqa: E731 - a fixed source
+        if not settings.stdin_mode:
+            check_inputs(settings.paths)
+    except (PolicyLoadError, StartupError) as exc:
+        raise TailStartupError(str(exc)) from None
+    resource = resource_attributes(settings.resource, env)
+    line_filter = LineFilter(snapshots, settings.format, settings.max_line, resource)
+    tune_gc()
+    if settings.stdin_mode:
+        return _run_stdin(settings, line_filter, resource, stop, wakeup)
+    return _run_files(settings, line_filter, resource, stop, wakeup)
+
+
+def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
+               stop: threading.Event, wakeup: threading.Event) -> int:
+    sink = make_sink(settings, resource, lambda positions: None, wakeup)
+    try:
+        run_stdin(settings, line_filter, sink, stop)
+    except OutputError as exc:
+        log.error("%s", exc.strerror)
+        return 1
+    finally:
+        _close_sink(sink)
+    return 0
+
+
+def _run_files(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
+               stop: threading.Event, wakeup: threading.Event) -> int:
+    recorder = CheckpointRecorder()
+    sink = make_sink(settings, resource, recorder, wakeup)
+    try:
+        store = recorder.store = open_store(settings)
+    except BaseException:
+        _close_sink(sink)
+        raise
+    tailer = FileTailer(settings, line_filter, sink, store, stop, wakeup)
+    status = 0
+    try:
+        tailer.open_initial()
+        tailer.run()
+    except WatchUnavailable as exc:
+        raise TailStartupError(str(exc)) from None
+    except OutputError as exc:
+        log.error("%s", exc.strerror)
+        status = 1
+    finally:
+        try:
+            _close_sink(sink)
+        except OutputError as exc:
+            log.error("%s", exc.strerror)
+            status = 1
+        tailer.close()
+        store.close()
+    return status
+
+
+def _close_sink(sink: Sink) -> None:
+    sink.close()

@@ -1,0 +1,299 @@
+"""edge-tail settings: the flags of EDGE.md, a JSON config file, `TERO_*` overrides.
+
+Every option is declared once in `OPTIONS`; the command line, the `-c` file, the
+environment and the supervisor's `tail` config section are all read through it, so a
+value is validated the same way wherever it comes from and an error names where the
+bad value came from (`--poll-ms`, `TERO_POLL_MS`, `config key poll_ms`). Precedence:
+command line > environment > file > defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+STDIO = "-"
+
+
+class SettingsError(ValueError):
+    """A bad option value, worded as one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One edge-tail option: its flag(s), kind and default."""
+
+    name: str  # long flag with `_` (also the config-file key and the TERO_ suffix)
+    kind: str  # "count" (positive int) | "text" | "choice" | "url" | "flag" | "pairs"
+    default: Any
+    help: str
+    short: str = ""
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("output", "text", STDIO, "output file (appended to) or - for stdout", short="-o"),
+    Option("read_from", "choice", "tail", "start position of files present at startup",
+           choices=("head", "tail", "checkpoint")),
+    Option("format", "choice", "raw", "how lines map to policy fields", short="-f",
+           choices=("raw", "json", "logfmt")),
+    Option("policy", "text", "", "policy file (JSON or YAML)", short="-p"),
+    Option("io_engine", "choice", "auto", "file watcher backend", choices=("auto", "inotify", "poll")),
+    Option("poll_ms", "count", 200, "poll interval"),
+    Option("glob_interval_ms", "count", 5000, "glob re-expansion interval"),
+    Option("rotate_wait_ms", "count", 5000, "keep draining a rotated file this long"),
+    Option("removed_expire_ms", "count", 60000, "forget vanished files after this long"),
+    Option("checkpoint_interval_ms", "count", 5000, "checkpoint flush cadence"),
+    Option("checkpoint_sync_batch", "count", 64, "checkpoint WAL records per fsync"),
+    Option("checkpoint_snapshot_interval_ms", "count", 60000, "checkpoint snapshot + WAL truncation cadence"),
+    Option("checkpoint_ttl_ms", "count", 259_200_000, "forget checkpoints not updated this long"),
+    Option("checkpoint_max_slots", "count", 256, "tracked files in the checkpoint store; oldest evicted"),
+    Option("state_dir", "text", ".tero", "checkpoint directory"),
+    Option("read_buf", "count", 65536, "bytes per read() call"),
+    Option("max_line", "count", 262144, "longer lines pass through unevaluated"),
+    Option("write_buf", "count", 65536, "output buffer bytes"),
+    Option("flush_interval_ms", "count", 100, "output flush cadence"),
+    Option("flush_lines", "count", 1024, "flush after this many lines"),
+    Option("forward_url", "url", "", "send lines as OTLP/HTTP logs to this URL instead of --output"),
+    Option("forward_format", "choice", "protobuf", "OTLP encoding when forwarding", choices=("protobuf", "json")),
+    Option("batch_lines", "count", 1000, "log records per forwarded request"),
+    Option("batch_interval_ms", "count", 1000, "send a partial forward batch after this long"),
+    Option("resource", "pairs", (), "resource attribute key=value for forwarded logs (repeatable)"),
+    Option("verbose", "flag", False, "log at debug level", short="-v"),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class TailSettings:
+    """Resolved, validated edge-tail settings (field names = option names)."""
+
+    paths: tuple[str, ...] = ()
+    output: str = STDIO
+    read_from: str = "tail"
+    format: str = "raw"
+    policy: str = ""
+    io_engine: str = "auto"
+    poll_ms: int = 200
+    glob_interval_ms: int = 5000
+    rotate_wait_ms: int = 5000
+    removed_expire_ms: int = 60000
+    checkpoint_interval_ms: int = 5000
+    checkpoint_sync_batch: int = 64
+    checkpoint_snapshot_interval_ms: int = 60000
+    checkpoint_ttl_ms: int = 259_200_000
+    checkpoint_max_slots: int = 256
+    state_dir: str = ".tero"
+    read_buf: int = 65536
+    max_line: int = 262144
+    write_buf: int = 65536
+    flush_interval_ms: int = 100
+    flush_lines: int = 1024
+    forward_url: str = ""
+    forward_format: str = "protobuf"
+    batch_lines: int = 1000
+    batch_interval_ms: int = 1000
+    resource: tuple[tuple[str, str], ...] = ()
+    verbose: bool = False
+    explicit_output: bool = field(default=False, compare=False)
+
+    @property
+    def stdin_mode(self) -> bool:
+        return not self.paths or self.paths == (STDIO,)
+
+
+# ── value checks (one per kind) ──
+
+
+def _count(where: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise SettingsError(f"{where}: expected a positive integer, got {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int):
+        raise SettingsError(f"{where}: expected a positive integer, got {value!r}")
+    if value <= 0:
+        raise SettingsError(f"{where}: must be a positive integer, got {value}")
+    return value
+
+
+def _text(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _choice(option: Option) -> Callable[[str, Any], str]:
+    def check(where: str, value: Any) -> str:
+        text = _text(where, value).strip().lower()
+        if text not in option.choices:
+            raise SettingsError(f"{where}: expected one of {', '.join(option.choices)}, got {value!r}")
+        return text
+    return check
+
+
+def _url(where: str, value: Any) -> str:
+    text = _text(where, value).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - validates the port number
+    except ValueError:
+        raise SettingsError(f"{where}: bad port in {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{where}: expected an http(s) URL, got {text!r}")
+    return text
+
+
+def _flag(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no", ""):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise SettingsError(f"{where}: expected true or false, got {value!r}")
+
+
+def _pairs(where: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """`key=value` items: a list, or one comma-separated string (environment variables)."""
+    if isinstance(value, str):
+        items: list[Any] = [item for item in value.split(",") if item.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, dict):
+        items = [f"{k}={v}" for k, v in value.items()]
+    else:
+        raise SettingsError(f"{where}: expected key=value items, got {value!r}")
+    out = []
+    for item in items:
+        if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+            raise SettingsError(f"{where}: expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        out.append((key.strip(), text))
+    return tuple(out)
+
+
+def _checker(option: Option) -> Callable[[str, Any], Any]:
+    if option.kind == "choice":
+        return _choice(option)
+    return {"count": _count, "text": _text, "url": _url, "flag": _flag, "pairs": _pairs}[option.kind]
+
+
+def _paths(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
+        raise SettingsError(f"{where}: expected a list of paths")
+    return tuple(value)
+
+
+# ── merging the sources ──
+
+
+def validate(values: Mapping[str, tuple[Any, str]], paths: tuple[Any, str] | None) -> TailSettings:
+    """Check every (value, where) pair and build the settings; SettingsError on the first bad one."""
+    resolved: dict[str, Any] = {}
+    for name, (value, where) in values.items():
+        resolved[name] = _checker(BY_NAME[name])(where, value)
+    path_list = _paths(paths[1], paths[0]) if paths is not None else ()
+    if STDIO in path_list and len(path_list) > 1:
+        raise SettingsError("paths: '-' (stdin) cannot be mixed with file paths")
+    settings = TailSettings(paths=path_list, explicit_output="output" in values, **resolved)
+    if settings.forward_url and settings.explicit_output:
+        raise SettingsError("--output and --forward-url are alternatives: give one of them")
+    return settings
+
+
+def _file_values(doc: Any, label: Callable[[str], str]) -> tuple[dict[str, tuple[Any, str]], tuple[Any, str] | None]:
+    if not isinstance(doc, dict):
+        raise SettingsError(f"{label('')}: expected a JSON object")
+    values = {k: (v, label(k)) for k, v in doc.items() if k in BY_NAME}
+    paths = (doc["paths"], label("paths")) if "paths" in doc else None
+    return values, paths
+
+
+def unknown_keys(doc: Mapping[str, Any]) -> list[str]:
+    return [k for k in doc if k not in BY_NAME and k not in ("paths", "config")]
+
+
+def _env_values(env: Mapping[str, str], prefix: str) -> dict[str, tuple[Any, str]]:
+    out = {}
+    for option in OPTIONS:
+        name = prefix + option.name.upper()
+        if name in env:
+            out[option.name] = (env[name], name)
+    return out
+
+
+def read_config_file(path: str) -> Any:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"config {path}: {exc.strerror or exc}") from None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise SettingsError(f"config {path}: not valid JSON: {exc}") from None
+
+
+def from_mapping(doc: Mapping[str, Any], env: Mapping[str, str] | None = None, *,
+                 key_prefix: str = "tail.", env_prefix: str = "TERO_TAIL_") -> TailSettings:
+    """Settings from the supervisor's `tail` config section (environment `TERO_TAIL_*` wins)."""
+    env = os.environ if env is None else env
+    values, paths = _file_values(dict(doc), lambda k: f"config key {key_prefix}{k}".rstrip(". "))
+    values.update(_env_values(env, env_prefix))
+    return validate(values, paths)
+
+
+_METAVARS = {"count": "N", "text": "PATH", "url": "URL"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-tail", argument_default=argparse.SUPPRESS,
+        description="Tail files (or stdin), apply edge policies to each line, write or forward what is kept.",
+        epilog="Every option can also be set in the -c file (key = long name with _) or as TERO_<NAME>.")
+    parser.add_argument("-c", "--config", metavar="PATH", help="JSON config (keys = long flag names with _)")
+    for option in OPTIONS:
+        flags = [f for f in (option.short, option.flag) if f]
+        if option.kind == "flag":
+            parser.add_argument(*flags, dest=option.name, action="store_true", help=option.help)
+        elif option.kind == "pairs":
+            parser.add_argument(*flags, dest=option.name, action="append", metavar="KEY=VALUE", help=option.help)
+        else:
+            metavar = "|".join(option.choices) if option.choices else _METAVARS[option.kind]
+            parser.add_argument(*flags, dest=option.name, metavar=metavar,
+                                help=f"{option.help} (default {option.default})")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="files or globs (* and ? in the file name); "
+                        "none or - reads stdin")
+    return parser
+
+
+def from_command_line(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) -> TailSettings:
+    """Parse the command line; argparse itself exits 2 on unknown flags or missing values."""
+    env = os.environ if env is None else env
+    args = vars(build_parser().parse_intermixed_args(argv))
+    values: dict[str, tuple[Any, str]] = {}
+    paths: tuple[Any, str] | None = None
+    if "config" in args:
+        values, paths = _file_values(read_config_file(args["config"]),
+                                     lambda k: f"config key {k}" if k else f"config {args['config']}")
+    values.update(_env_values(env, "TERO_"))
+    for option in OPTIONS:
+        if option.name in args:
+            values[option.name] = (args[option.name], option.flag)
+    if args.get("paths"):
+        paths = (args["paths"], "paths")
+    return validate(values, paths)

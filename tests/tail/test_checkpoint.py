@@ -1,0 +1,381 @@
+"""The edge-tail checkpoint store on real files: replay, corruption, snapshots, fsync cadence, eviction, lock.
+
+Crashes are real: a subprocess queues updates, flushes and SIGKILLs itself, leaving its WAL as a
+killed tailer would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.tail.checkpoint import (
+    RECORD_SIZE,
+    SNAPSHOT_NAME,
+    WAL_NAME,
+    Checkpoint,
+    CheckpointStore,
+    FileIdentity,
+    StateDirInUse,
+    encode_record,
+    fingerprint,
+    scan_wal,
+)
+
+LOGGER = "edge.tail.checkpoint"
+QUIET = {"interval_ms": 3_600_000, "snapshot_interval_ms": 3_600_000}  # only flush()/close() write
+
+
+def identity(inode: int, head: bytes = b"", device: int = 7) -> FileIdentity:
+    head = head or f"first line of file {inode}\n".encode()
+    return FileIdentity(device, inode, fingerprint(head), len(head))
+
+
+def head_of(inode: int) -> bytes:
+    return f"first line of file {inode}\n".encode()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def wal_records(state_dir: Path) -> int:
+    return (state_dir / WAL_NAME).stat().st_size // RECORD_SIZE
+
+
+def offsets(store: CheckpointStore, inodes: range) -> dict[int, int | None]:
+    found = {i: store.lookup(7, i, head_of(i)) for i in inodes}
+    return {i: c.offset if c else None for i, c in found.items()}
+
+
+def crash_after(state_dir: Path, steps: list[tuple[str, int, int]]) -> None:
+    """Run a real process that applies (op, inode, offset) steps with flush() after each, then dies by SIGKILL."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from edge.tail.checkpoint import CheckpointStore, FileIdentity, fingerprint
+        store = CheckpointStore({str(state_dir)!r}, interval_ms=3_600_000, snapshot_interval_ms=3_600_000)
+        for op, inode, offset in {steps!r}:
+            head = f"first line of file {{inode}}\\n".encode()
+            ident = FileIdentity(7, inode, fingerprint(head), len(head))
+            store.update(ident, offset) if op == "update" else store.forget(ident)
+            store.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+
+# -- replay ----------------------------------------------------------------------------------------
+
+
+def test_close_and_reopen_keeps_every_offset(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        for inode in range(10):
+            store.update(identity(inode), 100 * inode)
+        store.update(identity(3), 333)
+    assert (tmp_path / WAL_NAME).stat().st_size == 0  # close snapshots and truncates
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(10)) == {i: 333 if i == 3 else 100 * i for i in range(10)}
+
+
+def test_sigkill_after_flush_loses_nothing(tmp_path: Path) -> None:
+    crash_after(tmp_path, [("update", 1, 10), ("update", 2, 20), ("update", 1, 15), ("update", 3, 30),
+                           ("forget", 2, 0)])
+    assert wal_records(tmp_path) == 5  # flush after each step: nothing coalesced, nothing compacted
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 4)) == {1: 15, 2: None, 3: 30}
+    assert wal_records(tmp_path) == 0  # replayed state was compacted into the snapshot
+
+
+def test_replay_starts_from_the_snapshot_then_the_wal(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        store.update(identity(1), 10)
+        store.update(identity(2), 20)
+    crash_after(tmp_path, [("update", 2, 25), ("forget", 1, 0), ("update", 4, 40)])
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 5)) == {1: None, 2: 25, 3: None, 4: 40}
+
+
+# -- corruption ------------------------------------------------------------------------------------
+
+
+def test_flipped_bit_mid_wal_costs_only_that_record(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crash_after(tmp_path, [("update", 1, 10), ("update", 2, 20), ("update", 1, 11), ("update", 2, 21),
+                           ("update", 3, 30)])
+    wal = tmp_path / WAL_NAME
+    data = bytearray(wal.read_bytes())
+    data[2 * RECORD_SIZE + 40] ^= 0x04  # inside the record of (1, 11)
+    wal.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 4)) == {1: 10, 2: 21, 3: 30}  # file 1 falls back, never ahead
+    assert "skipped 1 corrupt stretch(es), 56 bytes" in caplog.text
+
+
+def test_torn_trailing_record_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crash_after(tmp_path, [("update", 1, 10), ("update", 2, 20), ("update", 1, 11)])
+    wal = tmp_path / WAL_NAME
+    os.truncate(wal, wal.stat().st_size - 17)
+    with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 3)) == {1: 10, 2: 20}
+    assert f"{RECORD_SIZE - 17} bytes" in caplog.text
+
+
+def test_garbage_appended_or_inserted_loses_no_valid_record(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    crash_after(tmp_path, [("update", 1, 10), ("update", 2, 20), ("update", 3, 30)])
+    wal = tmp_path / WAL_NAME
+    data = wal.read_bytes()
+    garbage = random.Random(5).randbytes(77) + b"ETCK" + bytes(10)  # even a false magic inside
+    wal.write_bytes(data[:RECORD_SIZE] + garbage + data[RECORD_SIZE:] + garbage)
+    with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 4)) == {1: 10, 2: 20, 3: 30}
+        store.update(identity(4), 40)  # the compacted WAL is aligned again for new records
+        store.flush()
+    assert "skipped 2 corrupt stretch(es)" in caplog.text
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 5)) == {1: 10, 2: 20, 3: 30, 4: 40}
+
+
+def test_corrupt_snapshot_is_set_aside_and_the_wal_still_replayed(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        store.update(identity(1), 10)
+        store.update(identity(2), 20)
+    crash_after(tmp_path, [("update", 3, 30)])  # snapshot holds files 1 and 2, the WAL file 3
+    snapshot = tmp_path / SNAPSHOT_NAME
+    data = bytearray(snapshot.read_bytes())
+    data[12] ^= 0xFF
+    snapshot.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 4)) == {1: None, 2: None, 3: 30}  # those files restart, none skipped
+    assert (tmp_path / (SNAPSHOT_NAME + ".corrupt")).read_bytes() == bytes(data)
+    assert "is corrupt: set aside" in caplog.text
+    with CheckpointStore(tmp_path, **QUIET) as store:  # the fresh snapshot is good
+        assert offsets(store, range(1, 4)) == {1: None, 2: None, 3: 30}
+
+
+@pytest.mark.parametrize("content", [b"", b"ETSN", b"not a snapshot at all, just text\n" * 3])
+def test_empty_or_foreign_snapshot_never_raises(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / SNAPSHOT_NAME).write_bytes(content)
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert store.lookup(7, 1, head_of(1)) is None
+    assert (tmp_path / (SNAPSHOT_NAME + ".corrupt")).exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 10**9)), min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 10**6), st.binary(min_size=0, max_size=70)), max_size=4),
+       st.integers(0, RECORD_SIZE))
+def test_any_damage_yields_only_offsets_that_were_written(writes: list[tuple[int, int]],
+                                                          damage: list[tuple[int, bytes]], cut: int) -> None:
+    """Whatever bytes are overwritten or cut off, replay never raises and never invents an offset."""
+    wal = bytearray(b"".join(encode_record(Checkpoint(identity(i), off, 1)) for i, off in writes))
+    for position, junk in damage:
+        position %= len(wal)
+        wal[position:position + len(junk)] = junk
+    scan = scan_wal(bytes(wal[:len(wal) - cut]))
+    written = {(7, i, off) for i, off in writes}
+    for (device, inode), checkpoint in scan.records:
+        assert checkpoint is not None and (device, inode, checkpoint.offset) in written
+    if not damage and not cut:
+        assert [c.offset for _, c in scan.records] == [off for _, off in writes]
+
+
+# -- snapshots and fsync cadence -------------------------------------------------------------------
+
+
+def test_periodic_snapshot_truncates_the_wal(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, sync_batch=1, interval_ms=3_600_000, snapshot_interval_ms=300) as store:
+        started = time.monotonic()
+        for inode in range(5):
+            store.update(identity(inode), inode + 1)
+        assert wait_until(lambda: wal_records(tmp_path) > 0)  # sync_batch=1: records reach the WAL first
+        assert wait_until(lambda: wal_records(tmp_path) == 0)
+        assert time.monotonic() - started >= 0.25
+        crash_copy = tmp_path / "copy"
+        crash_copy.mkdir()
+        (crash_copy / SNAPSHOT_NAME).write_bytes((tmp_path / SNAPSHOT_NAME).read_bytes())
+    with CheckpointStore(crash_copy, **QUIET) as replayed:  # the snapshot alone holds every offset
+        assert offsets(replayed, range(5)) == {i: i + 1 for i in range(5)}
+
+
+def test_records_reach_the_wal_every_sync_batch_updates(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, sync_batch=4, **QUIET) as store:
+        for inode in range(3):
+            store.update(identity(inode), 1)
+        time.sleep(0.2)
+        assert wal_records(tmp_path) == 0
+        store.update(identity(3), 1)
+        assert wait_until(lambda: wal_records(tmp_path) == 4)
+        for offset in range(2, 6):  # four updates of one file: one coalesced record
+            store.update(identity(0), offset)
+        assert wait_until(lambda: wal_records(tmp_path) == 5)
+        time.sleep(0.1)
+        assert wal_records(tmp_path) == 5
+    crash_after(tmp_path, [])  # nothing happens between
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(4)) == {0: 5, 1: 1, 2: 1, 3: 1}
+
+
+def test_records_reach_the_wal_within_interval_ms(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, sync_batch=1000, interval_ms=300, snapshot_interval_ms=3_600_000) as store:
+        store.update(identity(1), 10)
+        queued = time.monotonic()
+        assert wal_records(tmp_path) == 0
+        assert wait_until(lambda: wal_records(tmp_path) == 1, timeout=3)
+        assert 0.25 <= time.monotonic() - queued < 2.5
+
+
+def test_flush_blocks_until_the_records_are_on_disk(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        for inode in range(20):
+            store.update(identity(inode), inode)
+        assert wal_records(tmp_path) == 0
+        store.flush()
+        assert wal_records(tmp_path) == 20
+        store.flush()  # nothing new: returns at once
+        assert wal_records(tmp_path) == 20
+
+
+# -- TTL and max slots -----------------------------------------------------------------------------
+
+
+def test_ttl_expires_slots_in_lookup_in_the_writer_and_on_load(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, ttl_ms=300, **QUIET) as store:
+        store.update(identity(1), 10)
+        assert store.lookup(7, 1, head_of(1)) is not None
+        time.sleep(0.35)
+        assert store.lookup(7, 1, head_of(1)) is None
+        store.update(identity(2), 20)
+        store.flush()  # the writer expires slot 1 with a tombstone
+    crash_after(tmp_path, [])
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 3)) == {1: None, 2: 20}
+    with CheckpointStore(tmp_path, ttl_ms=100_000, **QUIET) as store:
+        store.update(identity(3), 30)
+    time.sleep(0.3)
+    with CheckpointStore(tmp_path, ttl_ms=250, **QUIET) as store:  # expired while no tailer ran
+        assert offsets(store, range(1, 4)) == {1: None, 2: None, 3: None}
+
+
+def test_max_slots_evicts_the_least_recently_updated(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, max_slots=3, **QUIET) as store:
+        for inode in range(1, 5):
+            store.update(identity(inode), inode)
+            time.sleep(0.003)
+        store.update(identity(2), 22)  # 2 is now the newest
+        time.sleep(0.003)
+        store.update(identity(5), 5)
+        assert offsets(store, range(1, 6)) == {1: None, 2: 22, 3: None, 4: 4, 5: 5}
+        store.flush()
+    crash_after(tmp_path, [])
+    with CheckpointStore(tmp_path, max_slots=100, **QUIET) as store:  # evictions stay evicted
+        assert offsets(store, range(1, 6)) == {1: None, 2: 22, 3: None, 4: 4, 5: 5}
+    with CheckpointStore(tmp_path, max_slots=2, **QUIET) as store:  # a smaller limit applies on load
+        assert offsets(store, range(1, 6)) == {1: None, 2: 22, 3: None, 4: None, 5: 5}
+
+
+# -- lookup semantics ------------------------------------------------------------------------------
+
+
+def test_lookup_matches_grown_files_and_rejects_rewritten_heads(tmp_path: Path) -> None:
+    short_head = b"2024-01-01 start\n"
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        store.update(FileIdentity(7, 1, fingerprint(short_head), len(short_head)), 17)
+        store.update(FileIdentity(7, 2, fingerprint(b""), 0), 0)  # an empty file
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert store.lookup(7, 1, short_head).offset == 17
+        assert store.lookup(7, 1, short_head + b"more lines\n" * 200).offset == 17  # grew since
+        assert store.lookup(7, 1, b"2024-01-02 start\n" + b"more lines\n") is None  # rewritten head
+        assert store.lookup(7, 1, short_head[:-1]) is None  # truncated below the fingerprinted bytes
+        assert store.lookup(7, 3, short_head) is None  # another inode
+        assert store.lookup(8, 1, short_head) is None  # another device
+        assert store.lookup(7, 2, b"anything written later\n").offset == 0
+        store.update(FileIdentity(7, 1, fingerprint(b"new file\n"), 9), 9)  # inode reused by a new file
+        assert store.lookup(7, 1, short_head) is None
+        assert store.lookup(7, 1, b"new file\n").offset == 9
+
+
+def test_forget_drops_the_slot_durably(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        store.update(identity(1), 10)
+        store.update(identity(2), 20)
+        store.forget(identity(1))
+        store.forget(identity(9))  # unknown: nothing to do
+        assert store.lookup(7, 1, head_of(1)) is None
+        store.update(identity(3, b"new file reusing the inode\n"), 30)
+        store.forget(identity(3))  # the rotated file that had this inode before expires
+        assert store.lookup(7, 3, b"new file reusing the inode\n").offset == 30
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 3)) == {1: None, 2: 20}
+        assert store.lookup(7, 3, b"new file reusing the inode\n").offset == 30
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+
+def test_second_store_on_one_state_dir_is_refused(tmp_path: Path) -> None:
+    locked = pytest.raises(StateDirInUse, match=rf"in use by another edge-tail \(pid {os.getpid()}\)")
+    with CheckpointStore(tmp_path, **QUIET), locked:
+        CheckpointStore(tmp_path, **QUIET)
+    with CheckpointStore(tmp_path, **QUIET):  # released by close
+        pass
+
+
+def test_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from edge.tail.checkpoint import CheckpointStore; "
+         f"s = CheckpointStore({str(tmp_path)!r}); print('ready', flush=True); sys.stdin.read()"],
+        cwd=Path(__file__).parents[2], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        with pytest.raises(StateDirInUse, match=f"pid {holder.pid}"):
+            CheckpointStore(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait(5)
+    with CheckpointStore(tmp_path, **QUIET):  # the kernel released the lock of the killed holder
+        pass
+
+
+def test_close_is_idempotent_and_later_updates_are_refused(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, **QUIET)
+    store.update(identity(1), 10)
+    store.close()
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.update(identity(1), 11)
+    store.flush()  # nothing pending after close: returns
+
+
+@pytest.mark.parametrize("bad", [{"sync_batch": 0}, {"interval_ms": -1}, {"max_slots": 0}, {"ttl_ms": 0},
+                                 {"snapshot_interval_ms": 0}])
+def test_non_positive_settings_are_rejected(tmp_path: Path, bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a positive number"):
+        CheckpointStore(tmp_path, **bad)
+
+
+def test_out_of_range_offset_raises_in_the_caller(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        with pytest.raises(ValueError, match="does not fit a record"):
+            store.update(identity(1), -1)
+        store.update(identity(1), 5)  # the store still works
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert store.lookup(7, 1, head_of(1)).offset == 5
