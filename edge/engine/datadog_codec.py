@@ -1,0 +1,77 @@
+"""Bytes in, bytes out for Datadog payloads: decode, evaluate, write what is left.
+
+A body is decoded twice by msgspec: once into Python objects for the batch view, and,
+only when something was dropped or changed, once into raw spans (`msgspec.Raw`, views
+of the original bytes without building objects). Kept records that no transform
+touched are written back as those spans, so they leave byte for byte as they came;
+only changed records are re-encoded. When nothing was dropped or changed the original
+body is returned untouched. Both decodes use the same parser, so they always agree on
+what the records are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from edge.engine.codec import Evaluated, UndecodableBody
+from edge.engine.datadog import DatadogLogs, DatadogSeries, encode_json
+from edge.engine.engine import Engine, Outcome
+from edge.engine.otlp_json import BatchShapeError
+from edge.policy.model import LOG, METRIC
+
+log = logging.getLogger(__name__)
+
+_decode = msgspec.json.Decoder().decode
+_decode_spans = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+
+SERIES_KEY = "series"
+
+
+def json_array(parts: list[Any]) -> bytes:
+    """`[part,part,...]` from encoded JSON values (bytes or msgspec.Raw)."""
+    return b"[" + b",".join(parts) + b"]"
+
+
+def _logs_output(body: bytes, batch: DatadogLogs) -> bytes:
+    return json_array(batch.kept_parts(_decode_spans(body)))
+
+
+def _series_output(body: bytes, batch: DatadogSeries) -> bytes:
+    """The payload object with its `series` array cut down; every other member as it came."""
+    members = _decode_members(body)
+    members[SERIES_KEY] = json_array(batch.kept_parts(_decode_spans(members[SERIES_KEY])))
+    parts = []
+    for name, value in members.items():
+        parts += (encode_json(name), b":", value, b",")
+    parts[-1] = b"}"
+    return b"{" + b"".join(parts)
+
+
+VIEWS = {LOG: (DatadogLogs, _logs_output), METRIC: (DatadogSeries, _series_output)}
+
+
+def evaluate(engine: Engine, signal: str, body: bytes) -> Evaluated:
+    """Evaluate one Datadog logs (`log`) or series (`metric`) body.
+
+    Raises UndecodableBody when it is not JSON of the expected shape; the caller forwards
+    it raw. An internal error while evaluating is fail-open: it is logged and the original
+    bytes go on unchanged, never a dropped or half-transformed batch.
+    """
+    view, output = VIEWS[signal]
+    try:
+        batch = view(_decode(body))
+    except (msgspec.DecodeError, BatchShapeError) as exc:
+        raise UndecodableBody(f"not a Datadog {signal} payload: {exc}") from None
+    try:
+        outcome = engine.evaluate(signal, batch)
+        return Evaluated(output(body, batch) if outcome.changed else body, outcome)
+    except Exception:  # noqa: BLE001 - fail-open is the contract (POLICY.md §8)
+        log.exception("policy evaluation failed; forwarding the Datadog %s batch unmodified", signal)
+        return Evaluated(body, Outcome(0, 0, False))
+
+
+__all__ = ["evaluate", "json_array"]

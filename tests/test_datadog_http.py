@@ -1,0 +1,292 @@
+"""The Datadog routes over HTTP: real gunicorn workers, real shared memory, a real upstream on loopback.
+
+Covers `POST /api/v2/logs` and `POST /api/v2/series` as an agent uses them: forwarding to
+`logs_url` / `metrics_url` with path and query, byte-exact kept records, encodings, the
+API key passing through (and never reaching the log), everything dropped, fail-open on
+malformed bodies, the error statuses, the proxy metrics, and the `edge-datadog` command.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+import zstandard
+from prometheus_client.parser import text_string_to_metric_families
+from proxy_fixtures import EdgeStack, RecordingUpstream, Reply, free_port, request
+
+POLICIES: list[dict[str, Any]] = [
+    {"id": "drop-debug", "name": "Drop debug logs",
+     "log": {"match": [{"log_field": "severity_text", "exact": "debug"}], "keep": "none"}},
+    {"id": "redact-secret", "name": "Redact secrets",
+     "log": {"match": [{"log_field": "body", "contains": "secret-"}], "keep": "all",
+             "transform": {"redact": [{"log_field": "body", "regex": "secret-\\w+", "replacement": "<redacted>"}]}}},
+    {"id": "drop-internal", "name": "Drop internal metrics",
+     "metric": {"match": [{"metric_field": "name", "starts_with": "internal."}], "keep": False}},
+]
+MAX_BODY = 100_000
+JSON_CT = {"Content-Type": "application/json"}
+
+KEEP = b'{ "message" : "order 17 confirmed", "status":"info","service":"checkout", "n" : 1.50 }'
+KEEP2 = b'{"message":"caf\\u00e9 \xc3\xa9","status":"warn","ddtags":"env:prod,team:core"}'
+DEBUG = b'{"message":"cache miss","status":"debug"}'
+SECRET = b'{"message":"token secret-abc123 used","status":"info","hostname":"web-1"}'
+SERIES_OK = b'{ "metric":"app.requests","type":1,"points":[{"timestamp":1700000000,"value":3.0}],"tags":["env:prod"]}'
+SERIES_GONE = b'{"metric":"internal.queue","type":3,"points":[{"timestamp":1700000000,"value":1}]}'
+
+
+def logs(*records: bytes) -> bytes:
+    return b"[\n  " + b",\n  ".join(records) + b"\n]"
+
+
+def series(*items: bytes) -> bytes:
+    return b'{"series": [' + b" , ".join(items) + b"]}"
+
+
+# ── fixtures ──
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RecordingUpstream]:
+    server = RecordingUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(upstream: RecordingUpstream) -> Iterator[EdgeStack]:
+    stack = EdgeStack(upstream.url, POLICIES, workers=1, upstream_timeout=1.0, max_body_size=MAX_BODY,
+                      logs_url=upstream.url + "/logs-intake", metrics_url=upstream.url + "/metrics-intake",
+                      log_level="debug")
+    try:
+        yield stack.start()
+    finally:
+        stack.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(upstream: RecordingUpstream) -> None:
+    upstream.reset()
+
+
+def post(edge: EdgeStack, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:
+    return request(edge.port, "POST", path, body, {**JSON_CT, **(headers or {})})
+
+
+def metric_value(edge: EdgeStack, name: str, **labels: str) -> float:
+    text = request(edge.port, "GET", "/_edge/metrics").body.decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+# ── logs ──
+
+
+def test_kept_logs_go_to_logs_url_with_path_query_and_their_original_bytes(edge: EdgeStack,
+                                                                           upstream: RecordingUpstream) -> None:
+    reply = post(edge, "/api/v2/logs?ddsource=python&dd-request-id=7", logs(KEEP, DEBUG, KEEP2))
+    assert reply.status == 200 and reply.header("x-upstream") == "recorder"
+    [got] = upstream.received()
+    assert (got.method, got.path, got.query) == ("POST", "/logs-intake/api/v2/logs", "ddsource=python&dd-request-id=7")
+    assert got.body == b"[" + KEEP + b"," + KEEP2 + b"]"
+    assert int(got.header("content-length")) == len(got.body)
+
+
+def test_nothing_dropped_is_forwarded_byte_for_byte(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    body = logs(KEEP, KEEP2)
+    assert post(edge, "/api/v2/logs", body).status == 200
+    assert upstream.received()[0].body == body
+
+
+def test_transformed_records_are_reencoded_and_the_rest_kept_as_bytes(edge: EdgeStack,
+                                                                      upstream: RecordingUpstream) -> None:
+    assert post(edge, "/api/v2/logs", logs(KEEP, SECRET, DEBUG)).status == 200
+    body = upstream.received()[0].body
+    prefix = b"[" + KEEP + b","
+    assert body.startswith(prefix)
+    assert msgspec.json.decode(b"[" + body[len(prefix):]) == [
+        {"message": "token <redacted> used", "status": "info", "hostname": "web-1"}]
+
+
+def test_everything_dropped_is_answered_200_without_upstream(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    reply = post(edge, "/api/v2/logs", logs(DEBUG, DEBUG))
+    assert (reply.status, reply.body, reply.header("content-type")) == (200, b"{}", "application/json")
+    reply = post(edge, "/api/v2/series", series(SERIES_GONE))
+    assert (reply.status, reply.body) == (200, b"{}")
+    assert upstream.received() == []
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def _unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+@pytest.mark.parametrize(("encoding", "compress", "decompress"), [
+    ("zstd", _zstd, _unzstd),
+    ("gzip", gzip.compress, gzip.decompress),
+    ("x-gzip", gzip.compress, gzip.decompress),
+])
+def test_compressed_bodies_are_decoded_filtered_and_reencoded(edge: EdgeStack, upstream: RecordingUpstream,
+                                                              encoding: str, compress: Any, decompress: Any) -> None:
+    headers = {"Content-Encoding": encoding}
+    assert post(edge, "/api/v2/logs", compress(logs(KEEP, DEBUG, KEEP2)), headers).status == 200
+    unchanged = compress(logs(KEEP, KEEP2))
+    assert post(edge, "/api/v2/logs", unchanged, headers).status == 200
+    filtered, untouched = upstream.received()
+    assert filtered.header("content-encoding") == encoding
+    assert decompress(filtered.body) == b"[" + KEEP + b"," + KEEP2 + b"]"
+    assert untouched.body == unchanged  # nothing changed: the original compressed bytes
+
+
+def test_api_key_and_headers_pass_through_and_are_never_logged(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    secret = f"dd-key-{uuid.uuid4().hex}"
+    headers = {"DD-API-KEY": secret, "DD-EVP-ORIGIN": "agent", "User-Agent": "datadog-agent/7.50.0"}
+    assert post(edge, "/api/v2/logs", logs(KEEP, DEBUG), headers).status == 200
+    assert post(edge, "/api/v2/logs", b"not json at all", headers).status == 200  # logged at debug
+    assert post(edge, "/api/v2/series", series(SERIES_OK), headers).status == 200
+    for got in upstream.received():
+        assert got.header("dd-api-key") == secret
+        assert (got.header("dd-evp-origin"), got.header("user-agent")) == ("agent", "datadog-agent/7.50.0")
+    time.sleep(0.2)  # let the worker's log lines reach the file
+    log = edge.log_path.read_text(errors="replace")
+    assert "undecodable Datadog log body" in log  # debug logging is on and captured
+    assert secret not in log
+
+
+@pytest.mark.parametrize("body", [
+    b"this is not json",
+    b'{"message": "an object, not an array", "status": "debug"}',
+    b'[{"message": "x", "status": "debug"}, "a string", 3]',
+    b'[{"message": "truncated", "status": "debug"}',
+])
+def test_malformed_logs_are_forwarded_unchanged(edge: EdgeStack, upstream: RecordingUpstream, body: bytes) -> None:
+    assert post(edge, "/api/v2/logs", body).status == 200
+    assert upstream.received()[0].body == body
+
+
+def test_undecodable_compression_is_forwarded_unchanged(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    for headers, body in [({"Content-Encoding": "zstd"}, b"\x28\xb5\x2f\xfd garbage"),
+                          ({"Content-Encoding": "br"}, b"brotli bytes")]:
+        assert post(edge, "/api/v2/logs", body, headers).status == 200
+        got = upstream.received()[-1]
+        assert (got.body, got.header("content-encoding")) == (body, headers["Content-Encoding"])
+
+
+# ── series ──
+
+
+def test_series_are_filtered_and_sent_to_metrics_url(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    assert post(edge, "/api/v2/series?api_key_in_query=no", series(SERIES_GONE, SERIES_OK)).status == 200
+    unchanged = series(SERIES_OK)
+    assert post(edge, "/api/v2/series", unchanged).status == 200
+    filtered, untouched = upstream.received()
+    assert (filtered.path, filtered.query) == ("/metrics-intake/api/v2/series", "api_key_in_query=no")
+    assert filtered.body == b'{"series":[' + SERIES_OK + b"]}"
+    assert untouched.body == unchanged
+
+
+@pytest.mark.parametrize(("body", "headers"), [
+    (b'[{"metric": "internal.a"}]', JSON_CT),
+    (b'{"series": "internal.a"}', JSON_CT),
+    (b"\x0a\x0binternal.a", {"Content-Type": "application/x-protobuf"}),  # the agent's protobuf series
+])
+def test_malformed_or_protobuf_series_are_forwarded_unchanged(edge: EdgeStack, upstream: RecordingUpstream,
+                                                              body: bytes, headers: dict[str, str]) -> None:
+    assert post(edge, "/api/v2/series", body, headers).status == 200
+    assert upstream.received()[0].body == body
+
+
+# ── statuses and metrics ──
+
+
+def test_upstream_answer_is_relayed(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    upstream.reset(status=202, body=b"{}", headers={"Content-Type": "application/json", "X-Intake": "dd"})
+    reply = post(edge, "/api/v2/logs", logs(KEEP, DEBUG))
+    assert (reply.status, reply.body, reply.header("x-intake")) == (202, b"{}", "dd")
+
+
+def test_body_over_max_body_size_is_413(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    record = b'{"message":"' + b"x" * 1000 + b'","status":"info"}'
+    reply = post(edge, "/api/v2/logs", logs(*[record] * (MAX_BODY // 1000 + 1)))
+    assert reply.status == 413 and b"too large" in reply.body
+    assert post(edge, "/api/v2/series", b" " * (MAX_BODY + 1)).status == 413
+    assert upstream.received() == []
+
+
+def test_upstream_failures_are_502_and_504(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    upstream.reset(close=True)
+    reply = post(edge, "/api/v2/logs", logs(KEEP))
+    assert reply.status == 502 and orjson.loads(reply.body) == {"error": "upstream unreachable"}
+    upstream.reset(delay=1.6)
+    reply = post(edge, "/api/v2/series", series(SERIES_OK))
+    assert reply.status == 504 and orjson.loads(reply.body) == {"error": "upstream timed out"}
+
+
+def test_records_are_counted_in_the_proxy_metrics(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    def counts() -> dict[tuple[str, str], float]:
+        return {(name, signal): metric_value(edge, f"edge_records_{name}_total", signal=signal)
+                for name in ("evaluated", "dropped") for signal in ("log", "metric")}
+
+    before = counts()
+    post(edge, "/api/v2/logs", logs(KEEP, DEBUG, DEBUG))
+    post(edge, "/api/v2/series", series(SERIES_OK, SERIES_GONE))
+    after = counts()
+    assert {key: after[key] - before[key] for key in before} == {
+        ("evaluated", "log"): 3, ("dropped", "log"): 2, ("evaluated", "metric"): 2, ("dropped", "metric"): 1}
+    text = request(edge.port, "GET", "/_edge/metrics").body.decode()
+    assert 'route="datadog_logs"' in text and 'route="datadog_series"' in text
+
+
+def test_other_methods_pass_through(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    assert request(edge.port, "GET", "/api/v2/logs?x=1").status == 200
+    [got] = upstream.received()
+    assert (got.method, got.path, got.query) == ("GET", "/api/v2/logs", "x=1")
+
+
+# ── the edge-datadog command ──
+
+
+def test_edge_datadog_serves_datadog_routes_and_passes_otlp_through(tmp_path: Path,
+                                                                    upstream: RecordingUpstream) -> None:
+    policy_file = tmp_path / "policies.json"
+    policy_file.write_text(json.dumps({"policies": POLICIES}))
+    port = free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"listen_port": port, "workers": 1, "upstream_url": upstream.url,
+                                  "policy_providers": [{"id": "f", "type": "file", "path": str(policy_file)}]}))
+    with open(tmp_path / "edge.log", "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "edge-datadog"), str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # healthy and the policies published
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "edge.log").read_text()
+            try:
+                doc = orjson.loads(request(port, "GET", "/_edge/policies?format=json", timeout=1).body)
+                if len(doc.get("policies") or []) == len(POLICIES):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        assert request(port, "POST", "/api/v2/logs", logs(KEEP, DEBUG), JSON_CT).status == 200
+        otlp = orjson.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"severityText": "debug"}]}]}]})
+        assert request(port, "POST", "/v1/logs", otlp, JSON_CT).status == 200
+        dd, passed = upstream.received()
+        assert (dd.path, dd.body) == ("/api/v2/logs", b"[" + KEEP + b"]")
+        assert (passed.path, passed.body) == ("/v1/logs", otlp)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
