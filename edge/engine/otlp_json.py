@@ -7,7 +7,6 @@ inside the document, so kept records are forwarded exactly as they arrived.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from edge.engine.values import (
     Column,
     hex_id_bytes,
     json_any_value,
+    json_copy,
     json_string_view,
 )
 from edge.policy.model import FieldKey
@@ -265,9 +265,9 @@ class JsonBatch:
         sl = next(s for s in self.scopes if s[1] <= i < s[2])
         rl = self.resources[sl[3]][0]
         return {
-            "resource": copy.deepcopy(rl.get("resource") or {}),
-            "scope": copy.deepcopy(sl[0].get(self.SCOPE_HOLDER) or {}),
-            "record": copy.deepcopy(self.records[i]),
+            "resource": json_copy(rl.get("resource") or {}),
+            "scope": json_copy(sl[0].get(self.SCOPE_HOLDER) or {}),
+            "record": json_copy(self.records[i]),
         }
 
 
