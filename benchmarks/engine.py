@@ -150,6 +150,29 @@ def measure(engine: Engine, body: bytes, content_type: str, seconds: float) -> t
     return total / cpu, total / elapsed, result.outcome.total, result.outcome.kept
 
 
+def floor_rate(body: bytes, content_type: str, records: int, seconds: float) -> float:
+    """Records per CPU-second of parsing and re-serialising the body with no policy work.
+
+    Shared VMs drift by 2x within minutes; printed next to the engine's rates, it tells
+    how much of a slow run is the machine.
+    """
+    if "protobuf" in content_type:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+        def roundtrip() -> None:
+            message = ExportLogsServiceRequest()
+            message.ParseFromString(body)
+            message.SerializeToString()
+    else:
+        def roundtrip() -> None:
+            orjson.dumps(orjson.loads(body))
+    runs, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        roundtrip()
+        runs += 1
+    return runs * records / (time.process_time() - cpu_start)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=3000)
@@ -165,6 +188,9 @@ def main() -> int:
     bodies = {"json": (orjson.dumps(doc), "application/json")}
     if "protobuf" in args.formats:
         bodies["protobuf"] = (_protobuf_body(doc), "application/x-protobuf")
+    for name in args.formats.split(","):
+        rate = floor_rate(*bodies[name], args.records, args.seconds)
+        print(f"{name} parse + serialise alone (the floor on this machine now): {rate:,.0f} records/s/core")
     print(f"{'format':9} {'policies':>8} {'records/s/core':>15} {'(wall)':>9} {'in':>6} {'out':>6} {'body KB':>8} "
           f"{'compile s':>9}")
     for count in (int(c) for c in args.policies.split(",")):

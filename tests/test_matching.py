@@ -834,6 +834,21 @@ def test_literal_match_ending_the_batch_with_another_anchored_literal(condition)
     assert {pid: c.hits for pid, c in engine.stats.snapshot().items()} == {"b": 1}
 
 
+@pytest.mark.parametrize("condition", [{"ends_with": "x"}, {"regex": "x$"}])
+def test_end_anchored_match_on_the_last_of_many_short_records(condition):
+    """§3: libhs 5.4 also misses `x$` on the last of 14 short records when `^line` shares the database."""
+    engine = _engine(
+        [
+            {"id": "a", "log": {"match": [{"log_field": "body", "starts_with": "line"}], "keep": "none"}},
+            {"id": "b", "log": {"match": [{"log_field": "body", **condition}], "keep": "none"}},
+        ]
+    )
+    doc = _log_doc([{"body": S(f"a{i}")} for i in range(13)] + [{"body": S("dev,x")}])
+    evaluated = codec.evaluate(engine, "log", orjson.dumps(doc), "application/json")
+    assert evaluated.outcome.kept == 13
+    assert {pid: c.hits for pid, c in engine.stats.snapshot().items()} == {"b": 1}
+
+
 def test_literal_match_ending_the_batch_alone():
     """The same last-record match is found when no end-anchored literal shares the field (control case)."""
     engine = _engine([{"id": "b", "log": {"match": [{"log_field": "body", "contains": "XY"}], "keep": "none"}}])

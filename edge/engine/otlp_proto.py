@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from edge.engine import bits
+from edge.engine import bits, proto_columns
 from edge.engine.otlp_json import BatchShapeError
 from edge.engine.values import MISSING, OTHER, Column
 from edge.policy.model import FieldKey
@@ -158,6 +158,7 @@ class ProtoBatch:
         self.resources = resources
         self.scopes = scopes
         self._scope_of = scope_of
+        self._attributes: proto_columns.ProtoAttributeColumns | None = None
         self._first_scope = first_scope
         self._resource_owners = [bits.range_mask(s, e) for _, s, e in resources]
         self._scope_owners = [bits.range_mask(s, e) for _, s, e, _ in scopes]
@@ -206,6 +207,14 @@ class ProtoBatch:
     def _c_attribute(self, key: FieldKey, arg: Any, typed: bool) -> Column:
         path = key[1]
         records = self.records
+        if len(path) == 1:
+            if self._attributes is None:
+                self._attributes = proto_columns.ProtoAttributeColumns(records)
+            values = self._attributes.values(path[0])
+            convert = proto_columns.typed_values if typed else proto_columns.string_views
+            fast = None if values is None else convert(values)
+            if fast is not None:
+                return Column(fast)
         if typed:
             return Column([_attr_typed(r.attributes, path) for r in records])
         return Column([_attr_string(r.attributes, path) for r in records])
@@ -376,6 +385,7 @@ class ProtoLogs(ProtoBatch):
 
     def _attribute_list(self, i: int, key: FieldKey, create: bool) -> Any:
         """The repeated KeyValue that holds the last segment of an attribute path, or None."""
+        self._attributes = None  # a transform may change it: attribute columns are taken afresh
         head, path = key
         if head == "log_attribute":
             attrs = self.records[i].attributes

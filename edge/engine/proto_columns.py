@@ -1,0 +1,70 @@
+"""Attribute columns from OTLP protobuf (upb) messages with C-level passes.
+
+The protobuf twin of `json_columns`: when each record's first `name` attribute sits at
+the same position of its `attributes` list and all values have the same kind, the
+column is taken with `map(attrgetter)` passes instead of a Python loop over every
+record's KeyValues; otherwise the caller walks each record. Results are identical.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter, itemgetter, methodcaller
+from typing import Any
+
+_ATTRIBUTES = attrgetter("attributes")
+_KEY = attrgetter("key")
+_VALUE = attrgetter("value")
+_WHICH = methodcaller("WhichOneof", "value")
+_SCALARS = {kind: attrgetter(kind) for kind in ("string_value", "int_value", "double_value", "bool_value")}
+
+
+class ProtoAttributeColumns:
+    """Attribute lookups over one batch's records, sharing the passes per list position."""
+
+    def __init__(self, records: list[Any]) -> None:
+        self.lists = list(map(_ATTRIBUTES, records))
+        self._slots: dict[int, tuple[list[Any], list[str]]] = {}
+
+    def _slot(self, j: int) -> tuple[list[Any], list[str]]:
+        """(the KeyValues at position j, their keys) of every record; raises IndexError if a list is short."""
+        slot = self._slots.get(j)
+        if slot is None:
+            kvs = list(map(itemgetter(j), self.lists))
+            slot = self._slots[j] = (kvs, list(map(_KEY, kvs)))
+        return slot
+
+    def values(self, name: str) -> list[Any] | None:
+        """The AnyValue of attribute `name` of every record, or None (irregular batch)."""
+        lists = self.lists
+        if not lists:
+            return None
+        position = next((i for i, kv in enumerate(lists[0]) if kv.key == name), None)
+        if position is None:
+            return None
+        try:
+            for j in range(position):
+                if name in self._slot(j)[1]:
+                    return None
+            kvs, keys = self._slot(position)
+        except IndexError:
+            return None
+        if keys.count(name) != len(lists):
+            return None
+        return list(map(_VALUE, kvs))
+
+
+def typed_values(any_values: list[Any]) -> list[Any] | None:
+    """Typed values when every AnyValue holds the same scalar kind, else None."""
+    kinds = set(map(_WHICH, any_values))
+    if len(kinds) != 1:
+        return None
+    getter = _SCALARS.get(kinds.pop())
+    return list(map(getter, any_values)) if getter is not None else None
+
+
+def string_views(any_values: list[Any]) -> list[str] | None:
+    """String views when every AnyValue is a string, else None."""
+    return list(map(_SCALARS["string_value"], any_values)) if set(map(_WHICH, any_values)) == {"string_value"} else None
+
+
+__all__ = ["ProtoAttributeColumns", "string_views", "typed_values"]
