@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from edge import __version__
+from edge.tail.settings import SettingsError, from_mapping, unknown_keys
 
 LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning", "err": "error",
               "error": "error"}
@@ -57,6 +58,31 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True)
+class S3Target:
+    """Where the s3-dump extension writes; an empty endpoint/region means AWS's defaults."""
+
+    name: str
+    bucket: str
+    endpoint: str = ""
+    region: str = ""
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class S3DumpConfig:
+    enabled: bool = False
+    targets: tuple[S3Target, ...] = ()
+    flush_interval_ms: int = 5000
+    max_batch_bytes: int = 1_048_576
+    max_batch_records: int = 10_000
+    max_queued_batches: int = 32  # ours: sealed batches waiting for upload; beyond it the oldest is dropped
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> S3DumpConfig:
+        return cls(**{**doc, "targets": tuple(S3Target(**t) for t in doc.get("targets", ()))})
+
+
+@dataclass(frozen=True)
 class Config:
     listen_address: str = "127.0.0.1"
     listen_port: int = 8080
@@ -73,7 +99,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     policy_providers: tuple[ProviderConfig, ...] = ()
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
-    s3_dump: Mapping[str, Any] = field(default_factory=dict)
+    s3_dump: S3DumpConfig = field(default_factory=S3DumpConfig)
     tail: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -98,6 +124,10 @@ _SCALARS: dict[str, type] = {
 _SECTIONS: dict[str, dict[str, type]] = {
     "service": {"name": str, "namespace": str, "version": str, "instance_id": str},
     "prometheus": {"max_input_bytes_per_scrape": int, "max_output_bytes_per_scrape": int},
+}
+_S3_DUMP_SCALARS: dict[str, type] = {
+    "enabled": bool, "flush_interval_ms": int, "max_batch_bytes": int, "max_batch_records": int,
+    "max_queued_batches": int,
 }
 _OPAQUE = {"policy_providers", "s3_dump", "tail"}
 
@@ -155,7 +185,7 @@ def _env_overrides(doc: dict[str, Any], env: Mapping[str, str]) -> None:
         name = "TERO_" + key.upper()
         if name in env:
             doc[key] = env[name]
-    for section, keys in _SECTIONS.items():
+    for section, keys in {**_SECTIONS, "s3_dump": _S3_DUMP_SCALARS}.items():
         for key in keys:
             name = f"TERO_{section}_{key}".upper()
             if name in env:
@@ -217,6 +247,64 @@ def _providers(raw: Any) -> tuple[ProviderConfig, ...]:
     return tuple(out)
 
 
+def _s3_targets(raw: Any) -> tuple[S3Target, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("config key s3_dump.targets: expected a list")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"s3_dump.targets[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"config key {where}: expected an object")
+        values = {k: _coerce(f"{where}.{k}", item[k], str) for k in ("name", "bucket", "endpoint", "region", "prefix")
+                  if item.get(k) is not None}
+        if not values.get("bucket"):
+            raise ConfigError(f"config key {where}.bucket: a target needs a bucket")
+        values.setdefault("name", values["bucket"])
+        if values.get("endpoint"):
+            values["endpoint"] = _url(f"{where}.endpoint", values["endpoint"])
+        values["prefix"] = values.get("prefix", "").strip("/")
+        out.append(S3Target(**values))
+    names = [t.name for t in out]
+    if len(names) != len(set(names)):
+        raise ConfigError("config key s3_dump.targets: target names must be unique")
+    return tuple(out)
+
+
+def _s3_dump(raw: Any) -> tuple[S3DumpConfig, list[str]]:
+    """The s3_dump section (EDGE.md); enabled without a target is an error, numbers must be positive."""
+    if raw is None:
+        return S3DumpConfig(), []
+    if not isinstance(raw, dict):
+        raise ConfigError("config key s3_dump: expected an object")
+    known = {*_S3_DUMP_SCALARS, "targets"}
+    warnings = [f"config key s3_dump.{k}: unknown, ignored" for k in raw if k not in known]
+    values = {k: _coerce(f"s3_dump.{k}", raw[k], kind) for k, kind in _S3_DUMP_SCALARS.items() if k in raw}
+    for key, value in values.items():
+        if key != "enabled":
+            _positive(f"s3_dump.{key}", value)
+    config = S3DumpConfig(**values, targets=_s3_targets(raw.get("targets")))
+    if config.enabled and not config.targets:
+        raise ConfigError("config key s3_dump.targets: s3_dump is enabled but names no target")
+    return config, warnings
+
+
+def _tail(raw: Any, env: Mapping[str, str]) -> list[str]:
+    """Validate the tail worker's section with edge-tail's own checks; warnings for unknown keys."""
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise ConfigError("config key tail: expected an object")
+    try:
+        settings = from_mapping(raw, env)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    if raw and (settings.stdin_mode or "-" in settings.paths):
+        raise ConfigError("config key tail.paths: the tail worker needs a list of files or globs to tail")
+    return [f"config key tail.{k}: unknown, ignored" for k in unknown_keys(raw)]
+
+
 def build(doc: Any, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Validate a parsed config document; `overrides` are command-line values (highest precedence)."""
     env = os.environ if env is None else env
@@ -260,12 +348,11 @@ def build(doc: Any, env: Mapping[str, str] | None = None, overrides: Mapping[str
     prometheus = values.pop("prometheus")
     for key, value in prometheus.items():
         _positive(f"prometheus.{key}", value, allow_zero=True)
-    for key in ("s3_dump", "tail"):
-        if doc.get(key) is not None and not isinstance(doc.get(key), dict):
-            raise ConfigError(f"config key {key}: expected an object")
+    warnings += _tail(doc.get("tail"), env)
+    s3_dump, s3_warnings = _s3_dump(doc.get("s3_dump"))
     return Config(**values, service=ServiceConfig(**service), prometheus=PrometheusConfig(**prometheus),
                   policy_providers=_providers(doc.get("policy_providers")),
-                  s3_dump=doc.get("s3_dump") or {}, tail=doc.get("tail") or {}, warnings=tuple(warnings))
+                  s3_dump=s3_dump, tail=doc.get("tail") or {}, warnings=tuple(warnings + s3_warnings))
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
@@ -302,4 +389,5 @@ def from_json(data: bytes) -> Config:
                      "prometheus": PrometheusConfig(**doc["prometheus"]),
                      "policy_providers": tuple(ProviderConfig(**{**p, "headers": tuple(map(tuple, p["headers"]))})
                                                for p in doc["policy_providers"]),
+                     "s3_dump": S3DumpConfig.from_dict(doc["s3_dump"]),
                      "warnings": tuple(doc["warnings"])})

@@ -26,11 +26,13 @@ from pathlib import Path
 from edge import __version__, logs
 from edge.config import Config, ConfigError, load
 from edge.engine.shared_ratelimit import create_table
+from edge.extensions.s3_dump import EXTENSION_TYPE as S3_DUMP
 from edge.snapshot_channel import SnapshotPublisher, remove_stale_segments
 from edge.stats_spool import StatsSpool
 from supervisor.policies import SnapshotManager
 from supervisor.providers import PolicyMerger, ProviderSet
 from workers.runtime import RUN_DIR_ENV, RuntimePaths
+from workers.tail import TailWorkerProcess
 
 log = logging.getLogger("edge.supervisor")
 
@@ -66,8 +68,10 @@ class Supervisor:
         merger = PolicyMerger(self.manager.on_change, config.policy_providers)
         self.providers = ProviderSet(config.policy_providers, merger, service=config.service,
                                      stats_source=self.manager.drain_stats, stats_return=self.manager.return_stats,
-                                     errors_source=self.manager.errors)
+                                     errors_source=self.manager.errors,
+                                     extensions=[S3_DUMP] if config.s3_dump.enabled else [])
         self.gunicorn: subprocess.Popen | None = None
+        self.tail_worker: TailWorkerProcess | None = None
         self.stopping = threading.Event()
         self._shut_down = False
 
@@ -91,12 +95,22 @@ class Supervisor:
         log.info("edge %s (%s) listening on %s:%d with %d workers, upstream %s", __version__, self.distribution,
                  c.listen_address, c.listen_port, c.workers, c.upstream_url)
 
+    def _start_tail_worker(self) -> None:
+        """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
+        if not self.config.tail:
+            return
+        self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
+        self.tail_worker.start()
+
     def run(self) -> int:
         self._write_runtime()
         self._start_gunicorn()
+        self._start_tail_worker()
         self.providers.start()
         while not self.stopping.wait(1.0):
             self.manager.tick()
+            if self.tail_worker is not None:
+                self.tail_worker.watch()
             if self.gunicorn.poll() is not None:
                 log.error("gunicorn exited with status %s; shutting down", self.gunicorn.returncode)
                 return 1
@@ -112,6 +126,8 @@ class Supervisor:
             return
         self._shut_down = True
         self.providers.stop()
+        if self.tail_worker is not None:
+            self.tail_worker.stop()
         if self.gunicorn is not None and self.gunicorn.poll() is None:
             self.gunicorn.send_signal(signal.SIGTERM)
             try:

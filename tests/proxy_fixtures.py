@@ -14,7 +14,9 @@ the shared memory and checks that nothing with the instance's prefix is left in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -26,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,3 +265,35 @@ def request(port: int, method: str, path: str, body: Any = None, headers: dict[s
         return Reply(resp.status, resp.getheaders(), resp.read())
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def distribution(command: str, tmp_path: Path, upstream_url: str, policies: list[dict[str, Any]]
+                 ) -> Iterator[int]:
+    """Run an installed edge command (`edge-datadog`, ...) with one worker and a policy file
+    until its policies are published; yields its port and checks it exits 0 on SIGTERM."""
+    policy_file = tmp_path / "policies.json"
+    policy_file.write_text(json.dumps({"policies": policies}))
+    port = free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"listen_port": port, "workers": 1, "upstream_url": upstream_url,
+                                  "policy_providers": [{"id": "f", "type": "file", "path": str(policy_file)}]}))
+    log_path = tmp_path / "edge.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / command), str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # healthy and the policies published
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            try:
+                doc = json.loads(request(port, "GET", "/_edge/policies?format=json", timeout=1).body)
+                if len(doc.get("policies") or []) == len(policies):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -19,6 +19,8 @@ from edge.engine.engine import Engine
 from edge.engine.extensions import ExtensionRegistry
 from edge.engine.shared_ratelimit import SharedRateLimiter
 from edge.engine.stats import MatchStats
+from edge.extensions.s3_dump import register_s3_dump
+from edge.protocols.metrics import get_metrics
 from edge.snapshot_channel import SnapshotReader
 from edge.stats_spool import StatsSpool
 
@@ -55,6 +57,7 @@ class WorkerRuntime:
         self.stats = MatchStats()
         self.spool = StatsSpool(paths.stats_spool)
         self.extensions = ExtensionRegistry()
+        self.s3_dump = register_s3_dump(self.config.s3_dump, self.extensions, get_metrics())
         self._engine: Engine | None = None
         self._generation = 0
 
@@ -81,6 +84,16 @@ class WorkerRuntime:
 
     def flush_stats(self) -> None:
         self.spool.flush(self.stats)
+
+    def start_extensions(self) -> None:
+        """Start the extension handlers' background work (ASGI lifespan startup)."""
+        if self.s3_dump is not None:
+            self.s3_dump.start()
+
+    def stop_extensions(self) -> None:
+        """Upload what extensions still hold, bounded in time (ASGI lifespan shutdown; blocks)."""
+        if self.s3_dump is not None:
+            self.s3_dump.stop()
 
     def close(self) -> None:
         self.flush_stats()

@@ -1,9 +1,10 @@
 """The Falcon ASGI application one gunicorn worker serves.
 
 Routing is a dict lookup on (path, method) inside a single Falcon sink: the OTLP and admin
-routes are exact paths, everything else (any path, any method) is passed through to
-`upstream_url`. The ASGI lifespan opens the worker's upstream connection pool and a
-background task that hands match statistics to the spool once a second.
+routes are exact paths (plus the `/metrics/` prefix of the scrape proxy), everything else
+(any path, any method) is passed through to `upstream_url`. The ASGI lifespan opens the
+worker's upstream connection pool and a background task that hands match statistics to the
+spool once a second.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import falcon.asgi
 
 from edge import logs
 from edge.protocols.admin import Health, MetricsEndpoint, Policies, update_snapshot_gauges
+from edge.protocols.body import DisconnectWatch
+from edge.protocols.datadog import datadog_routes
 from edge.protocols.metrics import Metrics, get_metrics
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.passthrough import Passthrough
-from edge.protocols.upstream import Upstream, UpstreamError, error_response
+from edge.protocols.prometheus import prometheus_routes
+from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response
 from edge.runtime import release_free_memory, tune_gc
 
 log = logging.getLogger(__name__)
@@ -35,18 +39,38 @@ class Handler(Protocol):
     async def __call__(self, req: Any, resp: Any) -> None: ...
 
 
-class Router:
-    """The sink every request goes through: pick the handler, answer errors, count."""
+# Answered locally and cheaply: never refused for capacity, so health checks see a busy proxy as alive.
+LOCAL_ROUTES = frozenset({"health", "policies", "metrics"})
 
-    def __init__(self, routes: dict[str, dict[str, Handler]], fallback: Handler, metrics: Metrics) -> None:
+
+class Router:
+    """The sink every request goes through: pick the handler, admit or refuse it, answer errors, count.
+
+    Admission: gunicorn's ASGI worker does not enforce `--worker-connections`, so each worker
+    counts the requests it is handling and answers 503 with Retry-After beyond its share of
+    `max_connections` (`max_in_flight`); the local admin routes are always served.
+    """
+
+    def __init__(self, routes: dict[str, dict[str, Handler]], fallback: Handler, metrics: Metrics,
+                 max_in_flight: int, prefixes: dict[str, dict[str, Handler]] | None = None) -> None:
         self.routes = routes
+        self.prefixes = prefixes or {}  # path prefix -> methods, for paths no exact route names
         self.fallback = fallback
         self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, req: Any, resp: Any, **_: Any) -> None:
         scope = req.scope
         methods = self.routes.get(scope["path"])
+        if methods is None and self.prefixes:
+            methods = next((m for prefix, m in self.prefixes.items() if scope["path"].startswith(prefix)), None)
         handler = (methods.get(scope["method"]) if methods else None) or self.fallback
+        if self.in_flight >= self.max_in_flight and handler.route not in LOCAL_ROUTES:
+            busy_response(resp)
+            self.metrics.request(handler.route, 503, 0.0)
+            return
+        self.in_flight += 1
         start = perf_counter()
         try:
             await handler(req, resp)
@@ -57,7 +81,14 @@ class Router:
             log.exception("%s %s failed", scope["method"], scope["path"])
             resp.stream = None
             error_response(resp, 502)
+        finally:
+            self.in_flight -= 1
         self.metrics.request(handler.route, resp.status_code, perf_counter() - start)
+
+
+def worker_share(max_connections: int, workers: int) -> int:
+    """Requests one worker admits at once: its share of the instance's `max_connections`."""
+    return max(1, -(-max_connections // max(1, workers)))
 
 
 class Lifespan:
@@ -73,6 +104,7 @@ class Lifespan:
         tune_gc()
         await self.upstream.start()
         update_snapshot_gauges(self.runtime, self.metrics)
+        self.runtime.start_extensions()
         self._task = asyncio.create_task(self._tick())
 
     async def process_shutdown(self, scope: Any, event: Any) -> None:
@@ -82,6 +114,10 @@ class Lifespan:
                 await self._task
         self._flush()
         await self.upstream.close()
+        try:
+            await asyncio.to_thread(self.runtime.stop_extensions)
+        except Exception:  # noqa: BLE001 - shutting down must go on
+            log.exception("stopping extensions failed")
         with contextlib.suppress(Exception):
             self.runtime.close()
 
@@ -100,16 +136,16 @@ class Lifespan:
 
 
 # Which protocol routes each distribution serves; every distribution has the admin routes
-# and passes everything else through. Datadog and Prometheus routes arrive with their modules.
+# and passes everything else through.
 DISTRIBUTIONS: dict[str, frozenset[str]] = {
-    "edge": frozenset({"otlp"}),
+    "edge": frozenset({"otlp", "datadog", "prometheus"}),
     "otlp": frozenset({"otlp"}),
-    "datadog": frozenset(),
-    "prometheus": frozenset(),
+    "datadog": frozenset({"datadog"}),
+    "prometheus": frozenset({"prometheus"}),
 }
 
 
-def create_app(runtime: Any, distribution: str = "edge") -> falcon.asgi.App:
+def create_app(runtime: Any, distribution: str = "edge") -> DisconnectWatch:
     """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
@@ -121,13 +157,20 @@ def create_app(runtime: Any, distribution: str = "edge") -> falcon.asgi.App:
     if "otlp" in protocols:
         routes.update({f"/v1/{signal}s": {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
                        for signal, base in otlp.items()})
+    if "datadog" in protocols:
+        routes.update(datadog_routes(runtime, upstream, metrics))
+    prefixes: dict[str, dict[str, Handler]] = {}
+    if "prometheus" in protocols:
+        exact, prefixes = prometheus_routes(runtime, upstream, metrics)
+        routes.update(exact)
     health = Health()
     routes["/_health"] = {"GET": health, "HEAD": health}
     routes["/_edge/policies"] = {"GET": Policies(runtime)}
     routes["/_edge/metrics"] = {"GET": MetricsEndpoint(runtime, metrics)}
-    router = Router(routes, Passthrough(config.upstream_url, upstream), metrics)
+    router = Router(routes, Passthrough(config.upstream_url, upstream), metrics,
+                    worker_share(config.max_connections, config.workers), prefixes)
 
     app = falcon.asgi.App(middleware=[Lifespan(runtime, upstream, metrics)])
     app.resp_options.default_media_type = None  # relay responses exactly: no invented Content-Type
     app.add_sink(router, "/")
-    return app
+    return DisconnectWatch(app)

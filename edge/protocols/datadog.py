@@ -10,18 +10,15 @@ shape or an internal error forwards the original bytes untouched.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from edge.engine.codec import UndecodableBody, is_protobuf
+from edge.engine.codec import Evaluated, is_protobuf
 from edge.engine.datadog_codec import evaluate
+from edge.engine.engine import Engine
 from edge.policy.model import LOG, METRIC
-from edge.protocols.encoding import codec_of, decode, encode
 from edge.protocols.metrics import Metrics
-from edge.protocols.otlp import DROPPED, OtlpRoute
+from edge.protocols.otlp import OtlpRoute
 from edge.protocols.upstream import RequestHead, Upstream
-
-log = logging.getLogger(__name__)
 
 LOGS_PATH = "/api/v2/logs"
 SERIES_PATH = "/api/v2/series"
@@ -35,38 +32,11 @@ class DatadogRoute(OtlpRoute):
         super().__init__(signal, base_url, runtime, upstream, metrics)
         self.route = route
 
-    def filter(self, body: bytes, head: RequestHead) -> bytes | None:
-        """The bytes to forward (the original ones whenever nothing changed), or DROPPED."""
-        try:
-            engine = self.runtime.engine()
-            if engine is None or not engine.snapshot.targets(self.signal):
-                return body  # nothing to do: never parse
-            if is_protobuf(head.content_type):
-                return body  # the agent's protobuf series payload: forwarded unfiltered
-            codec = codec_of(head.content_encoding)
-            if codec is None:
-                return body  # deflate, br, ...: forwarded raw and unfiltered
-            decoded = decode(body, codec, self.max_decoded)
-            if decoded is None:
-                log.debug("Datadog %s body not decodable as %r within %d bytes: forwarded raw",
-                          self.signal, codec, self.max_decoded)
-                return body
-            try:
-                result = evaluate(engine, self.signal, decoded)
-            except UndecodableBody as exc:
-                log.debug("forwarding an undecodable Datadog %s body raw: %s", self.signal, exc)
-                return body
-            outcome = result.outcome
-            if outcome.total:
-                self.metrics.records(self.signal, outcome.total, outcome.kept)
-                if not outcome.kept:
-                    return DROPPED
-            if result.body is decoded:
-                return body  # unchanged: the original (still compressed) bytes
-            return encode(result.body, codec)
-        except Exception:  # noqa: BLE001 - fail-open: the original batch goes on
-            log.exception("filtering a Datadog %s batch failed; forwarding it unmodified", self.signal)
-            return body
+    def filters(self, head: RequestHead) -> bool:
+        return not is_protobuf(head.content_type)  # the agent's protobuf series: forwarded unfiltered
+
+    def evaluate(self, engine: Engine, decoded: bytes, head: RequestHead) -> Evaluated:
+        return evaluate(engine, self.signal, decoded)
 
 
 def datadog_routes(runtime: Any, upstream: Upstream, metrics: Metrics) -> dict[str, dict[str, DatadogRoute]]:

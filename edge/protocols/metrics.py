@@ -49,6 +49,20 @@ class Metrics:
                                      registry=registry, multiprocess_mode="max")
         self.generation = Gauge("edge_snapshot_generation", "Generation of the current policy snapshot",
                                 registry=registry, multiprocess_mode="max")
+        self.s3_uploaded_records = Counter("edge_s3_dump_uploaded_records", "Records the s3-dump extension uploaded",
+                                           registry=registry)
+        self.s3_uploaded_objects = Counter("edge_s3_dump_uploaded_objects", "Objects the s3-dump extension uploaded",
+                                           registry=registry)
+        self.s3_uploaded_bytes = Counter("edge_s3_dump_uploaded_bytes", "NDJSON bytes the s3-dump extension uploaded",
+                                         registry=registry)
+        self.s3_upload_failures = Counter("edge_s3_dump_upload_failures", "Failed s3-dump upload attempts",
+                                          registry=registry)
+        self.s3_dropped_records = Counter("edge_s3_dump_dropped_records", "Records the s3-dump extension gave up, "
+                                          "by reason", ("reason",), registry=registry)
+        self.s3_dropped_batches = Counter("edge_s3_dump_dropped_batches", "Batches the s3-dump extension gave up, "
+                                          "by reason", ("reason",), registry=registry)
+        self.scrapes_truncated = Counter("edge_prometheus_scrapes_truncated", "Prometheus scrapes ended early at a "
+                                         "byte limit, by limit (input or output)", ("limit",), registry=registry)
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._records = {s: (self.evaluated.labels(s), self.kept.labels(s), self.dropped.labels(s))
@@ -86,6 +100,25 @@ class Metrics:
         if child is None:
             child = self._errors[kind] = self.upstream_errors.labels(kind)
         child.inc()
+
+    def scrape_truncated(self, limit: str) -> None:
+        """A Prometheus scrape stopped at `prometheus.max_<limit>_bytes_per_scrape`."""
+        self.scrapes_truncated.labels(limit).inc()
+
+    # ── s3-dump extension (its upload thread, and the request path for unknown targets) ──
+
+    def s3_dump_uploaded(self, records: int, size: int) -> None:
+        self.s3_uploaded_records.inc(records)
+        self.s3_uploaded_objects.inc()
+        self.s3_uploaded_bytes.inc(size)
+
+    def s3_dump_dropped(self, reason: str, records: int, batches: int = 1) -> None:
+        self.s3_dropped_records.labels(reason).inc(records)
+        if batches:
+            self.s3_dropped_batches.labels(reason).inc(batches)
+
+    def s3_dump_upload_failed(self) -> None:
+        self.s3_upload_failures.inc()
 
     # ── background / scrape ──
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edge.engine.codec import UndecodableBody, evaluate, is_protobuf
+from edge.engine.codec import Evaluated, UndecodableBody, evaluate, is_protobuf
+from edge.engine.engine import Engine
+from edge.protocols.body import client_gone
 from edge.protocols.encoding import codec_of, decode, encode
 from edge.protocols.metrics import Metrics
 from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
@@ -50,6 +52,8 @@ class OtlpRoute:
             body = await req.stream.read(limit + 1)
         if len(body) > limit:
             return error_response(resp, 413)
+        if client_gone(scope) or (head.content_length is not None and len(body) != head.content_length):
+            return error_response(resp, 400)  # the client went away mid-body: never forward a part
         forward = self.filter(body, head)
         if forward is DROPPED:
             resp.status = 200
@@ -65,6 +69,14 @@ class OtlpRoute:
         resp.data = response.body
         return None
 
+    def filters(self, head: RequestHead) -> bool:
+        """Whether bodies of this kind are filtered at all (the others are forwarded raw)."""
+        return True
+
+    def evaluate(self, engine: Engine, decoded: bytes, head: RequestHead) -> Evaluated:
+        """Decoded body in, what to forward out; raises UndecodableBody when it is not this protocol."""
+        return evaluate(engine, self.signal, decoded, head.content_type)
+
     def filter(self, body: bytes, head: RequestHead) -> bytes | None:
         """The bytes to forward (the original ones whenever nothing changed), or DROPPED."""
         try:
@@ -72,7 +84,7 @@ class OtlpRoute:
             if engine is None or not engine.snapshot.targets(self.signal):
                 return body  # nothing to do: never parse
             codec = codec_of(head.content_encoding)
-            if codec is None:
+            if codec is None or not self.filters(head):
                 return body  # deflate, br, ...: forwarded raw and unfiltered
             decoded = decode(body, codec, self.max_decoded)
             if decoded is None:
@@ -80,7 +92,7 @@ class OtlpRoute:
                           self.signal, codec, self.max_decoded)
                 return body
             try:
-                result = evaluate(engine, self.signal, decoded, head.content_type)
+                result = self.evaluate(engine, decoded, head)
             except UndecodableBody as exc:
                 log.debug("forwarding an undecodable %s body raw: %s", self.signal, exc)
                 return body

@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from edge.protocols.upstream import Upstream, relay_headers, request_head, request_target, url
+from edge.protocols.body import client_gone, complete_chunks
+from edge.protocols.upstream import Upstream, error_response, relay_headers, request_head, request_target, url
 
 SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -56,11 +57,13 @@ class Passthrough:
         headers = head.pairs()
         length = head.content_length
         if head.chunked or (length is not None and length > SMALL_BODY):
-            data: Any = req.stream
+            data: Any = complete_chunks(req.stream, scope)
             if length is not None and not head.chunked:
                 headers = [*headers, ("Content-Length", str(length))]
         elif length:
             data = await req.stream.read()
+            if client_gone(scope) or len(data) != length:
+                return error_response(resp, 400)  # the client went away mid-body: never forward a part
         else:
             data = None
         response = await self.upstream.open(method, url(self.base_url, request_target(scope)), headers, data,

@@ -40,6 +40,7 @@ ERROR_BODIES = {
     502: b'{"error":"upstream unreachable"}',
     504: b'{"error":"upstream timed out"}',
     413: b'{"error":"request body too large"}',
+    400: b'{"error":"incomplete request body"}',
 }
 
 
@@ -63,7 +64,19 @@ class RequestHead:
     chunked: bool
 
     def pairs(self) -> list[tuple[str, str]]:
-        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw]
+        return [(n.decode("latin-1"), _header_text(v)) for n, v in self.raw]
+
+
+def _header_text(value: bytes) -> str:
+    """A header value as aiohttp needs it: aiohttp writes header text as UTF-8, so a UTF-8 value
+    decoded as UTF-8 reaches the upstream byte for byte (latin-1 would double-encode it). Bytes
+    that are not UTF-8 cannot be carried exactly; they go as their latin-1 reading."""
+    if value.isascii():
+        return value.decode("ascii")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def request_head(raw: list[tuple[bytes, bytes]]) -> RequestHead:
@@ -205,6 +218,18 @@ def relay_headers(resp: Any, status: int, raw_headers: Any, keep_length: bool) -
             append(lower.decode("latin-1"), raw_value.decode("latin-1"))
         except Exception:  # noqa: BLE001 - an unrepresentable header is dropped, not fatal
             log.debug("dropping upstream header %r", raw_name)
+
+
+BUSY_BODY = b'{"error":"too many requests in flight"}'
+RETRY_AFTER_BUSY = "1"  # seconds: capacity frees up as soon as requests in flight finish
+
+
+def busy_response(resp: Any) -> None:
+    """503 with Retry-After: the proxy is at `max_connections`; the sender retries shortly."""
+    resp.status = 503
+    resp.content_type = JSON
+    resp.set_header("Retry-After", RETRY_AFTER_BUSY)
+    resp.data = BUSY_BODY
 
 
 def error_response(resp: Any, status: int) -> None:
