@@ -22,17 +22,20 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge import __version__, logs
 from edge.config import Config, ConfigError, load
+from edge.engine.extensions import S3_DUMP
 from edge.engine.shared_ratelimit import create_table
-from edge.extensions.s3_dump import EXTENSION_TYPE as S3_DUMP
 from edge.snapshot_channel import SnapshotPublisher, remove_stale_segments
 from edge.stats_spool import StatsSpool
 from supervisor.policies import SnapshotManager
 from supervisor.providers import PolicyMerger, ProviderSet
 from workers.runtime import RUN_DIR_ENV, RuntimePaths
-from workers.tail import TailWorkerProcess
+
+if TYPE_CHECKING:
+    from workers.tail import TailWorkerProcess
 
 log = logging.getLogger("edge.supervisor")
 
@@ -99,6 +102,8 @@ class Supervisor:
         """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
         if not self.config.tail:
             return
+        from workers.tail import TailWorkerProcess  # only supervisors with a tail section pay for it
+
         self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
         self.tail_worker.start()
 

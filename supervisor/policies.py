@@ -16,6 +16,7 @@ from edge.engine.stats import MatchStats, PolicyCounters
 from edge.policy.compiler import compile_policies
 from edge.policy.snapshot import Snapshot
 from edge.proto.tero.policy.v1.policy_pb2 import Policy
+from edge.runtime import release_free_memory
 from edge.snapshot_channel import SnapshotPublisher
 from edge.stats_spool import StatsSpool
 
@@ -37,6 +38,7 @@ class SnapshotManager:
         with self._lock:
             generation = self.publisher.publish(snapshot)
             self.snapshot = snapshot
+        release_free_memory()  # compiling allocates far more than the snapshot keeps
         errors = snapshot.errors()
         for policy_id, messages in errors.items():
             for message in messages:

@@ -17,6 +17,8 @@ from edge.proto.tero.policy.v1 import policy_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+S3_DUMP = "com.usetero/s3-dump"  # the extension type edge ships a handler for (edge/extensions/s3_dump.py)
+
 
 class ExtensionHandler(Protocol):
     def submit(self, policy_id: str, signal: str, config: bytes, records: list[dict[str, Any]]) -> None:

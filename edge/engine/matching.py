@@ -102,7 +102,7 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     # when other patterns share the database (tests/test_matching.py pins both cases).
     text = "\n".join(values) + "\n"
     buffer = text.encode() + b"\n"
-    lengths = map(len, values) if len(buffer) == len(text) else (len(v.encode()) for v in values)
+    lengths = map(len, values if len(buffer) == len(text) + 1 else map(str.encode, values))
     starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=0))
     reports: list[tuple[int, int, int]] = []
     add = reports.append

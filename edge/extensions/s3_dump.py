@@ -22,13 +22,13 @@ from typing import Any, Protocol
 import orjson
 
 from edge.config import S3DumpConfig
-from edge.engine.extensions import ExtensionRegistry
+from edge.engine.extensions import S3_DUMP, ExtensionRegistry
 from edge.extensions.batching import Batch, Batcher
 from edge.extensions.uploader import S3Uploader
 
 log = logging.getLogger(__name__)
 
-EXTENSION_TYPE = "com.usetero/s3-dump"
+EXTENSION_TYPE = S3_DUMP
 MAX_ATTEMPTS = 5  # uploads of one batch before it is given up
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0)  # wait after the n-th consecutive failure (the last repeats)
 STOP_TIMEOUT_S = 5.0  # at shutdown: time left to upload what is queued
