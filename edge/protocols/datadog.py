@@ -1,8 +1,10 @@
 """POST /api/v2/logs and /api/v2/series: Datadog agents point at edge unchanged.
 
 The request handling is the OTLP route's (413 over `max_body_size`, 502/504 from the
-upstream, headers such as DD-API-KEY forwarded and never logged, everything dropped
-answered 200 `{}` without an upstream call, records counted in the proxy metrics); only
+upstream, headers such as DD-API-KEY forwarded and never logged, records counted in the
+proxy metrics). A logs batch whose every record is dropped goes upstream as `[]` (EDGE.md),
+so the agent gets the intake's own answer; an all-dropped series payload is answered 200
+`{}` here like OTLP. Only
 the codec differs: Datadog JSON through `edge.engine.datadog_codec`. Fail-open: an
 unknown Content-Encoding, a protobuf body, a payload that is not JSON of the expected
 shape or an internal error forwards the original bytes untouched.
@@ -31,6 +33,8 @@ class DatadogRoute(OtlpRoute):
                  metrics: Metrics) -> None:
         super().__init__(signal, base_url, runtime, upstream, metrics)
         self.route = route
+        if signal == LOG:
+            self.all_dropped = b"[]"  # EDGE.md: a logs batch whose every record is dropped goes upstream as []
 
     def filters(self, head: RequestHead) -> bool:
         return not is_protobuf(head.content_type)  # the agent's protobuf series: forwarded unfiltered

@@ -39,6 +39,7 @@ class OtlpRoute:
         self.metrics = metrics
         self.max_body = runtime.config.max_body_size
         self.max_decoded = runtime.config.max_decoded_bytes
+        self.all_dropped: bytes | None = None  # sent upstream when every record is dropped; None: answer here
 
     async def __call__(self, req: Any, resp: Any) -> None:
         scope = req.scope
@@ -100,7 +101,7 @@ class OtlpRoute:
             if outcome.total:
                 self.metrics.records(self.signal, outcome.total, outcome.kept)
                 if not outcome.kept:
-                    return DROPPED
+                    return DROPPED if self.all_dropped is None else encode(self.all_dropped, codec)
             if result.body is decoded:
                 return body  # unchanged: the original (still compressed) bytes
             return encode(result.body, codec)
