@@ -32,7 +32,7 @@ from edge.snapshot_channel import SnapshotPublisher, remove_stale_segments
 from edge.stats_spool import StatsSpool
 from supervisor.policies import SnapshotManager
 from supervisor.providers import PolicyMerger, ProviderSet
-from workers.runtime import RUN_DIR_ENV, RuntimePaths
+from workers.paths import RUN_DIR_ENV, RuntimePaths
 
 if TYPE_CHECKING:
     from workers.tail import TailWorkerProcess

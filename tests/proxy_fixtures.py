@@ -41,7 +41,7 @@ from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from edge.policy.snapshot import Snapshot
 from edge.snapshot_channel import SnapshotPublisher
-from workers.runtime import RUN_DIR_ENV, RuntimePaths
+from workers.paths import RUN_DIR_ENV, RuntimePaths
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,7 @@ instance and match statistics go to the spool about once a second.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
 
 from edge.config import Config, from_json
 from edge.engine.engine import Engine
@@ -23,29 +20,7 @@ from edge.extensions.s3_dump import register_s3_dump
 from edge.protocols.metrics import get_metrics
 from edge.snapshot_channel import SnapshotReader
 from edge.stats_spool import StatsSpool
-
-RUN_DIR_ENV = "EDGE_RUN_DIR"
-
-
-@dataclass(frozen=True)
-class RuntimePaths:
-    """Names the supervisor chose for this instance (written once, read by every worker)."""
-
-    config: str  # resolved worker config (JSON)
-    snapshot_control: str  # shared-memory control segment
-    rate_table: str  # shared-memory rate-limit table
-    rate_lock: str  # lock file for the rate-limit table
-    stats_spool: str  # directory
-    prometheus_dir: str  # prometheus-client multiprocess directory
-
-    def write(self, run_dir: Path) -> Path:
-        path = run_dir / "runtime.json"
-        path.write_bytes(orjson.dumps(self.__dict__))
-        return path
-
-    @classmethod
-    def read(cls, run_dir: str | Path) -> RuntimePaths:
-        return cls(**orjson.loads((Path(run_dir) / "runtime.json").read_bytes()))
+from workers.paths import RUN_DIR_ENV, RuntimePaths
 
 
 class WorkerRuntime:

@@ -29,7 +29,7 @@ from edge.snapshot_channel import SnapshotReader
 from edge.tail.cli import install_stop_handlers
 from edge.tail.runner import TailStartupError, run
 from edge.tail.settings import SettingsError, from_mapping
-from workers.runtime import RUN_DIR_ENV, RuntimePaths
+from workers.paths import RUN_DIR_ENV, RuntimePaths
 
 log = logging.getLogger("edge.supervisor")
 
