@@ -77,6 +77,16 @@ def string_views(any_values: list[Any]) -> list[str] | None:
     return strings if strings is not None and only_strings(strings) else None
 
 
+def hex_ids(ids: list[Any] | None) -> list[bytes] | None:
+    """Trace/span ids as bytes when every record has a non-empty hex string, else None."""
+    if not ids or not only_strings(ids) or "" in ids:
+        return None
+    try:
+        return list(map(bytes.fromhex, ids))
+    except ValueError:
+        return None
+
+
 def typed_values(any_values: list[Any]) -> list[Any] | None:
     """Typed values of AnyValues that are all strings, or all `{"intValue": ...}` alone."""
     if any_values and any_values[0].__class__ is dict and "stringValue" in any_values[0]:
@@ -92,4 +102,4 @@ def typed_values(any_values: list[Any]) -> list[Any] | None:
         return None
 
 
-__all__ = ["AttributeColumns", "dig", "only_strings", "string_views", "typed_values"]
+__all__ = ["AttributeColumns", "dig", "hex_ids", "only_strings", "string_views", "typed_values"]
