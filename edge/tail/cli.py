@@ -27,13 +27,24 @@ def _fail(message: str) -> int:
 
 
 def install_stop_handlers(stop: threading.Event, wakeup: threading.Event) -> None:
-    """SIGTERM and SIGINT ask the pipeline to finish cleanly (flush, checkpoint, exit 0)."""
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-        wakeup.set()
+    """SIGTERM and SIGINT ask the pipeline to finish cleanly (flush, checkpoint, exit 0).
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    A dedicated thread takes the signals with sigwait instead of a Python handler: a
+    handler runs in the main thread between bytecodes, and setting `wakeup` there would
+    take the event's lock while the main thread may already hold it (inside Event.wait
+    or clear), hanging the tailer forever. Call this before any other thread starts, so
+    every thread inherits the blocked mask.
+    """
+    signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def take_signals() -> None:
+        while True:
+            signal.sigwait(signals)
+            stop.set()
+            wakeup.set()
+
+    threading.Thread(target=take_signals, name="edge-tail-signals", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

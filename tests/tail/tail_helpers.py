@@ -74,8 +74,7 @@ class Tailer:
 
     def stop(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(20) == 0, self.stderr()
+        assert terminate(self.proc, self.stderr) == 0, self.stderr()
         assert "Traceback" not in self.stderr(), self.stderr()
 
     def wait_tailing(self, path: Path, count: int = 1) -> None:
@@ -96,6 +95,18 @@ class Tailer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def terminate(proc: subprocess.Popen[bytes], stderr: Callable[[], str], timeout: float = 30) -> int:
+    """SIGTERM and the exit status; a tailer that does not stop in time is made to dump every
+    thread's stack (faulthandler, SIGABRT) into its stderr, and the test fails showing it."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(10)
+        raise AssertionError(f"edge-tail did not stop within {timeout:.0f} s of SIGTERM:\n{stderr()}") from None
 
 
 def write_lines(path: Path, lines: list[str], mode: str = "ab") -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tail_helpers import terminate
 
 from edge.tail.checkpoint import RECORD_SIZE, SNAPSHOT_NAME, WAL_NAME
 
@@ -93,8 +94,7 @@ class Tailer:
 
     def stop(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(10) == 0, self.stderr()
+        assert terminate(self.proc, self.stderr) == 0, self.stderr()
 
     def ensure_dead(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -214,3 +217,22 @@ def test_delete_and_recreate(tmp_path: Path) -> None:
     # the deleted file's unterminated last line is delivered (completed) when the file is abandoned
     assert sorted(got) == sorted([line.encode() for line in numbered("before", 0, 10) + numbered("after", 0, 10)
                                   + numbered("again", 0, 2)] + [b"unterminated last line"])
+
+
+def test_sigterm_at_any_moment_stops_the_tailer(tmp_path: Path) -> None:
+    """SIGTERM is always honoured: a handler that set the wakeup event from the main thread
+    could land while the loop held that event's lock (in wait/clear) and hang forever."""
+    log_file = tmp_path / "app.log"
+    write_lines(log_file, ["hello"])
+    rng = random.Random(5)
+    for attempt in range(25):
+        tailer = Tailer(tmp_path, ["--poll-ms", "1", "--io-engine", "poll", "--read-from", "head",
+                                   "-o", str(tmp_path / "out.log"), str(log_file)])
+        with tailer:
+            tailer.wait_tailing(log_file)
+            time.sleep(rng.random() * 0.05)
+            tailer.proc.send_signal(signal.SIGTERM)
+            try:
+                assert tailer.proc.wait(5) == 0, tailer.stderr()
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"edge-tail ignored SIGTERM (attempt {attempt})")
