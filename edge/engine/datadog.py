@@ -34,7 +34,7 @@ import msgspec
 
 from edge.engine import bits
 from edge.engine.otlp_json import BatchShapeError
-from edge.engine.values import MISSING, OTHER, Column, json_copy
+from edge.engine.values import MISSING, OTHER, Column, PlainStringValues, json_copy
 from edge.policy.model import FieldKey
 
 BODY_KEYS = ("message", "msg", "log")
@@ -146,7 +146,7 @@ class DatadogBatch:
 # ── logs ──────────────────────────────────────────────────────────────────
 
 
-class DatadogLogs(DatadogBatch):
+class DatadogLogs(PlainStringValues, DatadogBatch):
     """A decoded `/api/v2/logs` array as a mutable batch of log records."""
 
     def __init__(self, doc: Any) -> None:
@@ -335,14 +335,6 @@ class DatadogLogs(DatadogBatch):
         del slot[0][slot[1]]
         self._mark(i, slot)
         return True
-
-    @staticmethod
-    def string_value(text: str) -> str:
-        return text
-
-    @staticmethod
-    def string_of(value: Any) -> str | None:
-        return value if value.__class__ is str else None
 
     # ── output ──
 

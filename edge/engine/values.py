@@ -62,6 +62,19 @@ def string_view(value: Any) -> str | None:
     return None
 
 
+class PlainStringValues:
+    """Transform value conversions for batch views whose values are plain Python strings
+    (Datadog logs, edge-tail lines), unlike OTLP's AnyValue wrappers."""
+
+    @staticmethod
+    def string_value(text: str) -> str:
+        return text
+
+    @staticmethod
+    def string_of(value: Any) -> str | None:
+        return value if value.__class__ is str else None
+
+
 def json_copy(value: Any) -> Any:
     """A deep copy of parsed JSON (an orjson round trip: ~7x cheaper than copy.deepcopy)."""
     return orjson.loads(orjson.dumps(value))

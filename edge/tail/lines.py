@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from edge.engine import bits
-from edge.engine.values import MISSING, OTHER, Column
+from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
 from edge.policy.model import FieldKey
 
 BODY = ("log_field", 1)
@@ -131,7 +131,7 @@ class _Structured:
         return _typed(value)
 
 
-class LineBatch:
+class LineBatch(PlainStringValues):
     """One block of lines as log records (the `JsonLogs` batch interface)."""
 
     def __init__(self, lines: list[bytes], texts: list[str], fmt: str, file_path: str = "",
@@ -234,11 +234,3 @@ class LineBatch:
             return False
         self._overlay[(i, key)] = _DELETED
         return True
-
-    @staticmethod
-    def string_value(text: str) -> str:
-        return text
-
-    @staticmethod
-    def string_of(value: Any) -> str | None:
-        return value if value.__class__ is str else None
