@@ -254,6 +254,31 @@ def test_log_columns_match_json(key):
         assert got.owners == expected.owners, view
 
 
+_UNIFORM_VALUES = {
+    "ints-with-zero": [{"intValue": "0"}, {"intValue": "5"}, {"intValue": "0"}],
+    "strings-with-empty": [{"stringValue": ""}, {"stringValue": "x"}],
+    "strings-then-bytes": [{"stringValue": "x"}, {"bytesValue": "AQI="}],
+    "ints-then-unset": [{"intValue": "3"}, {}],
+    "unset-then-strings": [{}, {"stringValue": "x"}],
+    "doubles-then-int-zero": [{"doubleValue": 0.0}, {"doubleValue": 1.5}, {"intValue": "0"}],
+    "bools-then-empty-string": [{"boolValue": False}, {"boolValue": True}, {"stringValue": ""}],
+    "ints-then-string": [{"intValue": "7"}, {"stringValue": "7"}],
+}
+
+
+@pytest.mark.parametrize("values", _UNIFORM_VALUES.values(), ids=_UNIFORM_VALUES.keys())
+def test_uniform_columns_read_default_values_right(values):
+    """The C-level column passes read oneof members directly: a default-valued read
+    (0, "", False) must still tell a set member from another kind or an unset value."""
+    records = [{"body": value, "attributes": [{"key": "a", "value": value}, {"key": "b", "value": value}]}
+               for value in values]
+    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
+    for key in (("log_attribute", ("a",)), ("log_attribute", ("b",)), ("log_field", 1)):
+        json_batch, proto_batch = JsonLogs(fresh(doc)), ProtoLogs(to_message("log", doc))
+        for view in ("column", "strings"):
+            assert getattr(proto_batch, view)(key).values == getattr(json_batch, view)(key).values, (key, view)
+
+
 def test_log_typed_values():
     batch = ProtoLogs(to_message("log", LOGS))
     assert batch.column(("log_field", 1)).values == [

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import re
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 from google.protobuf import json_format
@@ -111,6 +113,11 @@ def _attr_string(attributes: Any, path: tuple[str, ...]) -> str:
     return "" if value is None else value.string_value or value.bytes_value.hex()
 
 
+def _body_string(body: Any) -> str:
+    """String view of a body that is not a non-empty string: bytes as lowercase hex, else ""."""
+    return body.bytes_value.hex()
+
+
 def _body_typed(body: Any) -> Any:
     """Typed log body: like typed_any, but an empty string body counts as absent."""
     which = body.WhichOneof("value")
@@ -123,6 +130,8 @@ def _body_typed(body: Any) -> Any:
 
 # ── the batch ───────────────────────────────────────────────────────────────
 
+_BODY = attrgetter("body")
+_STRING_VALUE = attrgetter("string_value")
 _ZERO_RUNS = re.compile("0+")
 # runs x scope length above which deleting runs one by one costs more than a sort
 _MEMMOVE_BUDGET = 1 << 25
@@ -185,12 +194,14 @@ class ProtoBatch:
     # record-level builders: (self, key, argument, typed) -> Column
 
     def _c_body(self, key: FieldKey, arg: Any, typed: bool) -> Column:
-        records = self.records
-        if not typed:
-            # string_value is "" unless it is the set oneof; bytes_value likewise b"".
-            return Column([(b := r.body).string_value or b.bytes_value.hex() for r in records])
-        # a non-empty string_value is the set oneof; anything else takes the slow branch
-        return Column([s if (s := (b := r.body).string_value) else _body_typed(b) for r in records])
+        bodies = list(map(_BODY, self.records))
+        values = list(map(_STRING_VALUE, bodies))
+        # a non-empty string_value is the set oneof; only the "" positions need a closer look
+        if "" in values:
+            settle = _body_typed if typed else _body_string
+            for i in compress(range(len(values)), map("".__eq__, values)):
+                values[i] = settle(bodies[i])
+        return Column(values)
 
     def _c_scalar(self, key: FieldKey, name: str, typed: bool) -> Column:
         records = self.records
