@@ -8,7 +8,6 @@ iteration rules (an empty match advances by one character) and builds the output
 
 from __future__ import annotations
 
-import contextlib
 import re
 from functools import lru_cache
 from typing import Any
@@ -45,6 +44,32 @@ def compile_template(template: str) -> Template:
     return tuple(merged)
 
 
+class Substitution:
+    """A redaction's RE2 program with its template resolved against the program's groups.
+
+    Built once per (pattern, template) and snapshot: google-re2 rebuilds `groupindex`
+    as a dict on every access, which per record cost more than the match itself.
+    """
+
+    __slots__ = ("program", "match", "parts")
+
+    def __init__(self, program: Any, template: str) -> None:
+        self.program = program
+        self.match = program._regexp.Match
+        names, groups = program.groupindex, program.groups
+        parts: list[bytes | int] = []
+        for part in compile_template(template):
+            index = part if part.__class__ is not str else names.get(part, -1)
+            if index.__class__ is bytes:
+                if parts and parts[-1].__class__ is bytes:
+                    parts[-1] += index
+                else:
+                    parts.append(index)
+            elif 0 <= index <= groups:
+                parts.append(index)  # a reference to a group the program lacks expands to nothing
+        self.parts = tuple(parts)
+
+
 def _char_end(data: bytes, pos: int) -> int:
     """The byte offset just after the UTF-8 character starting at pos."""
     pos += 1
@@ -53,57 +78,49 @@ def _char_end(data: bytes, pos: int) -> int:
     return pos
 
 
-def substitute(program: Any, template: Template, text: str) -> str:
-    """Replace every non-overlapping match of `program` in `text`; missing groups expand to ""."""
+def substitute(substitution: Substitution, text: str) -> str:
+    """Replace every non-overlapping match in `text`; groups that did not take part expand to ""."""
     data = text.encode()
-    regexp = program._regexp
-    names = program.groupindex
-    groups = program.groups
+    end = len(data)
+    match = substitution.match
+    spans = match(_UNANCHORED, data, 0, end)
+    if spans[0] == _NULL_SPAN:
+        return text  # the common case for most records: one call, nothing built
+    parts = substitution.parts
     out: list[bytes] = []
-    pos, last, end = 0, 0, len(data)
+    pos = last = 0
     while True:
-        spans = regexp.Match(_UNANCHORED, data, pos, end)
         start, stop = spans[0]
-        if (start, stop) == _NULL_SPAN:
-            break
         out.append(data[last:start])
-        for part in template:
+        for part in parts:
             if part.__class__ is bytes:
                 out.append(part)
-                continue
-            index = part if part.__class__ is int else names.get(part, -1)
-            if 0 <= index <= groups and spans[index] != _NULL_SPAN:
-                out.append(data[spans[index][0]:spans[index][1]])
+            elif spans[part] != _NULL_SPAN:
+                out.append(data[spans[part][0]:spans[part][1]])
         last = stop
         if pos == end:
             break
         pos = _char_end(data, pos) if stop == pos else stop
-    if not out:
-        return text
+        spans = match(_UNANCHORED, data, pos, end)
+        if spans[0] == _NULL_SPAN:
+            break
     out.append(data[last:])
     try:
         return b"".join(out).decode()
     except UnicodeDecodeError:
         # RE2 reported an empty match inside a multi-byte character (patterns like `x*`);
         # google-re2's own sub works in characters and gets it right, slowly.
-        return program.sub(lambda match: _expand_match(template, match), text)
+        return substitution.program.sub(lambda m: _expand_match(parts, m), text)
 
 
-def _expand_match(template: Template, match: Any) -> str:
-    out = []
-    for part in template:
-        if part.__class__ is bytes:
-            out.append(part.decode())
-            continue
-        with contextlib.suppress(IndexError, KeyError):
-            out.append(match.group(part) or "")
-    return "".join(out)
+def _expand_match(parts: tuple[bytes | int, ...], match: Any) -> str:
+    return "".join(part.decode() if part.__class__ is bytes else (match.group(part) or "") for part in parts)
 
 
 def check_available() -> None:
     """Fail fast at import if google-re2 changed the internals this module relies on."""
     program = re2.compile("(b)")
-    assert substitute(program, compile_template("[$1]"), "abc") == "a[b]c"
+    assert substitute(Substitution(program, "[$1]"), "abc") == "a[b]c"
 
 
 check_available()

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from edge.engine import bits
 from edge.engine.stats import MatchStats
-from edge.engine.substitute import compile_template, substitute
+from edge.engine.substitute import substitute
 from edge.policy.model import CompiledPolicy, FieldKey
 from edge.policy.snapshot import Snapshot
 
@@ -51,7 +51,7 @@ def _redact(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     text = batch.string_of(value)
     if text is None:
         return False
-    redacted = substitute(snapshot.regex(op.regex), compile_template(op.replacement), text)
+    redacted = substitute(snapshot.substitution(op.regex, op.replacement), text)
     if redacted == text:
         return False
     return batch.set(i, op.field, batch.string_value(redacted))

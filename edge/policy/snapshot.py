@@ -16,6 +16,7 @@ from typing import Any
 import hyperscan
 import re2
 
+from edge.engine.substitute import Substitution
 from edge.policy.model import SIGNALS, CompiledPolicy, FieldKey, SignalPlan
 
 _FORMAT = 1
@@ -103,6 +104,14 @@ class Snapshot:
         if program is None:
             program = cache[pattern] = re2.compile(pattern, _RE2_OPTIONS)
         return program
+
+    def substitution(self, pattern: str, template: str) -> Substitution:
+        """A redaction's program and template, resolved once per snapshot."""
+        cache = self._runtime.setdefault("substitutions", {})
+        found = cache.get((pattern, template))
+        if found is None:
+            found = cache[(pattern, template)] = Substitution(self.regex(pattern), template)
+        return found
 
 
 def empty_snapshot() -> Snapshot:
