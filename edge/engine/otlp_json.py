@@ -408,11 +408,17 @@ class JsonLogs(JsonBatch):
             if any_value:
                 return value if value.__class__ is dict and value else None
             return {"stringValue": value} if value else None
-        attrs = self._attribute_list(i, key, create=False)
-        if attrs is None:
+        if key[0] == "log_attribute" and len(key[1]) == 1:  # the common case, without the path walk
+            attrs = self.records[i].get("attributes")
+        else:
+            attrs = self._attribute_list(i, key, create=False)
+        if attrs.__class__ is not list:
             return None
         last = key[1][-1]
-        return next((kv.get("value") for kv in attrs if kv.__class__ is dict and kv.get("key") == last), None)
+        for kv in attrs:
+            if kv.__class__ is dict and kv.get("key") == last:
+                return kv.get("value")
+        return None
 
     def set(self, i: int, key: FieldKey, value: dict) -> bool:
         """Store the field; False when the path cannot hold it (a scalar where a map is needed)."""
@@ -426,9 +432,14 @@ class JsonLogs(JsonBatch):
                 text = value.get("stringValue")
                 owner[name] = text if text.__class__ is str else str(json_any_value(value))
             return True
-        attrs = self._attribute_list(i, key, create=True)
-        if attrs is None:
-            return False
+        record = self.records[i]
+        if key[0] == "log_attribute" and len(key[1]) == 1 and record.get("attributes").__class__ is list:
+            attrs = record["attributes"]  # the common case, without the path walk
+            self._attributes = None
+        else:
+            attrs = self._attribute_list(i, key, create=True)
+            if attrs is None:
+                return False
         self.changed = True
         last = key[1][-1]
         for kv in attrs:
