@@ -11,7 +11,7 @@ the record (a match that spans the separator). The result is one bitmask per con
 from __future__ import annotations
 
 import operator
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections import defaultdict
 from itertools import accumulate, repeat
 from typing import Any, Protocol
@@ -104,48 +104,63 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     buffer = text.encode() + b"\n"
     lengths = map(len, values if len(buffer) == len(text) + 1 else map(str.encode, values))
     starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=0))
-    reports: list[tuple[int, int, int]] = []
-    add = reports.append
+    ends: dict[int, list[int]] = {ci: [] for ci in fp.scanned}
+    begins: dict[int, list[int]] = {ci: [] for ci in fp.scanned}
 
     def on_match(cid: int, start: int, end: int, flags: int, context: Any) -> None:
-        add((cid, start, end))
+        ends[cid].append(end)
+        begins[cid].append(start)
 
     db, scratch = snapshot.database(plan.signal, fp.key)
     db.scan(buffer, match_event_handler=on_match, scratch=scratch)
-    if reports:
-        _map_reports(snapshot, plan, reports, starts, values, buffer, matched)
+    dirty: set[int] | None = None
+    for ci, found in ends.items():
+        if found:
+            if dirty is None:
+                dirty = _values_with_newlines(values)
+            condition = plan.conditions[ci]
+            hits, doubtful = _map_matches(condition, begins[ci], found, starts)
+            doubtful |= hits & dirty
+            hits -= doubtful
+            search = snapshot.regex(condition.re2_pattern).search
+            hits.update(k for k in doubtful if values[k] and search(values[k]) is not None)
+            matched[ci] |= hits
     _refold_caseless(snapshot, plan, fp, values, text, matched)
 
 
-def _map_reports(snapshot: Snapshot, plan: SignalPlan, reports: list[tuple[int, int, int]], starts: list[int],
-                 values: list[str], buffer: bytes, matched: dict[int, set[int]]) -> None:
-    """Match ends -> records; verify with RE2 what Hyperscan cannot settle on the joined buffer."""
-    dirty: set[int] = set()
-    if "\n" in "".join(values):  # a copy and a memchr: bytes.count walks byte by byte
-        dirty = {k for k, v in enumerate(values) if "\n" in v}
-    conditions = plan.conditions
-    to_verify: set[tuple[int, int]] = set()
-    # Literal conditions (no SOM) cannot span a separator: map them in one C-level pass.
-    # A match ending at `end` lies in the last record starting before `end`.
-    literal = [(cid, end) for cid, _, end in reports if not conditions[cid].hs_flags & _SOM]
-    if literal:
-        cids, ends = zip(*literal, strict=True)
-        for cid, k1 in set(zip(cids, map(bisect_left, repeat(starts), ends), strict=True)):
-            if k1 - 1 in dirty:
-                to_verify.add((cid, k1 - 1))
-            else:
-                matched[cid].add(k1 - 1)
-    for cid, start, end in reports:
-        if not conditions[cid].hs_flags & _SOM or end > starts[-1]:
-            continue  # literals are mapped above; a regex match inside the padding is no record's
-        k = bisect_right(starts, end - 1) - 1
-        if k in dirty or end >= starts[k + 1] or start < starts[k]:
-            to_verify.add((cid, k))
-        else:
-            matched[cid].add(k)
-    for cid, k in to_verify:
-        if values[k] and snapshot.regex(conditions[cid].re2_pattern).search(values[k]) is not None:
-            matched[cid].add(k)
+def _values_with_newlines(values: list[str]) -> set[int]:
+    """Values whose own newlines blur record boundaries in the joined buffer: RE2 decides them."""
+    if "\n" not in "".join(values):  # a copy and a memchr: bytes.count walks byte by byte
+        return set()
+    return {k for k, v in enumerate(values) if "\n" in v}
+
+
+def _map_matches(condition: Condition, begins: list[int], ends: list[int], starts: list[int]
+                 ) -> tuple[set[int], set[int]]:
+    """(records a condition's matches lie in, records where RE2 must settle a match).
+
+    A match ending at `end` lies in the last record starting before `end`, found in one
+    C-level pass. Literals cannot cross a separator; a regex match (reported with its
+    leftmost start) that begins in an earlier record, takes in the separator or ends in
+    the padding belongs to no single record, and its record is checked with RE2 instead.
+    """
+    records_after = list(map(bisect_left, repeat(starts), ends))  # record index + 1
+    if not condition.hs_flags & _SOM:
+        return set(map(_MINUS_ONE, records_after)), set()
+    bounds = starts + [0]  # a match ending in the padding fails the `end < next start` test
+    inside = all(map(operator.ge, begins, map(bounds.__getitem__, map(_MINUS_ONE, records_after)))) and \
+        all(map(operator.lt, ends, map(bounds.__getitem__, records_after)))
+    if inside:
+        return set(map(_MINUS_ONE, records_after)), set()
+    hits: set[int] = set()
+    doubtful: set[int] = set()
+    last = len(starts) - 1
+    for begin, end, after in zip(begins, ends, records_after, strict=True):
+        k = after - 1
+        if not 0 <= k < last:
+            continue  # inside the padding: no record's
+        (hits if begin >= starts[k] and end < starts[after] else doubtful).add(k)
+    return hits, doubtful
 
 
 def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str], text: str,
@@ -168,6 +183,7 @@ def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values
 
 
 _PLUS_SEPARATOR = (1).__add__  # a value's length plus its "\n", in C
+_MINUS_ONE = (-1).__add__
 
 
 # ── typed conditions ───────────────────────────────────────────────────────
