@@ -432,9 +432,12 @@ class ProtoLogs(ProtoBatch):
             if not value:
                 return None
             return AnyValue(string_value=value.hex() if kind == "id" else value)
-        attrs = self._attribute_list(i, key, create=False)
-        if attrs is None:
-            return None
+        if key[0] == "log_attribute" and len(key[1]) == 1:  # the common case, without the path walk
+            attrs = self.records[i].attributes
+        else:
+            attrs = self._attribute_list(i, key, create=False)
+            if attrs is None:
+                return None
         last = key[1][-1]
         for kv in attrs:
             if kv.key == last:
@@ -461,9 +464,13 @@ class ProtoLogs(ProtoBatch):
             except ValueError:
                 owner.ClearField(name)  # not hex: a binary id cannot hold the text, so it goes
             return True
-        attrs = self._attribute_list(i, key, create=True)
-        if attrs is None:
-            return False
+        if key[0] == "log_attribute" and len(key[1]) == 1:  # the common case, without the path walk
+            attrs = self.records[i].attributes
+            self._attributes = None
+        else:
+            attrs = self._attribute_list(i, key, create=True)
+            if attrs is None:
+                return False
         self.changed = True
         last = key[1][-1]
         for kv in attrs:
@@ -471,7 +478,9 @@ class ProtoLogs(ProtoBatch):
                 if value is not kv.value:
                     kv.value.CopyFrom(value)
                 return True
-        attrs.add(key=last, value=value)
+        added = attrs.add()
+        added.key = last
+        added.value.CopyFrom(value)
         return True
 
     def delete(self, i: int, key: FieldKey) -> bool:
@@ -503,7 +512,8 @@ class ProtoLogs(ProtoBatch):
 
     @staticmethod
     def string_of(value: Any) -> str | None:
-        return value.string_value if value.WhichOneof("value") == "string_value" else None
+        text = value.string_value  # non-empty only when it is the set member
+        return text if text or value.WhichOneof("value") == "string_value" else None
 
 
 # ── metrics ───────────────────────────────────────────────────────────────
