@@ -18,6 +18,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -133,46 +134,45 @@ def _protobuf_body(doc: dict) -> bytes:
     return json_format.ParseDict(doc, ExportLogsServiceRequest()).SerializeToString()
 
 
-def measure(engine: Engine, body: bytes, content_type: str, seconds: float, windows: int
-            ) -> tuple[list[float], int, int]:
-    """(records per CPU-second of each window, records in, records out).
+def _rate(step: Callable[[], object], records: int, seconds: float) -> float:
+    """Records per CPU-second of repeating `step` for `seconds`.
 
     Per CPU-second is the per-core figure: on a shared VM the wall clock also counts
     time the hypervisor gave to someone else (steal), the process CPU clock does not.
-    Neighbours still slow the CPU clock down (shared caches), hence several windows.
     """
-    result = evaluate(engine, "log", body, content_type)
-    rates = []
-    for _ in range(windows):
-        runs, start, cpu_start = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds:
-            evaluate(engine, "log", body, content_type)
-            runs += 1
-        rates.append(runs * result.outcome.total / (time.process_time() - cpu_start))
-    return rates, result.outcome.total, result.outcome.kept
+    runs, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        step()
+        runs += 1
+    return runs * records / (time.process_time() - cpu_start)
 
 
-def floor_rate(body: bytes, content_type: str, records: int, seconds: float) -> float:
-    """Records per CPU-second of parsing and re-serialising the body with no policy work.
+def floor_step(body: bytes, content_type: str) -> Callable[[], object]:
+    """Parsing and re-serialising the body with no policy work: the floor of any engine.
 
-    Shared VMs drift by 2x within minutes; printed next to the engine's rates, it tells
-    how much of a slow run is the machine.
+    Shared VMs drift by 2x within minutes (neighbours slow the CPU clock down too), so
+    every engine window is paired with a floor window and the ratio is reported too.
     """
     if "protobuf" in content_type:
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-        def roundtrip() -> None:
-            message = ExportLogsServiceRequest()
-            message.ParseFromString(body)
-            message.SerializeToString()
-    else:
-        def roundtrip() -> None:
-            orjson.dumps(orjson.loads(body))
-    runs, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        roundtrip()
-        runs += 1
-    return runs * records / (time.process_time() - cpu_start)
+        def roundtrip() -> bytes:
+            return ExportLogsServiceRequest.FromString(body).SerializeToString()
+        return roundtrip
+    return lambda: orjson.dumps(orjson.loads(body))
+
+
+def measure(engine: Engine, body: bytes, content_type: str, seconds: float, windows: int
+            ) -> tuple[list[float], list[float], int, int]:
+    """(engine records/s/core per window, floor records/s/core per window, records in, records out)."""
+    result = evaluate(engine, "log", body, content_type)
+    total = result.outcome.total
+    floor = floor_step(body, content_type)
+    rates, floors = [], []
+    for _ in range(windows):
+        floors.append(_rate(floor, total, seconds / 2))
+        rates.append(_rate(lambda: evaluate(engine, "log", body, content_type), total, seconds))
+    return rates, floors, total, result.outcome.kept
 
 
 def main() -> int:
@@ -191,11 +191,8 @@ def main() -> int:
     bodies = {"json": (orjson.dumps(doc), "application/json")}
     if "protobuf" in args.formats:
         bodies["protobuf"] = (_protobuf_body(doc), "application/x-protobuf")
-    for name in args.formats.split(","):
-        rate = floor_rate(*bodies[name], args.records, args.seconds)
-        print(f"{name} parse + serialise alone (the floor on this machine now): {rate:,.0f} records/s/core")
-    print(f"{'format':9} {'policies':>8} {'best rec/s/core':>15} {'median':>9} {'in':>6} {'out':>6} {'body KB':>8} "
-          f"{'compile s':>9}")
+    print(f"{'format':9} {'policies':>8} {'best rec/s/core':>15} {'median':>9} {'floor':>10} {'of floor':>8} "
+          f"{'in':>6} {'out':>6} {'body KB':>8} {'compile s':>9}")
     for count in (int(c) for c in args.policies.split(",")):
         started = time.perf_counter()
         loaded = load_document(make_policies(count, args.mix))
@@ -204,9 +201,10 @@ def main() -> int:
         for name in args.formats.split(","):
             body, content_type = bodies[name]
             engine = Engine(snapshot, rng=random.Random(1))
-            rates, total, kept = measure(engine, body, content_type, args.seconds, args.windows)
-            print(f"{name:9} {count:8d} {max(rates):15,.0f} {statistics.median(rates):9,.0f} {total:6d} {kept:6d} "
-                  f"{len(body) / 1024:8.0f} "
+            rates, floors, total, kept = measure(engine, body, content_type, args.seconds, args.windows)
+            share = statistics.median(r / f for r, f in zip(rates, floors, strict=True))
+            print(f"{name:9} {count:8d} {max(rates):15,.0f} {statistics.median(rates):9,.0f} "
+                  f"{statistics.median(floors):10,.0f} {share:8.0%} {total:6d} {kept:6d} {len(body) / 1024:8.0f} "
                   f"{compile_s:9.2f}")
             sys.stdout.flush()
     return 0
