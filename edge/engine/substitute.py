@@ -59,13 +59,14 @@ class Substitution:
         names, groups = program.groupindex, program.groups
         parts: list[bytes | int] = []
         for part in compile_template(template):
-            index = part if part.__class__ is not str else names.get(part, -1)
-            if index.__class__ is bytes:
+            if part.__class__ is bytes:
                 if parts and parts[-1].__class__ is bytes:
-                    parts[-1] += index
+                    parts[-1] += part  # literals around a dropped reference join up
                 else:
-                    parts.append(index)
-            elif 0 <= index <= groups:
+                    parts.append(part)
+                continue
+            index = names.get(part, -1) if part.__class__ is str else part
+            if 0 <= index <= groups:
                 parts.append(index)  # a reference to a group the program lacks expands to nothing
         self.parts = tuple(parts)
 
