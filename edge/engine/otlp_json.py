@@ -373,6 +373,10 @@ class JsonLogs(JsonBatch):
         head, path = key
         if head == "log_attribute":
             holder = self.records[i]
+            if len(path) == 1:  # the common case: no owner lookup, no path walk
+                attrs = holder.get("attributes")
+                if attrs.__class__ is list:
+                    return attrs
         else:
             owner = self._owner(i, "resource" if head == "resource_attribute" else "scope")
             name = "resource" if head == "resource_attribute" else "scope"
@@ -408,11 +412,8 @@ class JsonLogs(JsonBatch):
             if any_value:
                 return value if value.__class__ is dict and value else None
             return {"stringValue": value} if value else None
-        if key[0] == "log_attribute" and len(key[1]) == 1:  # the common case, without the path walk
-            attrs = self.records[i].get("attributes")
-        else:
-            attrs = self._attribute_list(i, key, create=False)
-        if attrs.__class__ is not list:
+        attrs = self._attribute_list(i, key, create=False)
+        if attrs is None:
             return None
         last = key[1][-1]
         for kv in attrs:
@@ -432,14 +433,9 @@ class JsonLogs(JsonBatch):
                 text = value.get("stringValue")
                 owner[name] = text if text.__class__ is str else str(json_any_value(value))
             return True
-        record = self.records[i]
-        if key[0] == "log_attribute" and len(key[1]) == 1 and record.get("attributes").__class__ is list:
-            attrs = record["attributes"]  # the common case, without the path walk
-            self._attributes = None
-        else:
-            attrs = self._attribute_list(i, key, create=True)
-            if attrs is None:
-                return False
+        attrs = self._attribute_list(i, key, create=True)
+        if attrs is None:
+            return False
         self.changed = True
         last = key[1][-1]
         for kv in attrs:

@@ -404,6 +404,8 @@ class ProtoLogs(ProtoBatch):
             attrs = self._owner(i, "resource").resource.attributes
         else:
             attrs = self._owner(i, "scope").scope.attributes
+        if len(path) == 1:
+            return attrs  # the common case: no path walk
         for segment in path[:-1]:
             found = None
             for kv in attrs:
@@ -432,12 +434,9 @@ class ProtoLogs(ProtoBatch):
             if not value:
                 return None
             return AnyValue(string_value=value.hex() if kind == "id" else value)
-        if key[0] == "log_attribute" and len(key[1]) == 1:  # the common case, without the path walk
-            attrs = self.records[i].attributes
-        else:
-            attrs = self._attribute_list(i, key, create=False)
-            if attrs is None:
-                return None
+        attrs = self._attribute_list(i, key, create=False)
+        if attrs is None:
+            return None
         last = key[1][-1]
         for kv in attrs:
             if kv.key == last:
@@ -464,13 +463,9 @@ class ProtoLogs(ProtoBatch):
             except ValueError:
                 owner.ClearField(name)  # not hex: a binary id cannot hold the text, so it goes
             return True
-        if key[0] == "log_attribute" and len(key[1]) == 1:  # the common case, without the path walk
-            attrs = self.records[i].attributes
-            self._attributes = None
-        else:
-            attrs = self._attribute_list(i, key, create=True)
-            if attrs is None:
-                return False
+        attrs = self._attribute_list(i, key, create=True)
+        if attrs is None:
+            return False
         self.changed = True
         last = key[1][-1]
         for kv in attrs:
