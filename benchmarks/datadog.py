@@ -7,7 +7,7 @@ Builds Datadog logs payloads as agents send them (`message`, `status`, `service`
 ten carries a JSON-object message with `data.jsonPayload`), policy sets of the requested
 sizes (ten typical policies - drops, sampling, a rate limit, a redaction, an add - plus
 generated drop policies that rarely match), and reports records/s on one core through
-`edge.engine.datadog_codec.evaluate` (the call the proxy's Datadog route makes). A
+`edge.formats.datadog.body.evaluate` (the call the proxy's Datadog route makes). A
 series payload with ten metric policies is measured too.
 """
 
@@ -24,11 +24,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.engine.datadog_codec import evaluate  # noqa: E402
 from edge.engine.engine import Engine  # noqa: E402
+from edge.formats.datadog.body import evaluate  # noqa: E402
+from edge.memory import tune_gc  # noqa: E402
 from edge.policy.compiler import compile_policies  # noqa: E402
 from edge.policy.loader import load_document  # noqa: E402
-from edge.runtime import tune_gc  # noqa: E402
 
 SERVICES = ["checkout", "payments", "catalog", "search", "auth"]
 STATUSES = ["info"] * 6 + ["debug"] * 2 + ["warn", "error"]

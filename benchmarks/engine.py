@@ -8,7 +8,7 @@ HTTP-ish bodies, a few attributes), policy sets of the requested sizes (a core o
 typical policies - drops, sampling, a rate limit, a redaction - plus generated
 drop policies that rarely match, as large policy sets look in practice), and reports
 records/s on one core for OTLP/JSON and OTLP/protobuf bodies, end to end through
-`edge.engine.codec.evaluate` (the same call the proxy makes).
+`edge.formats.otlp.body.evaluate` (the same call the proxy makes).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.engine.codec import evaluate  # noqa: E402
 from edge.engine.engine import Engine  # noqa: E402
+from edge.formats.otlp.body import evaluate  # noqa: E402
+from edge.memory import tune_gc  # noqa: E402
 from edge.policy.compiler import compile_policies  # noqa: E402
 from edge.policy.loader import load_document  # noqa: E402
-from edge.runtime import tune_gc  # noqa: E402
 
 SERVICES = ["checkout", "payments", "catalog", "search", "auth"]
 SEVERITIES = ["INFO"] * 6 + ["DEBUG"] * 2 + ["WARN", "ERROR"]

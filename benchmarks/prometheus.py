@@ -5,7 +5,7 @@
 Builds an exposition shaped like a busy service's /metrics (HTTP counters and latency
 histograms with method/code/handler/instance labels, summaries, Go runtime gauges, a few
 deprecated and debug families; ~117 bytes a line) and runs it through
-`edge.engine.prometheus.ScrapeFilter` in chunks of the size the proxy reads from the upstream
+`edge.formats.prometheus.exposition.ScrapeFilter` in chunks of the size the proxy reads from the upstream
 (`edge.protocols.prometheus.READ_SIZE`), with four policy mixes:
 
 - `names`: ten policies on name, type and HELP text only;
@@ -32,11 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.engine.engine import Engine  # noqa: E402
-from edge.engine.prometheus import ScrapeFilter  # noqa: E402
+from edge.formats.prometheus.exposition import ScrapeFilter  # noqa: E402
+from edge.memory import tune_gc  # noqa: E402
 from edge.policy.compiler import compile_policies  # noqa: E402
 from edge.policy.loader import load_document  # noqa: E402
 from edge.protocols.prometheus import READ_SIZE  # noqa: E402
-from edge.runtime import tune_gc  # noqa: E402
 
 METHODS = ["GET"] * 6 + ["POST", "PUT", "DELETE", "OPTIONS"]
 CODES = ["200"] * 8 + ["404", "500"]

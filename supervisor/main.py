@@ -22,20 +22,17 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edge import __version__, logs
+from edge.channels.ratelimit import create_table
+from edge.channels.run_dir import RUN_DIR_ENV, RuntimePaths
+from edge.channels.snapshots import SnapshotPublisher, remove_stale_segments
+from edge.channels.stats_spool import StatsSpool
 from edge.config import Config, ConfigError, load
+from edge.control.providers import PolicyMerger, ProviderSet
+from edge.control.publication import SnapshotManager
 from edge.engine.extensions import S3_DUMP
-from edge.engine.shared_ratelimit import create_table
-from edge.snapshot_channel import SnapshotPublisher, remove_stale_segments
-from edge.stats_spool import StatsSpool
-from supervisor.policies import SnapshotManager
-from supervisor.providers import PolicyMerger, ProviderSet
-from workers.paths import RUN_DIR_ENV, RuntimePaths
-
-if TYPE_CHECKING:
-    from workers.tail import TailWorkerProcess
+from supervisor.tail_child import TailWorkerProcess
 
 log = logging.getLogger("edge.supervisor")
 
@@ -102,8 +99,6 @@ class Supervisor:
         """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
         if not self.config.tail:
             return
-        from workers.tail import TailWorkerProcess  # only supervisors with a tail section pay for it
-
         self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
         self.tail_worker.start()
 

@@ -35,13 +35,13 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.channels.ratelimit import create_table
+from edge.channels.run_dir import RUN_DIR_ENV, RuntimePaths
+from edge.channels.snapshots import SnapshotPublisher
 from edge.config import build
-from edge.engine.shared_ratelimit import create_table
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from edge.policy.snapshot import Snapshot
-from edge.snapshot_channel import SnapshotPublisher
-from workers.paths import RUN_DIR_ENV, RuntimePaths
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import orjson
 import pytest
 import re2
 
-from edge.engine import codec
 from edge.engine.engine import Engine
+from edge.formats.otlp import body as otlp_body
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from edge.policy.snapshot import Snapshot
@@ -43,7 +43,7 @@ def _logs_doc(bodies: list[str | None]) -> dict:
 
 def _kept_indices(snapshot, bodies: list[str | None]) -> list[int]:
     engine = Engine(snapshot, rng=random.Random(3))
-    out = orjson.loads(codec.evaluate(engine, "log", orjson.dumps(_logs_doc(bodies)), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "log", orjson.dumps(_logs_doc(bodies)), "application/json").body)
     return [
         int(r["attributes"][0]["value"]["intValue"])
         for rl in out.get("resourceLogs", [])
@@ -323,7 +323,7 @@ def test_invalid_policies_are_inert_and_valid_ones_work():
     assert set(snapshot.errors()) == {"a-bad", "b-bad-keep", "d-bad-transform"}
     engine = Engine(snapshot)
     doc = _logs_doc(["x", "y", "z", "w"])
-    evaluated = codec.evaluate(engine, "log", orjson.dumps(doc), "application/json")
+    evaluated = otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json")
     out = orjson.loads(evaluated.body)
     records = out["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
     assert [r["body"]["stringValue"] for r in records] == ["x", "y", "w"]
@@ -348,7 +348,7 @@ def test_invalid_trace_and_metric_policies_are_inert():
     metrics = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "((", "gauge": {"dataPoints": []}}]}]}]}
     for signal, doc in (("trace", spans), ("metric", metrics)):
         body = orjson.dumps(doc)
-        evaluated = codec.evaluate(engine, signal, body, "application/json")
+        evaluated = otlp_body.evaluate(engine, signal, body, "application/json")
         assert evaluated.body == body
         assert evaluated.outcome.kept == 1
     assert engine.stats.snapshot() == {}
@@ -475,12 +475,12 @@ _CHILD = """
 import random, sys
 from pathlib import Path
 import orjson
-from edge.engine import codec
+from edge.formats.otlp import body as otlp_body
 from edge.engine.engine import Engine
 from edge.policy.snapshot import Snapshot
 snap = Snapshot.from_bytes(Path(sys.argv[1]).read_bytes())
 engine = Engine(snap, rng=random.Random(11))
-out = codec.evaluate(engine, "log", Path(sys.argv[2]).read_bytes(), "application/json")
+out = otlp_body.evaluate(engine, "log", Path(sys.argv[2]).read_bytes(), "application/json")
 stats = {k: [v.hits, v.misses, v.stages] for k, v in sorted(engine.stats.snapshot().items())}
 Path(sys.argv[3]).write_bytes(out.body)
 meta = {"stats": stats, "errors": snap.errors(), "kept": out.outcome.kept}
@@ -493,7 +493,7 @@ def test_snapshot_round_trip_in_another_process(tmp_path):
     snapshot = _compile(*SNAPSHOT_POLICIES)
     batch = _snapshot_batch()
     engine = Engine(snapshot, rng=random.Random(11))
-    local = codec.evaluate(engine, "log", batch, "application/json")
+    local = otlp_body.evaluate(engine, "log", batch, "application/json")
     assert local.outcome.changed and 0 < local.outcome.kept < 60
 
     (tmp_path / "snap.bin").write_bytes(snapshot.to_bytes())
@@ -528,8 +528,8 @@ def test_snapshot_from_bytes_in_same_process_is_equivalent():
     assert [p.id for p in copy.policies] == [p.id for p in snapshot.policies]
     assert copy.errors() == snapshot.errors()
     batch = _snapshot_batch()
-    a = codec.evaluate(Engine(snapshot, rng=random.Random(2)), "log", batch, "application/json")
-    b = codec.evaluate(Engine(copy, rng=random.Random(2)), "log", batch, "application/json")
+    a = otlp_body.evaluate(Engine(snapshot, rng=random.Random(2)), "log", batch, "application/json")
+    b = otlp_body.evaluate(Engine(copy, rng=random.Random(2)), "log", batch, "application/json")
     assert a.body == b.body
 
 

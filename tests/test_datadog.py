@@ -1,7 +1,7 @@
 """Datadog payloads through the real engine: field mappings, byte-exact output, transforms, fail-open.
 
 Every test compiles real policies and evaluates real JSON bodies through the batch views
-(`edge.engine.datadog`) or the bytes-in/bytes-out codec (`edge.engine.datadog_codec`).
+(`edge.formats.datadog.batch`) or the bytes-in/bytes-out codec (`edge.formats.datadog.body`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import orjson
 import pytest
 from engine_helpers import clean_engine
 
-from edge.engine.codec import UndecodableBody
-from edge.engine.datadog import DatadogLogs, DatadogSeries
-from edge.engine.datadog_codec import evaluate
 from edge.engine.engine import Engine
 from edge.engine.extensions import ExtensionRegistry
+from edge.formats.datadog.batch import DatadogLogs, DatadogSeries
+from edge.formats.datadog.body import evaluate
+from edge.formats.errors import UndecodableBody
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 

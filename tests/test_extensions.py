@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from edge.engine.codec import evaluate
 from edge.engine.engine import Engine
 from edge.engine.extensions import ExtensionRegistry
+from edge.formats.otlp.body import evaluate
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 

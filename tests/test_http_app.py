@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from prometheus_client.parser import text_string_to_metric_families
 from proxy_fixtures import EdgeStack, RecordingUpstream, free_port, request
 
-from edge.stats_spool import StatsSpool
+from edge.channels.stats_spool import StatsSpool
 
 BASE_POLICIES: list[dict[str, Any]] = [
     {"id": "drop-debug", "name": "Drop debug logs",

@@ -8,8 +8,8 @@ from fractions import Fraction
 import orjson
 import pytest
 
-from edge.engine import codec
 from edge.engine.engine import Engine
+from edge.formats.otlp import body as otlp_body
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from tests.engine_helpers import clean_engine
@@ -67,7 +67,7 @@ def _bodies(*bodies: str) -> dict:
 
 def _run(engine: Engine, doc: dict) -> tuple[list[int], list[dict]]:
     """(indices of kept records, kept records)."""
-    evaluated = codec.evaluate(engine, "log", orjson.dumps(doc), "application/json")
+    evaluated = otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json")
     out = orjson.loads(evaluated.body)
     records = [r for rl in out.get("resourceLogs", []) for sl in rl["scopeLogs"] for r in sl["logRecords"]]
     assert evaluated.outcome.kept == len(records)
@@ -368,7 +368,7 @@ def test_random_sampling_fraction(percent):
     records = [{"body": S("x"), "timeUnixNano": "1"}] * n
     doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
     engine = Engine(compile_policies(load_document({"policies": [_log("s", f"{percent}%")]}).policies))
-    evaluated = codec.evaluate(engine, "log", orjson.dumps(doc), "application/json")
+    evaluated = otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json")
     p = percent / 100
     sigma = (p * (1 - p) / n) ** 0.5
     fraction = evaluated.outcome.kept / n
@@ -454,7 +454,7 @@ def _metric_policy(pid: str, keep: bool, prefix: str) -> dict:
 
 
 def _metric_run(engine: Engine, doc: dict) -> list[str]:
-    out = orjson.loads(codec.evaluate(engine, "metric", orjson.dumps(doc), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "metric", orjson.dumps(doc), "application/json").body)
     return [m["name"] for rl in out.get("resourceMetrics", []) for sm in rl["scopeMetrics"] for m in sm["metrics"]]
 
 
@@ -479,7 +479,7 @@ def test_metric_keep_true_leaves_the_body_untouched():
     """A keep=true metric policy only counts: the original bytes are forwarded."""
     engine = _engine([_metric_policy("k", True, "m")])
     body = orjson.dumps(_metrics("m1", "m2", "x"))
-    evaluated = codec.evaluate(engine, "metric", body, "application/json")
+    evaluated = otlp_body.evaluate(engine, "metric", body, "application/json")
     assert evaluated.body == body
     assert (evaluated.outcome.total, evaluated.outcome.kept) == (3, 3)
     assert _stats(engine) == {"k": (2, 0)}
@@ -503,7 +503,7 @@ def test_metric_drop_prunes_empty_scopes_and_resources():
         ]
     }
     engine = _engine([_metric_policy("d", False, "drop.")])
-    out = orjson.loads(codec.evaluate(engine, "metric", orjson.dumps(doc), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "metric", orjson.dumps(doc), "application/json").body)
     assert len(out["resourceMetrics"]) == 1
     assert out["resourceMetrics"][0]["resource"]["attributes"] == [kv("r", S("2"))]
     assert [sm["scope"]["name"] for sm in out["resourceMetrics"][0]["scopeMetrics"]] == ["s3"]

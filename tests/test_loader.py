@@ -7,8 +7,8 @@ import random
 import orjson
 import pytest
 
-from edge.engine import codec
 from edge.engine.engine import Engine
+from edge.formats.otlp import body as otlp_body
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_document, load_file, parse_document
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
@@ -33,7 +33,7 @@ def _logs(*bodies: str) -> bytes:
 def _kept_bodies(policies: list[dict], *bodies: str) -> list[str]:
     loaded = load_document({"policies": policies})
     engine = Engine(compile_policies(loaded.policies), rng=random.Random(1))
-    out = orjson.loads(codec.evaluate(engine, "log", _logs(*bodies), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "log", _logs(*bodies), "application/json").body)
     return [
         r["body"]["stringValue"]
         for rl in out.get("resourceLogs", [])
@@ -320,7 +320,7 @@ def test_bare_literal_equals_is_effective():
     }
     loaded = load_document({"policies": [_log_policy({"log_attribute": "code", "equals": 200})]})
     engine = Engine(compile_policies(loaded.policies))
-    out = orjson.loads(codec.evaluate(engine, "log", orjson.dumps(doc), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json").body)
     kept = [r["body"]["stringValue"] for r in out["resourceLogs"][0]["scopeLogs"][0]["logRecords"]]
     assert kept == ["str"]
 

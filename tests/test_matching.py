@@ -9,8 +9,8 @@ import orjson
 import pytest
 import re2
 
-from edge.engine import codec
 from edge.engine.engine import Engine
+from edge.formats.otlp import body as otlp_body
 from tests.engine_helpers import clean_engine
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -53,7 +53,7 @@ def _log_doc(records: list[dict], resources: list[tuple[dict, dict]] | None = No
 
 def _dropped(signal: str, matchers: list[dict], doc: dict) -> set[int]:
     engine = _engine([_drop(signal, matchers)])
-    out = orjson.loads(codec.evaluate(engine, signal, orjson.dumps(doc), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, signal, orjson.dumps(doc), "application/json").body)
     top, scopes, recs, tag = {
         "log": ("resourceLogs", "scopeLogs", "logRecords", "timeUnixNano"),
         "metric": ("resourceMetrics", "scopeMetrics", "metrics", "name"),
@@ -736,7 +736,7 @@ def test_several_policies_on_one_field_each_get_their_own_records():
     ]
     engine = _engine(policies)
     doc = _log_doc([{"body": S(v)} for v in values])
-    out = orjson.loads(codec.evaluate(engine, "log", orjson.dumps(doc), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json").body)
     records = out["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
     tags = [{a["key"] for a in r.get("attributes", [])} for r in records]
     for i, v in enumerate(values):
@@ -829,7 +829,7 @@ def test_literal_match_ending_the_batch_with_another_anchored_literal(condition)
         ]
     )
     doc = _log_doc([{"body": S("AAAB")}, {"body": S("AAAAxxxxxxXY")}])
-    evaluated = codec.evaluate(engine, "log", orjson.dumps(doc), "application/json")
+    evaluated = otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json")
     assert evaluated.outcome.kept == 1
     assert {pid: c.hits for pid, c in engine.stats.snapshot().items()} == {"b": 1}
 
@@ -844,7 +844,7 @@ def test_end_anchored_match_on_the_last_of_many_short_records(condition):
         ]
     )
     doc = _log_doc([{"body": S(f"a{i}")} for i in range(13)] + [{"body": S("dev,x")}])
-    evaluated = codec.evaluate(engine, "log", orjson.dumps(doc), "application/json")
+    evaluated = otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json")
     assert evaluated.outcome.kept == 13
     assert {pid: c.hits for pid, c in engine.stats.snapshot().items()} == {"b": 1}
 
@@ -853,7 +853,7 @@ def test_literal_match_ending_the_batch_alone():
     """The same last-record match is found when no end-anchored literal shares the field (control case)."""
     engine = _engine([{"id": "b", "log": {"match": [{"log_field": "body", "contains": "XY"}], "keep": "none"}}])
     doc = _log_doc([{"body": S("AAAB")}, {"body": S("AAAAxxxxxxXY")}])
-    assert codec.evaluate(engine, "log", orjson.dumps(doc), "application/json").outcome.kept == 1
+    assert otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json").outcome.kept == 1
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The protobuf batch views agree with the JSON ones, end to end through `codec.evaluate`.
+"""The protobuf batch views agree with the JSON ones, end to end through `otlp_body.evaluate`.
 
 Every document is written once as OTLP/JSON; the protobuf body is the same document
 converted with `json_format.ParseDict` (hex ids rewritten to base64 first, as proto3
@@ -20,12 +20,14 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from edge.engine import bits, otlp_proto
-from edge.engine.codec import UndecodableBody, evaluate
+from edge.engine import bits
 from edge.engine.engine import Engine
-from edge.engine.otlp_json import BatchShapeError, JsonLogs, JsonMetrics, JsonTraces
-from edge.engine.otlp_proto import PROTO_BATCHES, REQUESTS, ProtoLogs, ProtoTraces, parse_request
 from edge.engine.values import MISSING, OTHER
+from edge.formats.errors import BatchShapeError, UndecodableBody
+from edge.formats.otlp import proto_batch
+from edge.formats.otlp.body import evaluate
+from edge.formats.otlp.json_batch import JsonLogs, JsonMetrics, JsonTraces
+from edge.formats.otlp.proto_batch import PROTO_BATCHES, REQUESTS, ProtoLogs, ProtoTraces, parse_request
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 
@@ -430,9 +432,9 @@ def test_keep_only_prunes_what_drops_emptied():
     assert resources[1]["scopeLogs"][0]["logRecords"][0]["body"] == {"intValue": "42"}
 
 
-@pytest.mark.parametrize("budget", [otlp_proto._MEMMOVE_BUDGET, 0])  # run deletion, then sort
+@pytest.mark.parametrize("budget", [proto_batch._MEMMOVE_BUDGET, 0])  # run deletion, then sort
 def test_keep_only_scattered_runs(budget, monkeypatch):
-    monkeypatch.setattr(otlp_proto, "_MEMMOVE_BUDGET", budget)
+    monkeypatch.setattr(proto_batch, "_MEMMOVE_BUDGET", budget)
     doc = {"resourceLogs": [{"scopeLogs": [
         {"logRecords": [{"body": s(str(i))} for i in range(200)]},
         {"logRecords": [{"body": s(str(i))} for i in range(200, 230)]}]}]}

@@ -1,4 +1,4 @@
-"""The Prometheus exposition filter (edge.engine.prometheus), without HTTP.
+"""The Prometheus exposition filter (edge.formats.prometheus.exposition), without HTTP.
 
 Covers the field mapping (sample name, HELP, TYPE with `_bucket`/`_sum`/`_count`/`_total`/
 `_created` samples in their family, UNIT, labels), HELP/TYPE held and dropped with their
@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.engine.codec import evaluate
 from edge.engine.engine import Engine
-from edge.engine.prometheus import LINE_MAX, LineCut, ScrapeFilter
-from edge.engine.prometheus_labels import parse_labels
-from edge.engine.prometheus_policies import scrape_policies
+from edge.formats.otlp.body import evaluate
+from edge.formats.prometheus.exposition import LINE_MAX, LineCut, ScrapeFilter
+from edge.formats.prometheus.labels import parse_labels
+from edge.formats.prometheus.policies import scrape_policies
 
 EXPOSITION = b"""\
 # HELP http_requests_total Total HTTP requests.

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import clean_engine
 
-from edge.engine.prometheus import ScrapeFilter
+from edge.formats.prometheus.exposition import ScrapeFilter
 
 BLOCKS = 210  # x ~1 MiB
 POLICIES = [

@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy_fixtures import EdgeStack, RecordingUpstream, distribution, request
 from test_prometheus import EXPOSITION, drop, sample_lines
 
-from edge.protocols.prometheus import DECODE_STEP, StreamDecoder, UndecodableBody
-from edge.stats_spool import StatsSpool
+from edge.channels.stats_spool import StatsSpool
+from edge.protocols.prometheus import DECODE_STEP, CorruptStream, StreamDecoder
 
 POLICIES: list[dict[str, Any]] = [
     drop("drop-options", {"datapoint_attribute": "method", "exact": "OPTIONS"}),
@@ -260,14 +260,14 @@ def test_a_decompression_bomb_inflates_one_bounded_step_at_a_time(codec: str) ->
 def test_a_zstd_frame_asking_for_a_huge_window_is_refused() -> None:
     params = zstandard.ZstdCompressionParameters.from_level(19, window_log=27)
     body = zstandard.ZstdCompressor(compression_params=params).compress(DATA * 40)
-    with pytest.raises(UndecodableBody):
+    with pytest.raises(CorruptStream):
         decode_all("zstd", body, 4096)
 
 
 @pytest.mark.parametrize("codec", ["gzip", "zstd"])
 def test_cut_or_corrupt_bodies_are_refused(codec: str) -> None:
     body = gzip.compress(DATA) if codec == "gzip" else zstandard.ZstdCompressor().compress(DATA)
-    with pytest.raises(UndecodableBody):
+    with pytest.raises(CorruptStream):
         decode_all(codec, body[:-30], 1000)
-    with pytest.raises(UndecodableBody):
+    with pytest.raises(CorruptStream):
         decode_all(codec, body[:100] + b"\xff" * 200 + body[300:], 1000)

@@ -12,9 +12,9 @@ import re2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.engine import codec
 from edge.engine.engine import Engine
 from edge.engine.ratelimit import LocalRateLimiter
+from edge.formats.otlp import body as otlp_body
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 
@@ -484,7 +484,7 @@ def test_evaluate_never_raises_and_counts_are_consistent(data, signal):
     doc = data.draw(DOCS[signal])
     engine = _engine(with_ids(bodies))
     with no_internal_errors():
-        evaluated = codec.evaluate(engine, signal, orjson.dumps(doc), "application/json")
+        evaluated = otlp_body.evaluate(engine, signal, orjson.dumps(doc), "application/json")
     out = orjson.loads(evaluated.body)
     total = count_records(signal, doc)
     assert evaluated.outcome.total == total
@@ -506,7 +506,7 @@ def test_keep_all_policies_never_drop(data, bodies):
         body["log"].pop("sample_key", None)
     engine = _engine(with_ids(bodies))
     with no_internal_errors():
-        evaluated = codec.evaluate(engine, "log", orjson.dumps(doc), "application/json")
+        evaluated = otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json")
     out = orjson.loads(evaluated.body)
     total = count_records("log", doc)
     assert evaluated.outcome.kept == total
@@ -584,8 +584,8 @@ def test_invalid_policies_never_affect_output(data, signal, valid, invalid):
     for p in broken:  # ...and every broken one is invalid or disabled
         assert p["id"] in errors or p.get("enabled") is False
     with no_internal_errors():
-        first = codec.evaluate(alone, signal, doc, "application/json")
-        second = codec.evaluate(mixed, signal, doc, "application/json")
+        first = otlp_body.evaluate(alone, signal, doc, "application/json")
+        second = otlp_body.evaluate(mixed, signal, doc, "application/json")
     assert first.body == second.body
     assert first.outcome == second.outcome
     mixed_stats = mixed.stats.snapshot()
@@ -676,7 +676,7 @@ def test_batch_scan_agrees_with_re2_oracle(values, repeat, matchers, field):
     records = [{**_value_record(v, field), "timeUnixNano": str(i)} for i, v in enumerate(values)]
     doc = {"resourceLogs": [{"resource": {}, "scopeLogs": [{"scope": {}, "logRecords": records}]}]}
     with no_internal_errors():
-        out = orjson.loads(codec.evaluate(engine, "log", orjson.dumps(doc), "application/json").body)
+        out = orjson.loads(otlp_body.evaluate(engine, "log", orjson.dumps(doc), "application/json").body)
     got_records = out["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
     assert [r["timeUnixNano"] for r in got_records] == [str(i) for i in range(len(values))]
     for i, (value, record) in enumerate(zip(values, got_records, strict=True)):

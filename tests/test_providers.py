@@ -19,11 +19,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edge.config import ProviderConfig, ServiceConfig
-from edge.engine.stats import MatchStats
-from edge.policy.loader import load_document
-from edge.policy.sync import JSON, PROTOBUF
-from edge.proto.tero.policy.v1 import policy_pb2 as pb
-from supervisor.providers import (
+from edge.control.providers import (
     FileProvider,
     HttpProvider,
     PolicyMerger,
@@ -31,6 +27,10 @@ from supervisor.providers import (
     backoff_delay,
     policies_version,
 )
+from edge.engine.stats import MatchStats
+from edge.policy.loader import load_document
+from edge.policy.sync import JSON, PROTOBUF
+from edge.proto.tero.policy.v1 import policy_pb2 as pb
 
 SECRET = "s3cret-token-value"
 

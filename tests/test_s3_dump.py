@@ -32,7 +32,7 @@ from edge import config as cfg
 from edge.engine.extensions import ExtensionRegistry
 from edge.extensions.batching import Batch, Batcher
 from edge.extensions.s3_dump import register_s3_dump
-from edge.protocols.metrics import get_metrics
+from edge.protocols.self_metrics import get_metrics
 
 DUMP = "com.usetero/s3-dump"
 

@@ -7,8 +7,9 @@ import random
 import orjson
 import pytest
 
-from edge.engine import codec, sampling
+from edge.engine import sampling
 from edge.engine.engine import Engine
+from edge.formats.otlp import body as otlp_body
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from edge.policy.model import TraceKeep
@@ -312,7 +313,7 @@ def test_engine_writes_tracestate_and_counts():
     t = sampling.threshold(25)
     doc = _spans((tid(t).hex(), "vendor=a"), (tid(t - 1).hex(), ""), ("", ""), (tid(SPACE - 1).hex(), "ot=th:4"))
     engine = _trace_engine([{"id": "s", "trace": {"match": [{"span_kind": "server"}], "keep": {"percentage": 25}}}])
-    out = orjson.loads(codec.evaluate(engine, "trace", orjson.dumps(doc), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "trace", orjson.dumps(doc), "application/json").body)
     spans = out["resourceSpans"][0]["scopeSpans"][0]["spans"]
     assert [(s["name"], s["traceState"]) for s in spans] == [("s0", "ot=th:c,vendor=a"), ("s3", "ot=th:c")]
     stats = engine.stats.snapshot()["s"]
@@ -329,7 +330,7 @@ def test_engine_lowest_percentage_decides():
             {"id": "b-25", "trace": {"match": [{"span_kind": "server"}], "keep": {"percentage": 25}}},
         ]
     )
-    out = orjson.loads(codec.evaluate(engine, "trace", orjson.dumps(doc), "application/json").body)
+    out = orjson.loads(otlp_body.evaluate(engine, "trace", orjson.dumps(doc), "application/json").body)
     spans = out["resourceSpans"][0]["scopeSpans"][0]["spans"]
     assert [s["name"] for s in spans] == ["s0"]
     assert spans[0]["traceState"] == "ot=th:c"
@@ -344,7 +345,7 @@ def test_engine_fail_open_span_without_trace_id():
         [{"id": "s", "trace": {"match": [{"span_kind": "server"}], "keep": {"percentage": 10, "fail_closed": False}}}]
     )
     body = orjson.dumps(doc)
-    evaluated = codec.evaluate(engine, "trace", body, "application/json")
+    evaluated = otlp_body.evaluate(engine, "trace", body, "application/json")
     assert evaluated.outcome.kept == 1
     span = orjson.loads(evaluated.body)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert span["traceState"] == "vendor=z"

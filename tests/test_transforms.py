@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from edge.engine import codec
 from edge.engine.engine import Engine
+from edge.formats.otlp import body as otlp_body
 from tests.engine_helpers import clean_engine
 
 
@@ -59,7 +59,7 @@ def _engine(policies: list[dict]) -> Engine:
 def _apply(policies: list[dict], records: list[dict] | None = None) -> tuple[dict, Engine, bytes, bytes]:
     engine = _engine(policies)
     body = orjson.dumps(_doc(records if records is not None else [_record()]))
-    out = codec.evaluate(engine, "log", body, "application/json").body
+    out = otlp_body.evaluate(engine, "log", body, "application/json").body
     return orjson.loads(out), engine, body, out
 
 
@@ -519,7 +519,7 @@ def test_redact_regex_on_multibyte_text_never_fails(regex):
     """
     records = [_record(body=S("aé日本 ok"))]
     engine = _engine([_policy({"redact": [{"log_field": "body", "regex": regex, "replacement": "-"}]})])
-    evaluated = codec.evaluate(engine, "log", orjson.dumps(_doc(records)), "application/json")
+    evaluated = otlp_body.evaluate(engine, "log", orjson.dumps(_doc(records)), "application/json")
     assert (evaluated.outcome.total, evaluated.outcome.kept) == (1, 1)
     body = _rec(orjson.loads(evaluated.body))["body"]
     assert isinstance(body["stringValue"], str)

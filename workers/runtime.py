@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edge.channels.ratelimit import SharedRateLimiter
+from edge.channels.run_dir import RUN_DIR_ENV, RuntimePaths
+from edge.channels.snapshots import SnapshotReader
+from edge.channels.stats_spool import StatsSpool
 from edge.config import Config, from_json
 from edge.engine.engine import Engine
 from edge.engine.extensions import ExtensionRegistry
-from edge.engine.shared_ratelimit import SharedRateLimiter
 from edge.engine.stats import MatchStats
 from edge.extensions.s3_dump import register_s3_dump
-from edge.protocols.metrics import get_metrics
-from edge.snapshot_channel import SnapshotReader
-from edge.stats_spool import StatsSpool
-from workers.paths import RUN_DIR_ENV, RuntimePaths
+from edge.protocols.self_metrics import get_metrics
 
 
 class WorkerRuntime:

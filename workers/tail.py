@@ -7,7 +7,7 @@ Policies: the section's `policy` file when it names one, else the policy snapsho
 supervisor publishes for the HTTP workers (the same policies as the proxy, switched
 without a restart).
 
-`TailWorkerProcess` is the supervisor's handle on that child.
+The supervisor's handle on this child is `supervisor.tail_child.TailWorkerProcess`.
 """
 
 from __future__ import annotations
@@ -15,26 +15,19 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
-import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from edge import logs
+from edge.channels.run_dir import RUN_DIR_ENV, RuntimePaths
+from edge.channels.snapshots import SnapshotReader
 from edge.config import from_json
-from edge.snapshot_channel import SnapshotReader
 from edge.tail.cli import install_stop_handlers
 from edge.tail.runner import TailStartupError, run
 from edge.tail.settings import SettingsError, from_mapping
-from workers.paths import RUN_DIR_ENV, RuntimePaths
 
 log = logging.getLogger("edge.supervisor")
-
-STOP_SECONDS = 15  # SIGTERM → exit: output flush plus a forward target's drain (10 s)
-RESTART_DELAY_SECONDS = 1.0
 
 
 def main() -> int:
@@ -62,42 +55,6 @@ def main() -> int:
         return 2
     finally:
         reader.close()
-
-
-class TailWorkerProcess:
-    """Starts the tail worker, restarts it when it dies, stops it with SIGTERM."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-        self.process: subprocess.Popen | None = None
-        self.restart_at = 0.0
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "workers.tail"], env=self.env)
-        log.info("tail worker started (pid %d)", self.process.pid)
-
-    def watch(self) -> None:
-        """Called about once a second: restart a worker that exited (at most once a second)."""
-        if self.process is None or self.process.poll() is None:
-            return
-        now = time.monotonic()
-        if not self.restart_at:
-            log.error("tail worker exited with status %s; restarting it", self.process.returncode)
-            self.restart_at = now + RESTART_DELAY_SECONDS
-        if now >= self.restart_at:
-            self.restart_at = 0.0
-            self.start()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            log.warning("tail worker did not stop in %d s; killing it", STOP_SECONDS)
-            self.process.kill()
-            self.process.wait()
 
 
 if __name__ == "__main__":

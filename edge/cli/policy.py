@@ -16,13 +16,14 @@ from pathlib import Path
 
 import orjson
 
-from edge.engine.codec import UndecodableBody, evaluate_body
 from edge.engine.engine import Engine
 from edge.engine.stats import MatchStats
+from edge.formats.errors import UndecodableBody
+from edge.formats.otlp.body import evaluate_body
+from edge.memory import tune_gc
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_file
 from edge.policy.sync import JSON, PROTOBUF, SyncClient, SyncError, statuses
-from edge.runtime import tune_gc
 
 SIGNALS = ("log", "metric", "trace")
 

@@ -31,14 +31,14 @@ import orjson
 
 from edge import logs
 from edge.config import Config, ConfigError, build
+from edge.control.providers import PolicyMerger, ProviderSet
+from edge.control.publication import SnapshotManager
 from edge.extensions.s3_dump import EXTENSION_TYPE
 from edge.lambda_extension.api import RUNTIME_API_ENV, ExtensionsApi, ExtensionsApiError
 from edge.lambda_extension.policies import EventDrivenPolicies
 from edge.lambda_extension.runtime import LocalRuntime, StatsHandOver
 from edge.lambda_extension.server import ProxyServer
 from edge.protocols.app import create_app
-from supervisor.policies import SnapshotManager
-from supervisor.providers import PolicyMerger, ProviderSet
 
 log = logging.getLogger("edge.lambda")
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from supervisor.providers import FileProvider, HttpProvider, ProviderSet
+from edge.control.providers import FileProvider, HttpProvider, ProviderSet
 
 log = logging.getLogger(__name__)
 

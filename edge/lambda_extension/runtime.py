@@ -16,7 +16,7 @@ from edge.engine.ratelimit import LocalRateLimiter
 from edge.engine.stats import MatchStats, PolicyCounters
 from edge.extensions.s3_dump import STOP_TIMEOUT_S, register_s3_dump
 from edge.policy.snapshot import Snapshot
-from edge.protocols.metrics import get_metrics
+from edge.protocols.self_metrics import get_metrics
 
 
 class LocalSnapshots:

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from edge.protocols.metrics import Metrics
+from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import JSON
 
 HEALTH_BODY = b'{"status":"ok"}'

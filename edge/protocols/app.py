@@ -18,15 +18,15 @@ from typing import Any, Protocol
 import falcon.asgi
 
 from edge import logs
+from edge.memory import release_free_memory, tune_gc
 from edge.protocols.admin import Health, MetricsEndpoint, Policies, update_snapshot_gauges
 from edge.protocols.body import DisconnectWatch
 from edge.protocols.datadog import datadog_routes
-from edge.protocols.metrics import Metrics, get_metrics
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.passthrough import Passthrough
 from edge.protocols.prometheus import prometheus_routes
+from edge.protocols.self_metrics import Metrics, get_metrics
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response
-from edge.runtime import release_free_memory, tune_gc
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ upstream, headers such as DD-API-KEY forwarded and never logged, records counted
 proxy metrics). A logs batch whose every record is dropped goes upstream as `[]` (EDGE.md),
 so the agent gets the intake's own answer; an all-dropped series payload is answered 200
 `{}` here like OTLP. Only
-the codec differs: Datadog JSON through `edge.engine.datadog_codec`. Fail-open: an
+the codec differs: Datadog JSON through `edge.formats.datadog.body`. Fail-open: an
 unknown Content-Encoding, a protobuf body, a payload that is not JSON of the expected
 shape or an internal error forwards the original bytes untouched.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.engine.codec import Evaluated, is_protobuf
-from edge.engine.datadog_codec import evaluate
 from edge.engine.engine import Engine
+from edge.formats.datadog.body import evaluate
+from edge.formats.evaluated import Evaluated
+from edge.formats.otlp.body import is_protobuf
 from edge.policy.model import LOG, METRIC
-from edge.protocols.metrics import Metrics
 from edge.protocols.otlp import OtlpRoute
+from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import RequestHead, Upstream
 
 LOGS_PATH = "/api/v2/logs"

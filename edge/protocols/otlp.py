@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edge.engine.codec import Evaluated, UndecodableBody, evaluate, is_protobuf
 from edge.engine.engine import Engine
+from edge.formats.errors import UndecodableBody
+from edge.formats.evaluated import Evaluated
+from edge.formats.otlp.body import evaluate, is_protobuf
 from edge.protocols.body import client_gone
-from edge.protocols.encoding import codec_of, decode, encode
-from edge.protocols.metrics import Metrics
+from edge.protocols.content_encoding import codec_of, decode, encode
+from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """GET /metrics and /metrics/*: the Prometheus scrape proxy.
 
 The exposition is fetched from `metrics_url` + the same path and query with the client's
-headers (hop-by-hop ones dropped) and streamed back through `edge.engine.prometheus`:
+headers (hop-by-hop ones dropped) and streamed back through `edge.formats.prometheus.exposition`:
 chunk by chunk, so memory stays bounded whatever the size of the scrape. The upstream is
 asked for `Accept-Encoding: identity`; a gzip or zstd body it sends anyway is decoded as it
 streams, and the filtered body goes out unencoded with the upstream's Content-Type.
@@ -23,11 +23,11 @@ from typing import Any
 import aiohttp
 import zstandard
 
-from edge.engine.prometheus import LineCut, ScrapeFilter
+from edge.formats.prometheus.exposition import LineCut, ScrapeFilter
 from edge.policy.model import METRIC
-from edge.protocols.encoding import GZIP, ZSTD, codec_of
-from edge.protocols.metrics import Metrics
+from edge.protocols.content_encoding import GZIP, ZSTD, codec_of
 from edge.protocols.passthrough import UpstreamBody
+from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import Upstream, relay_headers, request_head, request_target, url
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ _TEXT_TYPES = ("text/plain", "application/openmetrics-text")
 _SKIP_RESPONSE_HEADERS = frozenset({b"content-encoding"})
 
 
-class UndecodableBody(Exception):
+class CorruptStream(Exception):
     """The upstream's gzip or zstd stream is corrupt or cut short."""
 
 
@@ -62,12 +62,12 @@ class StreamDecoder:
             else:
                 yield data
         except (zlib.error, zstandard.ZstdError) as exc:
-            raise UndecodableBody(f"{self.codec} body: {exc}") from None
+            raise CorruptStream(f"{self.codec} body: {exc}") from None
 
     def finish(self) -> None:
         """The upstream body ended: the last gzip member or zstd frame must be complete."""
         if self._fed and not (self._gzip or self._zstd).eof:
-            raise UndecodableBody(f"{self.codec} body cut short")
+            raise CorruptStream(f"{self.codec} body cut short")
 
     def _gunzip(self, data: bytes) -> Iterator[bytes]:
         """Every member (RFC 1952 allows several), at most DECODE_STEP bytes at a time."""
@@ -159,7 +159,7 @@ class FilteredScrape:
             self._account()
             if out:
                 yield out
-        except (UndecodableBody, LineCut) as exc:
+        except (CorruptStream, LineCut) as exc:
             log.warning("aborting the scrape of %s: %s", self.source, exc)
             raise
 

@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from edge.config import Config
-from edge.protocols.metrics import Metrics
+from edge.protocols.self_metrics import Metrics
 
 log = logging.getLogger(__name__)
 

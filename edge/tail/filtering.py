@@ -16,11 +16,11 @@ from itertools import compress
 
 from edge.engine import bits
 from edge.engine.engine import Engine
+from edge.formats.lines.batch import LineBatch, decode_lines
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_file
 from edge.policy.model import LOG
 from edge.policy.snapshot import Snapshot, empty_snapshot
-from edge.tail.lines import LineBatch, decode_lines
 
 log = logging.getLogger("edge.tail")
 

@@ -32,7 +32,7 @@ import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from edge import __version__
-from edge.tail.lines import FILE_PATH_ATTRIBUTE
+from edge.formats.lines.batch import FILE_PATH_ATTRIBUTE
 from edge.tail.output import Delivered, Position
 
 log = logging.getLogger("edge.tail")

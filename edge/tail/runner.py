@@ -13,11 +13,11 @@ import os
 import threading
 from collections.abc import Mapping
 
-from edge.runtime import tune_gc
+from edge.formats.lines.batch import resource_attributes
+from edge.memory import tune_gc
 from edge.tail.checkpoint import CheckpointStore
 from edge.tail.discovery import WatchUnavailable
 from edge.tail.filtering import LineFilter, PolicyLoadError, SnapshotSource, load_snapshot
-from edge.tail.lines import resource_attributes
 from edge.tail.output import Delivered, FileSink, OutputError, Sink
 from edge.tail.pipeline import CheckpointRecorder, FileTailer, StartupError, check_inputs, run_stdin
 from edge.tail.settings import TailSettings

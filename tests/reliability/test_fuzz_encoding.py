@@ -1,4 +1,4 @@
-"""Fuzzing content decoding (`edge/protocols/encoding.py`): bombs, corrupt and truncated streams.
+"""Fuzzing content decoding (`edge/protocols/content_encoding.py`): bombs, corrupt and truncated streams.
 
 Property: `decode` never raises and never returns more than the limit; what `encode` made comes
 back exactly while it fits; anything else is None, which the OTLP route forwards raw (fail-open).
@@ -12,7 +12,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.protocols.encoding import GZIP, IDENTITY, ZSTD, codec_of, decode, encode
+from edge.protocols.content_encoding import GZIP, IDENTITY, ZSTD, codec_of, decode, encode
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 codecs = st.sampled_from([IDENTITY, GZIP, ZSTD])

@@ -1,4 +1,4 @@
-"""Fuzzing the OTLP parsers: JSON and protobuf batch views through `edge.engine.codec.evaluate`.
+"""Fuzzing the OTLP parsers: JSON and protobuf batch views through `edge.formats.otlp.body.evaluate`.
 
 Property (fail-open, lose nothing): no exception escapes but `UndecodableBody` (the route then
 forwards the bytes raw); an unchanged result is the original bytes object; a changed one holds
@@ -17,8 +17,9 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edge.engine.codec import UndecodableBody, evaluate
 from edge.engine.engine import Engine
+from edge.formats.errors import UndecodableBody
+from edge.formats.otlp.body import evaluate
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from reliability.harness import MESSAGES, SUITE_POLICIES, fingerprint, otlp_document, records_of

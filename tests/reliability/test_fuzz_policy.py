@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.engine.codec import evaluate
 from edge.engine.engine import Engine
+from edge.formats.otlp.body import evaluate
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_document, parse_document
 from edge.policy.snapshot import Snapshot

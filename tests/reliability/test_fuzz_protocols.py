@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.engine.codec import UndecodableBody
-from edge.engine.datadog_codec import evaluate as evaluate_datadog
 from edge.engine.engine import Engine
-from edge.engine.prometheus import ScrapeFilter
+from edge.formats.datadog.body import evaluate as evaluate_datadog
+from edge.formats.errors import UndecodableBody
+from edge.formats.prometheus.exposition import ScrapeFilter
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from edge.tail.filtering import LineFilter

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from edge.engine.codec import evaluate
 from edge.engine.engine import Engine
+from edge.formats.otlp.body import evaluate
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, PolicyServer, free_port, otlp_document

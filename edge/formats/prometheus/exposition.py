@@ -31,8 +31,8 @@ from operator import add, and_
 from typing import Any
 
 from edge.engine.engine import Engine
-from edge.engine.prometheus_labels import unescape
-from edge.engine.prometheus_policies import PASS, Context, Verdict, add_rows, scrape_policies
+from edge.formats.prometheus.labels import unescape
+from edge.formats.prometheus.policies import PASS, Context, Verdict, add_rows, scrape_policies
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edge.engine import bits, json_columns
+from edge.engine import bits
 from edge.engine.values import (
     MISSING,
     OTHER,
@@ -20,11 +20,9 @@ from edge.engine.values import (
     json_copy,
     json_string_view,
 )
+from edge.formats.errors import BatchShapeError
+from edge.formats.otlp import json_columns
 from edge.policy.model import FieldKey
-
-
-class BatchShapeError(ValueError):
-    """The document is valid JSON but not OTLP: evaluate nothing, forward it as is."""
 
 
 def _scalar(value: Any) -> Any:
@@ -587,4 +585,4 @@ class JsonTraces(JsonBatch):
             self.changed = True
 
 
-__all__ = ["BatchShapeError", "JsonLogs", "JsonMetrics", "JsonTraces", "MISSING", "OTHER"]
+__all__ = ["JsonLogs", "JsonMetrics", "JsonTraces", "MISSING", "OTHER"]

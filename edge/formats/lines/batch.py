@@ -1,6 +1,6 @@
 """Tailed lines seen as a batch of log records: the engine's view of one read block.
 
-`LineBatch` implements the batch interface of `edge.engine.otlp_json.JsonLogs` (columns,
+`LineBatch` implements the batch interface of `edge.formats.otlp.json_batch.JsonLogs` (columns,
 string columns, `keep_only`, the transform accessors, `export`) over the lines of one
 block, so the proxy's engine evaluates them unchanged: one Hyperscan scan per field
 over the whole block. How a line maps to fields depends on the format (EDGE.md

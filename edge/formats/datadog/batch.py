@@ -1,7 +1,7 @@
 """Datadog JSON payloads seen as batches of records: logs (`/api/v2/logs`) and series (`/api/v2/series`).
 
 The views hand the evaluator the same typed values and columns as the OTLP views
-(`edge.engine.otlp_json`), mapped as EDGE.md "Datadog field mapping" says:
+(`edge.formats.otlp.json_batch`), mapped as EDGE.md "Datadog field mapping" says:
 
 Logs (a JSON array of log objects):
 - body = `message`, else `msg`, else `log`; when `message` is itself a JSON object string,
@@ -21,7 +21,7 @@ Series (`{"series": [...]}`, v2 series objects):
   tag `K` is the empty string), else the first `resources` entry of type K (its name),
   else `source_type_name` for K = `source_type_name`.
 
-Records are the decoded dicts; the codec (`edge.engine.datadog_codec`) writes kept records
+Records are the decoded dicts; the codec (`edge.formats.datadog.body`) writes kept records
 that nothing touched back as their original bytes, so only `touched` records are encoded.
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 import msgspec
 
 from edge.engine import bits
-from edge.engine.otlp_json import BatchShapeError
 from edge.engine.values import MISSING, OTHER, Column, PlainStringValues, json_copy
+from edge.formats.errors import BatchShapeError
 from edge.policy.model import FieldKey
 
 BODY_KEYS = ("message", "msg", "log")

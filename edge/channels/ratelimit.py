@@ -15,7 +15,7 @@ import struct
 import time
 from multiprocessing import shared_memory
 
-from edge.snapshot_channel import attach
+from edge.channels.snapshots import attach
 
 _SLOT = struct.Struct("<16sdq")  # id digest, window start, used
 SLOTS = 1024

@@ -8,26 +8,17 @@ changed the original bytes are returned untouched.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import orjson
 
 from edge.engine.engine import Engine, Outcome
-from edge.engine.otlp_json import BatchShapeError, JsonLogs, JsonMetrics, JsonTraces
+from edge.formats.errors import BatchShapeError, UndecodableBody
+from edge.formats.evaluated import Evaluated
+from edge.formats.otlp.json_batch import JsonLogs, JsonMetrics, JsonTraces
 
 log = logging.getLogger(__name__)
 
 JSON_BATCHES = {"log": JsonLogs, "metric": JsonMetrics, "trace": JsonTraces}
-
-
-class UndecodableBody(ValueError):
-    """The body is not OTLP in the declared encoding: the caller forwards it raw (fail-open)."""
-
-
-@dataclass(slots=True)
-class Evaluated:
-    body: bytes
-    outcome: Outcome
 
 
 def is_protobuf(content_type: str | None) -> bool:
@@ -51,7 +42,7 @@ def evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None)
 
 def _evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None) -> Evaluated:
     if is_protobuf(content_type):
-        from edge.engine.otlp_proto import PROTO_BATCHES, parse_request
+        from edge.formats.otlp.proto_batch import PROTO_BATCHES, parse_request
 
         try:
             message = parse_request(signal, body)

@@ -12,13 +12,13 @@ import logging
 import threading
 import time
 
+from edge.channels.snapshots import SnapshotPublisher
+from edge.channels.stats_spool import StatsSpool
 from edge.engine.stats import MatchStats, PolicyCounters
+from edge.memory import release_free_memory
 from edge.policy.compiler import compile_policies
 from edge.policy.snapshot import Snapshot
 from edge.proto.tero.policy.v1.policy_pb2 import Policy
-from edge.runtime import release_free_memory
-from edge.snapshot_channel import SnapshotPublisher
-from edge.stats_spool import StatsSpool
 
 log = logging.getLogger("edge.supervisor")
 

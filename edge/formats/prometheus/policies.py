@@ -16,8 +16,8 @@ from typing import Any
 
 from edge.engine import bits
 from edge.engine.matching import condition_masks, policy_masks
-from edge.engine.prometheus_labels import LabelLocator
 from edge.engine.values import MISSING, Column
+from edge.formats.prometheus.labels import LabelLocator
 from edge.policy.model import METRIC, CompiledPolicy, FieldKey, SignalPlan
 from edge.policy.snapshot import Snapshot
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from edge.engine.codec import Evaluated, UndecodableBody
-from edge.engine.datadog import DatadogLogs, DatadogSeries, encode_json
 from edge.engine.engine import Engine, Outcome
-from edge.engine.otlp_json import BatchShapeError
+from edge.formats.datadog.batch import DatadogLogs, DatadogSeries, encode_json
+from edge.formats.errors import BatchShapeError, UndecodableBody
+from edge.formats.evaluated import Evaluated
 from edge.policy.model import LOG, METRIC
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """OTLP/protobuf export requests seen as batches of records.
 
-The protobuf twin of `edge.engine.otlp_json`: the same columns, the same typed values
+The protobuf twin of `edge.formats.otlp.json_batch`: the same columns, the same typed values
 and the same mutations, read straight from the upb-backed messages. Nothing on the
 evaluation path converts protobuf to JSON or dicts; `export()` (extensions only, for
 the few selected records) is the one place that does.
@@ -26,9 +26,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from edge.engine import bits, proto_columns
-from edge.engine.otlp_json import BatchShapeError
+from edge.engine import bits
 from edge.engine.values import MISSING, OTHER, Column
+from edge.formats.errors import BatchShapeError
+from edge.formats.otlp import proto_columns
 from edge.policy.model import FieldKey
 
 REQUESTS = {"log": ExportLogsServiceRequest, "metric": ExportMetricsServiceRequest,
