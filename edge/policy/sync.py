@@ -10,8 +10,6 @@ back (`MatchStats.merge`).
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +19,7 @@ from google.protobuf import json_format
 from edge import __version__
 from edge.engine.stats import PolicyCounters
 from edge.policy.loader import decode_policies
+from edge.policy.sync_transport import MAX_RESPONSE_BYTES, ReplyTooLarge, TransportError, post
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
 
 JSON = "application/json"
@@ -59,11 +58,13 @@ def statuses(counts: Mapping[str, PolicyCounters], errors: Mapping[str, list[str
 class SyncClient:
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, wire: str = JSON,
                  timeout: float = 10.0, service: Mapping[str, str] | None = None,
-                 extensions: list[str] | None = None) -> None:
+                 extensions: list[str] | None = None, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.url = url
         self.headers = dict(headers or {})
         self.wire = wire
-        self.timeout = timeout
+        self.timeout = timeout  # for the whole exchange, redirects and a dripping server included
+        self.max_response_bytes = max_response_bytes
+        self.oversized_replies = 0  # replies refused for their size since start
         self.service = dict(service or {})
         self.extensions = extensions or []
         self.last_hash = ""
@@ -84,15 +85,16 @@ class SyncClient:
 
     def _post(self, body: bytes) -> tuple[bytes, str]:
         headers = {**self.headers, "Content-Type": self.wire, "Accept": self.wire}
-        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                return resp.read(), resp.headers.get("Content-Type", self.wire)
-        except urllib.error.HTTPError as exc:
-            raise SyncError(f"policy server answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SyncError(f"policy server unreachable: {reason}") from None
+            reply = post(self.url, body, headers, deadline_s=self.timeout, max_response_bytes=self.max_response_bytes)
+        except ReplyTooLarge as exc:
+            self.oversized_replies += 1
+            raise SyncError(f"policy server {exc} (refused {self.oversized_replies} time(s) so far)") from None
+        except TransportError as exc:
+            raise SyncError(f"policy server {exc}") from None
+        if reply.status >= 400:
+            raise SyncError(f"policy server answered HTTP {reply.status}")
+        return reply.body, reply.content_type or self.wire
 
     def sync(self, status_list: list[pb.PolicySyncStatus]) -> SyncResult:
         request = self._request(status_list)
