@@ -32,6 +32,7 @@ from edge.config import Config, ConfigError, load
 from edge.control.providers import PolicyMerger, ProviderSet
 from edge.control.publication import SnapshotManager
 from edge.engine.extensions import S3_DUMP
+from edge.lifecycle import child_preexec
 from supervisor.tail_child import TailWorkerProcess
 
 log = logging.getLogger("edge.supervisor")
@@ -91,7 +92,7 @@ class Supervisor:
                 "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
         env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": self.paths.prometheus_dir,
                DISTRIBUTION_ENV: self.distribution}
-        self.gunicorn = subprocess.Popen(argv, env=env)
+        self.gunicorn = subprocess.Popen(argv, env=env, preexec_fn=child_preexec())
         log.info("edge %s (%s) listening on %s:%d with %d workers, upstream %s", __version__, self.distribution,
                  c.listen_address, c.listen_port, c.workers, c.upstream_url)
 

@@ -14,6 +14,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from edge.lifecycle import child_preexec
+
 log = logging.getLogger("edge.supervisor")
 
 STOP_SECONDS = 15  # SIGTERM → exit: output flush plus a forward target's drain (10 s)
@@ -29,7 +31,8 @@ class TailWorkerProcess:
         self.restart_at = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "workers.tail"], env=self.env)
+        self.process = subprocess.Popen([sys.executable, "-m", "workers.tail"], env=self.env,
+                                        preexec_fn=child_preexec())
         log.info("tail worker started (pid %d)", self.process.pid)
 
     def watch(self) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import faulthandler
 import os
 
+from edge.lifecycle import die_with_parent
 from edge.protocols.app import create_app
 from workers.runtime import WorkerRuntime
 
 faulthandler.enable()  # a crashing worker leaves a stack trace in the log
+die_with_parent()  # a worker never outlives its gunicorn master
 app = create_app(WorkerRuntime.from_environment(), os.environ.get("EDGE_DISTRIBUTION", "edge"))
