@@ -24,10 +24,10 @@ from edge.engine.ratelimit import RateLimiter
 from edge.engine.stats import MatchStats
 from edge.policy.snapshot import Snapshot
 
-SnapshotSource = Callable[[], "Snapshot | None"]  # the newest snapshot; None before the first
+SnapshotSource = Callable[[], Snapshot | None]  # the newest snapshot; None before the first
 
 
-def every_snapshot(snapshot: Snapshot) -> bool:
+def _every_snapshot(snapshot: Snapshot) -> bool:
     """The default `wanted`: every snapshot gets an engine."""
     return True
 
@@ -42,7 +42,7 @@ class EngineHolder:
 
     def __init__(self, source: SnapshotSource, *, limiter: RateLimiter | None = None,
                  stats: MatchStats | None = None, extensions: ExtensionRegistry | None = None,
-                 wanted: Callable[[Snapshot], bool] = every_snapshot) -> None:
+                 wanted: Callable[[Snapshot], bool] = _every_snapshot) -> None:
         self._source = source
         self._limiter = limiter
         self._stats = stats
