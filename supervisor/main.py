@@ -29,8 +29,7 @@ from edge.channels.run_dir import RUN_DIR_ENV, RuntimePaths
 from edge.channels.snapshots import SnapshotPublisher, remove_stale_segments
 from edge.channels.stats_spool import StatsSpool
 from edge.config import Config, ConfigError, load
-from edge.control.providers import PolicyMerger, ProviderSet
-from edge.control.publication import SnapshotManager
+from edge.control.builder import build_control_plane
 from edge.engine.extensions import S3_DUMP
 from edge.lifecycle import child_preexec
 from supervisor.tail_child import TailWorkerProcess
@@ -65,12 +64,8 @@ class Supervisor:
             config=str(self.run_dir / "config.json"), snapshot_control=self.publisher.control_name,
             rate_table=self.rate_table.name, rate_lock=str(self.run_dir / "ratelimit.lock"),
             stats_spool=str(self.run_dir / "stats"), prometheus_dir=str(self.run_dir / "prometheus"))
-        self.manager = SnapshotManager(self.publisher, StatsSpool(self.paths.stats_spool))
-        merger = PolicyMerger(self.manager.on_change, config.policy_providers)
-        self.providers = ProviderSet(config.policy_providers, merger, service=config.service,
-                                     stats_source=self.manager.drain_stats, stats_return=self.manager.return_stats,
-                                     errors_source=self.manager.errors,
-                                     extensions=[S3_DUMP] if config.s3_dump.enabled else [])
+        self.control = build_control_plane(config, self.publisher, StatsSpool(self.paths.stats_spool),
+                                           extensions=[S3_DUMP] if config.s3_dump.enabled else [])
         self.gunicorn: subprocess.Popen | None = None
         self.tail_worker: TailWorkerProcess | None = None
         self.stopping = threading.Event()
@@ -107,9 +102,9 @@ class Supervisor:
         self._write_runtime()
         self._start_gunicorn()
         self._start_tail_worker()
-        self.providers.start()
+        self.control.start()
         while not self.stopping.wait(1.0):
-            self.manager.tick()
+            self.control.tick()
             if self.tail_worker is not None:
                 self.tail_worker.watch()
             if self.gunicorn.poll() is not None:
@@ -126,7 +121,7 @@ class Supervisor:
         if self._shut_down:
             return
         self._shut_down = True
-        self.providers.stop()
+        self.control.stop()
         if self.tail_worker is not None:
             self.tail_worker.stop()
         if self.gunicorn is not None and self.gunicorn.poll() is None:
@@ -137,8 +132,7 @@ class Supervisor:
                 log.warning("workers did not drain in %d s; killing them", DRAIN_SECONDS)
                 self.gunicorn.kill()
                 self.gunicorn.wait()
-        if self.providers.http_providers and not self.providers.final_sync():
-            log.warning("final policy sync failed; match statistics since the last sync are lost")
+        self.control.final_sync()
         self.publisher.close()
         self.rate_table.close()
         self.rate_table.unlink()

@@ -30,7 +30,8 @@ from proxy_fixtures import RecordingUpstream, free_port, request
 from s3_fixtures import BIN, CREDENTIALS, MotoServer, create_bucket, ndjson, objects
 
 from edge.config import ProviderConfig
-from edge.control.providers import PolicyMerger, ProviderSet
+from edge.control.merger import PolicyMerger
+from edge.control.providers import ProviderSet
 from edge.lambda_extension.policies import EventDrivenPolicies
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
 

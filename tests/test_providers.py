@@ -19,14 +19,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edge.config import ProviderConfig, ServiceConfig
-from edge.control.providers import (
-    FileProvider,
-    HttpProvider,
-    PolicyMerger,
-    ProviderSet,
-    backoff_delay,
-    policies_version,
-)
+from edge.control.file_provider import FileProvider
+from edge.control.http_provider import HttpProvider, backoff_delay
+from edge.control.merger import PolicyMerger, policies_version
+from edge.control.providers import ProviderSet
 from edge.engine.stats import MatchStats
 from edge.policy.loader import load_document
 from edge.policy.sync import JSON, PROTOBUF

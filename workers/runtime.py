@@ -2,7 +2,7 @@
 
 The supervisor leaves `runtime.json` in the run directory (named by `EDGE_RUN_DIR`):
 the resolved config, the shared-memory names and the spool paths. A worker keeps one
-`Engine` per snapshot generation; rate-limit windows are shared by all workers of the
+`Engine` per snapshot (`EngineHolder`); rate-limit windows are shared by all workers of the
 instance and match statistics go to the spool about once a second.
 """
 
@@ -18,12 +18,15 @@ from edge.channels.stats_spool import StatsSpool
 from edge.config import Config, from_json
 from edge.engine.engine import Engine
 from edge.engine.extensions import ExtensionRegistry
+from edge.engine.holder import EngineHolder
 from edge.engine.stats import MatchStats
 from edge.extensions.s3_dump import register_s3_dump
 from edge.protocols.self_metrics import get_metrics
 
 
 class WorkerRuntime:
+    """The `edge.runtime.Runtime` of a gunicorn worker: state shared with its siblings through the run directory."""
+
     def __init__(self, paths: RuntimePaths) -> None:
         self.paths = paths
         self.config: Config = from_json(Path(paths.config).read_bytes())
@@ -33,8 +36,8 @@ class WorkerRuntime:
         self.spool = StatsSpool(paths.stats_spool)
         self.extensions = ExtensionRegistry()
         self.s3_dump = register_s3_dump(self.config.s3_dump, self.extensions, get_metrics())
-        self._engine: Engine | None = None
-        self._generation = 0
+        self._engines = EngineHolder(self.snapshots.current, limiter=self.limiter, stats=self.stats,
+                                     extensions=self.extensions)
 
     @classmethod
     def from_environment(cls) -> WorkerRuntime:
@@ -45,13 +48,7 @@ class WorkerRuntime:
 
     def engine(self) -> Engine | None:
         """The engine for the newest snapshot; None until the first one (raw passthrough)."""
-        snapshot = self.snapshots.current()
-        if snapshot is None:
-            return None
-        if self.snapshots.generation != self._generation:
-            self._engine = Engine(snapshot, limiter=self.limiter, stats=self.stats, extensions=self.extensions)
-            self._generation = self.snapshots.generation
-        return self._engine
+        return self._engines.engine()
 
     @property
     def generation(self) -> int:

@@ -1,9 +1,10 @@
-"""From provider updates to published snapshots, and match statistics back to providers.
+"""From merged policy sets to published snapshots, and match statistics back to providers.
 
-Providers call `on_change` from their threads; compilation happens once per distinct
-merged policy set and the result is published to the workers through shared memory.
-Statistics flow the other way: workers spool them, `drain_stats` collects the spool
-into a pending total that a failed sync merges back, so no count is lost.
+Providers call `on_change` (through the merger) from their threads; compilation happens
+once per distinct merged policy set and the result goes to a `SnapshotSink`. Statistics
+flow the other way: `drain_stats` collects a `StatsSource` into a pending total that a
+failed sync merges back, so no count is lost. Which sink and which source is the
+caller's choice (shared memory and a spool in the supervisor, memory in the Lambda).
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ import logging
 import threading
 import time
 
-from edge.channels.snapshots import SnapshotPublisher
-from edge.channels.stats_spool import StatsSpool
+from edge.control.interfaces import SnapshotSink, StatsSource
 from edge.engine.stats import MatchStats, PolicyCounters
 from edge.memory import release_free_memory
 from edge.policy.compiler import compile_policies
 from edge.policy.snapshot import Snapshot
 from edge.proto.tero.policy.v1.policy_pb2 import Policy
 
-log = logging.getLogger("edge.supervisor")
+log = logging.getLogger("edge.control")
 
 
 class SnapshotManager:
-    def __init__(self, publisher: SnapshotPublisher, spool: StatsSpool) -> None:
-        self.publisher = publisher
-        self.spool = spool
+    """Compiles and publishes policy sets; keeps the statistics owed to the policy servers."""
+
+    def __init__(self, sink: SnapshotSink, stats_source: StatsSource) -> None:
+        self.sink = sink
+        self.stats_source = stats_source
         self.pending = MatchStats()
         self.snapshot: Snapshot | None = None
         self._lock = threading.Lock()
@@ -36,7 +38,7 @@ class SnapshotManager:
         started = time.perf_counter()
         snapshot = compile_policies(policies, version=version)
         with self._lock:
-            generation = self.publisher.publish(snapshot)
+            generation = self.sink.publish(snapshot)
             self.snapshot = snapshot
         release_free_memory()  # compiling allocates far more than the snapshot keeps
         errors = snapshot.errors()
@@ -48,17 +50,20 @@ class SnapshotManager:
                  (time.perf_counter() - started) * 1000)
 
     def errors(self) -> dict[str, list[str]]:
+        """Compile errors of the published snapshot by policy id (reported to the policy servers)."""
         snapshot = self.snapshot
         return snapshot.errors() if snapshot is not None else {}
 
     def drain_stats(self) -> dict[str, PolicyCounters]:
-        """Everything workers have spooled plus what earlier failed syncs handed back."""
-        self.pending.merge(self.spool.collect())
+        """Everything the source has gathered plus what earlier failed syncs handed back."""
+        self.pending.merge(self.stats_source.collect())
         return self.pending.drain()
 
     def return_stats(self, counts: dict[str, PolicyCounters]) -> None:
+        """Counts a sync could not deliver: they go out with the next one."""
         self.pending.merge(counts)
 
     def tick(self) -> None:
+        """Called about once a second: lets the sink release what old snapshots hold."""
         with self._lock:
-            self.publisher.tick()
+            self.sink.tick()

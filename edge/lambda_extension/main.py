@@ -31,8 +31,7 @@ import orjson
 
 from edge import logs
 from edge.config import Config, ConfigError, build
-from edge.control.providers import PolicyMerger, ProviderSet
-from edge.control.publication import SnapshotManager
+from edge.control.builder import build_control_plane
 from edge.extensions.s3_dump import EXTENSION_TYPE
 from edge.lambda_extension.api import RUNTIME_API_ENV, ExtensionsApi, ExtensionsApiError
 from edge.lambda_extension.policies import EventDrivenPolicies
@@ -83,15 +82,11 @@ class LambdaExtension:
         self.runtime = LocalRuntime(config)
         self.server = ProxyServer(create_app(self.runtime, DISTRIBUTION), config.listen_address, config.listen_port,
                                   config.max_connections)
-        # in-memory stand-ins for the shared-memory publisher and the stats spool
-        self.manager = SnapshotManager(self.runtime.snapshots, StatsHandOver(self.runtime.stats))
-        merger = PolicyMerger(self.manager.on_change, config.policy_providers)
-        extensions = [EXTENSION_TYPE] if self.runtime.s3_dump is not None else []
-        providers = ProviderSet(config.policy_providers, merger, service=config.service,
-                                stats_source=self.manager.drain_stats, stats_return=self.manager.return_stats,
-                                errors_source=self.manager.errors, extensions=extensions,
-                                http_timeout=POLICY_HTTP_TIMEOUT_S)
-        self.policies = EventDrivenPolicies(providers)
+        # snapshots and statistics stay in this process: no shared memory, no spool
+        self.control = build_control_plane(config, self.runtime.snapshots, StatsHandOver(self.runtime.stats),
+                                           extensions=[EXTENSION_TYPE] if self.runtime.s3_dump is not None else [],
+                                           http_timeout=POLICY_HTTP_TIMEOUT_S)
+        self.policies = EventDrivenPolicies(self.control.providers)
         self._waiting = False
         self._terminate = False
 

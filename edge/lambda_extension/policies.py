@@ -14,7 +14,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from edge.control.providers import FileProvider, HttpProvider, ProviderSet
+from edge.control.file_provider import FileProvider
+from edge.control.http_provider import HttpProvider
+from edge.control.providers import ProviderSet
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,5 @@ class EventDrivenPolicies:
         self._due[provider.id] = self.clock() + provider.next_delay
 
     def final_sync(self, timeout: float) -> bool:
-        """Report the last statistics to every policy server; True when all accepted them."""
-        if not self.providers.http_providers:
-            return True
-        ok = self.providers.final_sync(timeout)
-        if not ok:
-            log.warning("final policy sync failed; match statistics since the last sync are lost")
-        return ok
+        """Report the last statistics to every policy server (on SHUTDOWN); True when all accepted them."""
+        return self.providers.final_sync(timeout)

@@ -1,9 +1,9 @@
 """What the app's routes need from a runtime, held in this one process (no shared memory).
 
-`LocalRuntime` offers the interface of `workers.runtime.WorkerRuntime` (config, `engine()`,
-`snapshots.current()`, `generation`, statistics and extension lifecycle) with everything
-in memory: the policy compiler publishes into `LocalSnapshots`, the engine counts into a
-`MatchStats` that the policy providers drain directly, rate-limit windows are per process
+`LocalRuntime` is an `edge.runtime.Runtime` like `workers.runtime.WorkerRuntime`, with
+everything in memory: the control plane publishes into `LocalSnapshots` (its
+`SnapshotSink`), the engine counts into a `MatchStats` that the policy providers drain
+directly through `StatsHandOver` (its `StatsSource`), rate-limit windows are per process
 (there is only one).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from edge.config import Config
 from edge.engine.engine import Engine
 from edge.engine.extensions import ExtensionRegistry
+from edge.engine.holder import EngineHolder
 from edge.engine.ratelimit import LocalRateLimiter
 from edge.engine.stats import MatchStats, PolicyCounters
 from edge.extensions.s3_dump import STOP_TIMEOUT_S, register_s3_dump
@@ -20,7 +21,7 @@ from edge.protocols.self_metrics import get_metrics
 
 
 class LocalSnapshots:
-    """Publisher (for the policy compiler) and reader (for the routes) of one process's snapshots."""
+    """Sink (for the control plane) and source (for the routes) of one process's snapshots."""
 
     def __init__(self) -> None:
         self.generation = 0
@@ -42,7 +43,7 @@ class LocalSnapshots:
 
 
 class StatsHandOver:
-    """The `collect()` a stats spool offers, read straight from the engine's counters."""
+    """The control plane's `StatsSource` in one process: the engine's counters, drained directly."""
 
     def __init__(self, stats: MatchStats) -> None:
         self.stats = stats
@@ -52,6 +53,8 @@ class StatsHandOver:
 
 
 class LocalRuntime:
+    """The `edge.runtime.Runtime` of the Lambda extension, plus what its event loop needs (flush on INVOKE)."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.snapshots = LocalSnapshots()
@@ -60,18 +63,12 @@ class LocalRuntime:
         self.extensions = ExtensionRegistry()
         self.s3_dump = register_s3_dump(config.s3_dump, self.extensions, get_metrics())
         self.stop_timeout = STOP_TIMEOUT_S  # lowered to fit Lambda's shutdown deadline
-        self._engine: Engine | None = None
-        self._generation = 0
+        self._engines = EngineHolder(self.snapshots.current, limiter=self.limiter, stats=self.stats,
+                                     extensions=self.extensions)
 
     def engine(self) -> Engine | None:
         """The engine for the newest snapshot; None until the first one (raw passthrough)."""
-        generation = self.snapshots.generation  # first: the snapshot read next is at least this new
-        if generation != self._generation:
-            snapshot = self.snapshots.current()
-            if snapshot is not None:
-                self._engine = Engine(snapshot, limiter=self.limiter, stats=self.stats, extensions=self.extensions)
-            self._generation = generation
-        return self._engine
+        return self._engines.engine()
 
     @property
     def generation(self) -> int:

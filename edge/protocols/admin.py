@@ -8,6 +8,7 @@ import orjson
 
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import JSON
+from edge.runtime import Runtime
 
 HEALTH_BODY = b'{"status":"ok"}'
 
@@ -21,7 +22,7 @@ class Health:
         resp.data = HEALTH_BODY
 
 
-def policies_document(runtime: Any) -> dict[str, Any]:
+def policies_document(runtime: Runtime) -> dict[str, Any]:
     snapshot = runtime.snapshots.current()
     if snapshot is None:
         return {"version": "", "generation": 0, "policies": [], "load_errors": []}
@@ -39,7 +40,7 @@ class Policies:
 
     route = "policies"
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     async def __call__(self, req: Any, resp: Any) -> None:
@@ -51,7 +52,7 @@ class Policies:
 class MetricsEndpoint:
     route = "metrics"
 
-    def __init__(self, runtime: Any, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
         self.runtime = runtime
         self.metrics = metrics
 
@@ -63,7 +64,7 @@ class MetricsEndpoint:
         resp.data = data
 
 
-def update_snapshot_gauges(runtime: Any, metrics: Metrics) -> None:
+def update_snapshot_gauges(runtime: Runtime, metrics: Metrics) -> None:
     snapshot = runtime.snapshots.current()
     if snapshot is not None:
         metrics.snapshot_loaded(runtime.generation, len(snapshot.policies))

@@ -27,6 +27,7 @@ from edge.protocols.passthrough import Passthrough
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response
+from edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def worker_share(max_connections: int, workers: int) -> int:
 class Lifespan:
     """Per-worker start-up and shutdown (Falcon calls these for the ASGI lifespan scope)."""
 
-    def __init__(self, runtime: Any, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, upstream: Upstream, metrics: Metrics) -> None:
         self.runtime = runtime
         self.upstream = upstream
         self.metrics = metrics
@@ -145,7 +146,7 @@ DISTRIBUTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def create_app(runtime: Any, distribution: str = "edge") -> DisconnectWatch:
+def create_app(runtime: Runtime, distribution: str = "edge") -> DisconnectWatch:
     """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config

@@ -12,8 +12,6 @@ shape or an internal error forwards the original bytes untouched.
 
 from __future__ import annotations
 
-from typing import Any
-
 from edge.engine.engine import Engine
 from edge.formats.datadog.body import evaluate
 from edge.formats.evaluated import Evaluated
@@ -22,6 +20,7 @@ from edge.policy.model import LOG, METRIC
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import RequestHead, Upstream
+from edge.runtime import Runtime
 
 LOGS_PATH = "/api/v2/logs"
 SERIES_PATH = "/api/v2/series"
@@ -30,7 +29,7 @@ SERIES_PATH = "/api/v2/series"
 class DatadogRoute(OtlpRoute):
     """One Datadog intake endpoint: the OTLP route's request handling with the Datadog codec."""
 
-    def __init__(self, signal: str, route: str, base_url: str, runtime: Any, upstream: Upstream,
+    def __init__(self, signal: str, route: str, base_url: str, runtime: Runtime, upstream: Upstream,
                  metrics: Metrics) -> None:
         super().__init__(signal, base_url, runtime, upstream, metrics)
         self.route = route
@@ -44,7 +43,7 @@ class DatadogRoute(OtlpRoute):
         return evaluate(engine, self.signal, decoded)
 
 
-def datadog_routes(runtime: Any, upstream: Upstream, metrics: Metrics) -> dict[str, dict[str, DatadogRoute]]:
+def datadog_routes(runtime: Runtime, upstream: Upstream, metrics: Metrics) -> dict[str, dict[str, DatadogRoute]]:
     """The Datadog routes of the app: logs go to `logs_url`, series to `metrics_url` (same path and query)."""
     config = runtime.config
     return {

@@ -20,6 +20,7 @@ from edge.protocols.body import client_gone
 from edge.protocols.content_encoding import codec_of, decode, encode
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
+from edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ DROPPED = None  # `OtlpRoute.filter` result: every record was dropped
 class OtlpRoute:
     """One signal's OTLP/HTTP endpoint."""
 
-    def __init__(self, signal: str, base_url: str, runtime: Any, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, signal: str, base_url: str, runtime: Runtime, upstream: Upstream, metrics: Metrics) -> None:
         self.signal = signal
         self.route = f"otlp_{signal}s"
         self.base_url = base_url

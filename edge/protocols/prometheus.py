@@ -29,6 +29,7 @@ from edge.protocols.content_encoding import GZIP, ZSTD, codec_of
 from edge.protocols.passthrough import UpstreamBody
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import Upstream, relay_headers, request_head, request_target, url
+from edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class PrometheusRoute:
 
     route = "prometheus"
 
-    def __init__(self, base_url: str, runtime: Any, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, base_url: str, runtime: Runtime, upstream: Upstream, metrics: Metrics) -> None:
         self.base_url = base_url
         self.runtime = runtime
         self.upstream = upstream
@@ -247,7 +248,7 @@ class PrometheusRoute:
         relay_headers(resp, response.status, response.raw_headers, keep_length=True)
 
 
-def prometheus_routes(runtime: Any, upstream: Upstream, metrics: Metrics
+def prometheus_routes(runtime: Runtime, upstream: Upstream, metrics: Metrics
                       ) -> tuple[dict[str, dict[str, PrometheusRoute]], dict[str, dict[str, PrometheusRoute]]]:
     """(exact routes, prefix routes) of the scrape proxy, for the router."""
     route = PrometheusRoute(runtime.config.metrics_url, runtime, upstream, metrics)

@@ -10,12 +10,13 @@ always kept. Any internal error keeps the whole block (fail-open).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import compress
 
 from edge.engine import bits
 from edge.engine.engine import Engine
+from edge.engine.holder import EngineHolder, SnapshotSource
 from edge.formats.lines.batch import LineBatch, decode_lines
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_file
@@ -55,7 +56,28 @@ class Kept:
     lines: int
 
 
-SnapshotSource = Callable[[], "Snapshot | None"]
+class LastGoodSnapshot:
+    """A snapshot source that answers with the last snapshot it could read when reading fails.
+
+    An unreadable new snapshot must not stop the tail: it keeps evaluating with the
+    previous one (and so with the previous engine) until a read succeeds again.
+    """
+
+    def __init__(self, source: SnapshotSource) -> None:
+        self._source = source
+        self._last: Snapshot | None = None
+
+    def __call__(self) -> Snapshot | None:
+        try:
+            self._last = self._source()
+        except Exception:  # noqa: BLE001 - an unreadable new snapshot: keep evaluating with the last one
+            log.exception("cannot read the current policy snapshot; keeping the previous one")
+        return self._last
+
+
+def has_log_policies(snapshot: Snapshot) -> bool:
+    """Only snapshots with log policies get an engine: without, every line is kept untouched."""
+    return bool(snapshot.targets(LOG))
 
 
 class LineFilter:
@@ -68,9 +90,7 @@ class LineFilter:
 
     def __init__(self, source: SnapshotSource, fmt: str, max_line: int,
                  resource: Mapping[str, str] | None = None) -> None:
-        self.source = source
-        self.snapshot: Snapshot | None = None
-        self.engine: Engine | None = None
+        self._engines = EngineHolder(LastGoodSnapshot(source), wanted=has_log_policies)
         self.format = fmt
         self.max_line = max_line
         self.resource = dict(resource or {})
@@ -80,20 +100,9 @@ class LineFilter:
               resource: Mapping[str, str] | None = None) -> LineFilter:
         return cls(lambda: snapshot, fmt, max_line, resource)
 
-    def _current_engine(self) -> Engine | None:
-        try:
-            snapshot = self.source()
-        except Exception:  # noqa: BLE001 - an unreadable new snapshot: keep evaluating with the last one
-            log.exception("cannot read the current policy snapshot; keeping the previous one")
-            return self.engine
-        if snapshot is not self.snapshot:
-            self.snapshot = snapshot
-            self.engine = Engine(snapshot) if snapshot is not None and snapshot.targets(LOG) else None
-        return self.engine
-
     def apply(self, block: bytes, file_path: str = "") -> Kept:
         """`block` holds complete lines, each ending with a newline."""
-        engine = self._current_engine() if block else None
+        engine = self._engines.engine() if block else None
         if engine is None:
             return Kept(block, block.count(b"\n"))
         lines = block.split(b"\n")
