@@ -390,7 +390,7 @@ class Config:
     max_connections: int = setting(
         256, "requests in flight for the instance; each worker admits its share and answers 503 with "
         "`Retry-After: 1` beyond it; `/_health` and `/_edge/*` are always answered", check=_positive)
-    workers: int = setting(0, "worker processes serving requests", check=_zero_or_more,
+    workers: int = setting(0, "ASGI worker processes; 0 = one per core", check=_zero_or_more,
                            derive=lambda _: os.cpu_count() or 1, default_text="one per core")
     upstream_timeout: float = setting(30.0, "seconds; slower upstreams give 504", check=_timeout)
     tls_insecure_skip_verify: bool = setting(False, "upstream TLS is verified unless set")
