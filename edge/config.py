@@ -192,7 +192,7 @@ def _read(cls: type[_T], raw: Mapping[str, Any], prefix: str, env: Mapping[str, 
               for key in keys if isinstance(key.spec, Setting) and key.name in raw}
     for key in keys:
         if isinstance(key.spec, Section):
-            values[key.name], more = _read_section(key, prefix + key.name, raw.get(key.name), env)
+            values[key.name], more = _read_section(key.spec, key.kind, prefix + key.name, raw.get(key.name), env)
             warnings += more
         elif key.name not in values:
             values[key.name] = key.default
@@ -204,13 +204,14 @@ def _read(cls: type[_T], raw: Mapping[str, Any], prefix: str, env: Mapping[str, 
     return cls(**values), warnings
 
 
-def _read_section(key: Key, path: str, raw: Any, env: Mapping[str, str]) -> tuple[Any, list[str]]:
-    if isinstance(key.spec, Section) and key.spec.read is not None:
-        return key.spec.read(path, raw, env)
+def _read_section(spec: Section, kind: Any, path: str, raw: Any, env: Mapping[str, str]) -> tuple[Any, list[str]]:
+    """A section without a reader of its own is an object of its class's keys; absent or empty: all defaults."""
+    if spec.read is not None:
+        return spec.read(path, raw, env)
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config key {path}: expected an object")
-    return _read(key.kind, raw, f"{path}.", env)
+    return _read(kind, raw, f"{path}.", env)
 
 
 # ── the sections ──
@@ -339,6 +340,7 @@ class S3DumpConfig:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> S3DumpConfig:
+        """The section from its `Config.to_json` form."""
         return msgspec.convert(doc, cls)
 
 
