@@ -1,5 +1,11 @@
 """The proxy's configuration: the keys of EDGE.md, their defaults, env overrides and `${VAR}`.
 
+Every key is declared once, as a field of `Config` or of one of its section classes: the
+field's default and annotation are the key's default and type, and its metadata (`setting`
+for a scalar, `section` for an object or a list) holds the one-line doc, the check, and how
+a default that depends on other keys is derived. `build`, the `TERO_*` overrides and the
+README's config reference (a test compares them) are all read from that declaration.
+
 Order of precedence: command line > environment > file > defaults. Any scalar key can be
 overridden with `TERO_` + its path joined by `_` in upper case (`TERO_LOG_LEVEL`,
 `TERO_PROMETHEUS_MAX_INPUT_BYTES_PER_SCRAPE`). Then `${VAR}` is substituted in every
@@ -12,12 +18,15 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import cache
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
+import msgspec
 import orjson
 
 from edge import __version__
@@ -27,109 +36,123 @@ LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "w
               "error": "error"}
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_METADATA = "edge.config"
+_T = TypeVar("_T")
 
 
 class ConfigError(ValueError):
     """A configuration problem, worded as one line for the operator."""
 
 
-@dataclass(frozen=True)
-class ProviderConfig:
-    id: str
-    type: str  # "file" | "http"
-    path: str = ""
-    url: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    poll_interval: float = 60.0
+# ── the declaration: what a key's field metadata says about it ──
+
+Check = Callable[[str, Any], Any]
+"""Validates a coerced value (and may normalise it); gets the key's dotted path for the error."""
+Derive = Callable[[Mapping[str, Any]], Any]
+"""Computes a key left at its declared default from the other keys of its section."""
+Reader = Callable[[str, Any, Mapping[str, str]], tuple[Any, list[str]]]
+"""Parses a section's raw value (key path, value, environment) into its field value and warnings."""
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
-    name: str = "tero-edge"
-    namespace: str = "tero"
-    version: str = __version__
-    instance_id: str = ""
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """A scalar key (JSON string, number or boolean), overridable as `TERO_<PATH>`."""
+
+    doc: str
+    check: Check | None = None
+    derive: Derive | None = None  # set: the declared default stands for "computed from other keys"
+    default_text: str = ""  # the default as documented, where it is not the literal value
 
 
-@dataclass(frozen=True)
-class PrometheusConfig:
-    max_input_bytes_per_scrape: int = 10_485_760
-    max_output_bytes_per_scrape: int = 10_485_760
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A key holding an object or a list; `read` parses it, None: an object of its class's own keys."""
+
+    doc: str
+    read: Reader | None = None
+    default_text: str = ""
 
 
-@dataclass(frozen=True)
-class S3Target:
-    """Where the s3-dump extension writes; an empty endpoint/region means AWS's defaults."""
+def setting(default: Any, doc: str, *, check: Check | None = None, derive: Derive | None = None,
+            default_text: str = "") -> Any:
+    """Declare a scalar key as a dataclass field."""
+    return field(default=default, metadata={_METADATA: Setting(doc, check, derive, default_text)})
+
+
+def section(factory: Callable[[], Any], doc: str, *, read: Reader | None = None, default_text: str = "") -> Any:
+    """Declare an object or list key as a dataclass field."""
+    return field(default_factory=factory, metadata={_METADATA: Section(doc, read, default_text)})
+
+
+class Key(NamedTuple):
+    """One declared key of a config class, as `build` and the README check read it."""
 
     name: str
-    bucket: str
-    endpoint: str = ""
-    region: str = ""
-    prefix: str = ""
+    kind: Any  # the resolved annotation: a type, or a generic alias such as tuple[X, ...]
+    default: Any  # dataclasses.MISSING for sections (they have a factory)
+    spec: Setting | Section
 
 
-@dataclass(frozen=True)
-class S3DumpConfig:
-    enabled: bool = False
-    targets: tuple[S3Target, ...] = ()
-    flush_interval_ms: int = 5000
-    max_batch_bytes: int = 1_048_576
-    max_batch_records: int = 10_000
-    max_queued_batches: int = 32  # ours: sealed batches waiting for upload; beyond it the oldest is dropped
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> S3DumpConfig:
-        return cls(**{**doc, "targets": tuple(S3Target(**t) for t in doc.get("targets", ()))})
+@cache
+def declared_keys(cls: type) -> tuple[Key, ...]:
+    """The keys of a config class in declaration order (fields without metadata are not keys)."""
+    hints = get_type_hints(cls)
+    return tuple(Key(f.name, hints[f.name], f.default, f.metadata[_METADATA])
+                 for f in fields(cls) if _METADATA in f.metadata)
 
 
-@dataclass(frozen=True)
-class Config:
-    listen_address: str = "127.0.0.1"
-    listen_port: int = 8080
-    upstream_url: str = "http://127.0.0.1:80"
-    logs_url: str = ""
-    metrics_url: str = ""
-    log_level: str = "info"
-    max_body_size: int = 1_048_576
-    max_decoded_bytes: int = 0
-    max_connections: int = 256
-    workers: int = 0
-    upstream_timeout: float = 30.0
-    tls_insecure_skip_verify: bool = False
-    service: ServiceConfig = field(default_factory=ServiceConfig)
-    policy_providers: tuple[ProviderConfig, ...] = ()
-    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
-    s3_dump: S3DumpConfig = field(default_factory=S3DumpConfig)
-    tail: Mapping[str, Any] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-    def to_json(self) -> bytes:
-        """The resolved configuration (what workers read); contains no secrets beyond the file's."""
-        return orjson.dumps(self, default=_plain)
+def env_name(path: tuple[str, ...]) -> str:
+    """`("service", "name")` -> `TERO_SERVICE_NAME`."""
+    return "TERO_" + "_".join(path).upper()
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError
+# ── checks ──
 
 
-# ── schema: key -> (type, default) for scalars, nested sections by name ──
+def _positive(key: str, value: int) -> int:
+    if value <= 0:
+        raise ConfigError(f"config key {key}: must be positive, got {value}")
+    return value
 
-_SCALARS: dict[str, type] = {
-    "listen_address": str, "listen_port": int, "upstream_url": str, "logs_url": str, "metrics_url": str,
-    "log_level": str, "max_body_size": int, "max_decoded_bytes": int, "max_connections": int, "workers": int,
-    "upstream_timeout": float, "tls_insecure_skip_verify": bool,
-}
-_SECTIONS: dict[str, dict[str, type]] = {
-    "service": {"name": str, "namespace": str, "version": str, "instance_id": str},
-    "prometheus": {"max_input_bytes_per_scrape": int, "max_output_bytes_per_scrape": int},
-}
-_S3_DUMP_SCALARS: dict[str, type] = {
-    "enabled": bool, "flush_interval_ms": int, "max_batch_bytes": int, "max_batch_records": int,
-    "max_queued_batches": int,
-}
-_OPAQUE = {"policy_providers", "s3_dump", "tail"}
+
+def _zero_or_more(key: str, value: int) -> int:
+    if value < 0:
+        raise ConfigError(f"config key {key}: must be zero or more, got {value}")
+    return value
+
+
+def _port(key: str, value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"config key {key}: expected 0..65535, got {value}")
+    return value
+
+
+def _timeout(key: str, value: float) -> float:
+    if value <= 0:
+        raise ConfigError(f"config key {key}: must be positive")
+    return value
+
+
+def _log_level(key: str, value: str) -> str:
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"config key {key}: expected debug, info, warn or err, got {value!r}")
+    return LOG_LEVELS[level]
+
+
+def _url(key: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"config key {key}: expected an http(s) URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port number
+    except ValueError:
+        raise ConfigError(f"config key {key}: bad port in {value!r}") from None
+    return value.rstrip("/")
+
+
+def _optional_url(key: str, value: str) -> str:
+    return _url(key, value) if value else value
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
@@ -157,9 +180,257 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     raise ConfigError(f"config key {key}: expected {kind.__name__}, got {value!r}")
 
 
+# ── reading a config class from its sub-document ──
+
+
+def _read(cls: type[_T], raw: Mapping[str, Any], prefix: str, env: Mapping[str, str]) -> tuple[_T, list[str]]:
+    """Unknown keys warned about; every scalar coerced, then checked; sections read; derived defaults last."""
+    keys = declared_keys(cls)
+    names = {key.name for key in keys}
+    warnings = [f"config key {prefix}{k}: unknown, ignored" for k in raw if k not in names]
+    values = {key.name: _coerce(prefix + key.name, raw[key.name], key.kind)
+              for key in keys if isinstance(key.spec, Setting) and key.name in raw}
+    for key in keys:
+        if isinstance(key.spec, Section):
+            values[key.name], more = _read_section(key.spec, key.kind, prefix + key.name, raw.get(key.name), env)
+            warnings += more
+        elif key.name not in values:
+            values[key.name] = key.default
+        elif key.spec.check is not None:
+            values[key.name] = key.spec.check(prefix + key.name, values[key.name])
+    for key in keys:
+        if isinstance(key.spec, Setting) and key.spec.derive is not None and values[key.name] == key.default:
+            values[key.name] = key.spec.derive(values)
+    return cls(**values), warnings
+
+
+def _read_section(spec: Section, kind: Any, path: str, raw: Any, env: Mapping[str, str]) -> tuple[Any, list[str]]:
+    """A section without a reader of its own is an object of its class's keys; absent or empty: all defaults."""
+    if spec.read is not None:
+        return spec.read(path, raw, env)
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {path}: expected an object")
+    return _read(kind, raw, f"{path}.", env)
+
+
+# ── the sections ──
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One entry of `policy_providers`: a policy file to watch or a sync server to poll."""
+
+    id: str
+    type: str  # "file" | "http"
+    path: str = ""
+    url: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    poll_interval: float = 60.0
+
+
+def _providers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], list[str]]:
+    if raw is None:
+        return (), []
+    if not isinstance(raw, list):
+        raise ConfigError(f"config key {key}: expected a list")
+    out = [_provider(f"{key}[{i}]", i, item) for i, item in enumerate(raw)]
+    ids = [p.id for p in out]
+    if len(ids) != len(set(ids)):
+        raise ConfigError(f"config key {key}: provider ids must be unique")
+    return tuple(out), []
+
+
+def _provider(where: str, index: int, item: Any) -> ProviderConfig:
+    if not isinstance(item, dict):
+        raise ConfigError(f"config key {where}: expected an object")
+    kind = item.get("type")
+    if kind not in ("file", "http"):
+        raise ConfigError(f"config key {where}.type: expected file or http, got {kind!r}")
+    ident = str(item.get("id") or f"{kind}-{index}")
+    interval = item.get("poll_interval", item.get("poll_interval_secs", ProviderConfig.poll_interval))
+    interval = _coerce(f"{where}.poll_interval", interval, float)
+    if interval <= 0:
+        raise ConfigError(f"config key {where}.poll_interval: must be positive, got {interval:g}")
+    headers = item.get("headers") or []
+    if not isinstance(headers, list) or not all(isinstance(h, dict) and "name" in h for h in headers):
+        raise ConfigError(f"config key {where}.headers: expected a list of {{name, value}}")
+    if kind == "file":
+        path = item.get("path")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"config key {where}.path: a file provider needs a path")
+        return ProviderConfig(ident, kind, path=path, poll_interval=interval)
+    url = _url(f"{where}.url", str(item.get("url") or ""))
+    return ProviderConfig(ident, kind, url=url, poll_interval=interval,
+                          headers=tuple((str(h["name"]), str(h.get("value", ""))) for h in headers))
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Who this proxy is, as reported to policy servers."""
+
+    name: str = setting("tero-edge", "the `service.name` attribute of sync requests")
+    namespace: str = setting("tero", "the `service.namespace` attribute of sync requests")
+    version: str = setting(__version__, "the `service.version` attribute of sync requests",
+                           default_text="the package version")
+    instance_id: str = setting("", "the `service.instance.id` attribute; a fresh one per start unless set",
+                               derive=lambda _: str(uuid.uuid4()), default_text="generated")
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    """Bounds on a Prometheus scrape, so memory stays bounded whatever the upstream serves."""
+
+    max_input_bytes_per_scrape: int = setting(10_485_760, "scrape bytes read from upstream; 0 = unlimited",
+                                              check=_zero_or_more)
+    max_output_bytes_per_scrape: int = setting(10_485_760, "scrape bytes answered; 0 = unlimited",
+                                               check=_zero_or_more)
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """Where the s3-dump extension writes; an empty endpoint/region means AWS's defaults."""
+
+    name: str
+    bucket: str
+    endpoint: str = ""
+    region: str = ""
+    prefix: str = ""
+
+
+def _s3_targets(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[S3Target, ...], list[str]]:
+    if raw is None:
+        return (), []
+    if not isinstance(raw, list):
+        raise ConfigError(f"config key {key}: expected a list")
+    out = tuple(_s3_target(f"{key}[{i}]", item) for i, item in enumerate(raw))
+    names = [t.name for t in out]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"config key {key}: target names must be unique")
+    return out, []
+
+
+def _s3_target(where: str, item: Any) -> S3Target:
+    if not isinstance(item, dict):
+        raise ConfigError(f"config key {where}: expected an object")
+    values = {f.name: _coerce(f"{where}.{f.name}", item[f.name], str) for f in fields(S3Target)
+              if item.get(f.name) is not None}
+    if not values.get("bucket"):
+        raise ConfigError(f"config key {where}.bucket: a target needs a bucket")
+    values.setdefault("name", values["bucket"])
+    if values.get("endpoint"):
+        values["endpoint"] = _url(f"{where}.endpoint", values["endpoint"])
+    if "prefix" in values:
+        values["prefix"] = values["prefix"].strip("/")
+    return S3Target(**values)
+
+
+@dataclass(frozen=True)
+class S3DumpConfig:
+    """The s3-dump extension: its buckets and how records are batched on their way there."""
+
+    enabled: bool = setting(False, "run the s3-dump extension")
+    targets: tuple[S3Target, ...] = section(tuple, "buckets the extension may write to", read=_s3_targets,
+                                            default_text="none")
+    flush_interval_ms: int = setting(5000, "upload a partial batch after this long", check=_positive)
+    max_batch_bytes: int = setting(1_048_576, "upload a batch once it holds this many bytes", check=_positive)
+    max_batch_records: int = setting(10_000, "upload a batch once it holds this many records", check=_positive)
+    max_queued_batches: int = setting(32, "sealed batches waiting for upload; beyond it the oldest is dropped",
+                                      check=_positive)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> S3DumpConfig:
+        """The section from its `Config.to_json` form."""
+        return msgspec.convert(doc, cls)
+
+
+def _s3_dump(key: str, raw: Any, env: Mapping[str, str]) -> tuple[S3DumpConfig, list[str]]:
+    """The s3_dump section (EDGE.md): absent means off; enabled without a target is an error."""
+    if raw is None:
+        return S3DumpConfig(), []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected an object")
+    config, warnings = _read(S3DumpConfig, raw, f"{key}.", env)
+    if config.enabled and not config.targets:
+        raise ConfigError(f"config key {key}.targets: {key} is enabled but names no target")
+    return config, warnings
+
+
+def _tail(key: str, raw: Any, env: Mapping[str, str]) -> tuple[Mapping[str, Any], list[str]]:
+    """Validate the tail worker's section with edge-tail's own checks; kept as written for the worker."""
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected an object")
+    try:
+        settings = from_mapping(raw, env)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    if raw and (settings.stdin_mode or "-" in settings.paths):
+        raise ConfigError(f"config key {key}.paths: the tail worker needs a list of files or globs to tail")
+    return raw, [f"config key {key}.{k}: unknown, ignored" for k in unknown_keys(raw)]
+
+
+# ── the whole configuration (field order = the README reference's row order) ──
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration the supervisor validates and hands to every worker."""
+
+    listen_address: str = setting("127.0.0.1", "address the proxy listens on")
+    listen_port: int = setting(8080, "port the proxy listens on", check=_port)
+    upstream_url: str = setting("http://127.0.0.1:80", "passthrough and traces", check=_url)
+    logs_url: str = setting("", "OTLP logs and Datadog logs", check=_optional_url,
+                            derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    metrics_url: str = setting("", "OTLP metrics, Datadog series, Prometheus scrapes", check=_optional_url,
+                               derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    log_level: str = setting("info", "debug, info, warn, err; JSON lines on stderr", check=_log_level)
+    max_body_size: int = setting(1_048_576, "raw request bytes; more is 413", check=_positive)
+    max_decoded_bytes: int = setting(0, "after decompression; more is forwarded unfiltered", check=_zero_or_more,
+                                     derive=itemgetter("max_body_size"), default_text="`max_body_size`")
+    max_connections: int = setting(
+        256, "requests in flight for the instance; each worker admits its share and answers 503 with "
+        "`Retry-After: 1` beyond it; `/_health` and `/_edge/*` are always answered", check=_positive)
+    workers: int = setting(0, "ASGI worker processes; 0 = one per core", check=_zero_or_more,
+                           derive=lambda _: os.cpu_count() or 1, default_text="one per core")
+    upstream_timeout: float = setting(30.0, "seconds; slower upstreams give 504", check=_timeout)
+    tls_insecure_skip_verify: bool = setting(False, "upstream TLS is verified unless set")
+    service: ServiceConfig = section(ServiceConfig, "reported to policy servers")
+    policy_providers: tuple[ProviderConfig, ...] = section(
+        tuple, "`{id, type: file, path}` (reloaded within 2 s of a change; a broken file keeps the last good "
+        "policies) or `{id, type: http, url, headers: [{name, value}], poll_interval}` (sync protocol, JSON; "
+        "backoff with jitter on failure); http wins over file for the same policy id",
+        read=_providers, default_text="none")
+    prometheus: PrometheusConfig = section(
+        PrometheusConfig, "0 = unlimited; the scrape ends at a line boundary, logged and counted in "
+        "`edge_prometheus_scrapes_truncated_total`")
+    s3_dump: S3DumpConfig = section(
+        S3DumpConfig, "`targets: [{name, bucket, endpoint, region, prefix}]`; see "
+        "[s3-dump](#the-s3-dump-extension)", read=_s3_dump)
+    tail: Mapping[str, Any] = section(
+        dict, "edge-tail's options (long flag names with `_`) plus `paths: [...]`: the supervisor runs the tail "
+        "pipeline as a child process, restarts it if it dies and stops it with SIGTERM; it uses the section's "
+        "`policy` file, else the proxy's policies", read=_tail, default_text="none")
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        """The resolved configuration (what workers read); contains no secrets beyond the file's."""
+        return orjson.dumps(self, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError
+
+
+# ── building: environment, command line, `${VAR}`, then the declaration ──
+
+
 def substitute(text: str, env: Mapping[str, str], key: str) -> str:
     """`${VAR}` -> env value (unset -> ""), `$${` -> `${`; malformed -> ConfigError."""
-    def replace(m: re.Match[str]) -> str:
+    def replace_var(m: re.Match[str]) -> str:
         token = m.group(0)
         if token == "$${":
             return "${"
@@ -167,7 +438,7 @@ def substitute(text: str, env: Mapping[str, str], key: str) -> str:
         if name is None or not _VAR_NAME.match(name):
             raise ConfigError(f"config key {key}: bad variable reference {token!r} in {text!r}")
         return env.get(name, "")
-    return _VAR.sub(replace, text)
+    return _VAR.sub(replace_var, text)
 
 
 def _substitute_all(value: Any, env: Mapping[str, str], key: str) -> Any:
@@ -180,129 +451,25 @@ def _substitute_all(value: Any, env: Mapping[str, str], key: str) -> Any:
     return value
 
 
+def _scalar_paths(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every scalar key, nested ones included: the keys `TERO_*` variables can override."""
+    for key in declared_keys(cls):
+        if isinstance(key.spec, Setting):
+            yield (*prefix, key.name)
+        elif is_dataclass(key.kind):
+            yield from _scalar_paths(key.kind, (*prefix, key.name))
+
+
 def _env_overrides(doc: dict[str, Any], env: Mapping[str, str]) -> None:
-    for key in _SCALARS:
-        name = "TERO_" + key.upper()
+    for path in _scalar_paths(Config):
+        name = env_name(path)
         if name in env:
-            doc[key] = env[name]
-    for section, keys in {**_SECTIONS, "s3_dump": _S3_DUMP_SCALARS}.items():
-        for key in keys:
-            name = f"TERO_{section}_{key}".upper()
-            if name in env:
-                sub = doc.get(section)
-                doc[section] = sub = dict(sub) if isinstance(sub, dict) else {}
-                sub[key] = env[name]
-
-
-def _positive(key: str, value: int, allow_zero: bool = False) -> int:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"config key {key}: must be {'zero or more' if allow_zero else 'positive'}, got {value}")
-    return value
-
-
-def _url(key: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"config key {key}: expected an http(s) URL, got {value!r}")
-    try:
-        parts.port  # noqa: B018 - validates the port number
-    except ValueError:
-        raise ConfigError(f"config key {key}: bad port in {value!r}") from None
-    return value.rstrip("/")
-
-
-def _providers(raw: Any) -> tuple[ProviderConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError("config key policy_providers: expected a list")
-    out = []
-    for i, item in enumerate(raw):
-        where = f"policy_providers[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"config key {where}: expected an object")
-        kind = item.get("type")
-        if kind not in ("file", "http"):
-            raise ConfigError(f"config key {where}.type: expected file or http, got {kind!r}")
-        ident = str(item.get("id") or f"{kind}-{i}")
-        interval = item.get("poll_interval", item.get("poll_interval_secs", 60))
-        interval = _coerce(f"{where}.poll_interval", interval, float)
-        if interval <= 0:
-            raise ConfigError(f"config key {where}.poll_interval: must be positive, got {interval:g}")
-        headers = item.get("headers") or []
-        if not isinstance(headers, list) or not all(isinstance(h, dict) and "name" in h for h in headers):
-            raise ConfigError(f"config key {where}.headers: expected a list of {{name, value}}")
-        if kind == "file":
-            path = item.get("path")
-            if not isinstance(path, str) or not path:
-                raise ConfigError(f"config key {where}.path: a file provider needs a path")
-            out.append(ProviderConfig(ident, kind, path=path, poll_interval=interval))
-        else:
-            url = _url(f"{where}.url", str(item.get("url") or ""))
-            out.append(ProviderConfig(ident, kind, url=url, poll_interval=interval,
-                                      headers=tuple((str(h["name"]), str(h.get("value", ""))) for h in headers)))
-    ids = [p.id for p in out]
-    if len(ids) != len(set(ids)):
-        raise ConfigError("config key policy_providers: provider ids must be unique")
-    return tuple(out)
-
-
-def _s3_targets(raw: Any) -> tuple[S3Target, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError("config key s3_dump.targets: expected a list")
-    out = []
-    for i, item in enumerate(raw):
-        where = f"s3_dump.targets[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"config key {where}: expected an object")
-        values = {k: _coerce(f"{where}.{k}", item[k], str) for k in ("name", "bucket", "endpoint", "region", "prefix")
-                  if item.get(k) is not None}
-        if not values.get("bucket"):
-            raise ConfigError(f"config key {where}.bucket: a target needs a bucket")
-        values.setdefault("name", values["bucket"])
-        if values.get("endpoint"):
-            values["endpoint"] = _url(f"{where}.endpoint", values["endpoint"])
-        values["prefix"] = values.get("prefix", "").strip("/")
-        out.append(S3Target(**values))
-    names = [t.name for t in out]
-    if len(names) != len(set(names)):
-        raise ConfigError("config key s3_dump.targets: target names must be unique")
-    return tuple(out)
-
-
-def _s3_dump(raw: Any) -> tuple[S3DumpConfig, list[str]]:
-    """The s3_dump section (EDGE.md); enabled without a target is an error, numbers must be positive."""
-    if raw is None:
-        return S3DumpConfig(), []
-    if not isinstance(raw, dict):
-        raise ConfigError("config key s3_dump: expected an object")
-    known = {*_S3_DUMP_SCALARS, "targets"}
-    warnings = [f"config key s3_dump.{k}: unknown, ignored" for k in raw if k not in known]
-    values = {k: _coerce(f"s3_dump.{k}", raw[k], kind) for k, kind in _S3_DUMP_SCALARS.items() if k in raw}
-    for key, value in values.items():
-        if key != "enabled":
-            _positive(f"s3_dump.{key}", value)
-    config = S3DumpConfig(**values, targets=_s3_targets(raw.get("targets")))
-    if config.enabled and not config.targets:
-        raise ConfigError("config key s3_dump.targets: s3_dump is enabled but names no target")
-    return config, warnings
-
-
-def _tail(raw: Any, env: Mapping[str, str]) -> list[str]:
-    """Validate the tail worker's section with edge-tail's own checks; warnings for unknown keys."""
-    if raw is None:
-        return []
-    if not isinstance(raw, dict):
-        raise ConfigError("config key tail: expected an object")
-    try:
-        settings = from_mapping(raw, env)
-    except SettingsError as exc:
-        raise ConfigError(str(exc)) from None
-    if raw and (settings.stdin_mode or "-" in settings.paths):
-        raise ConfigError("config key tail.paths: the tail worker needs a list of files or globs to tail")
-    return [f"config key tail.{k}: unknown, ignored" for k in unknown_keys(raw)]
+            target = doc
+            for section_name in path[:-1]:
+                sub = target.get(section_name)
+                target[section_name] = dict(sub) if isinstance(sub, dict) else {}
+                target = target[section_name]
+            target[path[-1]] = env[name]
 
 
 def build(doc: Any, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -316,53 +483,18 @@ def build(doc: Any, env: Mapping[str, str] | None = None, overrides: Mapping[str
     _env_overrides(doc, env)
     doc.update(overrides or {})
     doc = {k: _substitute_all(v, env, k) for k, v in doc.items()}
-    warnings = [f"config key {k}: unknown, ignored" for k in doc
-                if k not in _SCALARS and k not in _SECTIONS and k not in _OPAQUE]
-    values: dict[str, Any] = {k: _coerce(k, doc[k], kind) for k, kind in _SCALARS.items() if k in doc}
-    for section, keys in _SECTIONS.items():
-        sub = doc.get(section) or {}
-        if not isinstance(sub, dict):
-            raise ConfigError(f"config key {section}: expected an object")
-        warnings += [f"config key {section}.{k}: unknown, ignored" for k in sub if k not in keys]
-        values[section] = {k: _coerce(f"{section}.{k}", sub[k], kind) for k, kind in keys.items() if k in sub}
-    level = str(values.get("log_level", "info")).strip().lower()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"config key log_level: expected debug, info, warn or err, got {values['log_level']!r}")
-    values["log_level"] = LOG_LEVELS[level]
-    port = values.get("listen_port", 8080)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"config key listen_port: expected 0..65535, got {port}")
-    upstream = _url("upstream_url", values.get("upstream_url", "http://127.0.0.1:80"))
-    values["upstream_url"] = upstream
-    for key in ("logs_url", "metrics_url"):
-        values[key] = _url(key, values[key]) if values.get(key) else upstream
-    body = _positive("max_body_size", values.get("max_body_size", 1_048_576))
-    values["max_decoded_bytes"] = _positive("max_decoded_bytes", values.get("max_decoded_bytes", 0),
-                                            allow_zero=True) or body
-    _positive("max_connections", values.get("max_connections", 256))
-    values["workers"] = _positive("workers", values.get("workers", 0), allow_zero=True) or (os.cpu_count() or 1)
-    if values.get("upstream_timeout", 30.0) <= 0:
-        raise ConfigError("config key upstream_timeout: must be positive")
-    service = values.pop("service")
-    service.setdefault("instance_id", str(uuid.uuid4()))
-    prometheus = values.pop("prometheus")
-    for key, value in prometheus.items():
-        _positive(f"prometheus.{key}", value, allow_zero=True)
-    warnings += _tail(doc.get("tail"), env)
-    s3_dump, s3_warnings = _s3_dump(doc.get("s3_dump"))
-    return Config(**values, service=ServiceConfig(**service), prometheus=PrometheusConfig(**prometheus),
-                  policy_providers=_providers(doc.get("policy_providers")),
-                  s3_dump=s3_dump, tail=doc.get("tail") or {}, warnings=tuple(warnings + s3_warnings))
+    config, warnings = _read(Config, doc, "", env)
+    return replace(config, warnings=tuple(warnings))
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
     """A relative provider path means the working directory if it exists there, else the config's folder."""
-    providers = []
-    for p in config.policy_providers:
-        if p.type == "file" and not Path(p.path).is_absolute() and not Path(p.path).exists():
-            p = ProviderConfig(**{**p.__dict__, "path": str(base / p.path)})
-        providers.append(p)
-    return Config(**{**config.__dict__, "policy_providers": tuple(providers)})
+    def resolve(provider: ProviderConfig) -> ProviderConfig:
+        path = Path(provider.path)
+        if provider.type != "file" or path.is_absolute() or path.exists():
+            return provider
+        return replace(provider, path=str(base / path))
+    return replace(config, policy_providers=tuple(map(resolve, config.policy_providers)))
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None,
@@ -384,10 +516,4 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None,
 
 def from_json(data: bytes) -> Config:
     """The inverse of `Config.to_json` (the supervisor hands workers the resolved config)."""
-    doc = orjson.loads(data)
-    return Config(**{**doc, "service": ServiceConfig(**doc["service"]),
-                     "prometheus": PrometheusConfig(**doc["prometheus"]),
-                     "policy_providers": tuple(ProviderConfig(**{**p, "headers": tuple(map(tuple, p["headers"]))})
-                                               for p in doc["policy_providers"]),
-                     "s3_dump": S3DumpConfig.from_dict(doc["s3_dump"]),
-                     "warnings": tuple(doc["warnings"])})
+    return msgspec.convert(orjson.loads(data), Config)

@@ -1,10 +1,11 @@
 """edge-tail settings: the flags of EDGE.md, a JSON config file, `TERO_*` overrides.
 
-Every option is declared once in `OPTIONS`; the command line, the `-c` file, the
-environment and the supervisor's `tail` config section are all read through it, so a
-value is validated the same way wherever it comes from and an error names where the
-bad value came from (`--poll-ms`, `TERO_POLL_MS`, `config key poll_ms`). Precedence:
-command line > environment > file > defaults.
+Every option is declared once, as a field of `TailSettings` (default, kind, help, flags);
+`OPTIONS` lists them, and the command line, the `-c` file, the environment and the
+supervisor's `tail` config section are all read through it, so a value is validated the
+same way wherever it comes from and an error names where the bad value came from
+(`--poll-ms`, `TERO_POLL_MS`, `config key poll_ms`). Precedence: command line >
+environment > file > defaults.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import argparse
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
 
 STDIO = "-"
+_OPTION = "edge.tail.option"  # the TailSettings field metadata that makes a field an option
 
 
 class SettingsError(ValueError):
@@ -43,75 +45,65 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("output", "text", STDIO, "output file (appended to) or - for stdout", short="-o"),
-    Option("read_from", "choice", "tail", "start position of files present at startup",
-           choices=("head", "tail", "checkpoint")),
-    Option("format", "choice", "raw", "how lines map to policy fields", short="-f",
-           choices=("raw", "json", "logfmt")),
-    Option("policy", "text", "", "policy file (JSON or YAML)", short="-p"),
-    Option("io_engine", "choice", "auto", "file watcher backend", choices=("auto", "inotify", "poll")),
-    Option("poll_ms", "count", 200, "poll interval"),
-    Option("glob_interval_ms", "count", 5000, "glob re-expansion interval"),
-    Option("rotate_wait_ms", "count", 5000, "keep draining a rotated file this long"),
-    Option("removed_expire_ms", "count", 60000, "forget vanished files after this long"),
-    Option("checkpoint_interval_ms", "count", 5000, "checkpoint flush cadence"),
-    Option("checkpoint_sync_batch", "count", 64, "checkpoint WAL records per fsync"),
-    Option("checkpoint_snapshot_interval_ms", "count", 60000, "checkpoint snapshot + WAL truncation cadence"),
-    Option("checkpoint_ttl_ms", "count", 259_200_000, "forget checkpoints not updated this long"),
-    Option("checkpoint_max_slots", "count", 256, "tracked files in the checkpoint store; oldest evicted"),
-    Option("state_dir", "text", ".tero", "checkpoint directory"),
-    Option("read_buf", "count", 65536, "bytes per read() call"),
-    Option("max_line", "count", 262144, "longer lines pass through unevaluated"),
-    Option("write_buf", "count", 65536, "output buffer bytes"),
-    Option("flush_interval_ms", "count", 100, "output flush cadence"),
-    Option("flush_lines", "count", 1024, "flush after this many lines"),
-    Option("forward_url", "url", "", "send lines as OTLP/HTTP logs to this URL instead of --output"),
-    Option("forward_format", "choice", "protobuf", "OTLP encoding when forwarding", choices=("protobuf", "json")),
-    Option("batch_lines", "count", 1000, "log records per forwarded request"),
-    Option("batch_interval_ms", "count", 1000, "send a partial forward batch after this long"),
-    Option("resource", "pairs", (), "resource attribute key=value for forwarded logs (repeatable)"),
-    Option("verbose", "flag", False, "log at debug level", short="-v"),
-)
-BY_NAME = {o.name: o for o in OPTIONS}
+class _Declared(NamedTuple):
+    """What a TailSettings field says about its option beyond its name and default."""
+
+    kind: str
+    help: str
+    short: str
+    choices: tuple[str, ...]
+
+
+def _option(default: Any, kind: str, help: str, *, short: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """A TailSettings field that is also an option: a flag, a `-c` file key and a `TERO_*` variable."""
+    return field(default=default, metadata={_OPTION: _Declared(kind, help, short, choices)})
 
 
 @dataclass(frozen=True, slots=True)
 class TailSettings:
-    """Resolved, validated edge-tail settings (field names = option names)."""
+    """Resolved, validated edge-tail settings; each option is declared here, once (field name = option name)."""
 
     paths: tuple[str, ...] = ()
-    output: str = STDIO
-    read_from: str = "tail"
-    format: str = "raw"
-    policy: str = ""
-    io_engine: str = "auto"
-    poll_ms: int = 200
-    glob_interval_ms: int = 5000
-    rotate_wait_ms: int = 5000
-    removed_expire_ms: int = 60000
-    checkpoint_interval_ms: int = 5000
-    checkpoint_sync_batch: int = 64
-    checkpoint_snapshot_interval_ms: int = 60000
-    checkpoint_ttl_ms: int = 259_200_000
-    checkpoint_max_slots: int = 256
-    state_dir: str = ".tero"
-    read_buf: int = 65536
-    max_line: int = 262144
-    write_buf: int = 65536
-    flush_interval_ms: int = 100
-    flush_lines: int = 1024
-    forward_url: str = ""
-    forward_format: str = "protobuf"
-    batch_lines: int = 1000
-    batch_interval_ms: int = 1000
-    resource: tuple[tuple[str, str], ...] = ()
-    verbose: bool = False
+    output: str = _option(STDIO, "text", "output file (appended to) or - for stdout", short="-o")
+    read_from: str = _option("tail", "choice", "start position of files present at startup",
+                             choices=("head", "tail", "checkpoint"))
+    format: str = _option("raw", "choice", "how lines map to policy fields", short="-f",
+                          choices=("raw", "json", "logfmt"))
+    policy: str = _option("", "text", "policy file (JSON or YAML)", short="-p")
+    io_engine: str = _option("auto", "choice", "file watcher backend", choices=("auto", "inotify", "poll"))
+    poll_ms: int = _option(200, "count", "poll interval")
+    glob_interval_ms: int = _option(5000, "count", "glob re-expansion interval")
+    rotate_wait_ms: int = _option(5000, "count", "keep draining a rotated file this long")
+    removed_expire_ms: int = _option(60000, "count", "forget vanished files after this long")
+    checkpoint_interval_ms: int = _option(5000, "count", "checkpoint flush cadence")
+    checkpoint_sync_batch: int = _option(64, "count", "checkpoint WAL records per fsync")
+    checkpoint_snapshot_interval_ms: int = _option(60000, "count", "checkpoint snapshot + WAL truncation cadence")
+    checkpoint_ttl_ms: int = _option(259_200_000, "count", "forget checkpoints not updated this long")
+    checkpoint_max_slots: int = _option(256, "count", "tracked files in the checkpoint store; oldest evicted")
+    state_dir: str = _option(".tero", "text", "checkpoint directory")
+    read_buf: int = _option(65536, "count", "bytes per read() call")
+    max_line: int = _option(262144, "count", "longer lines pass through unevaluated")
+    write_buf: int = _option(65536, "count", "output buffer bytes")
+    flush_interval_ms: int = _option(100, "count", "output flush cadence")
+    flush_lines: int = _option(1024, "count", "flush after this many lines")
+    forward_url: str = _option("", "url", "send lines as OTLP/HTTP logs to this URL instead of --output")
+    forward_format: str = _option("protobuf", "choice", "OTLP encoding when forwarding",
+                                  choices=("protobuf", "json"))
+    batch_lines: int = _option(1000, "count", "log records per forwarded request")
+    batch_interval_ms: int = _option(1000, "count", "send a partial forward batch after this long")
+    resource: tuple[tuple[str, str], ...] = _option(
+        (), "pairs", "resource attribute key=value for forwarded logs (repeatable)")
+    verbose: bool = _option(False, "flag", "log at debug level", short="-v")
     explicit_output: bool = field(default=False, compare=False)
 
     @property
     def stdin_mode(self) -> bool:
         return not self.paths or self.paths == (STDIO,)
+
+
+OPTIONS: tuple[Option, ...] = tuple(Option(f.name, default=f.default, **f.metadata[_OPTION]._asdict())
+                                    for f in fields(TailSettings) if _OPTION in f.metadata)
+BY_NAME = {o.name: o for o in OPTIONS}
 
 
 # ── value checks (one per kind) ──
