@@ -1,10 +1,11 @@
 """Prometheus scrape filter throughput: exposition lines per CPU-second, one core.
 
-    python benchmarks/prometheus.py [--series 20000] [--seconds 3] [--chunk 262144]
+    python benchmarks/prometheus.py [--series 20000] [--seconds 1] [--windows 3] [--chunk 262144]
+                                    [--mixes names,labels,dense-labels,none-match]
 
 Builds an exposition shaped like a busy service's /metrics (HTTP counters and latency
 histograms with method/code/handler/instance labels, summaries, Go runtime gauges, a few
-deprecated and debug families; ~117 bytes a line) and runs it through
+deprecated and debug families; every sample line carries a timestamp) and runs it through
 `edge.formats.prometheus.exposition.ScrapeFilter` in chunks of the size the proxy reads from the upstream
 (`edge.protocols.prometheus.READ_SIZE`), with four policy mixes:
 
@@ -15,9 +16,19 @@ deprecated and debug families; ~117 bytes a line) and runs it through
   family, so most lines' label values have to be read;
 - `none-match`: ten policies on names that never occur (the cost of looking).
 
-Reports lines per CPU-second (the per-core figure: a shared VM's wall clock also counts
-time given to others) as the median and the best of repeated scrapes, lines out and the
-share of output bytes.
+Every scrape gets a fresh exposition: the same series with a new timestamp on every
+sample line, as a real target answers, so no two scrapes of a run are the same bytes.
+(The filter's verdict cache is keyed on the series name and its family, which repeat from
+scrape to scrape in real life too; it is kept warm between scrapes, and "1st scrape" shows
+the cost right after a snapshot change, when it is empty.)
+
+The floor, measured in the same run: the same streaming filter with no policies at all
+(split into lines, find every name, reassemble). Each of `--windows` windows scrapes
+with the floor for `--seconds`/2, then with the mix for `--seconds`; "of floor" is the
+median of the paired ratios. Reported: lines per CPU-second (the per-core figure: a
+shared VM's wall clock also counts time given to others) as the median window
+(headline) and the best, the floor's median, the first scrape after the policies were
+(re)built, lines out and the share of output bytes.
 """
 
 from __future__ import annotations
@@ -27,10 +38,12 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import median_best  # noqa: E402
 from edge.engine.engine import Engine  # noqa: E402
 from edge.formats.prometheus.exposition import ScrapeFilter  # noqa: E402
 from edge.memory import tune_gc  # noqa: E402
@@ -51,8 +64,17 @@ def _labels(rng: random.Random, s: int) -> str:
             f'instance="{instance}"')
 
 
+TIMESTAMP = 1_700_000_000_000  # ms, on every sample line; `fresh()` moves it on per scrape
+_TIMESTAMP_END = f" {TIMESTAMP}\n".encode()
+
+
+def fresh(template: bytes, scrape: int) -> bytes:
+    """The exposition of scrape number `scrape`: every sample's timestamp 15 s later per scrape."""
+    return template.replace(_TIMESTAMP_END, f" {TIMESTAMP + 15_000 * scrape}\n".encode())
+
+
 def make_exposition(series: int, seed: int = 3) -> bytes:
-    """About `series` x 6 lines of Prometheus text format."""
+    """About `series` x 6 lines of Prometheus text format; every sample line ends with TIMESTAMP."""
     rng = random.Random(seed)
     out: list[str] = []
     families = 48
@@ -88,7 +110,8 @@ def make_exposition(series: int, seed: int = 3) -> bytes:
         out.append(f"# TYPE go_gc_duration_{g}_seconds summary")
         for q in ("0", "0.25", "0.5", "0.75", "1"):
             out.append(f'go_gc_duration_{g}_seconds{{quantile="{q}"}} {rng.random():.9f}')
-    return ("\n".join(out) + "\n").encode()
+    stamped = (line if line.startswith("#") else f"{line} {TIMESTAMP}" for line in out)
+    return ("\n".join(stamped) + "\n").encode()
 
 
 def _drop(pid: str, *match: dict) -> dict:
@@ -135,63 +158,106 @@ MIXES = {"names": NAME_POLICIES, "labels": LABEL_POLICIES, "dense-labels": DENSE
          "none-match": NO_MATCH_POLICIES}
 
 
-def run_once(engine: Engine, chunks: list[bytes]) -> tuple[int, ScrapeFilter]:
+class Scrapes:
+    """Fresh expositions, cut into the proxy's read size; a number never repeats within a run."""
+
+    def __init__(self, template: bytes, chunk: int) -> None:
+        self.template = template
+        self.chunk = chunk
+        self.lines = template.count(b"\n")
+        self.number = 0
+
+    def next(self) -> list[bytes]:
+        self.number += 1
+        body = fresh(self.template, self.number)
+        return [body[i:i + self.chunk] for i in range(0, len(body), self.chunk)]
+
+
+def run_once(engine: Engine, chunks: list[bytes]) -> list[bytes]:
+    """One scrape through the filter, as the proxy feeds it; the output pieces."""
     scrape = ScrapeFilter(engine)
-    size = 0
+    out = []
     for chunk in chunks:
-        size += len(scrape.feed(chunk))
+        out.append(scrape.feed(chunk))
         scrape.drain()
-    size += len(scrape.finish())
+    out.append(scrape.finish())
     scrape.drain()
     if scrape.unfiltered:
         raise SystemExit("the filter failed and forwarded the exposition unfiltered: see the log above")
-    return size, scrape
+    return out
 
 
-def measure(engine: Engine, chunks: list[bytes], seconds: float) -> tuple[float, float, int]:
-    """(median, best) lines per CPU-second over repeated scrapes for at least `seconds`; output bytes.
+def timed(engine: Engine, chunks: list[bytes]) -> float:
+    """CPU seconds of one scrape (only the filter: the exposition was made beforehand)."""
+    cpu = time.process_time()
+    run_once(engine, chunks)
+    return time.process_time() - cpu
 
-    Each scrape is timed on the process CPU clock; on a shared machine the median shows the
-    typical cost and the best run the cost without interference from other processes.
+
+def window(engine: Engine, scrapes: Scrapes, seconds: float) -> tuple[float, float]:
+    """(lines/CPU-s of the first scrape, lines/CPU-s of the scrapes after it) for `seconds` of wall time.
+
+    The first scrape fills the verdict cache of the snapshot (one is kept per process, so
+    switching between the floor and a mix empties it); the ones after it find it warm.
     """
-    lines = sum(c.count(b"\n") for c in chunks)
-    size, _ = run_once(engine, chunks)  # warm the per-snapshot caches, as a second scrape finds them
-    times: list[float] = []
+    first = timed(engine, scrapes.next())
+    cpu, runs = 0.0, 0
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 3:
-        cpu = time.process_time()
-        run_once(engine, chunks)
-        times.append(time.process_time() - cpu)
-    return lines / statistics.median(times), lines / min(times), size
+    while time.perf_counter() < deadline or runs < 2:
+        cpu += timed(engine, scrapes.next())
+        runs += 1
+    return scrapes.lines / first, scrapes.lines * runs / cpu
+
+
+@dataclass
+class Row:
+    rates: list[float]  # lines/CPU-s of each mix window
+    floors: list[float]  # of the paired floor windows
+    firsts: list[float]  # first scrape of each mix window
+    lines_out: int
+    bytes_out: int
+
+
+def measure(engine: Engine, floor: Engine, scrapes: Scrapes, seconds: float, windows: int) -> Row:
+    rates, floors, firsts = [], [], []
+    for _ in range(windows):
+        floors.append(window(floor, scrapes, seconds / 2)[1])
+        first, rate = window(engine, scrapes, seconds)
+        firsts.append(first)
+        rates.append(rate)
+    out = b"".join(run_once(engine, scrapes.next()))
+    return Row(rates, floors, firsts, out.count(b"\n"), len(out))
+
+
+def _engine(policies: list[dict]) -> Engine:
+    return Engine(compile_policies(load_document({"policies": policies}).policies))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--series", type=int, default=20_000)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--chunk", type=int, default=READ_SIZE)
-    parser.add_argument("--mixes", default=",".join(MIXES))
+    parser.add_argument("--series", type=int, default=20_000, help="labelled series (about 6 lines each)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one mix window (floor: half)")
+    parser.add_argument("--windows", type=int, default=3, help="windows per mix (median and best are shown)")
+    parser.add_argument("--chunk", type=int, default=READ_SIZE, help="bytes fed to the filter at once")
+    parser.add_argument("--mixes", default=",".join(MIXES), help="policy mixes to run, comma-separated")
     args = parser.parse_args()
 
     tune_gc()  # as every worker runs
-    body = make_exposition(args.series)
-    chunks = [body[i:i + args.chunk] for i in range(0, len(body), args.chunk)]
-    lines = body.count(b"\n")
-    print(f"exposition: {lines:,} lines, {len(body) / 1e6:.1f} MB, chunks of {args.chunk // 1024} KiB")
-    print(f"{'policies':12} {'lines/s/core':>13} {'(best run)':>11} {'lines out':>10} {'bytes out':>9}")
+    template = make_exposition(args.series)
+    scrapes = Scrapes(template, args.chunk)
+    floor = _engine([])
+    print(f"exposition: {scrapes.lines:,} lines, {len(template) / 1e6:.1f} MB ({len(template) / scrapes.lines:.0f} "
+          f"bytes a line), chunks of {args.chunk // 1024} KiB, a fresh one every scrape")
+    print(f"{'policies':12} {'lines/s/core':>13} {'(best)':>11} {'floor':>11} {'of floor':>8} {'1st scrape':>11} "
+          f"{'lines out':>10} {'bytes out':>9}")
     for mix in args.mixes.split(","):
-        loaded = load_document({"policies": MIXES[mix]})
-        engine = Engine(compile_policies(loaded.policies))
-        rate, best, size = measure(engine, chunks, args.seconds)
-        kept_lines = _output_lines(engine, chunks)
-        print(f"{mix:12} {rate:13,.0f} {best:11,.0f} {kept_lines:10,} {size / len(body):9.0%}")
+        row = measure(_engine(MIXES[mix]), floor, scrapes, args.seconds, args.windows)
+        median, best = median_best(row.rates)
+        share = statistics.median(r / f for r, f in zip(row.rates, row.floors, strict=True))
+        print(f"{mix:12} {median:13,.0f} {best:11,.0f} {statistics.median(row.floors):11,.0f} {share:8.0%} "
+              f"{statistics.median(row.firsts):11,.0f} {row.lines_out:10,} {row.bytes_out / len(template):9.0%}")
         sys.stdout.flush()
     return 0
-
-
-def _output_lines(engine: Engine, chunks: list[bytes]) -> int:
-    scrape = ScrapeFilter(engine)
-    return sum(scrape.feed(c).count(b"\n") for c in chunks) + scrape.finish().count(b"\n")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,31 @@
 """Proxy throughput: edge vs nginx as a plain reverse proxy, same upstream, same load.
 
-    python benchmarks/proxy.py [--seconds 10] [--connections 32] [--workers 2] [--floor]
+    python benchmarks/proxy.py [--seconds 5] [--windows 3] [--connections 32] [--workers 2] [--floor]
 
 Starts (all on loopback, all stopped at the end):
-- an upstream: nginx answering 200 `{}` to every POST (fast, so the proxies are measured);
-- edge (`python -m supervisor.main`) with the ten core policies of benchmarks/engine.py;
+- a counting upstream: nginx reading every request body, logging its length
+  (`$request_length`, `$content_length`) and answering 200 `{}`;
+- edge (`python -m supervisor.main`) with the ten core policies of benchmarks/engine.py,
+  loaded before any load starts (the benchmark polls `/_edge/policies?format=json` until
+  their ids are listed: a load before that would measure raw passthrough);
 - nginx as a plain reverse proxy to the same upstream;
-then drives each proxy with `wrk` POSTing OTLP/JSON logs of ~4 KB and ~1 MB and reports
-req/s, p50/p99 latency, MB/s, edge's req/s as a ratio of nginx's, and edge's total RSS
+then drives each proxy with `wrk` POSTing two OTLP/JSON logs bodies (10 and 2,400
+records; the table names each by its measured size) for `--seconds` per window, the
+proxies taking turns within each of `--windows` windows so that a busy neighbour slows
+them all alike.
+
+Reported per body and proxy: req/s as the median window (headline) and the best, p50 and
+p99 latency (medians), and the body bytes the upstream received per request and per
+second. nginx forwards every record; edge forwards what its policies keep, so it sends
+fewer bytes upstream per request: the record counts edge's policies keep of each body are
+printed above its table. Then edge's req/s as a share of nginx's and edge's total RSS
 (supervisor + gunicorn master + workers). With `--floor` it also serves
 `benchmarks/floor_app.py` (the same gunicorn/Falcon/aiohttp stack forwarding bodies with
-no policy work) to show how much of the gap to nginx is the stack itself. Needs
-Debian's `nginx-light` and `wrk`.
+no policy work) to show how much of the gap to nginx is the stack itself.
+
+Any answer other than 2xx during a load (wrk's "Non-2xx or 3xx responses") fails the run
+with a non-zero exit. Needs Debian's `nginx-light` and `wrk`; the machine running it is
+shared by wrk, the proxies and the upstream, so read the ratios rather than the absolutes.
 """
 
 from __future__ import annotations
@@ -19,39 +33,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    BenchmarkError,
+    free_port,
+    median_best,
+    tree_rss_mb,
+    wait_http,
+    wait_policies,
+)
 from benchmarks.engine import CORE_POLICIES, make_request  # noqa: E402
+from edge.engine.engine import Engine  # noqa: E402
+from edge.formats.otlp.body import evaluate  # noqa: E402
+from edge.policy.compiler import compile_policies  # noqa: E402
+from edge.policy.loader import load_document  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
-
+BODY_RECORDS = (10, 2400)
 
 NGINX_CONF = """
 worker_processes {workers};
@@ -64,19 +76,41 @@ http {{
     proxy_temp_path {tmp}/proxy-{name};
     client_max_body_size 16m;
     client_body_buffer_size 16m;
-    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ {body} }}
-    }}
+    {http}
 }}
 """
 
+# The proxy under test: keep-alive connections to the upstream, as edge keeps them.
+PROXY_HTTP = """
+    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ''; }}
+    }}
+"""
 
-def start_nginx(tmp: Path, name: str, port: int, body: str, workers: int, upstream_port: int = 0) -> None:
+# The upstream must read each body for `$request_length` to include it (`return` alone
+# discards it unread): it proxies every request, without its body, to a sink on another
+# loopback port that answers 200 `{}`; the body has been read and counted by then.
+# (A TCP port, not a unix socket: the worker processes may run as another user.)
+UPSTREAM_HTTP = """
+    log_format counted '$request_length $content_length $status';
+    upstream sink {{ server 127.0.0.1:{sink_port}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        access_log {tmp}/upstream.log counted;
+        location / {{
+            proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection '';
+            proxy_pass_request_body off; proxy_set_header Content-Length '';
+        }}
+    }}
+    server {{ listen 127.0.0.1:{sink_port}; location / {{ return 200 '{{}}'; }} }}
+"""
+
+
+def start_nginx(tmp: Path, name: str, workers: int, http: str) -> None:
     conf = tmp / f"nginx-{name}.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, name=name, port=port, body=body, workers=workers,
-                                      upstream_port=upstream_port or port))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, name=name, workers=workers, http=http))
     subprocess.run(["nginx", "-c", str(conf), "-p", str(tmp)], check=True)
 
 
@@ -86,19 +120,67 @@ def stop_nginx(tmp: Path, name: str) -> None:
         os.kill(int(pid_file.read_text()), signal.SIGQUIT)
 
 
-def wrk(url: str, body_file: Path, seconds: float, connections: int) -> dict[str, float]:
+class UpstreamLog:
+    """What the upstream received since the last `take()`, from its access log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def take(self) -> tuple[int, int]:
+        """(requests, body bytes) logged since the last call."""
+        time.sleep(0.3)  # requests in flight when wrk stopped reach the upstream and the log
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        requests = body = 0
+        for line in data.splitlines():
+            _, content_length, status = line.split()
+            if not status.startswith(b"2"):
+                raise BenchmarkError(f"the upstream answered {status.decode()}: the benchmark is broken")
+            requests += 1
+            body += int(content_length) if content_length != b"-" else 0
+        return requests, body
+
+
+@dataclass
+class Window:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    seconds: float  # wrk's own measure of the window
+    upstream_requests: int
+    upstream_body: int  # body bytes the upstream received
+
+    @property
+    def upstream_per_request(self) -> float:
+        return self.upstream_body / self.upstream_requests if self.upstream_requests else 0.0
+
+
+def wrk(url: str, body_file: Path, seconds: float, connections: int) -> tuple[float, float, float, float]:
+    """(req/s, p50 ms, p99 ms, seconds) of one load; BenchmarkError on any non-2xx answer."""
     script = body_file.with_suffix(".lua")
     script.write_text(f"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()
 """)
-    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:.0f}s", "--latency",
+    duration = max(1, round(seconds))  # wrk takes whole seconds
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if failed:
+        raise BenchmarkError(f"{url} gave {failed.group(1)} non-2xx answers under load:\n{out}")
+    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
+    if done is None or int(done.group(1)) == 0:
+        raise BenchmarkError(f"{url} answered no request under load:\n{out}")
+    errors = re.search(r"Socket errors: .*", out)
+    if errors:
+        print(f"proxy.py: {url}: {errors.group(0)}", file=sys.stderr)
+    elapsed = float(done.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rate, "p50": _ms(out, "50%"), "p99": _ms(out, "99%"),
-            "non2xx": float(errors.group(1)) if errors else 0.0}
+    return rate, _ms(out, "50%"), _ms(out, "99%"), elapsed
 
 
 def _ms(out: str, label: str) -> float:
@@ -107,49 +189,55 @@ def _ms(out: str, label: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and all its descendants."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (OSError, AttributeError):
-            continue
-        todo.extend(int(c) for c in children)
-    return total / 1024
-
-
 def start_floor(port: int, upstream_port: int, workers: int) -> subprocess.Popen:
     """benchmarks/floor_app.py under gunicorn with edge's worker settings."""
     argv = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop", "--workers", str(workers),
             "--bind", f"127.0.0.1:{port}", "--keep-alive", "75", "--log-level", "warning", "--no-control-socket",
             "benchmarks.floor_app:app"]
     process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "FLOOR_UPSTREAM": f"http://127.0.0.1:{upstream_port}"})
-    wait_http(f"http://127.0.0.1:{port}/_health")
+    wait_http(f"http://127.0.0.1:{port}/_health", process=process)
     return process
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--floor", action="store_true", help="also measure benchmarks/floor_app.py")
-    args = parser.parse_args()
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None:
-            print(f"proxy.py: {tool} is missing (apt-get install nginx-light wrk)", file=sys.stderr)
-            return 2
+def body_label(body: bytes, records: int) -> str:
+    size = f"{len(body) / 1024:.1f} KB" if len(body) < 1 << 20 else f"{len(body) / (1 << 20):.2f} MB"
+    return f"{size} body ({records:,} records)"
 
-    tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    bodies = {"4KB": make_request(10), "1MB": make_request(2400)}
-    files = {}
-    for label, doc in bodies.items():
-        files[label] = tmp / f"body-{label}.json"
-        files[label].write_bytes(json.dumps(doc).encode())
+
+def kept_records(body: bytes) -> tuple[int, int]:
+    """(records in, records edge's policies keep) of a body, by edge's own evaluation."""
+    engine = Engine(compile_policies(load_document({"policies": CORE_POLICIES}).policies), rng=random.Random(1))
+    outcome = evaluate(engine, "log", body, "application/json").outcome
+    return outcome.total, outcome.kept
+
+
+def report(label: str, body: bytes, results: dict[str, list[Window]]) -> None:
+    total, kept = kept_records(body)
+    print(f"\n{label}: nginx and the floor forward all {total} records, edge's policies keep {kept}")
+    print(f"{'proxy':6} {'req/s':>9} {'(best)':>9} {'p50 ms':>8} {'p99 ms':>8} {'upstream KB/req':>16} "
+          f"{'upstream MB/s':>14}")
+    medians = {}
+    for name, windows in results.items():
+        medians[name], best = median_best([w.rps for w in windows])
+        p50, _ = median_best([w.p50_ms for w in windows])
+        p99, _ = median_best([w.p99_ms for w in windows])
+        per_request, _ = median_best([w.upstream_per_request for w in windows])
+        rate, _ = median_best([w.upstream_body / w.seconds for w in windows])
+        print(f"{name:6} {medians[name]:9,.0f} {best:9,.0f} {p50:8.2f} {p99:8.2f} {per_request / 1024:16,.1f} "
+              f"{rate / 1e6:14,.1f}")
+    for name, rps in medians.items():
+        if name != "nginx":
+            print(f"{name}/nginx req/s (medians): {rps / medians['nginx']:.0%}")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    bodies = {}
+    for records in BODY_RECORDS:
+        body = orjson.dumps(make_request(records))
+        path = tmp / f"body-{records}.json"
+        path.write_bytes(body)
+        bodies[body_label(body, records)] = (body, path)
     (tmp / "policies.json").write_text(json.dumps({"policies": CORE_POLICIES}))
     upstream_port, nginx_port, edge_port, floor_port = free_port(), free_port(), free_port(), free_port()
     config = {"listen_port": edge_port, "upstream_url": f"http://127.0.0.1:{upstream_port}", "log_level": "warn",
@@ -158,44 +246,68 @@ def main() -> int:
     (tmp / "config.json").write_text(json.dumps(config))
 
     edge = floor = None
-    proxies = [("nginx", nginx_port), ("edge", edge_port)]
     try:
-        start_nginx(tmp, "upstream", upstream_port, "return 200 '{}';", 1)
-        start_nginx(tmp, "proxy", nginx_port, "proxy_pass http://backend; proxy_http_version 1.1; "
-                    "proxy_set_header Connection '';", args.workers, upstream_port)
+        upstream_http = UPSTREAM_HTTP.format(tmp=tmp, port=upstream_port, sink_port=free_port())
+        start_nginx(tmp, "upstream", args.workers, upstream_http)
+        start_nginx(tmp, "proxy", args.workers, PROXY_HTTP.format(port=nginx_port, upstream_port=upstream_port))
         edge = subprocess.Popen([sys.executable, "-m", "supervisor.main", str(tmp / "config.json")], cwd=ROOT)
-        wait_http(f"http://127.0.0.1:{edge_port}/_health")
+        wait_http(f"http://127.0.0.1:{nginx_port}/")
+        wait_policies(f"http://127.0.0.1:{edge_port}", (p["id"] for p in CORE_POLICIES), process=edge)
+        proxies = [("nginx", nginx_port), ("edge", edge_port)]
         if args.floor:
             floor = start_floor(floor_port, upstream_port, args.workers)
             proxies.append(("floor", floor_port))
-        time.sleep(1.0)  # policies load in the background
-        print(f"{'payload':8} {'proxy':6} {'req/s':>9} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        for label, path in files.items():
-            size_mb = path.stat().st_size / 1e6
-            results = {}
-            for name, port in proxies:
-                r = wrk(f"http://127.0.0.1:{port}/v1/logs", path, args.seconds, args.connections)
-                results[name] = r
-                print(f"{label:8} {name:6} {r['rps']:9,.0f} {r['rps'] * size_mb:8,.1f} {r['p50']:8.2f} "
-                      f"{r['p99']:8.2f} {r['non2xx']:8.0f}")
-                sys.stdout.flush()
-            for name in results:
-                if name != "nginx":
-                    print(f"{label:8} {name}/nginx req/s ratio: {results[name]['rps'] / results['nginx']['rps']:.0%}")
+        measure(args, bodies, proxies, UpstreamLog(tmp / "upstream.log"))
         loaded = tree_rss_mb(edge.pid)
         time.sleep(3)
-        print(f"edge total RSS (supervisor + gunicorn + {args.workers} workers): {loaded:.0f} MB right after "
+        print(f"\nedge total RSS (supervisor + gunicorn + {args.workers} workers): {loaded:.0f} MB right after "
               f"the load, {tree_rss_mb(edge.pid):.0f} MB 3 s later")
     finally:
-        if floor is not None:
-            floor.send_signal(signal.SIGTERM)
-            floor.wait(30)
-        if edge is not None:
-            edge.send_signal(signal.SIGTERM)
-            edge.wait(30)
+        for process in (floor, edge):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
         stop_nginx(tmp, "proxy")
         stop_nginx(tmp, "upstream")
         time.sleep(0.3)
+
+
+def measure(args: argparse.Namespace, bodies: dict[str, tuple[bytes, Path]], proxies: list[tuple[str, int]],
+            upstream: UpstreamLog) -> None:
+    """Every window runs every proxy once per body, so drift on the machine hits all of them alike."""
+    upstream.take()  # the readiness probes
+    results = {label: {name: [] for name, _ in proxies} for label in bodies}
+    for window in range(args.windows):
+        print(f"window {window + 1} of {args.windows} ...", file=sys.stderr, flush=True)
+        for label, (_, path) in bodies.items():
+            for name, port in proxies:
+                rps, p50, p99, seconds = wrk(f"http://127.0.0.1:{port}/v1/logs", path, args.seconds,
+                                             args.connections)
+                requests, body_bytes = upstream.take()
+                results[label][name].append(Window(rps, p50, p99, seconds, requests, body_bytes))
+    for label, (body, _) in bodies.items():
+        report(label, body, results[label])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5, help="length of one load (whole seconds)")
+    parser.add_argument("--windows", type=int, default=3, help="loads per proxy and body (median and best shown)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk's concurrent connections")
+    parser.add_argument("--workers", type=int, default=2, help="edge workers, and nginx worker processes")
+    parser.add_argument("--floor", action="store_true", help="also measure benchmarks/floor_app.py")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"proxy.py: {tool} is missing (apt-get install nginx-light wrk)", file=sys.stderr)
+            return 2
+    tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    try:
+        run(args, tmp)
+    except BenchmarkError as exc:
+        print(f"proxy.py: {exc}", file=sys.stderr)
+        return 1
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

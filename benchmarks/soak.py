@@ -10,8 +10,10 @@ admin routes. Every `--interval` seconds it prints requests/s, failures and the 
 supervisor, gunicorn and the workers. At the end it checks that every record of every
 acknowledged batch reached the upstream or was dropped by a policy (the upstream counts them),
 and gives a verdict on memory: RSS is flat when the slope over the last third of the run is
-below `--rss-slope-limit` MB/min. Exit status 0 when there were no failures, no lost records
-and RSS was flat.
+below `--rss-slope-limit` MB/min. The load starts only once edge lists its policies. The
+summary gives the median req/s of the reporting intervals (the headline) and the best one.
+Exit status 0 when there were no failures (any answer but 200 is one), no lost records and
+RSS was flat. A soak has no floor: it judges losses and memory, not speed.
 """
 
 from __future__ import annotations
@@ -23,23 +25,29 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import psutil
-from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    BenchmarkError,
+    CountingUpstream,
+    free_port,
+    median_best,
+    tree_rss_mb,
+    wait_policies,
+)
 
 EDGE = Path(sys.executable).parent / "edge"
 POLICIES = [
@@ -53,12 +61,6 @@ POLICIES = [
     {"id": "sample-health", "name": "drop health-check spans",
      "trace": {"match": [{"trace_field": "name", "exact": "GET /health"}], "keep": {"percentage": 0}}},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ── traffic: fixed bodies with known record counts ──
@@ -121,66 +123,6 @@ def traffic_mix() -> list[Request]:
     ]
 
 
-# ── the counting upstream ──
-
-
-class CountingUpstream:
-    """Answers 200 to everything and counts the OTLP records it receives, per signal."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.records = {"log": 0, "metric": 0, "trace": 0}
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: self._loop.run_until_complete(self._serve()), daemon=True)
-
-    def start(self) -> CountingUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
-        app = web.Application(client_max_size=64 << 20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()  # aiohttp decompresses gzip bodies itself
-        signal_ = {"/v1/logs": "log", "/v1/metrics": "metric", "/v1/traces": "trace"}.get(request.path)
-        count = count_records(signal_, body, request.content_type) if signal_ else 0
-        with self._lock:
-            self.requests += 1
-            if signal_:
-                self.records[signal_] += count
-        return web.Response(body=b"{}", content_type="application/json")
-
-
-def count_records(signal_: str, body: bytes, content_type: str) -> int:
-    if "protobuf" in content_type:
-        message = ExportMetricsServiceRequest.FromString(body)
-        return sum(len(sm.metrics) for rm in message.resource_metrics for sm in rm.scope_metrics)
-    doc = orjson.loads(body)
-    top, scopes, key = {"log": ("resourceLogs", "scopeLogs", "logRecords"),
-                        "metric": ("resourceMetrics", "scopeMetrics", "metrics"),
-                        "trace": ("resourceSpans", "scopeSpans", "spans")}[signal_]
-    return sum(len(sl.get(key, [])) for rl in doc.get(top, []) for sl in rl.get(scopes, []))
-
-
 # ── the proxy and its memory ──
 
 
@@ -192,31 +134,13 @@ def start_edge(tmp: Path, upstream_url: str, workers: int) -> tuple[subprocess.P
         "policy_providers": [{"id": "soak", "type": "file", "path": str(tmp / "policies.json")}]}))
     log = open(tmp / "edge.log", "wb")  # noqa: SIM115 - the child keeps it; closed with the process
     proc = subprocess.Popen([str(EDGE), str(tmp / "config.json")], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_edge/policies", timeout=1) as resp:
-                if len(json.loads(resp.read())["policies"]) == len(POLICIES):
-                    return proc, port
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("edge did not start:\n" + (tmp / "edge.log").read_text(errors="replace")[-3000:])
-
-
-def tree_rss_mb(pid: int) -> float:
-    """RSS of the supervisor, gunicorn and every worker."""
-    root = psutil.Process(pid)
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return total / (1 << 20)
+    try:
+        wait_policies(f"http://127.0.0.1:{port}", (p["id"] for p in POLICIES), timeout=30, process=proc)
+    except BenchmarkError as exc:
+        proc.kill()
+        proc.wait(10)
+        raise BenchmarkError(f"{exc}; edge's log:\n" + (tmp / "edge.log").read_text(errors="replace")[-3000:]) from None
+    return proc, port
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
@@ -241,6 +165,9 @@ class Summary:
     requests: int = 0
     failures: int = 0
     requests_per_s: float = 0.0
+    interval_rates: list[float] = field(default_factory=list)  # req/s of each full reporting interval
+    median_requests_per_s: float = 0.0
+    best_requests_per_s: float = 0.0
     by_kind: dict[str, int] = field(default_factory=dict)
     failures_by_kind: dict[str, int] = field(default_factory=dict)
     records_expected: dict[str, int] = field(default_factory=dict)
@@ -302,6 +229,8 @@ def run(duration: float, interval: float, concurrency: int, workers: int, slope_
         rss = tree_rss_mb(proc.pid)
         summary.rss_mb.append((round(now - started, 1), round(rss, 1)))
         rate = (summary.requests - last[1]) / max(1e-9, now - last[0])
+        if summary.rss_mb[1:] and now - last[0] >= interval / 2:  # not the first tick, not a short last one
+            summary.interval_rates.append(round(rate, 1))
         print(f"[{now - started:6.1f} s] {rate:8.0f} req/s  failures {summary.failures - last[2]:4d}  "
               f"RSS {rss:7.1f} MB", flush=True)
         last[:] = [now, summary.requests, summary.failures]
@@ -309,6 +238,7 @@ def run(duration: float, interval: float, concurrency: int, workers: int, slope_
     try:
         tick()
         asyncio.run(drive(port, traffic_mix(), summary, started + duration, concurrency, tick, interval))
+        elapsed = time.monotonic() - started  # the load alone, not the shutdown below
         time.sleep(0.5)  # the last answers are in; let the upstream finish counting
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -317,8 +247,10 @@ def run(duration: float, interval: float, concurrency: int, workers: int, slope_
         except subprocess.TimeoutExpired:
             proc.kill()
         upstream.stop()
-    elapsed = time.monotonic() - started
     summary.requests_per_s = round(summary.requests / elapsed, 1)
+    if summary.interval_rates:
+        median, best = median_best(summary.interval_rates)
+        summary.median_requests_per_s, summary.best_requests_per_s = round(median, 1), round(best, 1)
     summary.records_received = dict(upstream.records)
     summary.records_lost = sum(max(0, summary.records_expected[s] - upstream.records[s]) for s in upstream.records)
     last_third = [s for s in summary.rss_mb if s[0] >= duration * 2 / 3]
@@ -347,8 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.interval <= 0 or args.concurrency <= 0 or args.workers <= 0:
         parser.error("--duration, --interval, --concurrency and --workers must be positive")
-    summary = run(args.duration, args.interval, args.concurrency, args.workers, args.rss_slope_limit)
-    print(f"{summary.requests} requests ({summary.requests_per_s} req/s), {summary.failures} failed; "
+    try:
+        summary = run(args.duration, args.interval, args.concurrency, args.workers, args.rss_slope_limit)
+    except BenchmarkError as exc:
+        print(f"soak.py: {exc}", file=sys.stderr)
+        return 1
+    print(f"req/s per interval: median {summary.median_requests_per_s}, best {summary.best_requests_per_s} "
+          f"({len(summary.interval_rates)} intervals)")
+    print(f"{summary.requests} requests ({summary.requests_per_s} req/s overall), {summary.failures} failed; "
           f"records expected {summary.records_expected}, received {summary.records_received}; "
           f"RSS slope over the last third {summary.rss_slope_mb_per_min} MB/min")
     print(f"verdict: {summary.verdict}")
