@@ -15,6 +15,7 @@ the key; unknown keys are reported as warnings and ignored.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import uuid
@@ -128,7 +129,7 @@ def _port(key: str, value: int) -> int:
 
 
 def _timeout(key: str, value: float) -> float:
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:  # NaN compares false with everything; inf cannot go to JSON
         raise ConfigError(f"config key {key}: must be positive")
     return value
 
@@ -227,6 +228,7 @@ class ProviderConfig:
     url: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     poll_interval: float = 60.0
+    max_response_bytes: int = 16 << 20  # a larger sync reply is refused, keeping the last good policies
 
 
 def _providers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[ProviderConfig, ...], list[str]]:
@@ -261,7 +263,10 @@ def _provider(where: str, index: int, item: Any) -> ProviderConfig:
             raise ConfigError(f"config key {where}.path: a file provider needs a path")
         return ProviderConfig(ident, kind, path=path, poll_interval=interval)
     url = _url(f"{where}.url", str(item.get("url") or ""))
-    return ProviderConfig(ident, kind, url=url, poll_interval=interval,
+    cap = _coerce(f"{where}.max_response_bytes", item.get("max_response_bytes", ProviderConfig.max_response_bytes), int)
+    if cap <= 0:
+        raise ConfigError(f"config key {where}.max_response_bytes: must be positive, got {cap}")
+    return ProviderConfig(ident, kind, url=url, poll_interval=interval, max_response_bytes=cap,
                           headers=tuple((str(h["name"]), str(h.get("value", ""))) for h in headers))
 
 
@@ -399,8 +404,10 @@ class Config:
     service: ServiceConfig = section(ServiceConfig, "reported to policy servers")
     policy_providers: tuple[ProviderConfig, ...] = section(
         tuple, "`{id, type: file, path}` (reloaded within 2 s of a change; a broken file keeps the last good "
-        "policies) or `{id, type: http, url, headers: [{name, value}], poll_interval}` (sync protocol, JSON; "
-        "backoff with jitter on failure); http wins over file for the same policy id",
+        "policies) or `{id, type: http, url, headers: [{name, value}], poll_interval, max_response_bytes}` "
+        "(sync protocol, JSON; backoff with jitter on failure; redirects followed within the server's origin "
+        "only; replies over `max_response_bytes`, default 16 MiB, refused; one sync ends within 10 s); http "
+        "wins over file for the same policy id",
         read=_providers, default_text="none")
     prometheus: PrometheusConfig = section(
         PrometheusConfig, "0 = unlimited; the scrape ends at a line boundary, logged and counted in "

@@ -54,7 +54,8 @@ class HttpProvider(ProviderThread):
         super().__init__(config, on_update)
         fields = dataclasses.asdict(service) if service is not None else {}
         self.client = SyncClient(config.url, headers=dict(config.headers), wire=wire, timeout=timeout,
-                                 service={k: str(v) for k, v in fields.items()}, extensions=list(extensions))
+                                 service={k: str(v) for k, v in fields.items()}, extensions=list(extensions),
+                                 max_response_bytes=config.max_response_bytes)
         self.interval = float(config.poll_interval)  # replaced by the server's recommendation
         self.failures = 0
         self.next_delay = 0.0
