@@ -33,8 +33,9 @@ from typing import Any
 import msgspec
 
 from edge.engine import bits
-from edge.engine.values import MISSING, OTHER, Column, PlainStringValues, json_copy
+from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
 from edge.formats.errors import BatchShapeError
+from edge.formats.json_values import json_copy
 from edge.policy.model import FieldKey
 
 BODY_KEYS = ("message", "msg", "log")

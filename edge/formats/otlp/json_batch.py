@@ -11,17 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.engine import bits
-from edge.engine.values import (
-    MISSING,
-    OTHER,
-    Column,
-    hex_id_bytes,
-    json_any_value,
-    json_copy,
-    json_string_view,
-)
+from edge.engine.values import MISSING, OTHER, Column
 from edge.formats.errors import BatchShapeError
+from edge.formats.json_values import json_copy
 from edge.formats.otlp import json_columns
+from edge.formats.otlp.json_values import hex_id_bytes, json_any_value, json_string_view
 from edge.policy.model import FieldKey
 
 
