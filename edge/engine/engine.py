@@ -19,10 +19,9 @@ from edge.engine.ratelimit import LocalRateLimiter, RateLimiter
 from edge.engine.stats import MatchStats
 from edge.engine.transforms import apply_transforms
 from edge.engine.values import MISSING, OTHER, Column
+from edge.policy.fields import LOG_TRACE_ID
 from edge.policy.model import LOG, METRIC, TRACE, CompiledPolicy, SignalPlan
 from edge.policy.snapshot import Snapshot
-
-TRACE_ID_KEY = ("log_field", 3)
 
 
 @dataclass(slots=True)
@@ -104,7 +103,7 @@ class Engine:
             draw = self.rng.getrandbits
             return bits.from_indices([i for i in positions if draw(sampling.BITS) < t], batch.n)
         values = per_record(batch.column(policy.sample_key), batch.n)
-        randomness = (sampling.randomness_of_trace_id if policy.sample_key == TRACE_ID_KEY
+        randomness = (sampling.randomness_of_trace_id if policy.sample_key == LOG_TRACE_ID
                       else sampling.randomness_of_key)
         dropped = []
         for i in positions:

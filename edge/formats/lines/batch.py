@@ -28,10 +28,9 @@ import orjson
 
 from edge.engine import bits
 from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
+from edge.policy.fields import LOG_BODY, LOG_SEVERITY_TEXT
 from edge.policy.model import FieldKey
 
-BODY = ("log_field", 1)
-SEVERITY = ("log_field", 2)
 FILE_PATH_ATTRIBUTE = "log.file.path"
 _DELETED = object()
 _BODY_KEYS = ("message", "body")
@@ -158,9 +157,9 @@ class LineBatch(PlainStringValues):
 
     def _record_values(self, key: FieldKey) -> list[Any]:
         head = key[0]
-        if key == BODY:
+        if key == LOG_BODY:
             return self.texts if self.format == "raw" else self.structured().bodies
-        if key == SEVERITY and self.format != "raw":
+        if key == LOG_SEVERITY_TEXT and self.format != "raw":
             return self.structured().severities
         if head == "log_attribute":
             return self._attributes(key[1])
@@ -187,12 +186,12 @@ class LineBatch(PlainStringValues):
             value = self.resource.get(".".join(key[1])) if len(key[1]) == 1 else None
             return Column([MISSING if value is None else value], [self.full])
         values = self._record_values(key)
-        if key == BODY:  # an empty-string body counts as absent, as in the OTLP views
+        if key == LOG_BODY:  # an empty-string body counts as absent, as in the OTLP views
             values = [MISSING if v == "" else v for v in values]
         return Column(values)
 
     def strings(self, key: FieldKey) -> Column:
-        if key == BODY and self.format == "raw":
+        if key == LOG_BODY and self.format == "raw":
             return Column(self.texts)
         typed = self.column(key)
         return Column([v if v.__class__ is str else "" for v in typed.values], typed.owners)
