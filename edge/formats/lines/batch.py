@@ -1,10 +1,9 @@
 """Tailed lines seen as a batch of log records: the engine's view of one read block.
 
-`LineBatch` implements the batch interface of `edge.formats.otlp.json_batch.JsonLogs` (columns,
-string columns, `keep_only`, the transform accessors, `export`) over the lines of one
-block, so the proxy's engine evaluates them unchanged: one Hyperscan scan per field
-over the whole block. How a line maps to fields depends on the format (EDGE.md
-"Formats"):
+`LineBatch` is an `edge.engine.batch.LogBatch` (columns, string columns, `keep_only`, the
+transform accessors, `export`) over the lines of one block, so the proxy's engine
+evaluates them unchanged: one Hyperscan scan per field over the whole block. How a line
+maps to fields depends on the format (EDGE.md "Formats"):
 
 - raw: body = the line. The block is decoded once and split once; no per-line Python.
 - logfmt: `k=v` pairs (values may be double-quoted) are log attributes.
@@ -131,7 +130,7 @@ class _Structured:
 
 
 class LineBatch(PlainStringValues):
-    """One block of lines as log records (the `JsonLogs` batch interface)."""
+    """One block of lines as log records (a `LogBatch`)."""
 
     def __init__(self, lines: list[bytes], texts: list[str], fmt: str, file_path: str = "",
                  resource: Mapping[str, str] | None = None) -> None:

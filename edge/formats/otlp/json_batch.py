@@ -1,7 +1,8 @@
 """OTLP/JSON documents (as parsed by orjson) seen as batches of records.
 
 The evaluator asks a batch for columns (one field's values for every record) and for
-a handful of mutations; it never walks the document itself. Records are the dicts
+a handful of mutations (the interface in `edge.engine.batch`); it never walks the
+document itself. Records are the dicts
 inside the document, so kept records are forwarded exactly as they arrived.
 """
 
