@@ -64,7 +64,7 @@ def dispatch(registry: ExtensionRegistry | None, signal: str, matched_by: list[t
     extensions' handlers, as `batch.export` copies (fail-open)."""
     if not registry:
         return
-    full = batch.full
+    full, export = batch.full, batch.export
     for policy, matched in matched_by:
         for ext in policy.extensions:
             handler = registry.handler(ext.type)
@@ -74,6 +74,6 @@ def dispatch(registry: ExtensionRegistry | None, signal: str, matched_by: list[t
             if not chosen:
                 continue
             try:
-                handler.submit(policy.id, signal, ext.config, [batch.export(i) for i in bits.indices(chosen)])
+                handler.submit(policy.id, signal, ext.config, [export(i) for i in bits.indices(chosen)])
             except Exception:  # noqa: BLE001 - an extension never affects the telemetry path
                 log.exception("extension %s of policy %s failed", ext.type, policy.id)
