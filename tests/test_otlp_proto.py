@@ -29,6 +29,33 @@ from edge.formats.otlp.body import evaluate
 from edge.formats.otlp.json_batch import JsonLogs, JsonMetrics, JsonTraces
 from edge.formats.otlp.proto_batch import PROTO_BATCHES, REQUESTS, ProtoLogs, ProtoTraces, parse_request
 from edge.policy.compiler import compile_policies
+from edge.policy.fields import (
+    AGGREGATION_TEMPORALITY,
+    LOG_BODY,
+    LOG_EVENT_NAME,
+    LOG_RESOURCE_SCHEMA_URL,
+    LOG_SCOPE_SCHEMA_URL,
+    LOG_SEVERITY_TEXT,
+    LOG_SPAN_ID,
+    LOG_TRACE_ID,
+    METRIC_DESCRIPTION,
+    METRIC_NAME,
+    METRIC_RESOURCE_SCHEMA_URL,
+    METRIC_SCOPE_NAME,
+    METRIC_SCOPE_SCHEMA_URL,
+    METRIC_SCOPE_VERSION,
+    METRIC_TYPE,
+    METRIC_UNIT,
+    TRACE_NAME,
+    TRACE_PARENT_SPAN_ID,
+    TRACE_RESOURCE_SCHEMA_URL,
+    TRACE_SCOPE_NAME,
+    TRACE_SCOPE_SCHEMA_URL,
+    TRACE_SCOPE_VERSION,
+    TRACE_SPAN_ID,
+    TRACE_TRACE_ID,
+    TRACE_TRACE_STATE,
+)
 from edge.policy.loader import load_document
 
 JSON_TYPE = "application/json"
@@ -173,8 +200,8 @@ LOGS = {"resourceLogs": [
 ]}
 
 LOG_KEYS = [
-    ("log_field", 1), ("log_field", 2), ("log_field", 3), ("log_field", 4), ("log_field", 5),
-    ("log_field", 10), ("log_field", 11),
+    LOG_BODY, LOG_SEVERITY_TEXT, LOG_TRACE_ID, LOG_SPAN_ID, LOG_EVENT_NAME,
+    LOG_RESOURCE_SCHEMA_URL, LOG_SCOPE_SCHEMA_URL,
     ("log_attribute", ("http.method",)), ("log_attribute", ("http.status",)), ("log_attribute", ("latency",)),
     ("log_attribute", ("sampled",)), ("log_attribute", ("blob",)), ("log_attribute", ("tags",)),
     ("log_attribute", ("http",)), ("log_attribute", ("http", "route")),
@@ -275,7 +302,7 @@ def test_uniform_columns_read_default_values_right(values):
     records = [{"body": value, "attributes": [{"key": "a", "value": value}, {"key": "b", "value": value}]}
                for value in values]
     doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
-    for key in (("log_attribute", ("a",)), ("log_attribute", ("b",)), ("log_field", 1)):
+    for key in (("log_attribute", ("a",)), ("log_attribute", ("b",)), LOG_BODY):
         json_batch, proto_batch = JsonLogs(fresh(doc)), ProtoLogs(to_message("log", doc))
         for view in ("column", "strings"):
             assert getattr(proto_batch, view)(key).values == getattr(json_batch, view)(key).values, (key, view)
@@ -283,13 +310,13 @@ def test_uniform_columns_read_default_values_right(values):
 
 def test_log_typed_values():
     batch = ProtoLogs(to_message("log", LOGS))
-    assert batch.column(("log_field", 1)).values == [
+    assert batch.column(LOG_BODY).values == [
         "GET /api/users 200 user=jane.doe@example.com", "POST /api/orders 500 upstream TIMEOUT",
         MISSING, MISSING,
         OTHER, 42, b"\x00\x01\x02", 2.5, True, "healthcheck ok", "multi\nline body with secret=abc123"]
-    assert batch.strings(("log_field", 1)).values[4:7] == ["", "", "000102"]
-    assert batch.column(("log_field", 3)).values[:3] == [bytes.fromhex(TID1), bytes.fromhex(TID2), MISSING]
-    assert batch.strings(("log_field", 3)).values[:3] == [TID1, TID2, ""]
+    assert batch.strings(LOG_BODY).values[4:7] == ["", "", "000102"]
+    assert batch.column(LOG_TRACE_ID).values[:3] == [bytes.fromhex(TID1), bytes.fromhex(TID2), MISSING]
+    assert batch.strings(LOG_TRACE_ID).values[:3] == [TID1, TID2, ""]
     attrs = batch.column(("resource_attribute", ("service.name",)))
     assert attrs.values == ["checkout", "payments", MISSING]
     assert attrs.owners == [0b1111, 0b11111 << 4, 0b11 << 9]
@@ -384,24 +411,24 @@ def test_log_nothing_changes():
 
 def test_log_get_set_delete():
     batch = ProtoLogs(to_message("log", LOGS))
-    assert batch.get(0, ("log_field", 3)).string_value == TID1
-    assert batch.get(2, ("log_field", 1)) is not None  # an empty string body is still a body
-    assert batch.get(3, ("log_field", 1)) is None
+    assert batch.get(0, LOG_TRACE_ID).string_value == TID1
+    assert batch.get(2, LOG_BODY) is not None  # an empty string body is still a body
+    assert batch.get(3, LOG_BODY) is None
     assert batch.get(2, ("log_attribute", ("novalue",))) is not None
     assert batch.get(9, ("log_attribute", ("http", "route"))) is None  # "http" is not a map there
     assert not batch.changed
-    batch.set(0, ("log_field", 3), batch.string_value("not hex"))
+    batch.set(0, LOG_TRACE_ID, batch.string_value("not hex"))
     assert batch.records[0].trace_id == b""
-    batch.set(1, ("log_field", 3), batch.string_value(TID1.upper()))
+    batch.set(1, LOG_TRACE_ID, batch.string_value(TID1.upper()))
     assert batch.records[1].trace_id == bytes.fromhex(TID1)
     batch.set(9, ("log_attribute", ("a", "b", "c")), batch.string_value("deep"))
     assert batch.column(("log_attribute", ("a", "b", "c"))).values[9] == "deep"
     batch.set(10, ("resource_attribute", ("service.name",)), batch.string_value("batch"))
     assert batch.column(("resource_attribute", ("service.name",))).values[2] == "batch"
-    assert batch.delete(4, ("log_field", 11)) is False
+    assert batch.delete(4, LOG_SCOPE_SCHEMA_URL) is False
     assert batch.delete(4, ("log_attribute", ("latency",))) is True
     assert batch.delete(4, ("log_attribute", ("latency",))) is False
-    assert batch.string_of(batch.get(5, ("log_field", 1))) is None
+    assert batch.string_of(batch.get(5, LOG_BODY)) is None
     assert batch.changed
 
 
@@ -484,8 +511,8 @@ METRICS = {"resourceMetrics": [
 ]}
 
 METRIC_KEYS = [
-    ("metric_field", 1), ("metric_field", 2), ("metric_field", 3), ("metric_field", 10), ("metric_field", 11),
-    ("metric_field", 12), ("metric_field", 13), ("metric_type",), ("aggregation_temporality",),
+    METRIC_NAME, METRIC_DESCRIPTION, METRIC_UNIT, METRIC_RESOURCE_SCHEMA_URL, METRIC_SCOPE_SCHEMA_URL,
+    METRIC_SCOPE_NAME, METRIC_SCOPE_VERSION, METRIC_TYPE, AGGREGATION_TEMPORALITY,
     ("datapoint_attribute", ("http.method",)), ("datapoint_attribute", ("cpu",)),
     ("datapoint_attribute", ("rpc", "method")), ("resource_attribute", ("host", "arch")),
     ("scope_attribute", ("lib",)),
@@ -590,8 +617,8 @@ TRACES = {"resourceSpans": [
 ]}
 
 TRACE_KEYS = [
-    ("trace_field", 1), ("trace_field", 2), ("trace_field", 3), ("trace_field", 4), ("trace_field", 5),
-    ("trace_field", 10), ("trace_field", 11), ("trace_field", 12), ("trace_field", 13),
+    TRACE_NAME, TRACE_TRACE_ID, TRACE_SPAN_ID, TRACE_PARENT_SPAN_ID, TRACE_TRACE_STATE,
+    TRACE_RESOURCE_SCHEMA_URL, TRACE_SCOPE_SCHEMA_URL, TRACE_SCOPE_NAME, TRACE_SCOPE_VERSION,
     ("span_attribute", ("http.method",)), ("span_attribute", ("db", "system")), ("span_kind",),
     ("span_status",), ("event_name", "retry"), ("event_attribute", ("attempt",)),
     ("event_attribute", ("exception.type",)), ("link_trace_id", TID2),

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from edge.engine import bits, sampling
+from edge.engine.batch import Batch, LogBatch, TraceBatch
 from edge.engine.extensions import ExtensionRegistry, dispatch
 from edge.engine.matching import condition_masks, policy_masks
 from edge.engine.ratelimit import LocalRateLimiter, RateLimiter
 from edge.engine.stats import MatchStats
 from edge.engine.transforms import apply_transforms
 from edge.engine.values import MISSING, OTHER, Column
-from edge.policy.model import LOG, METRIC, TRACE, CompiledPolicy, SignalPlan
+from edge.policy.fields import LOG_TRACE_ID
+from edge.policy.model import LOG, TRACE, CompiledPolicy, SignalPlan
 from edge.policy.snapshot import Snapshot
 
-TRACE_ID_KEY = ("log_field", 3)
+# Every policy of a plan with the mask of the records it matched (plan order).
+Matched: TypeAlias = list[tuple[CompiledPolicy, int]]
 
 
 @dataclass(slots=True)
@@ -74,12 +77,11 @@ class Engine:
 
     # ── shared steps ──
 
-    def _match(self, plan: SignalPlan, batch: Any) -> list[tuple[CompiledPolicy, int]]:
+    def _match(self, plan: SignalPlan, batch: Batch) -> Matched:
         masks = condition_masks(self.snapshot, plan, batch)
         return list(zip(plan.policies, policy_masks(plan, masks, batch.full), strict=True))
 
-    def _count(self, matched: list[tuple[CompiledPolicy, int]], alive: int,
-               caused: dict[str, int]) -> None:
+    def _count(self, matched: Matched, alive: int, caused: dict[str, int]) -> None:
         """Hits and misses (POLICY.md §7) for every policy that matched something."""
         rows = []
         for policy, mask in matched:
@@ -92,7 +94,7 @@ class Engine:
 
     # ── logs ──
 
-    def _sample_drop(self, policy: CompiledPolicy, candidates: int, batch: Any) -> int:
+    def _sample_drop(self, policy: CompiledPolicy, candidates: int, batch: Batch) -> int:
         keep = policy.log_keep
         t = sampling.threshold(keep.percent)
         if t == 0:
@@ -104,7 +106,7 @@ class Engine:
             draw = self.rng.getrandbits
             return bits.from_indices([i for i in positions if draw(sampling.BITS) < t], batch.n)
         values = per_record(batch.column(policy.sample_key), batch.n)
-        randomness = (sampling.randomness_of_trace_id if policy.sample_key == TRACE_ID_KEY
+        randomness = (sampling.randomness_of_trace_id if policy.sample_key == LOG_TRACE_ID
                       else sampling.randomness_of_key)
         dropped = []
         for i in positions:
@@ -121,7 +123,7 @@ class Engine:
             return 0
         return bits.from_indices(positions[granted:], positions[-1] + 1)
 
-    def _decide_logs(self, matched: list[tuple[CompiledPolicy, int]], batch: Any) -> tuple[int, dict[str, int]]:
+    def _decide_logs(self, matched: Matched, batch: Batch) -> tuple[int, dict[str, int]]:
         """Most restrictive keep first; the first policy (by restrictiveness, then id) that drops causes it."""
         alive = batch.full
         caused: dict[str, int] = {}
@@ -144,7 +146,7 @@ class Engine:
 
     # ── metrics ──
 
-    def _decide_metrics(self, matched: list[tuple[CompiledPolicy, int]], batch: Any) -> tuple[int, dict[str, int]]:
+    def _decide_metrics(self, matched: Matched, batch: Batch) -> tuple[int, dict[str, int]]:
         """Any matching keep=false drops; the first such policy by id causes it."""
         alive = batch.full
         caused: dict[str, int] = {}
@@ -157,7 +159,7 @@ class Engine:
 
     # ── traces ──
 
-    def _decide_traces(self, matched: list[tuple[CompiledPolicy, int]], batch: Any) -> tuple[int, dict[str, int]]:
+    def _decide_traces(self, matched: Matched, batch: TraceBatch) -> tuple[int, dict[str, int]]:
         """The lowest percentage decides a span (ties by id) and writes its threshold."""
         alive = batch.full
         caused: dict[str, int] = {}
@@ -181,21 +183,27 @@ class Engine:
                 alive &= ~drop
         return alive, caused
 
-    _DECIDERS = {LOG: _decide_logs, METRIC: _decide_metrics, TRACE: _decide_traces}
+    def evaluate(self, signal: str, batch: Batch) -> Outcome:
+        """Match, decide keep, count, dispatch extensions, transform (logs), drop: one batch.
 
-    def evaluate(self, signal: str, batch: Any) -> Outcome:
-        """Match, decide keep, count, dispatch extensions, transform (logs), drop: one batch."""
+        The signal names the batch's shape: a `LogBatch` for LOG, a `TraceBatch` for TRACE,
+        any `Batch` for METRIC.
+        """
         plan = self.snapshot.plan(signal)
         if not plan or not batch.n:
             return Outcome(batch.n, batch.n, False)
         matched = self._match(plan, batch)
-        alive, caused = self._DECIDERS[signal](self, matched, batch)
+        if signal == LOG:
+            alive, caused = self._decide_logs(matched, batch)
+        elif signal == TRACE:
+            alive, caused = self._decide_traces(matched, cast(TraceBatch, batch))
+        else:
+            alive, caused = self._decide_metrics(matched, batch)
         self._count(matched, alive, caused)
         if self.extensions:
-            dispatch(self.extensions, signal, [p for p, _ in matched], [m for _, m in matched],
-                     alive, batch.full, batch.export)
+            dispatch(self.extensions, signal, matched, alive, batch)
         if signal == LOG:
-            apply_transforms(batch, self.snapshot, [(p, m & alive) for p, m in matched], self.stats)
+            apply_transforms(cast(LogBatch, batch), self.snapshot, [(p, m & alive) for p, m in matched], self.stats)
         batch.keep_only(alive)
         return Outcome(batch.n, alive.bit_count(), batch.changed)
 

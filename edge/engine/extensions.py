@@ -8,10 +8,10 @@ quickly (queue and work off the request path); an unknown type is skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from edge.engine import bits
+from edge.engine.batch import Batch
 from edge.policy.model import CompiledPolicy
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
 
@@ -58,12 +58,14 @@ def selected(mode: int, matched: int, alive: int, full: int) -> int:
     return matched
 
 
-def dispatch(registry: ExtensionRegistry | None, signal: str, policies: list[CompiledPolicy],
-             pmasks: list[int], alive: int, full: int, export: Callable[[int], dict[str, Any]]) -> None:
-    """Hand each policy's selected records to its extensions' handlers (fail-open)."""
+def dispatch(registry: ExtensionRegistry | None, signal: str, matched_by: list[tuple[CompiledPolicy, int]],
+             alive: int, batch: Batch) -> None:
+    """Hand each policy's selected records (`matched_by`: policy, its match mask) to its
+    extensions' handlers, as `batch.export` copies (fail-open)."""
     if not registry:
         return
-    for policy, matched in zip(policies, pmasks, strict=True):
+    full, export = batch.full, batch.export
+    for policy, matched in matched_by:
         for ext in policy.extensions:
             handler = registry.handler(ext.type)
             if handler is None:

@@ -14,25 +14,17 @@ import operator
 from bisect import bisect_left
 from collections import defaultdict
 from itertools import accumulate, repeat
-from typing import Any, Protocol
+from typing import Any
 
 import hyperscan
 
 from edge.engine import bits
+from edge.engine.batch import Matchable
 from edge.engine.values import MISSING, Column, only_numbers, string_view
 from edge.policy.model import Condition, FieldPlan, Op, SignalPlan
 from edge.policy.snapshot import Snapshot
 
 _SOM = hyperscan.HS_FLAG_SOM_LEFTMOST
-
-
-class Batch(Protocol):
-    n: int
-    full: int
-
-    def column(self, key: Any) -> Column: ...
-
-    def strings(self, key: Any) -> Column: ...
 
 
 def _fold(matched_values: list[int], owners: list[int] | None) -> int:
@@ -258,7 +250,7 @@ def _typed_mask(condition: Condition, column: Column) -> int:
     return _fold(hits, column.owners) if hits else 0
 
 
-def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Batch) -> list[int]:
+def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> list[int]:
     """One record mask per condition of the plan, negation applied."""
     masks = [0] * len(plan.conditions)
     for key, fp in plan.fields.items():

@@ -9,25 +9,12 @@ cases disagree the cases win. A transform that finds its field absent is a no-op
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 from edge.engine import bits
+from edge.engine.batch import LogBatch
 from edge.engine.stats import MatchStats
 from edge.engine.substitute import substitute
-from edge.policy.model import CompiledPolicy, FieldKey
+from edge.policy.model import Add, CompiledPolicy, FieldKey, Redact, Rename
 from edge.policy.snapshot import Snapshot
-
-
-class MutableLogs(Protocol):
-    def get(self, i: int, key: FieldKey) -> Any: ...
-
-    def set(self, i: int, key: FieldKey, value: Any) -> bool: ...
-
-    def delete(self, i: int, key: FieldKey) -> bool: ...
-
-    def string_value(self, text: str) -> Any: ...
-
-    def string_of(self, value: Any) -> str | None: ...
 
 
 def _rename_target(source: FieldKey, to: str) -> FieldKey:
@@ -38,11 +25,11 @@ def _rename_target(source: FieldKey, to: str) -> FieldKey:
     return (head, source[1][:-1] + (to,))
 
 
-def _remove(batch: MutableLogs, snapshot: Snapshot, i: int, key: FieldKey) -> bool:
+def _remove(batch: LogBatch, snapshot: Snapshot, i: int, key: FieldKey) -> bool:
     return batch.delete(i, key)
 
 
-def _redact(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
+def _redact(batch: LogBatch, snapshot: Snapshot, i: int, op: Redact) -> bool:
     value = batch.get(i, op.field)
     if value is None:
         return False
@@ -57,7 +44,7 @@ def _redact(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     return batch.set(i, op.field, batch.string_value(redacted))
 
 
-def _rename(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
+def _rename(batch: LogBatch, snapshot: Snapshot, i: int, op: Rename) -> bool:
     value = batch.get(i, op.source)
     if value is None:
         return False
@@ -72,13 +59,13 @@ def _rename(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
     return True
 
 
-def _add(batch: MutableLogs, snapshot: Snapshot, i: int, op: Any) -> bool:
+def _add(batch: LogBatch, snapshot: Snapshot, i: int, op: Add) -> bool:
     if not op.upsert and batch.get(i, op.field) is not None:
         return False
     return batch.set(i, op.field, batch.string_value(op.value))
 
 
-def apply_transforms(batch: MutableLogs, snapshot: Snapshot, targets: list[tuple[CompiledPolicy, int]],
+def apply_transforms(batch: LogBatch, snapshot: Snapshot, targets: list[tuple[CompiledPolicy, int]],
                      stats: MatchStats | None) -> None:
     """Apply the transforms of `targets` (policy, mask of kept records it matched)."""
     for policy, mask in targets:

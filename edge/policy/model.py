@@ -14,6 +14,7 @@ from typing import Any
 
 # A field selector, normalised: ("log_field", 1), ("log_attribute", ("http", "method")),
 # ("resource_attribute", ("service.name",)), ("span_kind",), ("event_name", "retry"), ...
+# The fixed fields have named keys in `edge.policy.fields` (LOG_BODY is ("log_field", 1)).
 FieldKey = tuple[Any, ...]
 
 LOG, METRIC, TRACE = "log", "metric", "trace"

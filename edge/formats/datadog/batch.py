@@ -33,14 +33,22 @@ from typing import Any
 import msgspec
 
 from edge.engine import bits
-from edge.engine.values import MISSING, OTHER, Column, PlainStringValues, json_copy
+from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
 from edge.formats.errors import BatchShapeError
+from edge.formats.json_values import json_copy
+from edge.policy.fields import (
+    AGGREGATION_TEMPORALITY,
+    LOG_BODY,
+    LOG_SEVERITY_TEXT,
+    METRIC_NAME,
+    METRIC_TYPE,
+    METRIC_UNIT,
+)
 from edge.policy.model import FieldKey
 
 BODY_KEYS = ("message", "msg", "log")
 PAYLOAD_PATH = ("data", "jsonPayload")
 PAYLOAD_BODY_KEYS = ("message", "body", "log")
-LOG_BODY, LOG_SEVERITY = ("log_field", 1), ("log_field", 2)
 
 # Where a field lives in one record: (container, key, inside the decoded JSON-object message?)
 Slot = tuple[dict, str, bool]
@@ -241,7 +249,7 @@ class DatadogLogs(PlainStringValues, DatadogBatch):
     def _raw(self, key: FieldKey) -> list[Any] | None:
         if key == LOG_BODY:
             return self._bodies()
-        if key == LOG_SEVERITY:
+        if key == LOG_SEVERITY_TEXT:
             return self._severities()
         if key[0] == "log_field":
             return None
@@ -251,7 +259,7 @@ class DatadogLogs(PlainStringValues, DatadogBatch):
         raw = self._raw(key)
         if raw is None:
             return Column([MISSING] * self.n)
-        if key == LOG_SEVERITY:
+        if key == LOG_SEVERITY_TEXT:
             return Column(typed_scalars(raw))
         return Column(typed_values(raw))  # bodies are never "": _bodies() skips empty ones
 
@@ -265,7 +273,7 @@ class DatadogLogs(PlainStringValues, DatadogBatch):
         if key == LOG_BODY:
             return self._body_slot(i)
         record = self.records[i]
-        if key == LOG_SEVERITY:
+        if key == LOG_SEVERITY_TEXT:
             return next(((record, k, False) for k in ("status", "level") if record.get(k)), None)
         if key[0] == "log_field":
             return None
@@ -283,7 +291,7 @@ class DatadogLogs(PlainStringValues, DatadogBatch):
         record = self.records[i]
         if key == LOG_BODY:
             return record, "message", False
-        if key == LOG_SEVERITY:
+        if key == LOG_SEVERITY_TEXT:
             return record, "level" if "status" not in record and "level" in record else "status", False
         if key[0] == "log_field":
             return None
@@ -351,7 +359,7 @@ DELTA = 1  # AggregationTemporality number
 # Datadog v2 series `type` (0 unspecified, 1 count, 2 rate, 3 gauge) -> (metric type, aggregation temporality)
 SERIES_TYPES = {1: (SUM, DELTA), 2: (SUM, DELTA), 3: (GAUGE, 0)}
 _UNTYPED = (0, 0)  # matches no metric_type or aggregation_temporality condition
-_METRIC_FIELDS = {1: "metric", 3: "unit"}
+_METRIC_FIELDS = {METRIC_NAME: "metric", METRIC_UNIT: "unit"}
 _ATTRIBUTE_HEADS = frozenset({"datapoint_attribute", "resource_attribute"})
 
 
@@ -401,15 +409,14 @@ class DatadogSeries(DatadogBatch):
         return [a.get(name, MISSING) for a in self._attributes]
 
     def column(self, key: FieldKey) -> Column:
-        head = key[0]
-        if head == "metric_field" and key[1] in _METRIC_FIELDS:
-            name = _METRIC_FIELDS[key[1]]
+        name = _METRIC_FIELDS.get(key)
+        if name is not None:
             return Column(typed_scalars([s.get(name) for s in self.records]))
-        if head == "metric_type":
+        if key == METRIC_TYPE:
             return Column(self._types(0))
-        if head == "aggregation_temporality":
+        if key == AGGREGATION_TEMPORALITY:
             return Column(self._types(1))
-        if head in _ATTRIBUTE_HEADS:
+        if key[0] in _ATTRIBUTE_HEADS:
             return Column(self._attribute(key[1]))
         return Column([MISSING] * self.n)
 

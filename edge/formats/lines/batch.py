@@ -1,10 +1,9 @@
 """Tailed lines seen as a batch of log records: the engine's view of one read block.
 
-`LineBatch` implements the batch interface of `edge.formats.otlp.json_batch.JsonLogs` (columns,
-string columns, `keep_only`, the transform accessors, `export`) over the lines of one
-block, so the proxy's engine evaluates them unchanged: one Hyperscan scan per field
-over the whole block. How a line maps to fields depends on the format (EDGE.md
-"Formats"):
+`LineBatch` is an `edge.engine.batch.LogBatch` (columns, string columns, `keep_only`, the
+transform accessors, `export`) over the lines of one block, so the proxy's engine
+evaluates them unchanged: one Hyperscan scan per field over the whole block. How a line
+maps to fields depends on the format (EDGE.md "Formats"):
 
 - raw: body = the line. The block is decoded once and split once; no per-line Python.
 - logfmt: `k=v` pairs (values may be double-quoted) are log attributes.
@@ -28,10 +27,9 @@ import orjson
 
 from edge.engine import bits
 from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
+from edge.policy.fields import LOG_BODY, LOG_SEVERITY_TEXT
 from edge.policy.model import FieldKey
 
-BODY = ("log_field", 1)
-SEVERITY = ("log_field", 2)
 FILE_PATH_ATTRIBUTE = "log.file.path"
 _DELETED = object()
 _BODY_KEYS = ("message", "body")
@@ -132,7 +130,7 @@ class _Structured:
 
 
 class LineBatch(PlainStringValues):
-    """One block of lines as log records (the `JsonLogs` batch interface)."""
+    """One block of lines as log records (a `LogBatch`)."""
 
     def __init__(self, lines: list[bytes], texts: list[str], fmt: str, file_path: str = "",
                  resource: Mapping[str, str] | None = None) -> None:
@@ -158,9 +156,9 @@ class LineBatch(PlainStringValues):
 
     def _record_values(self, key: FieldKey) -> list[Any]:
         head = key[0]
-        if key == BODY:
+        if key == LOG_BODY:
             return self.texts if self.format == "raw" else self.structured().bodies
-        if key == SEVERITY and self.format != "raw":
+        if key == LOG_SEVERITY_TEXT and self.format != "raw":
             return self.structured().severities
         if head == "log_attribute":
             return self._attributes(key[1])
@@ -187,12 +185,12 @@ class LineBatch(PlainStringValues):
             value = self.resource.get(".".join(key[1])) if len(key[1]) == 1 else None
             return Column([MISSING if value is None else value], [self.full])
         values = self._record_values(key)
-        if key == BODY:  # an empty-string body counts as absent, as in the OTLP views
+        if key == LOG_BODY:  # an empty-string body counts as absent, as in the OTLP views
             values = [MISSING if v == "" else v for v in values]
         return Column(values)
 
     def strings(self, key: FieldKey) -> Column:
-        if key == BODY and self.format == "raw":
+        if key == LOG_BODY and self.format == "raw":
             return Column(self.texts)
         typed = self.column(key)
         return Column([v if v.__class__ is str else "" for v in typed.values], typed.owners)

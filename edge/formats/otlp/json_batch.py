@@ -1,7 +1,8 @@
 """OTLP/JSON documents (as parsed by orjson) seen as batches of records.
 
 The evaluator asks a batch for columns (one field's values for every record) and for
-a handful of mutations; it never walks the document itself. Records are the dicts
+a handful of mutations (the interface in `edge.engine.batch`); it never walks the
+document itself. Records are the dicts
 inside the document, so kept records are forwarded exactly as they arrived.
 """
 
@@ -11,17 +12,36 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.engine import bits
-from edge.engine.values import (
-    MISSING,
-    OTHER,
-    Column,
-    hex_id_bytes,
-    json_any_value,
-    json_copy,
-    json_string_view,
-)
+from edge.engine.values import MISSING, OTHER, Column
 from edge.formats.errors import BatchShapeError
+from edge.formats.json_values import json_copy
 from edge.formats.otlp import json_columns
+from edge.formats.otlp.json_values import hex_id_bytes, json_any_value, json_string_view
+from edge.policy.fields import (
+    LOG_BODY,
+    LOG_EVENT_NAME,
+    LOG_RESOURCE_SCHEMA_URL,
+    LOG_SCOPE_SCHEMA_URL,
+    LOG_SEVERITY_TEXT,
+    LOG_SPAN_ID,
+    LOG_TRACE_ID,
+    METRIC_DESCRIPTION,
+    METRIC_NAME,
+    METRIC_RESOURCE_SCHEMA_URL,
+    METRIC_SCOPE_NAME,
+    METRIC_SCOPE_SCHEMA_URL,
+    METRIC_SCOPE_VERSION,
+    METRIC_UNIT,
+    TRACE_NAME,
+    TRACE_PARENT_SPAN_ID,
+    TRACE_RESOURCE_SCHEMA_URL,
+    TRACE_SCOPE_NAME,
+    TRACE_SCOPE_SCHEMA_URL,
+    TRACE_SCOPE_VERSION,
+    TRACE_SPAN_ID,
+    TRACE_TRACE_ID,
+    TRACE_TRACE_STATE,
+)
 from edge.policy.model import FieldKey
 
 
@@ -336,24 +356,30 @@ class JsonLogs(JsonBatch):
     TOP, SCOPES, RECORDS = "resourceLogs", "scopeLogs", "logRecords"
     FIELDS = {
         **_COMMON_FIELDS,
-        ("log_field", 1): ("record", "body", _member("body")),
-        ("log_field", 2): ("record", "scalar", _member("severityText")),
-        ("log_field", 3): ("record", "hexid", _member("traceId")),
-        ("log_field", 4): ("record", "hexid", _member("spanId")),
-        ("log_field", 5): ("record", "scalar", _member("eventName")),
-        ("log_field", 10): ("resource", "scalar", _member("schemaUrl")),
-        ("log_field", 11): ("scope", "scalar", _member("schemaUrl")),
+        LOG_BODY: ("record", "body", _member("body")),
+        LOG_SEVERITY_TEXT: ("record", "scalar", _member("severityText")),
+        LOG_TRACE_ID: ("record", "hexid", _member("traceId")),
+        LOG_SPAN_ID: ("record", "hexid", _member("spanId")),
+        LOG_EVENT_NAME: ("record", "scalar", _member("eventName")),
+        LOG_RESOURCE_SCHEMA_URL: ("resource", "scalar", _member("schemaUrl")),
+        LOG_SCOPE_SCHEMA_URL: ("scope", "scalar", _member("schemaUrl")),
         "log_attribute": ("record", "any", _record_attr),
     }
     FAST_STRINGS = {
-        ("log_field", 1): lambda recs, key: _body_strings(recs),
-        ("log_field", 2): lambda recs, key: _member_strings(recs, "severityText"),
+        LOG_BODY: lambda recs, key: _body_strings(recs),
+        LOG_SEVERITY_TEXT: lambda recs, key: _member_strings(recs, "severityText"),
     }
-    # log_field number -> (level, JSON key, stored as AnyValue?)
-    _SLOTS = {1: ("record", "body", True), 2: ("record", "severityText", False),
-              3: ("record", "traceId", False), 4: ("record", "spanId", False),
-              5: ("record", "eventName", False), 10: ("resource", "schemaUrl", False),
-              11: ("scope", "schemaUrl", False)}
+    # log field number -> (level, JSON key, stored as AnyValue?); keyed by number, not by the whole
+    # field key, because an int hashes in half the time of a tuple and this runs per transform op
+    _SLOTS = {
+        LOG_BODY[1]: ("record", "body", True),
+        LOG_SEVERITY_TEXT[1]: ("record", "severityText", False),
+        LOG_TRACE_ID[1]: ("record", "traceId", False),
+        LOG_SPAN_ID[1]: ("record", "spanId", False),
+        LOG_EVENT_NAME[1]: ("record", "eventName", False),
+        LOG_RESOURCE_SCHEMA_URL[1]: ("resource", "schemaUrl", False),
+        LOG_SCOPE_SCHEMA_URL[1]: ("scope", "schemaUrl", False),
+    }
 
     def _owner(self, i: int, level: str) -> dict:
         if level == "record":
@@ -508,13 +534,13 @@ class JsonMetrics(JsonBatch):
     TOP, SCOPES, RECORDS = "resourceMetrics", "scopeMetrics", "metrics"
     FIELDS = {
         **_COMMON_FIELDS,
-        ("metric_field", 1): ("record", "scalar", _member("name")),
-        ("metric_field", 2): ("record", "scalar", _member("description")),
-        ("metric_field", 3): ("record", "scalar", _member("unit")),
-        ("metric_field", 10): ("resource", "scalar", _member("schemaUrl")),
-        ("metric_field", 11): ("scope", "scalar", _member("schemaUrl")),
-        ("metric_field", 12): ("scope", "scalar", _scope_member("name")),
-        ("metric_field", 13): ("scope", "scalar", _scope_member("version")),
+        METRIC_NAME: ("record", "scalar", _member("name")),
+        METRIC_DESCRIPTION: ("record", "scalar", _member("description")),
+        METRIC_UNIT: ("record", "scalar", _member("unit")),
+        METRIC_RESOURCE_SCHEMA_URL: ("resource", "scalar", _member("schemaUrl")),
+        METRIC_SCOPE_SCHEMA_URL: ("scope", "scalar", _member("schemaUrl")),
+        METRIC_SCOPE_NAME: ("scope", "scalar", _scope_member("name")),
+        METRIC_SCOPE_VERSION: ("scope", "scalar", _scope_member("version")),
         "datapoint_attribute": ("multi", "any", _datapoint_attrs),
         "metric_type": ("record", "enum", _metric_type),
         "aggregation_temporality": ("record", "enum", _temporality),
@@ -553,15 +579,15 @@ class JsonTraces(JsonBatch):
     TOP, SCOPES, RECORDS = "resourceSpans", "scopeSpans", "spans"
     FIELDS = {
         **_COMMON_FIELDS,
-        ("trace_field", 1): ("record", "scalar", _member("name")),
-        ("trace_field", 2): ("record", "hexid", _member("traceId")),
-        ("trace_field", 3): ("record", "hexid", _member("spanId")),
-        ("trace_field", 4): ("record", "hexid", _member("parentSpanId")),
-        ("trace_field", 5): ("record", "scalar", _member("traceState")),
-        ("trace_field", 10): ("resource", "scalar", _member("schemaUrl")),
-        ("trace_field", 11): ("scope", "scalar", _member("schemaUrl")),
-        ("trace_field", 12): ("scope", "scalar", _scope_member("name")),
-        ("trace_field", 13): ("scope", "scalar", _scope_member("version")),
+        TRACE_NAME: ("record", "scalar", _member("name")),
+        TRACE_TRACE_ID: ("record", "hexid", _member("traceId")),
+        TRACE_SPAN_ID: ("record", "hexid", _member("spanId")),
+        TRACE_PARENT_SPAN_ID: ("record", "hexid", _member("parentSpanId")),
+        TRACE_TRACE_STATE: ("record", "scalar", _member("traceState")),
+        TRACE_RESOURCE_SCHEMA_URL: ("resource", "scalar", _member("schemaUrl")),
+        TRACE_SCOPE_SCHEMA_URL: ("scope", "scalar", _member("schemaUrl")),
+        TRACE_SCOPE_NAME: ("scope", "scalar", _scope_member("name")),
+        TRACE_SCOPE_VERSION: ("scope", "scalar", _scope_member("version")),
         "span_attribute": ("record", "any", _record_attr),
         "span_kind": ("record", "enum", _member("kind")),
         "span_status": ("record", "enum", _status_code),

@@ -30,6 +30,31 @@ from edge.engine import bits
 from edge.engine.values import MISSING, OTHER, Column
 from edge.formats.errors import BatchShapeError
 from edge.formats.otlp import proto_columns
+from edge.policy.fields import (
+    LOG_BODY,
+    LOG_EVENT_NAME,
+    LOG_RESOURCE_SCHEMA_URL,
+    LOG_SCOPE_SCHEMA_URL,
+    LOG_SEVERITY_TEXT,
+    LOG_SPAN_ID,
+    LOG_TRACE_ID,
+    METRIC_DESCRIPTION,
+    METRIC_NAME,
+    METRIC_RESOURCE_SCHEMA_URL,
+    METRIC_SCOPE_NAME,
+    METRIC_SCOPE_SCHEMA_URL,
+    METRIC_SCOPE_VERSION,
+    METRIC_UNIT,
+    TRACE_NAME,
+    TRACE_PARENT_SPAN_ID,
+    TRACE_RESOURCE_SCHEMA_URL,
+    TRACE_SCOPE_NAME,
+    TRACE_SCOPE_SCHEMA_URL,
+    TRACE_SCOPE_VERSION,
+    TRACE_SPAN_ID,
+    TRACE_TRACE_ID,
+    TRACE_TRACE_STATE,
+)
 from edge.policy.model import FieldKey
 
 REQUESTS = {"log": ExportLogsServiceRequest, "metric": ExportMetricsServiceRequest,
@@ -374,20 +399,26 @@ class ProtoLogs(ProtoBatch):
     TOP, SCOPES, RECORDS = "resource_logs", "scope_logs", "log_records"
     FIELDS = {
         **_COMMON_FIELDS,
-        ("log_field", 1): ("body", None),
-        ("log_field", 2): ("scalar", "severity_text"),
-        ("log_field", 3): ("id", "trace_id"),
-        ("log_field", 4): ("id", "span_id"),
-        ("log_field", 5): ("scalar", "event_name"),
-        ("log_field", 10): ("resource_scalar", "schema_url"),
-        ("log_field", 11): ("scope_scalar", "schema_url"),
+        LOG_BODY: ("body", None),
+        LOG_SEVERITY_TEXT: ("scalar", "severity_text"),
+        LOG_TRACE_ID: ("id", "trace_id"),
+        LOG_SPAN_ID: ("id", "span_id"),
+        LOG_EVENT_NAME: ("scalar", "event_name"),
+        LOG_RESOURCE_SCHEMA_URL: ("resource_scalar", "schema_url"),
+        LOG_SCOPE_SCHEMA_URL: ("scope_scalar", "schema_url"),
         "log_attribute": ("attribute", None),
     }
-    # log_field number -> (level, proto field, kind): "any" AnyValue, "str" string, "id" bytes
-    _SLOTS = {1: ("record", "body", "any"), 2: ("record", "severity_text", "str"),
-              3: ("record", "trace_id", "id"), 4: ("record", "span_id", "id"),
-              5: ("record", "event_name", "str"), 10: ("resource", "schema_url", "str"),
-              11: ("scope", "schema_url", "str")}
+    # log field number -> (level, proto field, kind): "any" AnyValue, "str" string, "id" bytes;
+    # keyed by number, not by the whole field key: an int hashes in half a tuple's time, per transform op
+    _SLOTS = {
+        LOG_BODY[1]: ("record", "body", "any"),
+        LOG_SEVERITY_TEXT[1]: ("record", "severity_text", "str"),
+        LOG_TRACE_ID[1]: ("record", "trace_id", "id"),
+        LOG_SPAN_ID[1]: ("record", "span_id", "id"),
+        LOG_EVENT_NAME[1]: ("record", "event_name", "str"),
+        LOG_RESOURCE_SCHEMA_URL[1]: ("resource", "schema_url", "str"),
+        LOG_SCOPE_SCHEMA_URL[1]: ("scope", "schema_url", "str"),
+    }
 
     def _owner(self, i: int, level: str) -> Any:
         if level == "record":
@@ -522,13 +553,13 @@ class ProtoMetrics(ProtoBatch):
     TOP, SCOPES, RECORDS = "resource_metrics", "scope_metrics", "metrics"
     FIELDS = {
         **_COMMON_FIELDS,
-        ("metric_field", 1): ("scalar", "name"),
-        ("metric_field", 2): ("scalar", "description"),
-        ("metric_field", 3): ("scalar", "unit"),
-        ("metric_field", 10): ("resource_scalar", "schema_url"),
-        ("metric_field", 11): ("scope_scalar", "schema_url"),
-        ("metric_field", 12): ("scope_member", "name"),
-        ("metric_field", 13): ("scope_member", "version"),
+        METRIC_NAME: ("scalar", "name"),
+        METRIC_DESCRIPTION: ("scalar", "description"),
+        METRIC_UNIT: ("scalar", "unit"),
+        METRIC_RESOURCE_SCHEMA_URL: ("resource_scalar", "schema_url"),
+        METRIC_SCOPE_SCHEMA_URL: ("scope_scalar", "schema_url"),
+        METRIC_SCOPE_NAME: ("scope_member", "name"),
+        METRIC_SCOPE_VERSION: ("scope_member", "version"),
         "datapoint_attribute": ("datapoint_attribute", None),
         "metric_type": ("metric_type", None),
         "aggregation_temporality": ("temporality", None),
@@ -569,15 +600,15 @@ class ProtoTraces(ProtoBatch):
     TOP, SCOPES, RECORDS = "resource_spans", "scope_spans", "spans"
     FIELDS = {
         **_COMMON_FIELDS,
-        ("trace_field", 1): ("scalar", "name"),
-        ("trace_field", 2): ("id", "trace_id"),
-        ("trace_field", 3): ("id", "span_id"),
-        ("trace_field", 4): ("id", "parent_span_id"),
-        ("trace_field", 5): ("scalar", "trace_state"),
-        ("trace_field", 10): ("resource_scalar", "schema_url"),
-        ("trace_field", 11): ("scope_scalar", "schema_url"),
-        ("trace_field", 12): ("scope_member", "name"),
-        ("trace_field", 13): ("scope_member", "version"),
+        TRACE_NAME: ("scalar", "name"),
+        TRACE_TRACE_ID: ("id", "trace_id"),
+        TRACE_SPAN_ID: ("id", "span_id"),
+        TRACE_PARENT_SPAN_ID: ("id", "parent_span_id"),
+        TRACE_TRACE_STATE: ("scalar", "trace_state"),
+        TRACE_RESOURCE_SCHEMA_URL: ("resource_scalar", "schema_url"),
+        TRACE_SCOPE_SCHEMA_URL: ("scope_scalar", "schema_url"),
+        TRACE_SCOPE_NAME: ("scope_member", "name"),
+        TRACE_SCOPE_VERSION: ("scope_member", "version"),
         "span_attribute": ("attribute", None),
         "span_kind": ("enum", "kind"),
         "span_status": ("span_status", None),

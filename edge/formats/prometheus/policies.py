@@ -18,14 +18,10 @@ from edge.engine import bits
 from edge.engine.matching import condition_masks, policy_masks
 from edge.engine.values import MISSING, Column
 from edge.formats.prometheus.labels import LabelLocator
+from edge.policy.fields import AGGREGATION_TEMPORALITY, METRIC_DESCRIPTION, METRIC_NAME, METRIC_TYPE, METRIC_UNIT
 from edge.policy.model import METRIC, CompiledPolicy, FieldKey, SignalPlan
 from edge.policy.snapshot import Snapshot
 
-NAME = ("metric_field", 1)
-DESCRIPTION = ("metric_field", 2)
-UNIT = ("metric_field", 3)
-METRIC_TYPE = ("metric_type",)
-TEMPORALITY = ("aggregation_temporality",)
 LABEL = "datapoint_attribute"
 
 _VERDICT_CACHE_MAX = 100_000  # per snapshot; a flood of distinct names only clears it
@@ -207,11 +203,11 @@ def scrape_policies(snapshot: Snapshot) -> ScrapePolicies:
 # ── batch views for the engine's matching code ──────────────────────────────
 
 _CONTEXT_FIELDS = {
-    NAME: lambda c: c.name,
-    DESCRIPTION: lambda c: c.description,
-    UNIT: lambda c: c.unit,
+    METRIC_NAME: lambda c: c.name,
+    METRIC_DESCRIPTION: lambda c: c.description,
+    METRIC_UNIT: lambda c: c.unit,
     METRIC_TYPE: lambda c: c.metric_type,
-    TEMPORALITY: lambda c: c.temporality,
+    AGGREGATION_TEMPORALITY: lambda c: c.temporality,
 }
 
 
