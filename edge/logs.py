@@ -22,9 +22,17 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+# Libraries whose debug lines describe their own machinery, not edge's work. watchdog logs every
+# inotify event it sees: with stderr written into a watched policy directory, each such line is
+# itself an event, and the log feeds itself.
+QUIET_LIBRARIES = ("watchdog",)
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

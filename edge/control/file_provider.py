@@ -9,9 +9,11 @@ empty file keeps the last good policies.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from typing import Any
@@ -31,6 +33,24 @@ SETTLE_MAX_S = 0.5  # ...but never longer than this (the 2 s reaction budget)
 # Events that can change what the file holds; opened / closed_no_write / attrib are what our
 # own reads cause, and reacting to them would make the provider chase its own tail.
 _CONTENT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
+
+
+def read_regular_file(path: str) -> bytes:
+    """The file's bytes; OSError when it is anything but a regular file (or a link to one).
+
+    Opened non-blocking and checked on the open descriptor: opening a FIFO for reading
+    blocks until a writer comes, which would wedge the provider's thread for good, and a
+    check before the open could be raced by a rename.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 class _DirHandler(FileSystemEventHandler):
@@ -95,8 +115,7 @@ class FileProvider(ProviderThread):
 
     def _read(self) -> bytes | None:
         try:
-            with open(self.path, "rb") as fh:
-                data = fh.read()
+            data = read_regular_file(self.path)
         except OSError as exc:
             self._seen_hash = None  # the same bytes must be parsed again once the file is back
             self._fail(f"cannot read {self.path}: {exc.strerror or exc}")
