@@ -91,7 +91,7 @@ def typed_any(value: Any) -> Any:
 def find_attribute(attributes: Any, path: tuple[str, ...]) -> Any:
     """Walk repeated KeyValue along `path` (nested kvlist_value maps); the AnyValue or None.
 
-    First match per key, like otlp_json.find_attribute. A KeyValue without a value
+    First match per key, like json_batch.find_attribute. A KeyValue without a value
     yields an empty AnyValue, which every reader treats as absent.
     """
     last = len(path) - 1
