@@ -20,7 +20,8 @@ import orjson
 import pytest
 import zstandard
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_fixtures import EdgeStack, RecordingUpstream, Reply, distribution, request
+
+from tests.proxy_fixtures import EdgeStack, RecordingUpstream, Reply, distribution, request
 
 POLICIES: list[dict[str, Any]] = [
     {"id": "drop-debug", "name": "Drop debug logs",
@@ -51,13 +52,6 @@ def series(*items: bytes) -> bytes:
 
 
 # ── fixtures ──
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
