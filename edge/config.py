@@ -1,4 +1,4 @@
-"""The proxy's configuration: the keys of EDGE.md, their defaults, env overrides and `${VAR}`.
+"""The proxy's configuration: the keys of docs/configuration.md, their defaults, env overrides and `${VAR}`.
 
 Order of precedence: command line > environment > file > defaults. Any scalar key can be
 overridden with `TERO_` + its path joined by `_` in upper case (`TERO_LOG_LEVEL`,
@@ -273,7 +273,7 @@ def _s3_targets(raw: Any) -> tuple[S3Target, ...]:
 
 
 def _s3_dump(raw: Any) -> tuple[S3DumpConfig, list[str]]:
-    """The s3_dump section (EDGE.md); enabled without a target is an error, numbers must be positive."""
+    """The s3_dump section (docs/configuration.md); enabled without a target is an error, numbers must be positive."""
     if raw is None:
         return S3DumpConfig(), []
     if not isinstance(raw, dict):

@@ -111,7 +111,7 @@ def test_transformed_records_are_reencoded_and_the_rest_kept_as_bytes(edge: Edge
 
 def test_everything_dropped_sends_empty_logs_and_answers_series_locally(edge: EdgeStack,
                                                                         upstream: RecordingUpstream) -> None:
-    """EDGE.md: all logs dropped -> `[]` upstream (the intake's answer is relayed); all series dropped -> 200 `{}`."""
+    """docs/configuration.md "Routes": all logs dropped: `[]` upstream, answer relayed; all series dropped: 200 `{}`."""
     reply = post(edge, "/api/v2/logs", logs(DEBUG, DEBUG))
     assert reply.status == 200
     [got] = upstream.received()

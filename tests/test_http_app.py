@@ -1,6 +1,6 @@
 """The HTTP workers end to end: real gunicorn workers, real shared memory, a real upstream.
 
-Covers the routes and statuses of EDGE.md (forwarded, all dropped, 413, 502, 504, relayed
+Covers the routes and statuses of docs/configuration.md (forwarded, all dropped, 413, 502, 504, relayed
 upstream errors), content encodings, JSON/protobuf parity, header and path handling,
 passthrough, the admin endpoints, metrics summed over workers, live policy swaps, the
 instance-wide rate limit and match statistics reaching the spool.

@@ -371,7 +371,7 @@ class FileProvider(_Provider):
 
 
 class HttpProvider(_Provider):
-    """Polls a policy sync server (POLICY.md §10) and reports match statistics back to it.
+    """Polls a policy sync server (docs/policies.md §10) and reports match statistics back to it.
 
     Only the statistics and errors of policies this server supplied are sent to it; the others
     are handed back at once, so with several servers each one hears about its own policies.

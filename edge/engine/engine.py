@@ -80,7 +80,7 @@ class Engine:
 
     def _count(self, matched: list[tuple[CompiledPolicy, int]], alive: int,
                caused: dict[str, int]) -> None:
-        """Hits and misses (POLICY.md §7) for every policy that matched something."""
+        """Hits and misses (docs/policies.md §7) for every policy that matched something."""
         rows = []
         for policy, mask in matched:
             if not mask:

@@ -1,4 +1,4 @@
-"""edge-tail settings: the flags of EDGE.md, a JSON config file, `TERO_*` overrides.
+"""edge-tail settings: the flags of docs/configuration.md, a JSON config file, `TERO_*` overrides.
 
 Every option is declared once in `OPTIONS`; the command line, the `-c` file, the
 environment and the supervisor's `tail` config section are all read through it, so a

@@ -3,7 +3,7 @@
 `LineBatch` implements the batch interface of `edge.formats.otlp.json_batch.JsonLogs` (columns,
 string columns, `keep_only`, the transform accessors, `export`) over the lines of one
 block, so the proxy's engine evaluates them unchanged: one Hyperscan scan per field
-over the whole block. How a line maps to fields depends on the format (EDGE.md
+over the whole block. How a line maps to fields depends on the format (docs/configuration.md
 "Formats"):
 
 - raw: body = the line. The block is decoded once and split once; no per-line Python.
