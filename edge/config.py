@@ -1,4 +1,4 @@
-"""The proxy's configuration: the keys of EDGE.md, their defaults, env overrides and `${VAR}`.
+"""The proxy's configuration: the keys of docs/configuration.md, their defaults, env overrides and `${VAR}`.
 
 Every key is declared once, as a field of `Config` or of one of its section classes: the
 field's default and annotation are the key's default and type, and its metadata (`setting`
@@ -350,7 +350,7 @@ class S3DumpConfig:
 
 
 def _s3_dump(key: str, raw: Any, env: Mapping[str, str]) -> tuple[S3DumpConfig, list[str]]:
-    """The s3_dump section (EDGE.md): absent means off; enabled without a target is an error."""
+    """The s3_dump section (docs/configuration.md): absent means off; enabled without a target is an error."""
     if raw is None:
         return S3DumpConfig(), []
     if not isinstance(raw, dict):

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from proxy_fixtures import free_port
+
+from tests.proxy_fixtures import free_port
 
 BIN = Path(sys.executable).parent
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "edge-test-key", "AWS_SECRET_ACCESS_KEY": "edge-test-secret-do-not-log",

@@ -1,4 +1,4 @@
-"""Compilation: the validation errors of POLICY.md §8, inert invalid policies, regex routing, snapshots."""
+"""Compilation: the validation errors of docs/policies.md §8, inert invalid policies, regex routing, snapshots."""
 
 from __future__ import annotations
 

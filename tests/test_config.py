@@ -1,4 +1,4 @@
-"""Config loading (EDGE.md): keys and defaults, TERO_* overrides, ${VAR} substitution, one-line errors."""
+"""Config loading (docs/configuration.md): keys and defaults, TERO_* overrides, ${VAR} substitution, one-line errors."""
 
 from __future__ import annotations
 

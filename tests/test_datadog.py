@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-from engine_helpers import clean_engine
 
 from edge.engine.engine import Engine
 from edge.engine.extensions import ExtensionRegistry
@@ -22,6 +21,7 @@ from edge.formats.datadog.body import evaluate
 from edge.formats.errors import UndecodableBody
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
+from tests.engine_helpers import clean_engine
 
 
 def dropped(matchers: list[dict], records: list[dict], signal: str = "log") -> list[int]:

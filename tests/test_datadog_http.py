@@ -20,7 +20,8 @@ import orjson
 import pytest
 import zstandard
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_fixtures import EdgeStack, RecordingUpstream, Reply, distribution, request
+
+from tests.proxy_fixtures import EdgeStack, RecordingUpstream, Reply, distribution, request
 
 POLICIES: list[dict[str, Any]] = [
     {"id": "drop-debug", "name": "Drop debug logs",
@@ -51,13 +52,6 @@ def series(*items: bytes) -> bytes:
 
 
 # ── fixtures ──
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +111,7 @@ def test_transformed_records_are_reencoded_and_the_rest_kept_as_bytes(edge: Edge
 
 def test_everything_dropped_sends_empty_logs_and_answers_series_locally(edge: EdgeStack,
                                                                         upstream: RecordingUpstream) -> None:
-    """EDGE.md: all logs dropped -> `[]` upstream (the intake's answer is relayed); all series dropped -> 200 `{}`."""
+    """docs/configuration.md "Routes": all logs dropped: `[]` upstream, answer relayed; all series dropped: 200 `{}`."""
     reply = post(edge, "/api/v2/logs", logs(DEBUG, DEBUG))
     assert reply.status == 200
     [got] = upstream.received()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxy_fixtures import EdgeStack
 
 from edge.channels.stats_spool import StatsSpool
 from edge.config import build
@@ -21,6 +20,7 @@ from edge.control.interfaces import SnapshotSink, StatsSource
 from edge.engine.stats import MatchStats
 from edge.lambda_extension.runtime import LocalRuntime, LocalSnapshots, StatsHandOver
 from edge.runtime import CurrentSnapshot, Runtime
+from tests.proxy_fixtures import EdgeStack
 from workers.runtime import WorkerRuntime
 
 

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from proxy_fixtures import compile_snapshot
 
 from edge.channels.snapshots import SnapshotPublisher, SnapshotReader
 from edge.engine.extensions import ExtensionRegistry
@@ -18,6 +17,7 @@ from edge.engine.stats import MatchStats
 from edge.lambda_extension.runtime import LocalSnapshots
 from edge.policy.model import LOG
 from edge.policy.snapshot import Snapshot
+from tests.proxy_fixtures import compile_snapshot
 
 
 def log_drop(pid: str) -> dict:

@@ -1,4 +1,4 @@
-"""Extension dispatch (POLICY.md §9): records selected by mode reach the registered handler as copies."""
+"""Extension dispatch (docs/policies.md §9): records selected by mode reach the registered handler as copies."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The HTTP workers end to end: real gunicorn workers, real shared memory, a real upstream.
 
-Covers the routes and statuses of EDGE.md (forwarded, all dropped, 413, 502, 504, relayed
+Covers the routes and statuses of docs/configuration.md (forwarded, all dropped, 413, 502, 504, relayed
 upstream errors), content encodings, JSON/protobuf parity, header and path handling,
 passthrough, the admin endpoints, metrics summed over workers, live policy swaps, the
 instance-wide rate limit and match statistics reaching the spool.
@@ -26,9 +26,9 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_fixtures import EdgeStack, RecordingUpstream, free_port, request
 
 from edge.channels.stats_spool import StatsSpool
+from tests.proxy_fixtures import EdgeStack, RecordingUpstream, free_port, request
 
 BASE_POLICIES: list[dict[str, Any]] = [
     {"id": "drop-debug", "name": "Drop debug logs",
@@ -90,13 +90,6 @@ MIXED_KEPT = ["order 17 confirmed", "token <redacted> used"]
 
 
 # ── fixtures ──
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 def _stack(upstream_url: str, **config: Any) -> Iterator[EdgeStack]:

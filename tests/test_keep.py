@@ -1,4 +1,4 @@
-"""Log keep decisions (POLICY.md §4), match statistics (§7) and metric keep=false."""
+"""Log keep decisions (docs/policies.md §4), match statistics (§7) and metric keep=false."""
 
 from __future__ import annotations
 

@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from proxy_fixtures import RecordingUpstream, free_port, request
-from s3_fixtures import BIN, CREDENTIALS, MotoServer, create_bucket, ndjson, objects
 
 from edge.config import ProviderConfig
 from edge.control.merger import PolicyMerger
 from edge.control.providers import ProviderSet
 from edge.lambda_extension.policies import EventDrivenPolicies
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
+from tests.proxy_fixtures import RecordingUpstream, free_port, request
+from tests.s3_fixtures import BIN, CREDENTIALS, MotoServer, create_bucket, ndjson, objects
 
 BASE = "/2020-01-01/extension"
 

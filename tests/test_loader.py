@@ -1,4 +1,4 @@
-"""Policy document reader: the leniencies of POLICY.md §1 and the skip-on-decode-error rule of §8."""
+"""Policy document reader: the leniencies of docs/policies.md §1 and the skip-on-decode-error rule of §8."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matchers (POLICY.md §3) on logs, metrics and traces, and the batch scanner's record boundaries."""
+"""Matchers (docs/policies.md §3) on logs, metrics and traces, and the batch scanner's record boundaries."""
 
 from __future__ import annotations
 

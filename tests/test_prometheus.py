@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 import pytest
-from engine_helpers import clean_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -27,6 +26,7 @@ from edge.formats.otlp.body import evaluate
 from edge.formats.prometheus.exposition import LINE_MAX, LineCut, ScrapeFilter
 from edge.formats.prometheus.labels import parse_labels
 from edge.formats.prometheus.policies import scrape_policies
+from tests.engine_helpers import clean_engine
 
 EXPOSITION = b"""\
 # HELP http_requests_total Total HTTP requests.

@@ -25,9 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from engine_helpers import clean_engine
 
 from edge.formats.prometheus.exposition import ScrapeFilter
+from tests.engine_helpers import clean_engine
 
 BLOCKS = 210  # x ~1 MiB
 POLICIES = [

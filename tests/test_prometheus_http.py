@@ -22,11 +22,11 @@ import pytest
 import zstandard
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_fixtures import EdgeStack, RecordingUpstream, distribution, request
-from test_prometheus import EXPOSITION, drop, sample_lines
 
 from edge.channels.stats_spool import StatsSpool
 from edge.protocols.prometheus import DECODE_STEP, CorruptStream, StreamDecoder
+from tests.proxy_fixtures import EdgeStack, RecordingUpstream, distribution, request
+from tests.test_prometheus import EXPOSITION, drop, sample_lines
 
 POLICIES: list[dict[str, Any]] = [
     drop("drop-options", {"datapoint_attribute": "method", "exact": "OPTIONS"}),
@@ -39,13 +39,6 @@ EXPECTED = [line for line in sample_lines(EXPOSITION)
             if b"OPTIONS" not in line and b"process_temp" not in line and b"/healthz" not in line]
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

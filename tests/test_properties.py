@@ -1,4 +1,4 @@
-"""Property tests: random policies against random OTLP/JSON batches (POLICY.md §3, §4, §8)."""
+"""Property tests: random policies against random OTLP/JSON batches (docs/policies.md §3, §4, §8)."""
 
 from __future__ import annotations
 
@@ -614,7 +614,7 @@ VALUE = st.one_of(
 
 
 def oracle(m: dict, value) -> bool:
-    """What POLICY.md §3 says, per record: RE2 search / Python string ops; only non-empty strings match."""
+    """What docs/policies.md §3 says, per record: RE2 search / Python string ops; only non-empty strings match."""
     if isinstance(value, str) and value:
         ci = m.get("case_insensitive", False)
         if "regex" in m:

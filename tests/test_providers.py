@@ -1,4 +1,4 @@
-"""Policy providers against real files and a real sync server on 127.0.0.1 (POLICY.md §10)."""
+"""Policy providers against real files and a real sync server on 127.0.0.1 (docs/policies.md §10)."""
 
 from __future__ import annotations
 

@@ -25,14 +25,14 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_fixtures import RecordingUpstream, free_port, request
-from s3_fixtures import BIN, CREDENTIALS, MotoServer, create_bucket, ndjson, objects, wait_objects
 
 from edge import config as cfg
 from edge.engine.extensions import ExtensionRegistry
 from edge.extensions.batching import Batch, Batcher
 from edge.extensions.s3_dump import register_s3_dump
 from edge.protocols.self_metrics import get_metrics
+from tests.proxy_fixtures import RecordingUpstream, free_port, request
+from tests.s3_fixtures import BIN, CREDENTIALS, MotoServer, create_bucket, ndjson, objects, wait_objects
 
 DUMP = "com.usetero/s3-dump"
 

@@ -1,4 +1,4 @@
-"""Consistent-probability trace sampling (POLICY.md §6): thresholds, randomness, modes, tracestate."""
+"""Consistent-probability trace sampling (docs/policies.md §6): thresholds, randomness, modes, tracestate."""
 
 from __future__ import annotations
 

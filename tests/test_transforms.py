@@ -1,4 +1,4 @@
-"""Log transforms (POLICY.md §5): remove, redact, rename, add; templates; ordering; stage statistics."""
+"""Log transforms (docs/policies.md §5): remove, redact, rename, add; templates; ordering; stage statistics."""
 
 from __future__ import annotations
 

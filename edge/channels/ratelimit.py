@@ -1,6 +1,6 @@
 """Rate-limit windows shared by every worker process of one proxy instance.
 
-"N/s" is per instance (POLICY.md §4), so all workers spend from one window per policy.
+"N/s" is per instance (docs/policies.md §4), so all workers spend from one window per policy.
 The windows live in a shared-memory table (policy-id digest, window start, used) and
 each `take()` holds an `flock` on a lock file for a few microseconds: once per policy
 per batch, never per record. Window starts use CLOCK_MONOTONIC, which is system-wide.

@@ -1,4 +1,4 @@
-"""A policy sync server (POLICY.md §10) as a provider, reporting match statistics back to it.
+"""A policy sync server (docs/policies.md §10) as a provider, reporting match statistics back to it.
 
 Each sync reports the statistics gathered since the last one and applies the policies of
 the answer. A server that is down keeps the last good policies and is retried with
@@ -38,7 +38,7 @@ def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) ->
 
 
 class HttpProvider(ProviderThread):
-    """Polls a policy sync server (POLICY.md §10) and reports match statistics back to it.
+    """Polls a policy sync server (docs/policies.md §10) and reports match statistics back to it.
 
     Only the statistics and errors of policies this server supplied are sent to it; the others
     are handed back at once, so with several servers each one hears about its own policies.

@@ -62,7 +62,7 @@ class Batch(Matchable, Protocol):
 
 @runtime_checkable
 class LogBatch(Batch, Protocol):
-    """Log records that transforms (POLICY.md §5) read and rewrite one field at a time."""
+    """Log records that transforms (docs/policies.md §5) read and rewrite one field at a time."""
 
     def get(self, i: int, key: FieldKey) -> FormatValue | None:
         """Record i's value of `key`, or None when absent."""
@@ -87,7 +87,7 @@ class LogBatch(Batch, Protocol):
 
 @runtime_checkable
 class TraceBatch(Batch, Protocol):
-    """Spans, whose sampling decision reads the trace id and rewrites the tracestate (POLICY.md §6)."""
+    """Spans, whose sampling decision reads the trace id and rewrites the tracestate (docs/policies.md §6)."""
 
     def trace_id(self, i: int) -> bytes | None:
         """Span i's trace id, or None when absent or malformed."""

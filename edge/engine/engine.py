@@ -82,7 +82,7 @@ class Engine:
         return list(zip(plan.policies, policy_masks(plan, masks, batch.full), strict=True))
 
     def _count(self, matched: Matched, alive: int, caused: dict[str, int]) -> None:
-        """Hits and misses (POLICY.md §7) for every policy that matched something."""
+        """Hits and misses (docs/policies.md §7) for every policy that matched something."""
         rows = []
         for policy, mask in matched:
             if not mask:

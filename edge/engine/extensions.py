@@ -1,4 +1,4 @@
-"""Extension dispatch (POLICY.md §9): copies of selected records go to registered handlers.
+"""Extension dispatch (docs/policies.md §9): copies of selected records go to registered handlers.
 
 Selection happens after the keep outcome is final and before transforms; the handler
 gets copies, so nothing it does can change what is forwarded. Handlers must return

@@ -228,7 +228,7 @@ def _typed_mask(condition: Condition, column: Column) -> int:
             hits = [i for i, v in enumerate(values) if v is not MISSING]
         else:
             # per value, then "any value matches": a metric with one data point lacking
-            # the attribute satisfies exists:false (POLICY.md §3)
+            # the attribute satisfies exists:false (docs/policies.md §3)
             hits = [i for i, v in enumerate(values) if v is MISSING]
         return _fold(hits, column.owners) if hits else 0
     if op is Op.EQUALS:

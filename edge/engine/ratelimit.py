@@ -1,4 +1,4 @@
-"""Per-policy fixed-window rate limiters (POLICY.md §4, "N/s", "N/Dm").
+"""Per-policy fixed-window rate limiters (docs/policies.md §4, "N/s", "N/Dm").
 
 The window starts when the policy is loaded; a new window starts at the first record
 after the previous one ended. `take(k)` settles a whole batch at once: the first

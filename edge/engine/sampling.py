@@ -1,4 +1,4 @@
-"""Consistent-probability sampling math (POLICY.md §4 and §6).
+"""Consistent-probability sampling math (docs/policies.md §4 and §6).
 
 56-bit randomness R and rejection thresholds T: keep when R >= T. Thresholds are
 written to the `ot` tracestate entry as `th:<hex>` so downstream samplers agree.
@@ -113,7 +113,7 @@ class TraceDecision:
 
 
 def decide_span(keep: TraceKeep, trace_id: bytes | None, tracestate: str) -> TraceDecision:
-    """Sampling decision for one span under one policy's config (POLICY.md §6)."""
+    """Sampling decision for one span under one policy's config (docs/policies.md §6)."""
     p = keep.percentage
     if p <= 0:
         return TraceDecision(False, None)

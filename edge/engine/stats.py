@@ -1,4 +1,4 @@
-"""Match statistics per policy (POLICY.md §7), read-and-reset into sync requests.
+"""Match statistics per policy (docs/policies.md §7), read-and-reset into sync requests.
 
 Counters are added once per batch (not per record) under a lock, so the cost on the
 request path is a few dict updates per matching policy.

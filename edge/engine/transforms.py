@@ -1,9 +1,9 @@
-"""Log transforms (POLICY.md §5): remove, redact, rename, add.
+"""Log transforms (docs/policies.md §5): remove, redact, rename, add.
 
 Policies apply in policy-id order, each running its four stages in that order. This
 is what the conformance cases pin (compound_transforms_across_policies: a later
-policy's rename lands after an earlier policy's adds), and where POLICY.md and the
-cases disagree the cases win. A transform that finds its field absent is a no-op
+policy's rename lands after an earlier policy's adds), and what docs/policies.md §5
+documents. A transform that finds its field absent is a no-op
 (counted as a stage miss); one that changes the record is a stage hit.
 """
 
@@ -81,5 +81,5 @@ def apply_transforms(batch: LogBatch, snapshot: Snapshot, targets: list[tuple[Co
                 stats.add_stage(policy.id, stage, hits, len(records) * len(ops) - hits)
 
 
-# Within one policy the stages run in this order (POLICY.md §5).
+# Within one policy the stages run in this order (docs/policies.md §5).
 _STAGES = (("remove", _remove), ("redact", _redact), ("rename", _rename), ("add", _add))

@@ -11,7 +11,7 @@ nothing is left half done. SHUTDOWN: stop the proxy (in-flight requests finish, 
 batches are uploaded), make a final policy sync with the last statistics, exit 0 — all
 within the event's deadline. A proxy that died is reported with `POST /exit/error`.
 
-Variables beyond the scalar `TERO_<KEY>` overrides of the config file (EDGE.md): the list
+Variables beyond the scalar `TERO_<KEY>` overrides of the config file (docs/configuration.md): the list
 valued keys are JSON, `TERO_POLICY_PROVIDERS` (as `policy_providers`) and
 `TERO_S3_DUMP_TARGETS` (as `s3_dump.targets`); `${VAR}` is substituted in them.
 """

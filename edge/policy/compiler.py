@@ -1,4 +1,4 @@
-"""Compile decoded policies into a `Snapshot`: validation (POLICY.md §8) plus match tables.
+"""Compile decoded policies into a `Snapshot`: validation (docs/policies.md §8) plus match tables.
 
 Validation collects every error of a policy (`log: match[0]: invalid regex "(["`) and
 leaves that policy inert. Valid string conditions are grouped per field and compiled

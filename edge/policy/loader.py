@@ -1,7 +1,7 @@
 """Read policy documents (JSON or YAML) into `tero.policy.v1.Policy` messages.
 
 Policy files in the wild are written by hand, by three generations of tooling and by
-policy servers, so the reader is lenient in exactly the ways POLICY.md §1 lists:
+policy servers, so the reader is lenient in exactly the ways docs/policies.md §1 lists:
 snake_case and lowerCamelCase keys, enum values as full names, short lowercase names
 or numbers, attribute paths as a string / list / `{path: [...]}`, typed values as bare
 literals, and extension configs as inline objects. The leniency lives in one
@@ -162,7 +162,7 @@ def decode_policy(doc: Any) -> Policy:
         raise ValueError(f"a policy must be an object, got {type(doc).__name__}")
     message = Policy()
     canonical = normalise(doc, Policy.DESCRIPTOR)
-    canonical.setdefault("enabled", True)  # POLICY.md: enabled defaults to true (proto3 says false)
+    canonical.setdefault("enabled", True)  # docs/policies.md §1: enabled defaults to true (proto3 says false)
     try:
         json_format.ParseDict(canonical, message, ignore_unknown_fields=True)
     except (json_format.ParseError, TypeError, ValueError) as exc:

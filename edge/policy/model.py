@@ -76,7 +76,7 @@ class LogKeep:
 
 @dataclass(slots=True)
 class TraceKeep:
-    """A parsed trace sampling config (POLICY.md §6)."""
+    """A parsed trace sampling config (docs/policies.md §6)."""
 
     percentage: float
     mode: int  # SamplingMode number; HASH_SEED when unspecified

@@ -66,7 +66,7 @@ class Snapshot:
         return bool(self.plans.get(signal))
 
     def errors(self) -> dict[str, list[str]]:
-        """Compile errors of enabled policies (a disabled policy does not exist, POLICY.md §1)."""
+        """Compile errors of enabled policies (a disabled policy does not exist, docs/policies.md §1)."""
         return {p.id: list(p.errors) for p in self.policies if p.errors and p.enabled}
 
     # ── runtime objects, built on first use in this process ──

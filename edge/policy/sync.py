@@ -1,4 +1,4 @@
-"""Client side of the policy sync protocol (POLICY.md §10), JSON or protobuf on the wire.
+"""Client side of the policy sync protocol (docs/policies.md §10), JSON or protobuf on the wire.
 
 `SyncClient.sync()` posts a SyncRequest carrying the drained match statistics and
 returns the decoded policies. JSON responses go through the lenient policy reader, so

@@ -2,7 +2,7 @@
 
 The request handling is the OTLP route's (413 over `max_body_size`, 502/504 from the
 upstream, headers such as DD-API-KEY forwarded and never logged, records counted in the
-proxy metrics). A logs batch whose every record is dropped goes upstream as `[]` (EDGE.md),
+proxy metrics). A logs batch whose every record is dropped goes upstream as `[]` (docs/configuration.md),
 so the agent gets the intake's own answer; an all-dropped series payload is answered 200
 `{}` here like OTLP. Only
 the codec differs: Datadog JSON through `edge.formats.datadog.body`. Fail-open: an
@@ -34,7 +34,7 @@ class DatadogRoute(OtlpRoute):
         super().__init__(signal, base_url, runtime, upstream, metrics)
         self.route = route
         if signal == LOG:
-            self.all_dropped = b"[]"  # EDGE.md: a logs batch whose every record is dropped goes upstream as []
+            self.all_dropped = b"[]"  # docs/configuration.md "Routes": an all-dropped logs batch goes upstream as []
 
     def filters(self, head: RequestHead) -> bool:
         return not is_protobuf(head.content_type)  # the agent's protobuf series: forwarded unfiltered

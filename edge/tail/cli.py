@@ -3,7 +3,7 @@
 No path (or `-`) reads stdin until EOF. Paths and globs (`*`, `?` in the file name)
 are tailed until SIGTERM or SIGINT, which flush the output, save the checkpoints and
 exit 0. A bad option, an unreadable input or an unwritable output is one line on
-stderr and exit status 2. See `edge-tail -h` and EDGE.md for every option.
+stderr and exit status 2. See `edge-tail -h` and docs/configuration.md for every option.
 """
 
 from __future__ import annotations

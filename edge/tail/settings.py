@@ -1,4 +1,4 @@
-"""edge-tail settings: the flags of EDGE.md, a JSON config file, `TERO_*` overrides.
+"""edge-tail settings: the flags of docs/configuration.md, a JSON config file, `TERO_*` overrides.
 
 Every option is declared once, as a field of `TailSettings` (default, kind, help, flags);
 `OPTIONS` lists them, and the command line, the `-c` file, the environment and the

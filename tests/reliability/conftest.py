@@ -7,30 +7,19 @@ invariant of `harness.check_invariant` is asserted (a failure shows as an error 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from reliability.harness import EdgeProcess, FaultUpstream, Ledger, check_invariant
-
-MATRIX_TIMEOUT = 1.5  # upstream_timeout of the fault-matrix proxy (seconds)
-MATRIX_MAX_BODY = 1 << 20
-MATRIX_MAX_DECODED = 4 << 20
-
-
-@dataclass
-class Case:
-    edge: EdgeProcess
-    upstream: FaultUpstream
-    ledger: Ledger
-    dropped_before: float
-    pool_bound: int = 16
-    check_accounting: bool = True
-
-    def post(self, path: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 10.0) -> Any:
-        return self.edge.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})},
-                                 timeout=timeout)
+from tests.reliability.harness import (
+    MATRIX_MAX_BODY,
+    MATRIX_MAX_DECODED,
+    MATRIX_TIMEOUT,
+    Case,
+    EdgeProcess,
+    FaultUpstream,
+    Ledger,
+    check_invariant,
+)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_fixtures import RecordingUpstream, Reply, free_port, request
+
+from tests.proxy_fixtures import RecordingUpstream, Reply, free_port, request
 
 EDGE_SCRIPT = Path(sys.executable).parent / "edge"
 SIGNAL_PATHS = {"log": "/v1/logs", "metric": "/v1/metrics", "trace": "/v1/traces"}
@@ -534,3 +535,29 @@ def raw_http(port: int, data: bytes, *, shutdown_write: bool = False, timeout: f
 def statuses(raw: bytes) -> list[int]:
     """Status codes of every HTTP/1.1 response in a raw byte stream."""
     return [int(line.split()[1]) for line in raw.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+
+
+# ── the fault matrix's case (the `case` fixture of conftest.py hands one to each test) ──
+
+MATRIX_TIMEOUT = 1.5  # upstream_timeout of the fault-matrix proxy (seconds)
+MATRIX_MAX_BODY = 1 << 20
+MATRIX_MAX_DECODED = 4 << 20
+
+
+@dataclass
+class Case:
+    """One fault-matrix case: the shared proxy and upstream, and a fresh ledger checked after the test.
+
+    It lives here rather than in conftest.py so that tests import it like every other helper.
+    """
+
+    edge: EdgeProcess
+    upstream: FaultUpstream
+    ledger: Ledger
+    dropped_before: float
+    pool_bound: int = 16
+    check_accounting: bool = True
+
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 10.0) -> Any:
+        return self.edge.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})},
+                                 timeout=timeout)

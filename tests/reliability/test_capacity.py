@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from reliability.conftest import Case
-from reliability.harness import EdgeProcess, FaultUpstream, Ledger, batch, check_invariant
+from tests.reliability.harness import Case, EdgeProcess, FaultUpstream, Ledger, batch, check_invariant
 
 MAX_CONNECTIONS = 4
 WORKERS = 2

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from reliability.harness import EdgeProcess, FaultUpstream, free_port, otlp_document, wait_for
+from tests.reliability.harness import EdgeProcess, FaultUpstream, free_port, otlp_document, wait_for
 
 DROP_DEBUG = {"id": "drop-debug", "name": "drop debug",
               "log": {"match": [{"log_field": "severity_text", "exact": "DEBUG"}], "keep": "none"}}

@@ -22,7 +22,7 @@ from edge.formats.errors import UndecodableBody
 from edge.formats.otlp.body import evaluate
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
-from reliability.harness import MESSAGES, SUITE_POLICIES, fingerprint, otlp_document, records_of
+from tests.reliability.harness import MESSAGES, SUITE_POLICIES, fingerprint, otlp_document, records_of
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONTENT_TYPES = {False: "application/json", True: "application/x-protobuf"}

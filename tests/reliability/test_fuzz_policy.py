@@ -22,7 +22,7 @@ from edge.formats.otlp.body import evaluate
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_document, parse_document
 from edge.policy.snapshot import Snapshot
-from reliability.harness import otlp_document
+from tests.reliability.harness import otlp_document
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

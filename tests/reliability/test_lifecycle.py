@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from reliability.conftest import Case
-from reliability.harness import (
+from tests.reliability.harness import (
     SUITE_POLICIES,
+    Case,
     EdgeProcess,
     FaultUpstream,
     Ledger,
@@ -104,7 +104,7 @@ def _account_without_metrics(upstream: FaultUpstream, ledger: Ledger) -> None:
     """The proxy is gone (no metrics to read): acknowledged records arrived unless a policy drops them."""
     from collections import Counter
 
-    from reliability.harness import record_id
+    from tests.reliability.harness import record_id
 
     arrived = Counter(record_id(kind, r) for kind, r in upstream.delivered())
     for b in ledger.batches:

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from reliability.harness import EdgeProcess, FaultUpstream, wait_for
+from tests.reliability.harness import EdgeProcess, FaultUpstream, wait_for
 
 DROP_DEBUG = {"id": "drop-debug", "name": "drop debug",
               "log": {"match": [{"log_field": "severity_text", "exact": "DEBUG"}], "keep": "none"}}

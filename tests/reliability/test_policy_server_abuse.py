@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from reliability.harness import EdgeProcess, FaultUpstream, free_port, wait_for
+from tests.reliability.harness import EdgeProcess, FaultUpstream, free_port, wait_for
 
 SECRET = "Bearer s3cr3t-provider-token"
 FIRST = [{"id": "drop-debug", "name": "drop debug", "log": {"match": [{"log_field": "severity_text", "exact": "DEBUG"}],

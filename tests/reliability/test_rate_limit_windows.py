@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from reliability.harness import EdgeProcess, FaultUpstream, otlp_document, records_of
+from tests.reliability.harness import EdgeProcess, FaultUpstream, otlp_document, records_of
 
 RATE = 20
 SECONDS = 6.5  # spans six whole windows and part of a seventh

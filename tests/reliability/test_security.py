@@ -20,7 +20,7 @@ from edge.engine.engine import Engine
 from edge.formats.otlp.body import evaluate
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
-from reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, PolicyServer, free_port, otlp_document
+from tests.reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, PolicyServer, free_port, otlp_document
 
 CATASTROPHIC = [
     {"id": "backtrack-body", "name": "nested quantifier",

@@ -23,10 +23,12 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from reliability.conftest import MATRIX_MAX_BODY, MATRIX_MAX_DECODED, Case
-from reliability.harness import (
+from tests.reliability.harness import (
+    MATRIX_MAX_BODY,
+    MATRIX_MAX_DECODED,
     PB_CT,
     SIGNAL_PATHS,
+    Case,
     Sent,
     batch,
     fingerprint,

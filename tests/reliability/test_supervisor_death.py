@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from reliability.harness import EdgeProcess, FaultUpstream, wait_for
+from tests.reliability.harness import EdgeProcess, FaultUpstream, wait_for
 
 
 def _alive(pids: list[int]) -> list[int]:

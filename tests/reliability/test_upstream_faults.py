@@ -13,12 +13,13 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from proxy_fixtures import Reply
 
-from reliability.conftest import MATRIX_TIMEOUT, Case
-from reliability.harness import (
+from tests.proxy_fixtures import Reply
+from tests.reliability.harness import (
+    MATRIX_TIMEOUT,
     PB_CT,
     SIGNAL_PATHS,
+    Case,
     EdgeProcess,
     Fault,
     FaultUpstream,

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tail_helpers import Tailer, lines_of, wait_until, write_lines
-
 from edge.tail.checkpoint import WAL_NAME, scan_wal
+from tests.tail.tail_helpers import Tailer, lines_of, wait_until, write_lines
 
 
 def _bytes_read(pid: int) -> int:

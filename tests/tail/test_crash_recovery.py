@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tail_helpers import terminate
 
 from edge.tail.checkpoint import RECORD_SIZE, SNAPSHOT_NAME, WAL_NAME
+from tests.tail.tail_helpers import terminate
 
 _SCRIPT = Path(sys.executable).with_name("edge-tail")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "edge.tail.cli"]

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tail_helpers import clean_env, drop_policy, run_cli, write_policy
+
+from tests.tail.tail_helpers import clean_env, drop_policy, run_cli, write_policy
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tail_helpers import Tailer, drop_policy, lines_of, wait_until, write_lines, write_policy
+
+from tests.tail.tail_helpers import Tailer, drop_policy, lines_of, wait_until, write_lines, write_policy
 
 
 def numbered(prefix: str, start: int, count: int) -> list[str]:

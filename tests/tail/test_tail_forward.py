@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from tail_helpers import Tailer, clean_env, drop_policy, run_cli, wait_until, write_lines, write_policy
 
 from tests.proxy_fixtures import Recorded, RecordingUpstream
+from tests.tail.tail_helpers import Tailer, clean_env, drop_policy, run_cli, wait_until, write_lines, write_policy
 
 
 @pytest.fixture

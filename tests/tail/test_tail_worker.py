@@ -11,9 +11,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tail_helpers import REPO, clean_env, drop_policy, lines_of, wait_until, write_lines, write_policy
-
 from tests.proxy_fixtures import free_port
+from tests.tail.tail_helpers import REPO, clean_env, drop_policy, lines_of, wait_until, write_lines, write_policy
 
 EDGE = [sys.executable, "-m", "supervisor.main"]
 

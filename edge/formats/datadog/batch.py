@@ -1,7 +1,7 @@
 """Datadog JSON payloads seen as batches of records: logs (`/api/v2/logs`) and series (`/api/v2/series`).
 
 The views hand the evaluator the same typed values and columns as the OTLP views
-(`edge.formats.otlp.json_batch`), mapped as EDGE.md "Datadog field mapping" says:
+(`edge.formats.otlp.json_batch`), mapped as docs/configuration.md "Datadog field mapping" says:
 
 Logs (a JSON array of log objects):
 - body = `message`, else `msg`, else `log`; when `message` is itself a JSON object string,

@@ -69,7 +69,7 @@ def evaluate(engine: Engine, signal: str, body: bytes) -> Evaluated:
     try:
         outcome = engine.evaluate(signal, batch)
         return Evaluated(output(body, batch) if outcome.changed else body, outcome)
-    except Exception:  # noqa: BLE001 - fail-open is the contract (POLICY.md §8)
+    except Exception:  # noqa: BLE001 - fail-open is the contract (docs/policies.md §8)
         log.exception("policy evaluation failed; forwarding the Datadog %s batch unmodified", signal)
         return Evaluated(body, Outcome(0, 0, False))
 

@@ -3,7 +3,7 @@
 `LineBatch` is an `edge.engine.batch.LogBatch` (columns, string columns, `keep_only`, the
 transform accessors, `export`) over the lines of one block, so the proxy's engine
 evaluates them unchanged: one Hyperscan scan per field over the whole block. How a line
-maps to fields depends on the format (EDGE.md "Formats"):
+maps to fields depends on the format (docs/configuration.md "Formats"):
 
 - raw: body = the line. The block is decoded once and split once; no per-line Python.
 - logfmt: `k=v` pairs (values may be double-quoted) are log attributes.

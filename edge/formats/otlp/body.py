@@ -35,7 +35,7 @@ def evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None)
         return _evaluate(engine, signal, body, content_type)
     except UndecodableBody:
         raise
-    except Exception:  # noqa: BLE001 - fail-open is the contract (POLICY.md §8)
+    except Exception:  # noqa: BLE001 - fail-open is the contract (docs/policies.md §8)
         log.exception("policy evaluation failed; forwarding the %s batch unmodified", signal)
         return Evaluated(body, Outcome(0, 0, False))
 

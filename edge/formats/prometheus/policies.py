@@ -63,7 +63,7 @@ def decide(policies: list[CompiledPolicy]) -> tuple[bool, tuple[tuple[str, int, 
     """Keep decision and statistics for one record matched by `policies` (id order), as the engine counts.
 
     Any keep=false policy drops; the first one by id takes the hit and the other matching
-    policies a miss. A kept record gives every matching policy a hit (POLICY.md §7).
+    policies a miss. A kept record gives every matching policy a hit (docs/policies.md §7).
     """
     causer = next((p for p in policies if not p.metric_keep), None)
     if causer is None:
