@@ -125,7 +125,7 @@ class OtlpRoute:
                 return body
             try:
                 result = self.evaluate(engine, decoded, head)
-            except UndecodableBody as exc:
+            except (UndecodableBody, RecursionError) as exc:  # RecursionError: JSON nested too deep to decode
                 log.debug("forwarding an undecodable %s body raw: %s", self.signal, exc)
                 return body
             outcome = result.outcome

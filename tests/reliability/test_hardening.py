@@ -4,27 +4,35 @@
    and held a worker's event loop for seconds: decoding is linear, the member count is capped
    (past it the body is forwarded raw, like a bomb over `max_decoded_bytes`) and big bodies are
    decoded off the event loop.
+2. A Datadog log whose `message` is JSON nested thousands of levels deep raised RecursionError and
+   the whole batch went on unfiltered with an error traceback: such a message is read as text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from time import perf_counter
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 import zstandard
+from engine_helpers import clean_engine
 
+from edge.formats.datadog import batch as datadog_batch
+from edge.formats.datadog.body import evaluate as evaluate_datadog
 from edge.protocols import content_encoding
 from edge.protocols.content_encoding import GZIP, ZSTD, decode, encode
 from edge.protocols.otlp import COMPRESSION_RATIO, OFFLOAD_BYTES, OtlpRoute
 from edge.protocols.upstream import RequestHead, request_head
 from reliability.conftest import MATRIX_MAX_BODY, Case
-from reliability.harness import batch
+from reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, batch
 
 # ── 1. many gzip members / zstd frames ─────────────────────────────────────
 
@@ -200,3 +208,102 @@ def test_many_member_bodies_do_not_stall_other_requests(case: Case) -> None:
     forwarded = [r for r in case.upstream.received("/v1/logs") if r.header("content-encoding") in (GZIP, ZSTD)]
     assert len(forwarded) == 2 * BOMBS_PER_SENDER
     assert all(r.body == bombs[r.header("content-encoding") or ""] for r in forwarded), "not forwarded raw"
+
+
+# ── 2. deeply nested JSON in a Datadog message ──────────────────────────────
+
+DD_POLICIES = [
+    *SUITE_POLICIES,
+    {"id": "drop-healthchecks", "name": "drop healthcheck bodies",
+     "log": {"match": [{"log_field": "body", "contains": "healthcheck"}], "keep": "none"}},
+    {"id": "drop-marked", "name": "drop records marked inside their JSON message",
+     "log": {"match": [{"log_attribute": "marker", "exact": "drop-me"}], "keep": "none"}},
+]
+DEEP = 5_000
+
+
+def nested_object(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def marked_message(depth: int) -> str:
+    """A JSON-object message `depth` levels deep carrying `"marker": "drop-me"` at its top."""
+    return '{"marker":"drop-me","n":' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+def dd_record(message: str, status: str = "info") -> bytes:
+    return orjson.dumps({"message": message, "status": status, "service": "probe"})
+
+
+def dd_body(*records: bytes) -> bytes:
+    return b"[" + b",".join(records) + b"]"
+
+
+def test_deep_message_is_read_as_text(caplog: pytest.LogCaptureFixture) -> None:
+    engine = clean_engine(DD_POLICIES)
+    deep, arrays = dd_record(nested_object(DEEP)), dd_record("[" * DEEP + "]" * DEEP)
+    debug, kept = dd_record("cache miss", "DEBUG"), dd_record("order 17 confirmed")
+    with caplog.at_level(logging.DEBUG):
+        result = evaluate_datadog(engine, "log", dd_body(deep, debug, arrays, kept))
+    assert result.body == dd_body(deep, arrays, kept), "the DEBUG record must go, the others stay byte for byte"
+    assert (result.outcome.total, result.outcome.kept) == (4, 3)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "no error for a deep message"
+    assert len([r for r in caplog.records if "deeper than" in r.getMessage()]) == 1
+
+
+def test_message_depth_limit_boundary() -> None:
+    """A message nested exactly MAX_MESSAGE_DEPTH deep is still read as an object (its marker
+    drops the record); one level deeper it is plain text (kept)."""
+    limit = datadog_batch.MAX_MESSAGE_DEPTH
+    engine = clean_engine(DD_POLICIES)
+    at, over = dd_record(marked_message(limit)), dd_record(marked_message(limit + 1))
+    assert evaluate_datadog(engine, "log", dd_body(at, over)).body == dd_body(over)
+
+
+def test_nesting_check_ignores_brackets_in_strings_and_stays_linear() -> None:
+    within = datadog_batch.nests_within
+    assert within('{"a":"' + "[" * 500 + '"}', 2)
+    assert not within("[" * 3 + "]" * 3, 2)
+    assert within('{"a":"\\"[[[[","b":[1]}', 2)
+    started = perf_counter()  # an unterminated string followed by many escaped quotes: no backtracking
+    assert within('{"' + '\\"' * 200_000 + "[" * 100, 50)
+    assert perf_counter() - started < 1.0
+
+
+@pytest.fixture(scope="module")
+def dd_edge(upstream: FaultUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeProcess]:
+    edge = EdgeProcess(tmp_path_factory.mktemp("deep"), upstream.url, policies=DD_POLICIES, log_level="debug",
+                       upstream_timeout=2.0)
+    try:
+        yield edge.start()
+    finally:
+        assert edge.stop() == 0
+
+
+def error_lines(edge: EdgeProcess) -> list[str]:
+    return [line for line in edge.log_path.read_text(errors="replace").splitlines()
+            if '"level":"error"' in line or "Traceback" in line]
+
+
+def test_deep_message_through_the_proxy(dd_edge: EdgeProcess, upstream: FaultUpstream) -> None:
+    upstream.reset()
+    deep, debug, kept = dd_record(nested_object(DEEP)), dd_record("cache miss", "DEBUG"), dd_record("order 17")
+    reply = dd_edge.request("POST", "/api/v2/logs", dd_body(deep, debug, kept), {"Content-Type": "application/json"})
+    assert reply.status == 200
+    [got] = upstream.received("/api/v2/logs")
+    assert got.body == dd_body(deep, kept)
+    assert not error_lines(dd_edge), error_lines(dd_edge)
+    assert "deeper than" in dd_edge.log_path.read_text()
+
+
+def test_deep_record_body_is_forwarded_raw_without_a_traceback(dd_edge: EdgeProcess,
+                                                                upstream: FaultUpstream) -> None:
+    """A record (not its message) nested too deep for the JSON decoder: the batch cannot be read,
+    so it goes on raw like any undecodable body, logged at debug level, never as an error."""
+    upstream.reset()
+    body = b'[{"message":"x","status":"DEBUG","a":' + b"[" * DEEP + b"]" * DEEP + b"}]"
+    reply = dd_edge.request("POST", "/api/v2/logs", body, {"Content-Type": "application/json"})
+    assert reply.status == 200
+    [got] = upstream.received("/api/v2/logs")
+    assert got.body == body
+    assert not error_lines(dd_edge), error_lines(dd_edge)
