@@ -6,12 +6,16 @@
    decoded off the event loop.
 2. A Datadog log whose `message` is JSON nested thousands of levels deep raised RecursionError and
    the whole batch went on unfiltered with an error traceback: such a message is read as text.
+3. Credentials in `upstream_url` (`http://user:pass@host`) reached the start-up log: URL userinfo
+   and secret-looking query values are redacted in every log line and every `/_edge/*` answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import sys
 import threading
 import time
 import zlib
@@ -25,14 +29,16 @@ import pytest
 import zstandard
 from engine_helpers import clean_engine
 
+from edge import logs
 from edge.formats.datadog import batch as datadog_batch
 from edge.formats.datadog.body import evaluate as evaluate_datadog
-from edge.protocols import content_encoding
+from edge.policy.compiler import compile_policies
+from edge.protocols import admin, content_encoding
 from edge.protocols.content_encoding import GZIP, ZSTD, decode, encode
 from edge.protocols.otlp import COMPRESSION_RATIO, OFFLOAD_BYTES, OtlpRoute
 from edge.protocols.upstream import RequestHead, request_head
 from reliability.conftest import MATRIX_MAX_BODY, Case
-from reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, batch
+from reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, PolicyServer, batch, free_port
 
 # ── 1. many gzip members / zstd frames ─────────────────────────────────────
 
@@ -307,3 +313,115 @@ def test_deep_record_body_is_forwarded_raw_without_a_traceback(dd_edge: EdgeProc
     [got] = upstream.received("/api/v2/logs")
     assert got.body == body
     assert not error_lines(dd_edge), error_lines(dd_edge)
+
+
+# ── 3. credentials in URLs never reach logs or admin answers ───────────────
+
+UPSTREAM_PASS = "upstream-pass-6c1e"
+LOGS_PASS = "logs-pass-93ab"
+PROVIDER_PASS = "provider-pass-2f7d"
+PROVIDER_KEY = "provider-key-8e41"
+NAME_PASS = "name-pass-77b0"
+NAME_TOKEN = "name-token-55aa"
+CLIENT_KEY = "client-key-0d9c"
+URL_SECRETS = [UPSTREAM_PASS, LOGS_PASS, PROVIDER_PASS, PROVIDER_KEY, NAME_PASS, NAME_TOKEN, CLIENT_KEY]
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("upstream http://user:s3cr3t@host:8080/v1?x=1", "upstream http://***@host:8080/v1?x=1"),
+    ("https://u:p@ss:w@rd@h.example/a", "https://***@h.example/a"),
+    ("URL('http://bob:hunter2@10.0.0.1/')", "URL('http://***@10.0.0.1/')"),
+    ("GET /x?api_key=abc123&keep=1", "GET /x?api_key=***&keep=1"),
+    ("/s?APIKEY=abc&token=t0k#frag", "/s?APIKEY=***&token=***#frag"),
+    ("?X-Amz-Signature=f00d&X-Amz-Credential=AKIA&X-Amz-Date=20240101", "?X-Amz-Signature=***&X-Amz-Credential=***"
+                                                                       "&X-Amz-Date=20240101"),
+    ("?client_secret=x1&dd-api-key=x2&access_token=x3&password=x4&sig=x5&key=x6",
+     "?client_secret=***&dd-api-key=***&access_token=***&password=***&sig=***&key=***"),
+    ("?monkey=banana&tokens=2&keyboard=us", "?monkey=banana&tokens=2&keyboard=us"),
+    ("plain text, user@example.com, a=b", "plain text, user@example.com, a=b"),
+    ('label="http://a:b@h/?token=ab\\"cd"', 'label="http://***@h/?token=***\\"cd"'),  # escapes stay intact
+])
+def test_redact(text: str, kept: str) -> None:
+    assert logs.redact(text) == kept
+
+
+def test_every_log_line_is_redacted() -> None:
+    url = f"http://edge:{UPSTREAM_PASS}@127.0.0.1:9/v1/logs?api_key={CLIENT_KEY}"
+    try:
+        raise ConnectionError(f"cannot reach {url}")
+    except ConnectionError:
+        record = logging.LogRecord("edge.test", logging.ERROR, __file__, 1, "upstream %s failed", (url,),
+                                   sys.exc_info())
+    line = logs.JsonFormatter().format(record)
+    assert UPSTREAM_PASS not in line and CLIENT_KEY not in line, line
+    assert "http://***@127.0.0.1:9/v1/logs?api_key=***" in orjson.loads(line)["msg"]
+    assert "ConnectionError: cannot reach http://***@" in orjson.loads(line)["exc"]
+
+
+def test_policies_document_is_redacted() -> None:
+    snapshot = compile_policies([], version="v1", load_errors=[f"provider p: https://u:{PROVIDER_PASS}@h/?token="
+                                                               f"{PROVIDER_KEY} answered 500"])
+    runtime = SimpleNamespace(snapshots=SimpleNamespace(current=lambda: snapshot), generation=3)
+    text = orjson.dumps(admin.policies_document(runtime))
+    assert PROVIDER_PASS.encode() not in text and PROVIDER_KEY.encode() not in text
+    assert orjson.loads(text)["load_errors"] == ["provider p: https://***@h/?token=*** answered 500"]
+
+
+def with_userinfo(url: str, user: str, password: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest}"
+
+
+NAMED_POLICY = {"id": "archive", "name": f"archived at https://ops:{NAME_PASS}@archive.example/x?token={NAME_TOKEN}",
+                "log": {"match": [{"log_field": "body", "contains": "never-present-7d"}], "keep": "none"}}
+
+
+@pytest.fixture(scope="module")
+def url_secret_edge(upstream: FaultUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeProcess]:
+    server = PolicyServer(free_port(), [*SUITE_POLICIES, NAMED_POLICY]).start()
+    sync = f"http://127.0.0.1:{server.port}/v1/policy/sync"
+    edge = EdgeProcess(tmp_path_factory.mktemp("urls"), with_userinfo(upstream.url, "edge", UPSTREAM_PASS),
+                       logs_url=with_userinfo(upstream.url, "dd", LOGS_PASS) + "/logs-intake",
+                       log_level="debug", upstream_timeout=1.0, policies=[*SUITE_POLICIES, NAMED_POLICY],
+                       policy_providers=[
+                           {"id": "srv", "type": "http", "poll_interval": 1, "url": f"{sync}?api_key={PROVIDER_KEY}"},
+                           {"id": "auth", "type": "http", "poll_interval": 1,
+                            "url": with_userinfo(sync, "sync", PROVIDER_PASS) + f"?token={PROVIDER_KEY}"}])
+    try:
+        yield edge.start()
+    finally:
+        assert edge.stop() == 0
+        server.stop()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_url_credentials_never_reach_logs_or_admin_routes(url_secret_edge: EdgeProcess,
+                                                          upstream: FaultUpstream) -> None:
+    edge = url_secret_edge
+    upstream.reset()
+    good = orjson.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "hello"}}]}]}]})
+    assert edge.request("POST", "/v1/logs", good, {"Content-Type": "application/json"}).status == 200
+    assert edge.request("POST", "/v1/traces", b"{}", {"Content-Type": "application/json"}).status == 200
+    assert edge.request("GET", f"/passthrough/path?api_key={CLIENT_KEY}&x=1").status == 200
+    upstream.reset(close=True)  # a failing upstream: its error is logged at debug level
+    edge.request("POST", f"/v1/metrics?api_key={CLIENT_KEY}", b"{}", {"Content-Type": "application/json"})
+    upstream.reset()
+    assert edge.request("POST", "/v1/logs", good, {"Content-Type": "application/json"}).status == 200
+    [logs_request] = upstream.received("/logs-intake/v1/logs")
+    assert logs_request.header("authorization") == basic("dd", LOGS_PASS), "logs_url credentials must still be sent"
+    upstream.reset()
+    edge.request("GET", f"/passthrough/path?api_key={CLIENT_KEY}&x=1")
+    [passed] = upstream.received("/passthrough/path")
+    assert passed.query == f"api_key={CLIENT_KEY}&x=1", "a client's query goes upstream verbatim"
+    assert passed.header("authorization") == basic("edge", UPSTREAM_PASS)
+    answers = b"".join(edge.request("GET", p).body for p in ("/_edge/policies", "/_edge/policies?format=json",
+                                                             "/_edge/metrics"))
+    assert b"archived at https://***@archive.example/x?token=***" in answers
+    log = edge.log_path.read_text(errors="replace")
+    assert "upstream http://***@127.0.0.1" in log, "the start-up line names the upstream, redacted"
+    for secret in URL_SECRETS:
+        assert secret not in log, f"{secret} leaked into the log"
+        assert secret.encode() not in answers, f"{secret} leaked into an admin answer"
