@@ -1,12 +1,43 @@
-"""Structured logs: one JSON object per line on stderr, at the configured level."""
+"""Structured logs: one JSON object per line on stderr, at the configured level.
+
+Every line is redacted here, once, so no call site has to remember it: URL userinfo
+(`http://user:pass@host` -> `http://***@host`) and the values of secret-looking query
+parameters (`?api_key=abc` -> `?api_key=***`), in the message (after its arguments are
+formatted in) and in the exception text. `redact` is also applied to the `/_edge/*` answers.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
 import orjson
+
+REDACTED = "***"
+
+# A query parameter's value is redacted when its key, compared case-insensitively, is one of
+# these words or ends in one of them after a separator (`-`, `_`, `.`): `api_key`, `dd-api-key`,
+# `access_token`, `client_secret`, `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`
+# all match, `monkey`, `tokens` or `keyboard` do not.
+SECRET_QUERY_WORDS = ("key", "apikey", "token", "secret", "password", "passwd", "pwd", "passphrase",
+                      "signature", "sig", "auth", "authorization", "credential", "credentials", "jwt")
+
+# What a redaction may remove never contains `\` or `"`: applied to JSON or Prometheus text, it
+# cannot break an escape sequence or a string (those characters are not allowed raw in URLs).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s\"'<>\\]*@")
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:[\w.\-]*[_.\-])?(?:" + "|".join(SECRET_QUERY_WORDS) + r")=)"
+                           r"[^&#;\s\"'<>\\]*")
+
+
+def redact(text: str) -> str:
+    """The text with URL userinfo and secret-looking query values replaced by `***`."""
+    if "@" in text:
+        text = _USERINFO.sub(r"\1" + REDACTED + "@", text)
+    if "=" in text:
+        text = _SECRET_QUERY.sub(r"\1" + REDACTED, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -15,10 +46,10 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
 
 

@@ -1,4 +1,9 @@
-"""The proxy's own endpoints: health, loaded policies, Prometheus metrics. Never forwarded."""
+"""The proxy's own endpoints: health, loaded policies, Prometheus metrics. Never forwarded.
+
+Their answers go through `edge.logs.redact` like every log line: a URL with credentials or a
+secret query value (a provider URL in a load error, a policy named after an endpoint) never
+leaves the proxy through them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from edge.logs import redact
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import JSON
 from edge.runtime import Runtime
@@ -22,17 +28,28 @@ class Health:
         resp.data = HEALTH_BODY
 
 
+def redacted(value: Any) -> Any:
+    """A JSON-like value with every string in it redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
 def policies_document(runtime: Runtime) -> dict[str, Any]:
     snapshot = runtime.snapshots.current()
     if snapshot is None:
         return {"version": "", "generation": 0, "policies": [], "load_errors": []}
-    return {
+    return redacted({
         "version": snapshot.version,
         "generation": runtime.generation,
         "policies": [{"id": p.id, "name": p.name, "signal": p.signal, "enabled": p.enabled,
                       "errors": list(p.errors)} for p in snapshot.policies],
         "load_errors": list(snapshot.load_errors),
-    }
+    })
 
 
 class Policies:
@@ -61,7 +78,7 @@ class MetricsEndpoint:
         data, content_type = self.metrics.exposition()
         resp.status = 200
         resp.content_type = content_type
-        resp.data = data
+        resp.data = redact(data.decode("utf-8", "replace")).encode()
 
 
 def update_snapshot_gauges(runtime: Runtime, metrics: Metrics) -> None:

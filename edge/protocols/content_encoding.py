@@ -1,15 +1,18 @@
 """Content-Encoding of request bodies: gzip, x-gzip and zstd are decoded, filtered and re-encoded.
 
 `decode()` never allocates more than the decoded-size limit (plus one read block): gzip is
-inflated with `max_length`, zstd is read through a bounded stream reader with a capped
-window size, so a decompression bomb costs at most the limit. Anything we cannot or may
-not decode (other codecs, corrupt data, too large) returns None: the caller forwards the
-original bytes unfiltered (fail-open).
+inflated with `max_length`, zstd is fed in small slices with a capped window size, so a
+decompression bomb costs at most the limit. Anything we cannot or may
+not decode (other codecs, corrupt data, too large, more than MAX_MEMBERS members or frames)
+returns None: the caller forwards the original bytes unfiltered (fail-open). Decoding is
+linear in the body size (see `_members`).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import zstandard
 
@@ -20,7 +23,13 @@ ZSTD = "zstd"
 _CODECS = {"": IDENTITY, "identity": IDENTITY, "gzip": GZIP, "x-gzip": GZIP, "zstd": ZSTD}
 GZIP_LEVEL = 1  # re-encoding is on the request path: favour speed over ratio
 ZSTD_LEVEL = 3
-_FEED = 512  # compressed bytes per zstd step: at most 16 MiB of output each
+_ZSTD_FEED = 512  # compressed bytes per zstd step at most: at most 16 MiB of output each
+_GZIP_FEED = 256 << 10  # compressed bytes per gzip step at most (its output is bounded by max_length)
+_FIRST_FEED = 32  # a member's first step: an empty gzip member is 20 bytes, an empty zstd frame 9
+# Gzip members / zstd frames decoded per body. Real senders write one per body (a few when they
+# concatenate); past the cap a body counts as undecodable and is forwarded raw, as a bomb over
+# the decoded-size limit is, so one request's decoding cost is bounded whatever its member count.
+MAX_MEMBERS = 1024
 _MIN_WINDOW = 8 << 20  # zstd level 19 uses an 8 MiB window; real encoders stay below this
 
 _zstd_compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
@@ -57,23 +66,60 @@ def encode(data: bytes, codec: str) -> bytes:
 
 
 def _gunzip(body: bytes, limit: int) -> bytes | None:
-    """Every gzip member of the body (RFC 1952 allows several), at most `limit` bytes."""
+    """Every gzip member of the body (RFC 1952 allows several; zero padding after them is
+    tolerated), at most `limit` bytes."""
+    return _members(memoryview(body), _new_gzip_member, _inflate_gzip, limit, _GZIP_FEED, zero_padding=True)
+
+
+def _new_gzip_member() -> Any:
+    return zlib.decompressobj(31)
+
+
+def _inflate_gzip(inflater: Any, data: memoryview, room: int) -> bytes:
+    """At most `room` bytes out: a bomb stops at the limit (what is left goes to `unconsumed_tail`,
+    never read: `room` bytes out means the body is over the limit)."""
+    return inflater.decompress(data, room)
+
+
+def _inflate_zstd(inflater: Any, data: memoryview, room: int) -> bytes:
+    """zstd has no output bound per call: the small feeds (`_ZSTD_FEED`) are the bound."""
+    return inflater.decompress(data)
+
+
+def _members(view: memoryview, new_member: Callable[[], Any], inflate: Callable[[Any, memoryview, int], bytes],
+             limit: int, max_feed: int, *, zero_padding: bool = False) -> bytes | None:
+    """Decode up to MAX_MEMBERS consecutive members (gzip) or frames (zstd), at most `limit` bytes.
+
+    Linear in the body: each member's inflater gets slices of the view from where the member
+    starts, doubling from `_FIRST_FEED` up to `max_feed`, so what the inflater copies back when
+    the member ends (`unused_data`) is bounded by the last slice, never the whole rest of the
+    body. Handing every member the rest made a body of many tiny members quadratic: seconds of
+    event loop for 1 MiB of empty gzip members.
+    """
+    size = len(view)
     parts: list[bytes] = []
-    total = 0
-    data = body
-    while True:
-        inflater = zlib.decompressobj(31)
-        chunk = inflater.decompress(data, limit + 1 - total)
-        total += len(chunk)
-        if total > limit:
-            return None
-        parts.append(chunk)
-        if not inflater.eof:
-            return None  # truncated
-        data = inflater.unused_data
-        if not data.strip(b"\0"):
-            break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    total = pos = 0
+    for _ in range(MAX_MEMBERS):
+        inflater = new_member()
+        feed = _FIRST_FEED
+        while not inflater.eof:
+            if pos >= size:
+                return None  # truncated
+            data = view[pos:pos + feed]
+            chunk = inflate(inflater, data, limit + 1 - total)
+            pos += len(data)
+            feed = min(feed * 2, max_feed)
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    return None
+                parts.append(chunk)
+        pos -= len(inflater.unused_data)  # the next member starts here
+        if pos >= size:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if zero_padding and view[pos] == 0:
+            return None if bytes(view[pos:]).strip(b"\0") else b"".join(parts)
+    return None  # more members than MAX_MEMBERS: treated like a bomb, forwarded raw
 
 
 def _decompressor(limit: int) -> zstandard.ZstdDecompressor:
@@ -90,25 +136,4 @@ def _unzstd(body: bytes, limit: int) -> bytes | None:
     Input is fed in small slices: one slice can expand to at most ~16 MiB (RLE blocks),
     so the limit is checked long before a bomb could exhaust memory.
     """
-    dctx = _decompressor(limit)
-    view = memoryview(body)
-    size = len(view)
-    parts: list[bytes] = []
-    total = 0
-    pos = 0
-    while pos < size:
-        inflater = dctx.decompressobj()
-        while pos < size and not inflater.eof:
-            chunk = inflater.decompress(view[pos:pos + _FEED])
-            pos += _FEED
-            if chunk:
-                total += len(chunk)
-                if total > limit:
-                    return None
-                parts.append(chunk)
-        if not inflater.eof:
-            return None  # truncated
-        pos = min(pos, size) - len(inflater.unused_data)  # the next frame starts here
-    if not parts:
-        return b"" if size else None
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return _members(memoryview(body), _decompressor(limit).decompressobj, _inflate_zstd, limit, _ZSTD_FEED)

@@ -3,13 +3,17 @@
 Fail-open everywhere: a body we cannot decode (unknown codec, corrupt, too large once
 decoded, not OTLP) or an internal error forwards the original bytes untouched. A batch
 whose every record was dropped is answered here with an empty OTLP response and never
-reaches the upstream. Evaluation runs inline on the event loop: batches are bounded by
-`max_body_size` and a thread hop would cost more than it saves.
+reaches the upstream. Small batches are decoded and evaluated inline on the event loop (a
+thread hop would cost more than it saves); from OFFLOAD_BYTES (estimated decoded size) on they
+go to a small thread pool, so one big or hostile body never holds the loop, and with it every
+other request of the worker and gunicorn's heartbeat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from edge.engine.engine import Engine
@@ -17,7 +21,7 @@ from edge.formats.errors import UndecodableBody
 from edge.formats.evaluated import Evaluated
 from edge.formats.otlp.body import evaluate, is_protobuf
 from edge.protocols.body import client_gone
-from edge.protocols.content_encoding import codec_of, decode, encode
+from edge.protocols.content_encoding import MAX_MEMBERS, codec_of, decode, encode
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
 from edge.runtime import Runtime
@@ -28,6 +32,24 @@ PROTOBUF = "application/x-protobuf"
 EMPTY_JSON = b"{}"
 EMPTY_PROTOBUF = b""
 DROPPED = None  # `OtlpRoute.filter` result: every record was dropped
+OFFLOAD_BYTES = 64 << 10  # bodies estimated to decode to this much or more are filtered in a thread
+COMPRESSION_RATIO = 8  # a compressed body is estimated at this many times its size (telemetry: 5-20x)
+FILTER_THREADS = 2  # per worker: zlib, zstandard and Hyperscan release the GIL; Python evaluation does not
+
+_filter_pool: ThreadPoolExecutor | None = None
+
+
+def filter_pool() -> ThreadPoolExecutor:
+    """The worker's filter threads, created on first use (in the worker, after gunicorn forked it)."""
+    global _filter_pool
+    if _filter_pool is None:
+        _filter_pool = ThreadPoolExecutor(FILTER_THREADS, thread_name_prefix="edge-filter")
+    return _filter_pool
+
+
+def offloaded(body: bytes, head: RequestHead) -> bool:
+    """Whether a body is big enough to decode and evaluate off the event loop."""
+    return len(body) * (COMPRESSION_RATIO if head.content_encoding else 1) >= OFFLOAD_BYTES
 
 
 class OtlpRoute:
@@ -58,7 +80,7 @@ class OtlpRoute:
             return error_response(resp, 413)
         if client_gone(scope) or (head.content_length is not None and len(body) != head.content_length):
             return error_response(resp, 400)  # the client went away mid-body: never forward a part
-        forward = self.filter(body, head)
+        forward = await self.filter_off_loop(body, head)
         if forward is DROPPED:
             resp.status = 200
             if is_protobuf(head.content_type):
@@ -72,6 +94,13 @@ class OtlpRoute:
         relay_headers(resp, response.status, response.headers, keep_length=False)
         resp.data = response.body
         return None
+
+    async def filter_off_loop(self, body: bytes, head: RequestHead) -> bytes | None:
+        """`filter`, in a worker thread for big bodies: while one is decoded and evaluated, the
+        event loop goes on serving the worker's other requests."""
+        if not offloaded(body, head):
+            return self.filter(body, head)
+        return await asyncio.get_running_loop().run_in_executor(filter_pool(), self.filter, body, head)
 
     def filters(self, head: RequestHead) -> bool:
         """Whether bodies of this kind are filtered at all (the others are forwarded raw)."""
@@ -92,12 +121,12 @@ class OtlpRoute:
                 return body  # deflate, br, ...: forwarded raw and unfiltered
             decoded = decode(body, codec, self.max_decoded)
             if decoded is None:
-                log.debug("%s body not decodable as %r within %d bytes: forwarded raw",
-                          self.signal, codec, self.max_decoded)
+                log.debug("%s body not decodable as %r within %d bytes and %d members: forwarded raw",
+                          self.signal, codec, self.max_decoded, MAX_MEMBERS)
                 return body
             try:
                 result = self.evaluate(engine, decoded, head)
-            except UndecodableBody as exc:
+            except (UndecodableBody, RecursionError) as exc:  # RecursionError: JSON nested too deep to decode
                 log.debug("forwarding an undecodable %s body raw: %s", self.signal, exc)
                 return body
             outcome = result.outcome

@@ -27,6 +27,8 @@ that nothing touched back as their original bytes, so only `touched` records are
 
 from __future__ import annotations
 
+import logging
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -53,6 +55,14 @@ PAYLOAD_BODY_KEYS = ("message", "body", "log")
 # Where a field lives in one record: (container, key, inside the decoded JSON-object message?)
 Slot = tuple[dict, str, bool]
 
+log = logging.getLogger(__name__)
+
+# JSON-object messages nesting deeper than this are read as plain text: the JSON decoder recurses
+# per level (thousands of levels raised RecursionError and failed the whole batch), and real
+# structured messages nest a handful of levels.
+MAX_MESSAGE_DEPTH = 64
+_JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')  # the characters that open, close or escape structure
+
 _SCALARS = frozenset({str, int, float, bool})
 _decode_json = msgspec.json.Decoder().decode
 encode_json = msgspec.json.encode
@@ -74,6 +84,36 @@ def typed_scalars(values: list[Any]) -> list[Any]:
 def string_views(values: list[Any]) -> list[str]:
     """What string conditions see: strings as they are, "" for everything else."""
     return [v if v.__class__ is str else "" for v in values]
+
+
+def nests_within(text: str, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects at most `limit` deep (brackets inside strings
+    do not count). Free when the text has no more than `limit` opening brackets at all; else one
+    pass over the structural characters, linear whatever the input (no regex backtracking)."""
+    if text.count("{") + text.count("[") <= limit:
+        return True
+    depth = 0
+    in_string = False
+    skip = -1  # the position of a character escaped by a backslash
+    for match in _JSON_STRUCTURE.finditer(text):
+        at = match.start()
+        if at == skip:
+            continue
+        char = text[at]
+        if in_string:
+            if char == "\\":
+                skip = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "{" or char == "[":
+            depth += 1
+            if depth > limit:
+                return False
+        elif char == "}" or char == "]":
+            depth -= 1
+    return True
 
 
 def _present(value: Any) -> bool:
@@ -174,21 +214,29 @@ class DatadogLogs(PlainStringValues, DatadogBatch):
             candidates = [i for i, r in enumerate(self.records)
                           if (m := r.get("message")).__class__ is str and m[:1] == "{"]
             self._payloads = {}
-            for i in candidates:
-                self._reparse_payload(i)
+            too_deep = [i for i in candidates if not self._reparse_payload(i)]
+            if too_deep:
+                log.debug("%d Datadog log message(s) nest JSON deeper than %d levels: read as plain text "
+                          "(first: record %d)", len(too_deep), MAX_MESSAGE_DEPTH, too_deep[0])
         return self._payloads
 
-    def _reparse_payload(self, i: int) -> None:
-        """(Re)decode record i's message into `_payloads` when it is a JSON object string."""
+    def _reparse_payload(self, i: int) -> bool:
+        """(Re)decode record i's message into `_payloads` when it is a JSON object string.
+
+        False when the message nests deeper than MAX_MESSAGE_DEPTH: it stays a plain string, like
+        a message that merely starts with "{"."""
         self._payloads.pop(i, None)
         message = self.records[i].get("message")
         if message.__class__ is str and message[:1] == "{":
+            if not nests_within(message, MAX_MESSAGE_DEPTH):
+                return False
             try:
                 obj = _decode_json(message)
             except msgspec.DecodeError:
-                return  # a message that merely starts with "{" is a plain string
+                return True  # a message that merely starts with "{" is a plain string
             if obj.__class__ is dict:
                 self._payloads[i] = obj
+        return True
 
     def _store_payload(self, i: int) -> None:
         """Write a changed JSON-object message back into its record's `message` string."""
