@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import struct
+import threading
 import time
 from multiprocessing import shared_memory
 
@@ -33,6 +34,7 @@ class SharedRateLimiter:
     def __init__(self, table_name: str, lock_path: str, clock=time.monotonic) -> None:
         self._segment = attach(table_name)
         self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._threads = threading.Lock()  # flock on one descriptor does not exclude this process's threads
         self._clock = clock
 
     def _slot(self, policy_id: str) -> tuple[int, bytes]:
@@ -68,8 +70,8 @@ class SharedRateLimiter:
             self._segment.buf[offset:offset + _SLOT.size] = _SLOT.pack(digest, start, used + granted)
             return granted
 
-    def _locked(self):
-        return _FileLock(self._lock_fd)
+    def _locked(self) -> _FileLock:
+        return _FileLock(self._lock_fd, self._threads)
 
     def close(self) -> None:
         self._segment.close()
@@ -77,11 +79,16 @@ class SharedRateLimiter:
 
 
 class _FileLock:
-    def __init__(self, fd: int) -> None:
+    """Excludes other processes (flock) and other threads of this one (a thread lock, taken first)."""
+
+    def __init__(self, fd: int, threads: threading.Lock) -> None:
         self.fd = fd
+        self.threads = threads
 
     def __enter__(self) -> None:
+        self.threads.acquire()
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.threads.release()
