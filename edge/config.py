@@ -400,6 +400,9 @@ class Config:
     workers: int = setting(0, "ASGI worker processes; 0 = one per core", check=_zero_or_more,
                            derive=lambda _: os.cpu_count() or 1, default_text="one per core")
     upstream_timeout: float = setting(30.0, "seconds; slower upstreams give 504", check=_timeout)
+    client_body_timeout: float = setting(
+        30.0, "seconds from a request's headers to the end of its body; later: 408 and the connection closed",
+        check=_timeout)
     tls_insecure_skip_verify: bool = setting(False, "upstream TLS is verified unless set")
     service: ServiceConfig = section(ServiceConfig, "reported to policy servers")
     policy_providers: tuple[ProviderConfig, ...] = section(

@@ -20,13 +20,13 @@ import falcon.asgi
 from edge import logs
 from edge.memory import release_free_memory, tune_gc
 from edge.protocols.admin import Health, MetricsEndpoint, Policies, update_snapshot_gauges
-from edge.protocols.body import DisconnectWatch
+from edge.protocols.body import Admission, BodyState, BodyWatch, body_state
 from edge.protocols.datadog import datadog_routes
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.passthrough import Passthrough
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
-from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response
+from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response, late_body_response
 from edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -48,43 +48,69 @@ class Router:
     """The sink every request goes through: pick the handler, admit or refuse it, answer errors, count.
 
     Admission: gunicorn's ASGI worker does not enforce `--worker-connections`, so each worker
-    counts the requests it is handling and answers 503 with Retry-After beyond its share of
-    `max_connections` (`max_in_flight`); the local admin routes are always served.
+    counts the requests it is working on and answers 503 with Retry-After beyond its share of
+    `max_connections`. A request with a body is counted once the body is complete (see
+    `edge.protocols.body`); one without, here. The local admin routes are always served.
     """
 
     def __init__(self, routes: dict[str, dict[str, Handler]], fallback: Handler, metrics: Metrics,
-                 max_in_flight: int, prefixes: dict[str, dict[str, Handler]] | None = None) -> None:
+                 prefixes: dict[str, dict[str, Handler]] | None = None) -> None:
         self.routes = routes
         self.prefixes = prefixes or {}  # path prefix -> methods, for paths no exact route names
         self.fallback = fallback
         self.metrics = metrics
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
 
-    async def __call__(self, req: Any, resp: Any, **_: Any) -> None:
-        scope = req.scope
+    def _handler(self, scope: dict[str, Any]) -> Handler:
         methods = self.routes.get(scope["path"])
         if methods is None and self.prefixes:
             methods = next((m for prefix, m in self.prefixes.items() if scope["path"].startswith(prefix)), None)
-        handler = (methods.get(scope["method"]) if methods else None) or self.fallback
-        if self.in_flight >= self.max_in_flight and handler.route not in LOCAL_ROUTES:
+        return (methods.get(scope["method"]) if methods else None) or self.fallback
+
+    async def __call__(self, req: Any, resp: Any, **_: Any) -> None:
+        scope = req.scope
+        handler = self._handler(scope)
+        state = body_state(scope)
+        state.routed = True
+        if handler.route in LOCAL_ROUTES:
+            state.exempt = True
+        elif (state.complete or not expects_body(scope["headers"])) and not state.admit():
             busy_response(resp)
             self.metrics.request(handler.route, 503, 0.0)
             return
-        self.in_flight += 1
         start = perf_counter()
         try:
             await handler(req, resp)
-        except UpstreamError as exc:
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client
             resp.stream = None
-            error_response(resp, exc.status)
-        except Exception:  # noqa: BLE001 - never a traceback to the client
-            log.exception("%s %s failed", scope["method"], scope["path"])
-            resp.stream = None
-            error_response(resp, 502)
+            self._failed(scope, state, exc, resp)
         finally:
-            self.in_flight -= 1
+            state.release()
         self.metrics.request(handler.route, resp.status_code, perf_counter() - start)
+
+    @staticmethod
+    def _failed(scope: dict[str, Any], state: BodyState, exc: Exception, resp: Any) -> None:
+        """The answer to a request whose handler raised (the body's own failures first: an
+        upstream error can wrap them when the body was being streamed)."""
+        if state.timed_out:
+            late_body_response(resp)
+        elif state.refused:
+            busy_response(resp)
+        elif isinstance(exc, UpstreamError):
+            error_response(resp, exc.status)
+        else:
+            log.exception("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            error_response(resp, 502)
+
+
+def expects_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request announces a body (a non-zero Content-Length or chunked transfer)."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if lowered == b"transfer-encoding":
+            return True
+    return False
 
 
 def worker_share(max_connections: int, workers: int) -> int:
@@ -146,7 +172,7 @@ DISTRIBUTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def create_app(runtime: Runtime, distribution: str = "edge") -> DisconnectWatch:
+def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
     """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
@@ -168,10 +194,10 @@ def create_app(runtime: Runtime, distribution: str = "edge") -> DisconnectWatch:
     routes["/_health"] = {"GET": health, "HEAD": health}
     routes["/_edge/policies"] = {"GET": Policies(runtime)}
     routes["/_edge/metrics"] = {"GET": MetricsEndpoint(runtime, metrics)}
-    router = Router(routes, Passthrough(config.upstream_url, upstream), metrics,
-                    worker_share(config.max_connections, config.workers), prefixes)
+    router = Router(routes, Passthrough(config.upstream_url, upstream), metrics, prefixes)
+    admission = Admission(worker_share(config.max_connections, config.workers))
 
     app = falcon.asgi.App(middleware=[Lifespan(runtime, upstream, metrics)])
     app.resp_options.default_media_type = None  # relay responses exactly: no invented Content-Type
     app.add_sink(router, "/")
-    return DisconnectWatch(app)
+    return BodyWatch(app, admission, config.client_body_timeout)

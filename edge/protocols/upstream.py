@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from edge.config import Config
+from edge.protocols.body import LATE_BODY
 from edge.protocols.self_metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ ERROR_BODIES = {
     504: b'{"error":"upstream timed out"}',
     413: b'{"error":"request body too large"}',
     400: b'{"error":"incomplete request body"}',
+    408: LATE_BODY,
 }
 
 
@@ -230,6 +232,12 @@ def busy_response(resp: Any) -> None:
     resp.content_type = JSON
     resp.set_header("Retry-After", RETRY_AFTER_BUSY)
     resp.data = BUSY_BODY
+
+
+def late_body_response(resp: Any) -> None:
+    """408 and a closed connection: the rest of a late body must not be read as a next request."""
+    error_response(resp, 408)
+    resp.set_header("Connection", "close")
 
 
 def error_response(resp: Any, status: int) -> None:

@@ -27,7 +27,6 @@ from typing import Any
 import orjson
 import pytest
 import zstandard
-from engine_helpers import clean_engine
 
 from edge import logs
 from edge.formats.datadog import batch as datadog_batch
@@ -37,6 +36,7 @@ from edge.protocols import admin, content_encoding
 from edge.protocols.content_encoding import GZIP, ZSTD, decode, encode
 from edge.protocols.otlp import COMPRESSION_RATIO, OFFLOAD_BYTES, OtlpRoute
 from edge.protocols.upstream import RequestHead, request_head
+from tests.engine_helpers import clean_engine
 from tests.reliability.conftest import MATRIX_MAX_BODY, Case
 from tests.reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, PolicyServer, batch, free_port
 
