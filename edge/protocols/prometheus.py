@@ -9,12 +9,24 @@ streams, and the filtered body goes out unencoded with the upstream's Content-Ty
 Fail-open: with no metric policy, an upstream status other than 200, a body that is not a
 text exposition (protobuf, HTML...) or a Content-Encoding we cannot decode, the response is
 relayed untouched. Unreachable upstream: 502; too slow: 504. Once the headers are out, an
-upstream that fails or sends undecodable bytes aborts the connection: the client sees an
-incomplete response, never a corrupted one.
+upstream that fails or sends undecodable bytes aborts the connection (one warning, no
+traceback): the client sees an incomplete response and discards the scrape. (gzip checks
+its CRC only at the end of a member, so garbage may decode into text before the error is
+seen; the abort is what keeps such text out of the client's data.)
+
+A filtered scrape has a deadline: the scraper's own timeout, which Prometheus sends as
+`X-Prometheus-Scrape-Timeout-Seconds` (less a small margin, so the answer arrives in time),
+else MAX_SCRAPE_SECONDS. An upstream that drips its body or never ends it would otherwise
+hold the upstream connection and the worker's attention for as long as it likes (the
+client's disconnect is not seen while nothing is written). At the deadline the scrape ends
+at a line boundary, like at a byte limit: logged as truncated and counted with
+limit="time".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +40,7 @@ from edge.policy.model import METRIC
 from edge.protocols.content_encoding import GZIP, ZSTD, codec_of
 from edge.protocols.passthrough import UpstreamBody
 from edge.protocols.self_metrics import Metrics
-from edge.protocols.upstream import Upstream, relay_headers, request_head, request_target, url
+from edge.protocols.upstream import Upstream, UpstreamError, relay_headers, request_head, request_target, url
 from edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,12 +49,39 @@ READ_SIZE = 256 * 1024  # filter at least this much at once: per-chunk costs are
 DECODE_STEP = 256 * 1024  # the filter gets at most this much at a time (a small gzip can inflate a lot)
 ZSTD_FEED = 64  # compressed bytes per zstd step: zstd has no output cap (64 bytes inflate to 2 MiB at most)
 ZSTD_MAX_WINDOW = 8 << 20  # real encoders stay below it; a frame asking for more is refused, not allocated
+MAX_SCRAPE_SECONDS = 300.0  # a filtered scrape's deadline when the scraper states none (nor a shorter one)
+SCRAPE_TIMEOUT_HEADER = b"x-prometheus-scrape-timeout-seconds"
+DEADLINE_MARGIN = 0.1  # of the scraper's timeout (at most 1 s) kept for the answer to reach it
 _TEXT_TYPES = ("text/plain", "application/openmetrics-text")
 _SKIP_RESPONSE_HEADERS = frozenset({b"content-encoding"})
 
 
 class CorruptStream(Exception):
     """The upstream's gzip or zstd stream is corrupt or cut short."""
+
+
+class ScrapeAborted(asyncio.CancelledError):
+    """Drops the client connection mid-body, the one way to tell a client the scrape failed.
+
+    Raised from the response stream once the reason is logged. An ASGI server takes a
+    CancelledError as a request that ended early and closes the connection quietly; any
+    other exception would also be logged with a traceback, for what is the upstream's
+    fault and already said in one line.
+    """
+
+
+def scrape_seconds(raw_headers: list[tuple[bytes, bytes]]) -> float:
+    """How long a filtered scrape may take: the scraper's stated timeout less a margin, else the maximum."""
+    for name, value in raw_headers:
+        if name == SCRAPE_TIMEOUT_HEADER:
+            try:
+                stated = float(value)
+            except ValueError:
+                break
+            if stated > 0:  # also False for NaN
+                return min(MAX_SCRAPE_SECONDS, stated - min(1.0, stated * DEADLINE_MARGIN))
+            break
+    return MAX_SCRAPE_SECONDS
 
 
 class StreamDecoder:
@@ -123,15 +162,17 @@ class FilteredScrape:
     """The filtered exposition as Falcon's `resp.stream`; `close()` releases the upstream connection."""
 
     def __init__(self, response: aiohttp.ClientResponse, upstream: Upstream, decoder: StreamDecoder,
-                 scrape: ScrapeFilter, metrics: Metrics, source: str) -> None:
+                 scrape: ScrapeFilter, metrics: Metrics, source: str, deadline: float) -> None:
         self.response = response
         self.upstream = upstream
         self.decoder = decoder
         self.scrape = scrape
         self.metrics = metrics
         self.source = source
+        self.deadline = deadline  # event-loop time
         self._reported = False
         self._read_to_end = False
+        self._expired = False
         self._body = self._filtered()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -147,22 +188,37 @@ class FilteredScrape:
     async def _filtered(self) -> AsyncIterator[bytes]:
         scrape = self.scrape
         try:
-            async for raw in self._reads():
-                for data in self.decoder.decode(raw):
+            async with contextlib.aclosing(self._pieces()) as pieces:
+                async for data in pieces:
                     out = scrape.feed(data)
                     self._account()
                     if out:
                         yield out
                     if scrape.done:
                         return
-            self.decoder.finish()
-            out = scrape.finish()
+            out = scrape.stop("time") if self._expired else self._finish()
             self._account()
             if out:
                 yield out
-        except (CorruptStream, LineCut) as exc:
+        except (CorruptStream, LineCut, UpstreamError) as exc:
             log.warning("aborting the scrape of %s: %s", self.source, exc)
-            raise
+            raise ScrapeAborted(str(exc)) from None
+
+    def _finish(self) -> bytes:
+        """The body ended: the encoding must be complete, and a last line without a newline is filtered too."""
+        self.decoder.finish()
+        return self.scrape.finish()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        """The decoded body piece by piece, until it ends or the scrape's deadline passes."""
+        loop = asyncio.get_running_loop()
+        async with contextlib.aclosing(self._reads()) as reads:
+            async for raw in reads:
+                for data in self.decoder.decode(raw):
+                    yield data
+                    if loop.time() >= self.deadline:
+                        self._expired = True
+                        return
 
     async def _reads(self) -> AsyncIterator[bytes]:
         """The upstream body in pieces of at least READ_SIZE bytes (except the last)."""
@@ -170,10 +226,17 @@ class FilteredScrape:
         parts: list[bytes] = []
         size = 0
         while True:
+            deadline = asyncio.timeout_at(self.deadline)
             try:
-                chunk = await content.readany()
+                async with deadline:
+                    chunk = await content.readany()
             except Exception as exc:  # noqa: BLE001 - the headers are out: abort the client connection
-                raise self.upstream.failed(exc) from exc
+                if not deadline.expired():  # the upstream failed or was silent for upstream_timeout
+                    raise self.upstream.failed(exc) from exc
+                self._expired = True  # the scrape's own deadline: it ends cleanly
+                if parts:
+                    yield b"".join(parts)
+                return
             if chunk:
                 parts.append(chunk)
                 size += len(chunk)
@@ -193,8 +256,10 @@ class FilteredScrape:
         if limit is not None and not self._reported:
             self._reported = True
             self.metrics.scrape_truncated(limit)
-            log.warning("scrape of %s ended early: prometheus.max_%s_bytes_per_scrape reached (%d bytes in, "
-                        "%d out)", self.source, limit, self.scrape.bytes_in, self.scrape.bytes_out)
+            why = ("its deadline passed" if limit == "time"
+                   else f"prometheus.max_{limit}_bytes_per_scrape reached")
+            log.warning("scrape of %s truncated: %s (%d bytes in, %d out)", self.source, why,
+                        self.scrape.bytes_in, self.scrape.bytes_out)
 
 
 class PrometheusRoute:
@@ -213,6 +278,7 @@ class PrometheusRoute:
 
     async def __call__(self, req: Any, resp: Any) -> None:
         scope = req.scope
+        deadline = asyncio.get_running_loop().time() + scrape_seconds(scope["headers"])
         engine = self.runtime.engine()
         filtering = engine is not None and engine.snapshot.targets(METRIC)
         headers = request_head(scope["headers"]).pairs()
@@ -234,7 +300,7 @@ class PrometheusRoute:
             self._relay(resp, response)
             return
         resp.stream = FilteredScrape(response, self.upstream, StreamDecoder(codec), scrape, self.metrics,
-                                     str(target.with_query(None)))
+                                     str(target.with_query(None)), deadline)
         relay_headers(resp, response.status,
                       [(n, v) for n, v in response.raw_headers if n.lower() not in _SKIP_RESPONSE_HEADERS],
                       keep_length=False)

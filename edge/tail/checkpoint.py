@@ -12,10 +12,16 @@ Delivery is at-least-once: the tailer records an offset only once the lines befo
 delivered, and whatever this store loses (unsynced or corrupt records, a crash between a
 snapshot and the WAL truncation) moves a file's checkpoint back to an earlier one, which
 repeats lines but never skips any.
+
+A write that fails (a full disk, above all) never stops the tailer, even at startup: the
+table stays in memory, the next snapshot retries all of it, and the failure is logged once
+when it starts, again at most every FAILURE_LOG_INTERVAL_S while it lasts, and once more
+when writes work again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -31,6 +37,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 1024
+FAILURE_LOG_INTERVAL_S = 300.0  # while checkpoint writes keep failing, say so again this often at most
 
 WAL_NAME = "checkpoints.wal"
 SNAPSHOT_NAME = "checkpoints.snapshot"
@@ -187,8 +194,11 @@ def _lock_state_dir(directory: Path) -> int:
         os.close(fd)
         raise StateDirInUse(f"state dir {directory} is in use by another edge-tail (pid {holder}); "
                             "give each tailer its own --state-dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # the holder's pid only makes the message above clearer: a full disk must not stop the tailer
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        log.debug("cannot write the pid into %s: %s", directory / LOCK_NAME, exc)
     return fd
 
 
@@ -231,12 +241,18 @@ class CheckpointStore:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_state_dir(self._dir)
         self._wal_fd = -1
+        self._failures = 0  # failed writes in a row
+        self._failure_logged_at = 0.0
+        compaction_error: OSError | None = None
         try:
             self._slots = self._replay()
             for key in _expired(self._slots, ttl_ms, now_ms()) + _overflow(self._slots, max_slots):
                 self._slots.pop(key, None)
             self._wal_fd = os.open(self._dir / WAL_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._write_snapshot(list(self._slots.values()))  # compacts: replay starts clean next time
+            try:
+                self._write_snapshot(list(self._slots.values()))  # compacts: replay starts clean next time
+            except OSError as exc:  # a full disk: the state read is good, the writer thread retries
+                compaction_error = exc
         except BaseException:
             for fd in (self._wal_fd, self._lock_fd):
                 if fd >= 0:
@@ -253,6 +269,9 @@ class CheckpointStore:
         self._flush_requested = False
         self._stopping = False
         self._closed = False
+        if compaction_error is not None:
+            self._write_failed(compaction_error)
+            self._dirty, self._snapshot_due_at = True, time.monotonic() + self._snapshot_interval
         self._writer = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
         self._writer.start()
 
@@ -400,13 +419,41 @@ class CheckpointStore:
                 _write_all(self._wal_fd, job.records)
                 os.fsync(self._wal_fd)
         except OSError as exc:  # e.g. disk full: tailing goes on, the next snapshot retries the whole table
-            log.error("checkpoint write in %s failed: %s; retrying with the next snapshot", self._dir, exc)
+            self._write_failed(exc)
             with self._cond:
                 if not self._dirty:
                     self._dirty, self._snapshot_due_at = True, time.monotonic() + self._snapshot_interval
+        else:
+            if job.snapshot is not None:  # the whole table is on disk again, whatever failed before
+                self._write_worked()
         with self._cond:
             self._synced = max(self._synced, job.seq)
             self._cond.notify_all()
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Log a failed write when failures start, then at most every FAILURE_LOG_INTERVAL_S.
+
+        On a full disk every WAL batch fails (several a second): one line per failure would
+        bury everything else in the log and fill the disk the log is on.
+        """
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1:
+            log.error("checkpoint write in %s failed: %s; tailing goes on, checkpoints are kept in memory "
+                      "and retried with the next snapshot", self._dir, exc)
+        elif now - self._failure_logged_at < FAILURE_LOG_INTERVAL_S:
+            return
+        else:
+            log.error("checkpoint writes in %s still failing (%d failures so far): %s", self._dir, self._failures,
+                      exc)
+        self._failure_logged_at = now
+
+    def _write_worked(self) -> None:
+        """A snapshot was written: after failures, everything is durable again (WAL appends that
+        squeeze into a page already allocated do not tell: the retry is the snapshot)."""
+        if self._failures:
+            log.warning("checkpoint writes in %s work again after %d failure(s)", self._dir, self._failures)
+            self._failures = 0
 
     # -- files -------------------------------------------------------------------------------------
 
@@ -443,6 +490,10 @@ class CheckpointStore:
         try:
             _write_all(fd, encode_snapshot(checkpoints))
             os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)  # a partial temp file would only hold on to the space that ran out
+            raise
         finally:
             os.close(fd)
         os.replace(temp, self._dir / SNAPSHOT_NAME)

@@ -34,6 +34,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from edge import __version__
 from edge.formats.lines.batch import FILE_PATH_ATTRIBUTE
 from edge.tail.output import Delivered, Position
+from edge.tail.reader import display
 
 log = logging.getLogger("edge.tail")
 
@@ -138,7 +139,7 @@ class ForwardSink:
         self.encode, self.content_type = ENCODERS[fmt]
         self.batch_lines = batch_lines
         self.interval = batch_interval_ms / 1000
-        self.resource = dict(resource)
+        self.resource = {display(k): display(v) for k, v in resource.items()}  # environment values may not be UTF-8
         self.on_delivered = on_delivered
         self.wakeup = wakeup
         self.current = Batch()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from edge.tail.checkpoint import CheckpointStore, FileIdentity
 from edge.tail.discovery import Watcher, directories, expand, is_glob
 from edge.tail.filtering import LineFilter
 from edge.tail.output import Position, Sink
-from edge.tail.reader import Block, FileKey, LineCutter, TailedFile
+from edge.tail.reader import Block, FileKey, LineCutter, TailedFile, display, file_kind
 from edge.tail.settings import TailSettings
 
 log = logging.getLogger("edge.tail")
@@ -139,7 +140,7 @@ class FileTailer:
             if not self._is_excluded(path):
                 self._track(path, initial=True)
         if not self.files:
-            log.warning("no file matches %s yet; waiting for one to appear", ", ".join(self.settings.paths))
+            log.warning("no file matches %s yet; waiting for one to appear", display(", ".join(self.settings.paths)))
 
     def _is_excluded(self, path: str) -> bool:
         try:
@@ -162,13 +163,13 @@ class FileTailer:
         try:
             tailed = TailedFile.open(path, self.settings.max_line)
         except OSError as exc:
-            log.warning("cannot open %s: %s", path, exc.strerror or exc)
+            log.warning("cannot open %s: %s", display(path), exc.strerror or exc)
             return
         try:
             tailed.offset = self._start_offset(tailed, initial)
         except OSError as exc:
             tailed.close()
-            log.warning("cannot read %s: %s", path, exc.strerror or exc)
+            log.warning("cannot read %s: %s", display(path), exc.strerror or exc)
             return
         known = self.files.get(tailed.key)
         if known is not None:  # raced with discovery of the same file under another name
@@ -177,7 +178,7 @@ class FileTailer:
             return
         self.expiring.pop(tailed.key, None)
         self.files[tailed.key] = tailed
-        log.info("tailing %s from offset %d", path, tailed.offset)
+        log.info("tailing %s from offset %d", tailed.name, tailed.offset)
 
     # ── discovery and rotation ──
 
@@ -208,14 +209,13 @@ class FileTailer:
         for tailed in list(self.files.values()):
             if tailed.detached_at is None:
                 try:
-                    st = os.stat(tailed.path)
-                    same = (st.st_dev, st.st_ino) == tailed.key
+                    st: os.stat_result | None = os.stat(tailed.path)
                 except OSError:
-                    same = False
-                if not same:
+                    st = None
+                if st is None or (st.st_dev, st.st_ino) != tailed.key:
                     tailed.detached_at = now
                     moved = True
-                    log.info("%s was rotated or removed; draining the old file", tailed.path)
+                    _log_replaced(tailed.path, st)
             self._restart_if_replaced(tailed)
         if moved:
             self.discover()
@@ -224,11 +224,11 @@ class FileTailer:
         try:
             reason = tailed.restart_if_replaced()
         except OSError as exc:
-            log.warning("cannot check %s: %s", tailed.path, exc)
+            log.warning("cannot check %s: %s", tailed.name, exc.strerror or exc)
             return
         if reason:
-            log.info("%s: %s; reading it again from the start", tailed.path, reason)
-            self.sink.write(b"", 0, tailed.path, (tailed.identity, 0))
+            log.info("%s: %s; reading it again from the start", tailed.name, reason)
+            self.sink.write(b"", 0, tailed.name, (tailed.identity, 0))
 
     def retire_drained(self, now: float) -> None:
         """Close detached files once `rotate_wait_ms` has passed and they are read to the end."""
@@ -238,11 +238,11 @@ class FileTailer:
                 continue
             last = tailed.take_partial()
             if last is not None:
-                deliver(last, self.filter, self.sink, tailed.path, tailed.identity)
+                deliver(last, self.filter, self.sink, tailed.name, tailed.identity)
             tailed.close()
             del self.files[key]
             self.expiring[key] = Expiring(tailed.identity, now + self.settings.removed_expire_ms / 1000)
-            log.info("stopped tailing the rotated or removed %s", tailed.path)
+            log.info("stopped tailing the rotated or removed %s", tailed.name)
         for key, entry in list(self.expiring.items()):
             if now >= entry.forget_at:
                 del self.expiring[key]
@@ -262,13 +262,13 @@ class FileTailer:
                 try:
                     blocks = tailed.read(self.settings.read_buf)
                 except OSError as exc:
-                    log.warning("cannot read %s: %s", tailed.path, exc)
+                    log.warning("cannot read %s: %s", tailed.name, exc.strerror or exc)
                     break
                 if blocks is None:
                     break
                 progressed = True
                 for block in blocks:
-                    deliver(block, self.filter, self.sink, tailed.path, tailed.identity)
+                    deliver(block, self.filter, self.sink, tailed.name, tailed.identity)
         return progressed
 
     # ── the loop ──
@@ -312,6 +312,19 @@ class FileTailer:
         for tailed in self.files.values():
             tailed.close()
         self.files.clear()
+
+
+def _log_replaced(path: str, st: os.stat_result | None) -> None:
+    """Say why a tailed path stopped naming its file; a non-regular file in its place gets a warning.
+
+    Said once: discovery skips what is not a regular file without a word (a glob over a log
+    directory matches subdirectories too), and tails a regular file put back at the path again.
+    """
+    if st is None or stat.S_ISREG(st.st_mode):
+        log.info("%s was rotated or removed; draining the old file", display(path))
+    else:
+        log.warning("%s is now a %s, not a regular file: not tailing it (the file it replaced is drained); "
+                    "a regular file put there will be tailed", display(path), file_kind(st.st_mode))
 
 
 class CheckpointRecorder:

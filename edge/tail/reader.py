@@ -30,6 +30,29 @@ class Block:
     passthrough: bool = False
 
 
+def display(path: str) -> str:
+    """`path` as valid UTF-8 text, for log lines and telemetry.
+
+    A file name that is not UTF-8 comes from the file system with its undecodable bytes as
+    lone surrogates, which no log line, JSON or protobuf string can carry: they are shown as
+    U+FFFD. The name itself stays as it is for everything that opens or stats the file.
+    """
+    try:
+        path.encode()
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "directory"), (stat.S_ISSOCK, "socket"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, in words for a log line."""
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
 def identity_of(fd: int, st: os.stat_result) -> FileIdentity:
     head = os.pread(fd, FINGERPRINT_BYTES, 0)
     return FileIdentity(st.st_dev, st.st_ino, fingerprint(head), len(head))
@@ -101,16 +124,26 @@ class TailedFile:
 
     @classmethod
     def open(cls, path: str, max_line: int) -> TailedFile:
-        """Open `path` at offset 0; OSError when it cannot be read or is not a regular file."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        """Open `path` at offset 0; OSError when it cannot be read or is not a regular file.
+
+        O_NONBLOCK: the path was a regular file when discovery looked, but a FIFO renamed into
+        its place since would block a plain open until a writer comes, and the tailer with it.
+        (On a regular file the flag changes nothing.)
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(21, "not a regular file", path)
+                raise IsADirectoryError(21, f"not a regular file but a {file_kind(st.st_mode)}", path)
         except BaseException:
             os.close(fd)
             raise
         return cls(path, fd, st, 0, max_line)
+
+    @property
+    def name(self) -> str:
+        """The path as text for logs and telemetry (see `display`)."""
+        return display(self.path)
 
     def head(self) -> bytes:
         """The first bytes of the file, as far as a fingerprint covers them."""

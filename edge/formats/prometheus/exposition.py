@@ -161,8 +161,9 @@ class ScrapeFilter:
     """Filters one exposition fed in chunks of any size; the output is whole lines.
 
     `feed()` returns the filtered bytes of every line completed so far and `finish()` the
-    rest. Byte limits (0 = unlimited) end the output at a line boundary: `truncated` then
-    names the limit ("input" or "output"), `done` is set and further input is ignored.
+    rest. Byte limits (0 = unlimited) and `stop()` end the output at a line boundary:
+    `truncated` then names the limit ("input", "output" or the stop's reason), `done` is set
+    and further input is ignored.
     An OpenMetrics exposition cut short still ends with `# EOF`.
     """
 
@@ -199,7 +200,7 @@ class ScrapeFilter:
         if self.in_long_line:
             end = data.find(b"\n") + 1
             if not end:
-                return self._emit([data], input_cut)
+                return self._emit([data], "input" if input_cut else None)
             out.append(data[:end])
             data = data[end:]
             self.in_long_line = False
@@ -213,7 +214,19 @@ class ScrapeFilter:
         elif len(self.carry) > LINE_MAX:
             out.append(self._long_line_start(self.carry))
             self.carry = b""
-        return self._emit(out, input_cut)
+        return self._emit(out, "input" if input_cut else None)
+
+    def stop(self, reason: str) -> bytes:
+        """End the scrape now, before its body ended (`reason` names what ended it, e.g. "time").
+
+        The incomplete last line is dropped, never sent cut, like at the input limit; an
+        OpenMetrics exposition still gets its `# EOF`. LineCut when the output so far ends
+        inside a line over LINE_MAX: that line cannot be ended cleanly.
+        """
+        if self.done:
+            return b""
+        self.carry = b""
+        return self._emit([], reason)
 
     def finish(self) -> bytes:
         """The upstream body ended: a last line without a newline is filtered too."""
@@ -237,16 +250,15 @@ class ScrapeFilter:
 
     # ── output and limits ──
 
-    def _emit(self, pieces: list[bytes], input_cut: bool = False) -> bytes:
+    def _emit(self, pieces: list[bytes], cut_by: str | None = None) -> bytes:
         """Output within the output limit; when a limit ends the scrape, the one reached first is named."""
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         tail = EOF_LINE if self.openmetrics and not self.eof_written else b""
         limit = self.max_output
-        cut_by = "input" if input_cut else None
         if limit and self.bytes_out + len(data) + (len(tail) if cut_by else 0) > limit:
             room = max(0, limit - self.bytes_out - len(tail))
             data = data[:data.rfind(b"\n", 0, room) + 1]
-            cut_by = "output"  # it cut what came before the input limit
+            cut_by = "output"  # it cut what came before the input limit or the stop
         if data:
             self.line_open = not data.endswith(b"\n")
         if cut_by:

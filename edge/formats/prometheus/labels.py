@@ -215,6 +215,7 @@ class LabelLocator:
                     values.append(_values_by_find(lines, self.labels[k], where, exact))
                 else:
                     values.append(_values(region, positions, next_starts, exact, where) if positions else {})
+        exact.update(_odd_quoted(region, next_starts, set().union(*values, *(holds.values() if holds else ())) - exact))
         if wanted is not None:
             exact = {i for i in exact if wanted[i]}
         malformed = self._parse_exactly(region, next_starts, exact, values)
@@ -335,6 +336,22 @@ def _needle(label: bytes) -> bytes:
 
 def _hs_literal(text: bytes) -> bytes:
     return b"".join(bytes([c]) if c < 128 and chr(c).isalnum() else b"\\x%02x" % c for c in text)
+
+
+def _odd_quoted(region: bytes, next_starts: list[int], lines: set[int]) -> list[int]:
+    """The `lines` with an odd number of quotes: a value on them never ends.
+
+    Plain lines have no escapes, so every value takes two quotes. A line where a value is
+    left open elsewhere than in the label the fast path read (`{env="dev",v="abc} 1`) cannot
+    be parsed: the exact parser must see it, so it passes as it is instead of being decided
+    by the labels read before the break.
+    """
+    if not lines:
+        return []
+    order = sorted(lines)
+    starts = [next_starts[i - 1] if i else 0 for i in order]
+    quotes = map(region.count, repeat(b'"'), starts, map(next_starts.__getitem__, order))
+    return list(compress(order, map(and_, quotes, repeat(1))))
 
 
 def _unended_lines(region: bytes, starts: list[int], next_starts: list[int]) -> set[int]:

@@ -117,14 +117,19 @@ class ScrapePolicies:
                 may_need.append((mask, policy_keys))
         if len(self.verdicts) + len(keys) > _VERDICT_CACHE_MAX:
             self.verdicts.clear()
-        policies = self.plan.policies
+        # Masks as '0'/'1' strings: reading bit i of an n-bit int costs O(n), which over a chunk
+        # of many new names (a scrape of distinct metric names) made this loop quadratic.
+        n = batch.n
+        policy_flags = [(p, bits.flags(mask, n)) for p, mask in zip(self.plan.policies, without_labels, strict=True)]
+        settled_flags = [(1 << ci, bits.flags(masks[ci], n)) for ci in self.settled]
+        needing_flags = [(policy_keys, bits.flags(mask, n)) for mask, policy_keys in may_need]
         out = []
         for i, (key, context) in enumerate(zip(keys, contexts, strict=True)):
-            matched = [p for p, mask in zip(policies, without_labels, strict=True) if mask >> i & 1]
-            holding = sum(1 << ci for ci in self.settled if masks[ci] >> i & 1)
+            matched = [p for p, flags in policy_flags if flags[i] == "1"]
+            holding = sum(bit for bit, flags in settled_flags if flags[i] == "1")
             needed = 0
-            for mask, policy_keys in may_need:
-                if mask >> i & 1:
+            for policy_keys, flags in needing_flags:
+                if flags[i] == "1":
                     needed |= policy_keys
             verdict = Verdict(context, *decide(matched), dynamic=bool(needed), context_holds=holding,
                               label_keys=needed)
