@@ -259,13 +259,36 @@ class FaultUpstream(RecordingUpstream):
 
 
 class PolicyServer:
-    """A sync endpoint on a fixed port that can be stopped and started again."""
+    """A sync endpoint on a fixed port that can be stopped and started again.
 
-    def __init__(self, port: int, policies: list[dict[str, Any]]) -> None:
+    It keeps every request it receives (`seen`: path, lower-cased headers, body) and answers
+    with `answer`, which subclasses override to misbehave.
+    """
+
+    def __init__(self, port: int, policies: list[dict[str, Any]], interval: int = 1) -> None:
         self.port = port
         self.policies = policies
-        self.requests = 0
+        self.interval = interval  # recommendedSyncIntervalSeconds
+        self.seen: list[tuple[str, dict[str, str], bytes]] = []
         self.server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/sync"
+
+    @property
+    def requests(self) -> int:
+        return len(self.seen)
+
+    def answer(self, handler: BaseHTTPRequestHandler) -> None:
+        """The policies, their count as the hash, and the sync interval."""
+        body = json.dumps({"policies": self.policies, "hash": str(len(self.policies)),
+                           "recommendedSyncIntervalSeconds": self.interval}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
     def start(self) -> PolicyServer:
         owner = self
@@ -277,15 +300,9 @@ class PolicyServer:
                 pass
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                owner.requests += 1
-                body = json.dumps({"policies": owner.policies, "hash": str(len(owner.policies)),
-                                   "recommendedSyncIntervalSeconds": 1}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                owner.answer(self)
 
         ThreadingHTTPServer.allow_reuse_address = True
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

@@ -7,18 +7,16 @@ server dripping one byte at a time held the sync (and so every later policy upda
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from tests.reliability.harness import EdgeProcess, FaultUpstream, free_port, wait_for
+from tests.reliability.harness import EdgeProcess, FaultUpstream, PolicyServer, free_port, wait_for
 
 SECRET = "Bearer s3cr3t-provider-token"
 FIRST = [{"id": "drop-debug", "name": "drop debug", "log": {"match": [{"log_field": "severity_text", "exact": "DEBUG"}],
@@ -27,49 +25,22 @@ SECOND = [*FIRST, {"id": "drop-trace", "name": "drop trace",
                    "log": {"match": [{"log_field": "severity_text", "exact": "TRACE"}], "keep": "none"}}]
 
 
-class HostileServer:
-    """A sync endpoint whose answer is chosen per request by `mode`; records what reached it."""
+class HostileServer(PolicyServer):
+    """A sync endpoint whose answer is chosen per request by `mode` (`/moved` always answers well)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__(free_port(), FIRST)
         self.mode = "good"
-        self.policies: list[dict[str, Any]] = FIRST
         self.redirect_to = ""
-        self.seen: list[tuple[str, dict[str, str]]] = []  # (path, headers) of every request
         self.stop_dripping = threading.Event()
-        owner = self
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _answer(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                owner.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-                mode = "good" if self.path == "/moved" else owner.mode
-                getattr(owner, f"_{mode}")(self)
-
-            do_POST = _answer
-            do_GET = _answer
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/sync"
+    def answer(self, handler: BaseHTTPRequestHandler) -> None:
+        mode = "good" if handler.path == "/moved" else self.mode
+        getattr(self, f"_{mode}")(handler)
 
     def _good(self, handler: BaseHTTPRequestHandler) -> None:
-        body = json.dumps({"policies": self.policies, "hash": str(len(self.policies)),
-                           "recommendedSyncIntervalSeconds": 1}).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        super().answer(handler)
 
     def _redirect(self, handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(302)
@@ -105,8 +76,7 @@ class HostileServer:
 
     def stop(self) -> None:
         self.stop_dripping.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
 
 @pytest.fixture
@@ -156,7 +126,7 @@ def test_redirect_within_the_origin_is_followed_with_the_same_request(tmp_path, 
     edge = _edge(tmp_path, upstream, hostile).start()
     try:
         assert wait_for(lambda: _policy_ids(edge) == {"drop-debug"}, 20), edge.log()
-        moved = [headers for path, headers in hostile.seen if path == "/moved"]
+        moved = [headers for path, headers, _ in hostile.seen if path == "/moved"]
         assert moved and moved[0].get("authorization") == SECRET
     finally:
         edge.stop()
