@@ -120,7 +120,7 @@ def run_case(kind: str, count: int, repeat: int) -> dict:
         loaded_snapshot = Snapshot.from_bytes(data)
         for signal, plan in loaded_snapshot.plans.items():
             for key in plan.fields:
-                loaded_snapshot.database(signal, key)
+                loaded_snapshot.databases(signal, key)
         done = time.perf_counter()
         best_compile = min(best_compile, compiled - started)
         best_publish = min(best_publish, published - started)

@@ -1,0 +1,128 @@
+"""The match tables of one field: what each kind of string condition compiles to, and why.
+
+Hyperscan's regex compiler takes time that grows faster than the number of patterns in a
+database (start-of-match tracking most of all), and literals spelled as regexes pay that
+price for nothing. So the string conditions of a field are split by kind:
+
+- `exact`: a dict from value to conditions, one lookup per value whatever the count;
+  case-insensitive ASCII values under their lowercase form.
+- `starts_with` / `ends_with` / `contains`: one database of Hyperscan's pure-literal
+  compiler, spelled "\\n" + prefix, suffix + "\\n" and the text itself. The scanner puts a
+  newline before and after every value, so these find exactly the values that start with,
+  end with or contain the text (values holding newlines are checked with RE2, as always).
+- `regex`: databases of at most `REGEX_CHUNK` expressions, those that need start of match
+  apart from the others, so compile time grows linearly with the number of regexes.
+
+Conditions with the same expression are compiled once and reported under the first one's
+id. Whatever Hyperscan rejects, and whatever it cannot run with RE2's meaning, runs on RE2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hyperscan
+
+from edge.policy.model import Condition, FieldPlan
+
+# Hyperscan compiles a database of a few hundred regexes in time proportional to their
+# number; past that, time per pattern climbs steeply (several-fold at 2,000 with start of
+# match). More, smaller databases cost one scan each, which is cheap next to that.
+REGEX_CHUNK = 256
+
+_CASELESS = hyperscan.HS_FLAG_CASELESS
+_SOM = hyperscan.HS_FLAG_SOM_LEFTMOST
+
+
+@dataclass(slots=True, frozen=True)
+class _Pattern:
+    """One expression as handed to Hyperscan, with the condition that reports it."""
+
+    expression: bytes
+    flags: int
+    condition: int
+
+
+def build_tables(fp: FieldPlan, conditions: list[Condition]) -> None:
+    """Fill the exact dicts, databases and RE2 list of `fp` from its string conditions."""
+    literals: list[_Pattern] = []
+    regexes: list[_Pattern] = []
+    with_start: list[_Pattern] = []
+    for condition in conditions:
+        kind, text = condition.operand
+        caseless = bool(condition.hs_flags & _CASELESS)
+        if kind == "exact" and (text.isascii() or not caseless):
+            table = fp.exact_caseless if caseless else fp.exact
+            table.setdefault(text.lower() if caseless else text, []).append(condition.index)
+        elif condition.hs_pattern is None:
+            fp.re2_only.append(condition.index)
+        elif kind == "regex":
+            pattern = _Pattern(condition.hs_pattern.encode(), condition.hs_flags, condition.index)
+            (with_start if condition.hs_flags & _SOM else regexes).append(pattern)
+        else:
+            literals.append(_Pattern(_literal(kind, text), condition.hs_flags & _CASELESS, condition.index))
+    _add_databases(fp, _unique(fp, literals), literal=True, size=len(literals) or 1)
+    _add_databases(fp, _unique(fp, regexes), literal=False, size=REGEX_CHUNK)
+    _add_databases(fp, _unique(fp, with_start), literal=False, size=REGEX_CHUNK)
+
+
+def _literal(kind: str, text: str) -> bytes:
+    """The literal that finds `kind` of `text` in newline-separated values."""
+    body = text.encode()
+    if kind == "starts_with":
+        return b"\n" + body
+    if kind == "ends_with":
+        return body + b"\n"
+    return body
+
+
+def _unique(fp: FieldPlan, patterns: list[_Pattern]) -> list[_Pattern]:
+    """The first pattern of each (expression, flags); later ones become its aliases."""
+    first: dict[tuple[bytes, int], _Pattern] = {}
+    for pattern in patterns:
+        seen = first.setdefault((pattern.expression, pattern.flags), pattern)
+        if seen is not pattern:
+            fp.aliases.setdefault(seen.condition, []).append(pattern.condition)
+    return list(first.values())
+
+
+def _add_databases(fp: FieldPlan, patterns: list[_Pattern], *, literal: bool, size: int) -> None:
+    """Compile `patterns` in databases of at most `size`; rejected ones (and their aliases) go to RE2."""
+    for begin in range(0, len(patterns), size):
+        chunk = patterns[begin:begin + size]
+        try:
+            database = _compile(chunk, literal)
+        except hyperscan.error:
+            rejected = _rejected(chunk, literal)
+            for pattern in rejected:
+                fp.re2_only.append(pattern.condition)
+                fp.re2_only.extend(fp.aliases.pop(pattern.condition, ()))
+            chunk = [p for p in chunk if p not in rejected]
+            if not chunk:
+                continue
+            database = _compile(chunk, literal)
+        fp.hs_databases.append(hyperscan.dumpb(database))
+        fp.scanned.extend(p.condition for p in chunk)
+
+
+def _compile(patterns: list[_Pattern], literal: bool) -> hyperscan.Database:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=[p.expression for p in patterns], ids=[p.condition for p in patterns],
+               flags=[p.flags for p in patterns], literal=literal)
+    return db
+
+
+def _rejected(patterns: list[_Pattern], literal: bool) -> set[_Pattern]:
+    """The patterns Hyperscan will not compile, of a list it rejects: halving, a few compiles per culprit."""
+    if len(patterns) == 1:
+        return set(patterns)
+    half = len(patterns) // 2
+    return _failing(patterns[:half], literal) | _failing(patterns[half:], literal)
+
+
+def _failing(patterns: list[_Pattern], literal: bool) -> set[_Pattern]:
+    try:
+        _compile(patterns, literal)
+    except hyperscan.error:
+        return _rejected(patterns, literal)
+    return set()
