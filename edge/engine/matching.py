@@ -1,11 +1,13 @@
 """Evaluate every condition of a signal against a batch, one field at a time.
 
-For each field the values of all records are joined with `\\n` into one buffer and
-scanned once with the field's Hyperscan database (compiled MULTILINE, so `^`/`$` see
-record boundaries). Match ends are mapped back to records with a bisect. Reports that
-Hyperscan cannot settle alone are verified with RE2 on that one value: records whose
-value itself contains a newline, and regex matches whose leftmost start lies before
-the record (a match that spans the separator). The result is one bitmask per condition.
+For each field the values of all records are looked up in the field's exact-value dicts,
+then joined with `\\n` into one buffer (that also starts with one) and scanned with each
+of the field's Hyperscan databases: a literal one, whose prefixes and suffixes include
+the separator, and regex ones compiled MULTILINE, so `^`/`$` see record boundaries.
+Match ends are mapped back to records with a bisect. Reports that Hyperscan cannot
+settle alone are verified with RE2 on that one value: records whose value itself
+contains a newline, and regex matches whose leftmost start lies before the record (a
+match that spans the separator). The result is one bitmask per condition.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The match tables of one field: what each kind of string condition compiles to, and why.
 
 Hyperscan's regex compiler takes time that grows faster than the number of patterns in a
-database (start-of-match tracking most of all), and literals spelled as regexes pay that
-price for nothing. So the string conditions of a field are split by kind:
+database (with start-of-match tracking, which the scanner needs for regexes: 2,000 took
+30 s or more where 250 took 0.4 s), and literals spelled as regexes pay that price for
+nothing. So the string conditions of a field are split by kind:
 
 - `exact`: a dict from value to conditions, one lookup per value whatever the count;
   case-insensitive ASCII values under their lowercase form.
@@ -10,8 +11,9 @@ price for nothing. So the string conditions of a field are split by kind:
   compiler, spelled "\\n" + prefix, suffix + "\\n" and the text itself. The scanner puts a
   newline before and after every value, so these find exactly the values that start with,
   end with or contain the text (values holding newlines are checked with RE2, as always).
-- `regex`: databases of at most `REGEX_CHUNK` expressions, those that need start of match
-  apart from the others, so compile time grows linearly with the number of regexes.
+- `regex`: databases of at most `REGEX_CHUNK` expressions, so compile time grows linearly
+  with the number of regexes. (Dropping start of match where a regex cannot span two
+  records was tried: some common shapes, like `[a-z]+@host`, then compile far slower.)
 
 Conditions with the same expression are compiled once and reported under the first one's
 id. Whatever Hyperscan rejects, and whatever it cannot run with RE2's meaning, runs on RE2.
@@ -25,13 +27,13 @@ import hyperscan
 
 from edge.policy.model import Condition, FieldPlan
 
-# Hyperscan compiles a database of a few hundred regexes in time proportional to their
-# number; past that, time per pattern climbs steeply (several-fold at 2,000 with start of
-# match). More, smaller databases cost one scan each, which is cheap next to that.
+# Up to a few hundred regexes a database compiles in time about proportional to their
+# number; past that, time per pattern climbs steeply. Each database is one more scan of
+# the field per batch: 256 kept 10,000 policies' evaluation near its speed at 10, and
+# smaller chunks saved little more compile time.
 REGEX_CHUNK = 256
 
 _CASELESS = hyperscan.HS_FLAG_CASELESS
-_SOM = hyperscan.HS_FLAG_SOM_LEFTMOST
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,7 +49,6 @@ def build_tables(fp: FieldPlan, conditions: list[Condition]) -> None:
     """Fill the exact dicts, databases and RE2 list of `fp` from its string conditions."""
     literals: list[_Pattern] = []
     regexes: list[_Pattern] = []
-    with_start: list[_Pattern] = []
     for condition in conditions:
         kind, text = condition.operand
         caseless = bool(condition.hs_flags & _CASELESS)
@@ -57,13 +58,11 @@ def build_tables(fp: FieldPlan, conditions: list[Condition]) -> None:
         elif condition.hs_pattern is None:
             fp.re2_only.append(condition.index)
         elif kind == "regex":
-            pattern = _Pattern(condition.hs_pattern.encode(), condition.hs_flags, condition.index)
-            (with_start if condition.hs_flags & _SOM else regexes).append(pattern)
+            regexes.append(_Pattern(condition.hs_pattern.encode(), condition.hs_flags, condition.index))
         else:
             literals.append(_Pattern(_literal(kind, text), condition.hs_flags & _CASELESS, condition.index))
     _add_databases(fp, _unique(fp, literals), literal=True, size=len(literals) or 1)
     _add_databases(fp, _unique(fp, regexes), literal=False, size=REGEX_CHUNK)
-    _add_databases(fp, _unique(fp, with_start), literal=False, size=REGEX_CHUNK)
 
 
 def _literal(kind: str, text: str) -> bytes:
