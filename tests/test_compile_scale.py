@@ -157,6 +157,7 @@ def test_rejected_patterns_go_to_re2_with_their_aliases():
     snapshot = _compile([{"log_field": "body", "regex": p} for p in patterns])
     fp = snapshot.plan(LOG).fields[BODY]
     assert sorted(fp.re2_only) == [1, 3, 5] and sorted(fp.scanned) == [0, 2, 4]
+    assert len(fp.hs_databases) == 1  # the accepted ones back in one database
     values = ["aab", "xx", "cd e", "q", "a\nb", ""]
     masks = _policy_masks(snapshot, {BODY: values})
     assert masks == [_oracle_mask(values, lambda v, p=p: re2.search(p, v) is not None) for p in patterns]

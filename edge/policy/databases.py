@@ -21,6 +21,7 @@ id. Whatever Hyperscan rejects, and whatever it cannot run with RE2's meaning, r
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import hyperscan
@@ -36,7 +37,7 @@ REGEX_CHUNK = 256
 _CASELESS = hyperscan.HS_FLAG_CASELESS
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class _Pattern:
     """One expression as handed to Hyperscan, with the condition that reports it."""
 
@@ -88,20 +89,36 @@ def _unique(fp: FieldPlan, patterns: list[_Pattern]) -> list[_Pattern]:
 def _add_databases(fp: FieldPlan, patterns: list[_Pattern], *, literal: bool, size: int) -> None:
     """Compile `patterns` in databases of at most `size`; rejected ones (and their aliases) go to RE2."""
     for begin in range(0, len(patterns), size):
-        chunk = patterns[begin:begin + size]
-        try:
-            database = _compile(chunk, literal)
-        except hyperscan.error:
-            rejected = _rejected(chunk, literal)
-            for pattern in rejected:
-                fp.re2_only.append(pattern.condition)
-                fp.re2_only.extend(fp.aliases.pop(pattern.condition, ()))
-            chunk = [p for p in chunk if p not in rejected]
-            if not chunk:
-                continue
-            database = _compile(chunk, literal)
-        fp.hs_databases.append(hyperscan.dumpb(database))
-        fp.scanned.extend(p.condition for p in chunk)
+        databases, rejected = _databases(patterns[begin:begin + size], literal)
+        if len(databases) > 1:  # split around rejected patterns: one database again if it will do
+            accepted = [p for _, some in databases for p in some]
+            with contextlib.suppress(hyperscan.error):  # else the parts stay
+                databases = [(_compile(accepted, literal), accepted)]
+        for database, some in databases:
+            fp.hs_databases.append(hyperscan.dumpb(database))
+            fp.scanned.extend(p.condition for p in some)
+        for pattern in rejected:
+            fp.re2_only.append(pattern.condition)
+            fp.re2_only.extend(fp.aliases.pop(pattern.condition, ()))
+
+
+def _databases(patterns: list[_Pattern], literal: bool
+               ) -> tuple[list[tuple[hyperscan.Database, list[_Pattern]]], list[_Pattern]]:
+    """(databases of the patterns Hyperscan accepts, the ones it rejects).
+
+    One compile when all are accepted; otherwise the list is halved until each part
+    compiles or is one rejected pattern: a few compiles per culprit, not one per pattern,
+    and a set that fails only as a whole still compiles in parts.
+    """
+    try:
+        return [(_compile(patterns, literal), patterns)], []
+    except hyperscan.error:
+        if len(patterns) == 1:
+            return [], patterns
+    half = len(patterns) // 2
+    left, left_rejected = _databases(patterns[:half], literal)
+    right, right_rejected = _databases(patterns[half:], literal)
+    return left + right, left_rejected + right_rejected
 
 
 def _compile(patterns: list[_Pattern], literal: bool) -> hyperscan.Database:
@@ -109,19 +126,3 @@ def _compile(patterns: list[_Pattern], literal: bool) -> hyperscan.Database:
     db.compile(expressions=[p.expression for p in patterns], ids=[p.condition for p in patterns],
                flags=[p.flags for p in patterns], literal=literal)
     return db
-
-
-def _rejected(patterns: list[_Pattern], literal: bool) -> set[_Pattern]:
-    """The patterns Hyperscan will not compile, of a list it rejects: halving, a few compiles per culprit."""
-    if len(patterns) == 1:
-        return set(patterns)
-    half = len(patterns) // 2
-    return _failing(patterns[:half], literal) | _failing(patterns[half:], literal)
-
-
-def _failing(patterns: list[_Pattern], literal: bool) -> set[_Pattern]:
-    try:
-        _compile(patterns, literal)
-    except hyperscan.error:
-        return _rejected(patterns, literal)
-    return set()
