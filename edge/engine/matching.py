@@ -1,11 +1,13 @@
 """Evaluate every condition of a signal against a batch, one field at a time.
 
-For each field the values of all records are joined with `\\n` into one buffer and
-scanned once with the field's Hyperscan database (compiled MULTILINE, so `^`/`$` see
-record boundaries). Match ends are mapped back to records with a bisect. Reports that
-Hyperscan cannot settle alone are verified with RE2 on that one value: records whose
-value itself contains a newline, and regex matches whose leftmost start lies before
-the record (a match that spans the separator). The result is one bitmask per condition.
+For each field the values of all records are looked up in the field's exact-value dicts,
+then joined with `\\n` into one buffer (that also starts with one) and scanned with each
+of the field's Hyperscan databases: a literal one, whose prefixes and suffixes include
+the separator, and regex ones compiled MULTILINE, so `^`/`$` see record boundaries.
+Match ends are mapped back to records with a bisect. Reports that Hyperscan cannot
+settle alone are verified with RE2 on that one value: records whose value itself
+contains a newline, and regex matches whose leftmost start lies before the record (a
+match that spans the separator). The result is one bitmask per condition.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import operator
 from bisect import bisect_left
 from collections import defaultdict
-from itertools import accumulate, repeat
+from collections.abc import Iterable
+from itertools import accumulate, compress, repeat
 from typing import Any
 
 import hyperscan
@@ -72,7 +75,11 @@ def _match_values(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: l
                   ) -> dict[int, set[int]]:
     """condition index -> positions in `values` that satisfy it."""
     matched: dict[int, set[int]] = defaultdict(set)
-    if fp.scanned and fp.hs_database is not None:
+    if fp.exact:
+        _add_lookups(map(fp.exact.get, values), matched)
+    if fp.exact_caseless:
+        _add_lookups(map(fp.exact_caseless.get, _ascii_folded(values)), matched)
+    if fp.hs_databases:
         _hyperscan_pass(snapshot, plan, fp, values, matched)
     for ci in fp.re2_only:
         search = snapshot.regex(plan.conditions[ci].re2_pattern).search
@@ -87,37 +94,60 @@ def _match_values(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: l
     return matched
 
 
+def _add_lookups(found: Iterable[list[int] | None], matched: dict[int, set[int]]) -> None:
+    """Per value, the conditions an exact-value dict gave (None: none) -> `matched`; Python only per hit."""
+    found = list(found)
+    for i in compress(range(len(found)), found):
+        for ci in found[i]:
+            matched[ci].add(i)
+
+
+def _ascii_folded(values: list[str]) -> list[str]:
+    """Values as RE2's case folding compares them with an ASCII text: lowercase, and ſ as s.
+
+    `str.lower` turns K (U+212A) into k as RE2 folds it; the only other character it lowers
+    to something holding ASCII, İ, becomes two characters, one of them not ASCII, so it
+    equals no ASCII text, as in RE2.
+    """
+    folded = list(map(str.lower, values))
+    if "\u017f" in "".join(folded):
+        folded = [v.replace("\u017f", "s") for v in folded]
+    return folded
+
+
 def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str],
                     matched: dict[int, set[int]]) -> None:
-    # Every value is followed by the separator, and one more newline pads the buffer: libhs
-    # 5.4 misses end-anchored matches that end at, or one byte before, the end of the buffer
-    # when other patterns share the database (tests/test_matching.py pins both cases).
-    text = "\n".join(values) + "\n"
+    # Every value is preceded and followed by a newline (prefix and suffix literals include
+    # it), and one more newline pads the buffer: libhs 5.4 misses end-anchored matches that
+    # end at, or one byte before, the end of the buffer when other patterns share the
+    # database (tests/test_matching.py pins both cases).
+    text = "\n" + "\n".join(values) + "\n"
     buffer = text.encode() + b"\n"
     lengths = map(len, values if len(buffer) == len(text) + 1 else map(str.encode, values))
-    starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=0))
-    ends: dict[int, list[int]] = {ci: [] for ci in fp.scanned}
-    begins: dict[int, list[int]] = {ci: [] for ci in fp.scanned}
+    starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=1))
+    ends: dict[int, list[int]] = defaultdict(list)
+    begins: dict[int, list[int]] = defaultdict(list)
 
     def on_match(cid: int, start: int, end: int, flags: int, context: Any) -> None:
         ends[cid].append(end)
         begins[cid].append(start)
 
-    db, scratch = snapshot.database(plan.signal, fp.key)
-    db.scan(buffer, match_event_handler=on_match, scratch=scratch)
-    dirty: set[int] | None = None
+    for db, scratch in snapshot.databases(plan.signal, fp.key):
+        db.scan(buffer, match_event_handler=on_match, scratch=scratch)
+    dirty = _values_with_newlines(values) if ends else set()
     for ci, found in ends.items():
-        if found:
-            if dirty is None:
-                dirty = _values_with_newlines(values)
-            condition = plan.conditions[ci]
-            hits, doubtful = _map_matches(condition, begins[ci], found, starts)
-            doubtful |= hits & dirty
-            hits -= doubtful
-            search = snapshot.regex(condition.re2_pattern).search
-            hits.update(k for k in doubtful if values[k] and search(values[k]) is not None)
-            matched[ci] |= hits
+        condition = plan.conditions[ci]
+        hits, doubtful = _map_matches(condition, begins[ci], found, starts)
+        doubtful |= hits & dirty
+        hits -= doubtful
+        search = snapshot.regex(condition.re2_pattern).search
+        hits.update(k for k in doubtful if values[k] and search(values[k]) is not None)
+        matched[ci] |= hits
     _refold_caseless(snapshot, plan, fp, values, text, matched)
+    if fp.aliases:  # conditions compiled once under the first one's id
+        for ci in [ci for ci in matched if ci in fp.aliases]:
+            for other in fp.aliases[ci]:
+                matched[other] = set(matched[ci])
 
 
 def _values_with_newlines(values: list[str]) -> set[int]:
@@ -131,10 +161,12 @@ def _map_matches(condition: Condition, begins: list[int], ends: list[int], start
                  ) -> tuple[set[int], set[int]]:
     """(records a condition's matches lie in, records where RE2 must settle a match).
 
-    A match ending at `end` lies in the last record starting before `end`, found in one
-    C-level pass. Literals cannot cross a separator; a regex match (reported with its
-    leftmost start) that begins in an earlier record, takes in the separator or ends in
-    the padding belongs to no single record, and its record is checked with RE2 instead.
+    Record k spans `starts[k]` up to its separator at `starts[k + 1] - 1`; each is found
+    for all matches in one C-level pass. A literal's match ends inside its record or, for
+    a suffix literal, just after the separator: it lies in the last record starting
+    before its end. A regex match (reported with its leftmost start) that begins in an
+    earlier record, takes in the separator or ends in the padding belongs to no single
+    record, and its record is checked with RE2 instead.
     """
     records_after = list(map(bisect_left, repeat(starts), ends))  # record index + 1
     if not condition.hs_flags & _SOM:
@@ -254,7 +286,7 @@ def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> l
     """One record mask per condition of the plan, negation applied."""
     masks = [0] * len(plan.conditions)
     for key, fp in plan.fields.items():
-        if fp.scanned or fp.re2_only:
+        if fp.scanned or fp.re2_only or fp.exact or fp.exact_caseless:
             _scan_field(snapshot, plan, fp, batch.strings(key), masks)
         if fp.typed:
             column = batch.column(key)

@@ -1,9 +1,10 @@
 """Compile decoded policies into a `Snapshot`: validation (docs/policies.md §8) plus match tables.
 
 Validation collects every error of a policy (`log: match[0]: invalid regex "(["`) and
-leaves that policy inert. Valid string conditions are grouped per field and compiled
-into one Hyperscan database per field, so one scan of a field's values serves every
-policy. Patterns Hyperscan cannot run with RE2's meaning are routed to RE2 instead.
+leaves that policy inert. Valid string conditions are grouped per field into that field's
+match tables (`edge.policy.databases`: exact-value dicts, a literal database, regex
+databases), so one lookup and a few scans of a field's values serve every policy.
+Patterns Hyperscan cannot run with RE2's meaning are routed to RE2 instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hyperscan
 import re2
 
 from edge.policy import model
+from edge.policy.databases import build_tables
 from edge.policy.hsregex import to_hyperscan
 from edge.policy.model import (
     LOG,
@@ -136,7 +138,7 @@ def _typed_equals(value: pb.Value, case_insensitive: bool, key: FieldKey, index:
         raise PolicyError("equals has no value")
     if which == "string_value":
         op, hs_pattern, flags, re2_pattern = _string_condition("exact", value.string_value, case_insensitive)
-        return Condition(index, key, op, negate, hs_pattern, flags, re2_pattern)
+        return Condition(index, key, op, negate, hs_pattern, flags, re2_pattern, ("exact", value.string_value))
     if which == "hex_value":
         try:
             operand: object = bytes.fromhex(value.hex_value)
@@ -161,9 +163,9 @@ def build_condition(matcher, index: int) -> Condition:
     if which is None:
         raise PolicyError("no match condition")
     if which in _STRING_CONDITIONS:
-        op, hs_pattern, flags, re2_pattern = _string_condition(
-            which, getattr(matcher, which), matcher.case_insensitive)
-        return Condition(index, key, op, negate, hs_pattern, flags, re2_pattern)
+        text = getattr(matcher, which)
+        op, hs_pattern, flags, re2_pattern = _string_condition(which, text, matcher.case_insensitive)
+        return Condition(index, key, op, negate, hs_pattern, flags, re2_pattern, (which, text))
     if which == "exists":
         return Condition(index, key, Op.EXISTS, negate, operand=matcher.exists)
     if which == "equals":
@@ -319,45 +321,16 @@ class _Builder:
 
 
 def _plan_fields(plan: SignalPlan) -> None:
-    """Group conditions per field and build each field's Hyperscan database."""
+    """Group conditions per field and build each field's match tables."""
+    strings: dict[FieldKey, list[Condition]] = {}
     for condition in plan.conditions:
         fp = plan.fields.setdefault(condition.field, FieldPlan(condition.field))
         if condition.op is Op.STRING:
-            (fp.scanned if condition.hs_pattern is not None else fp.re2_only).append(condition.index)
+            strings.setdefault(condition.field, []).append(condition)
         else:
             fp.typed.append(condition.index)
-    for fp in plan.fields.values():
-        if fp.scanned:
-            fp.hs_database = _hyperscan_database(plan, fp)
-
-
-def _try_compile(expressions: list[bytes], ids: list[int], flags: list[int]) -> hyperscan.Database:
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(expressions=expressions, ids=ids, flags=flags)
-    return db
-
-
-def _hyperscan_database(plan: SignalPlan, fp: FieldPlan) -> bytes | None:
-    """Compile the field's scanned conditions; any pattern Hyperscan rejects moves to RE2."""
-    conditions = [plan.conditions[i] for i in fp.scanned]
-    args = ([c.hs_pattern.encode() for c in conditions], [c.index for c in conditions],
-            [c.hs_flags for c in conditions])
-    try:
-        return hyperscan.dumpb(_try_compile(*args))
-    except hyperscan.error:
-        pass
-    accepted = []
-    for c in conditions:
-        try:
-            _try_compile([c.hs_pattern.encode()], [c.index], [c.hs_flags])
-            accepted.append(c)
-        except hyperscan.error:
-            fp.re2_only.append(c.index)
-    fp.scanned = [c.index for c in accepted]
-    if not accepted:
-        return None
-    return hyperscan.dumpb(_try_compile([c.hs_pattern.encode() for c in accepted],
-                                        [c.index for c in accepted], [c.hs_flags for c in accepted]))
+    for key, conditions in strings.items():
+        build_tables(plan.fields[key], conditions)
 
 
 def compile_policies(policies: Iterable[pb.Policy], *, version: str = "", load_errors: Iterable[str] = ()

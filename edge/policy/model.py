@@ -46,7 +46,8 @@ class Condition:
     hs_pattern: str | None = None
     hs_flags: int = 0
     re2_pattern: str | None = None
-    # Op.EXISTS: expected presence; Op.EQUALS: typed value; Op.COMPARE: (op, number); Op.ENUM: number.
+    # Op.STRING: (kind, text) of the matcher, e.g. ("starts_with", "GET "); Op.EXISTS: expected presence;
+    # Op.EQUALS: typed value; Op.COMPARE: (op, number); Op.ENUM: number.
     operand: Any = None
 
 
@@ -154,10 +155,14 @@ class FieldPlan:
     """All conditions that read one field, so one extraction and one scan serve every policy."""
 
     key: FieldKey
-    scanned: list[int] = field(default_factory=list)  # Op.STRING conditions in the Hyperscan database
+    scanned: list[int] = field(default_factory=list)  # Op.STRING conditions in a Hyperscan database
     re2_only: list[int] = field(default_factory=list)  # Op.STRING conditions Hyperscan cannot run exactly
     typed: list[int] = field(default_factory=list)  # every other op, evaluated on typed values
-    hs_database: bytes | None = None  # hyperscan.dumpb of the scanned conditions (ids = condition index)
+    exact: dict[str, list[int]] = field(default_factory=dict)  # `exact` conditions by the value they equal
+    exact_caseless: dict[str, list[int]] = field(default_factory=dict)  # ASCII ones, case-insensitive: by lowercase
+    # hyperscan.dumpb of each database of the scanned conditions (ids = condition index)
+    hs_databases: list[bytes] = field(default_factory=list)
+    aliases: dict[int, list[int]] = field(default_factory=dict)  # scanned id -> conditions with the same expression
 
 
 @dataclass(slots=True)

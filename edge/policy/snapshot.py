@@ -19,7 +19,7 @@ import re2
 from edge.engine.substitute import Substitution
 from edge.policy.model import SIGNALS, CompiledPolicy, FieldKey, SignalPlan
 
-_FORMAT = 1
+_FORMAT = 2  # 2: several databases per field, exact-value dicts
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 
@@ -71,8 +71,8 @@ class Snapshot:
 
     # ── runtime objects, built on first use in this process ──
 
-    def database(self, signal: str, key: FieldKey) -> tuple[hyperscan.Database, hyperscan.Scratch] | None:
-        """The field's Hyperscan database with a scratch for the calling thread (cached per thread)."""
+    def databases(self, signal: str, key: FieldKey) -> list[tuple[hyperscan.Database, hyperscan.Scratch]]:
+        """The field's Hyperscan databases, each with a scratch for the calling thread (cached per thread)."""
         local = self._runtime.get("local")
         if local is None:
             local = self._runtime.setdefault("local", threading.local())
@@ -81,18 +81,18 @@ class Snapshot:
             cache = local.databases = {}
         found = cache.get((signal, key))
         if found is None:
-            found = cache[(signal, key)] = self._load_database(signal, key)
+            found = cache[(signal, key)] = [(db, hyperscan.Scratch(db)) for db in self._load_databases(signal, key)]
         return found
 
-    def _load_database(self, signal: str, key: FieldKey) -> tuple[hyperscan.Database, hyperscan.Scratch] | None:
+    def _load_databases(self, signal: str, key: FieldKey) -> list[hyperscan.Database]:
+        """Deserialised once per process, shared by its threads (a scratch is per thread)."""
         with self._lock():
-            db = self._runtime.get(("hs", signal, key))
-            if db is None:
-                raw = self.plans[signal].fields[key].hs_database
-                if raw is None:
-                    return None
-                db = self._runtime[("hs", signal, key)] = hyperscan.loadb(bytes(raw), hyperscan.HS_MODE_BLOCK)
-        return db, hyperscan.Scratch(db)
+            dbs = self._runtime.get(("hs", signal, key))
+            if dbs is None:
+                raw = self.plans[signal].fields[key].hs_databases
+                dbs = self._runtime[("hs", signal, key)] = [
+                    hyperscan.loadb(bytes(blob), hyperscan.HS_MODE_BLOCK) for blob in raw]
+        return dbs
 
     def _lock(self) -> threading.Lock:
         return self._runtime.setdefault("lock", threading.Lock())
