@@ -32,24 +32,34 @@ PROTOBUF = "application/x-protobuf"
 EMPTY_JSON = b"{}"
 EMPTY_PROTOBUF = b""
 DROPPED = None  # `OtlpRoute.filter` result: every record was dropped
-OFFLOAD_BYTES = 64 << 10  # bodies estimated to decode to this much or more are filtered in a thread
+OFFLOAD_BYTES = 64 << 10  # compressed bodies estimated to decode to this much or more are decoded in a thread
 COMPRESSION_RATIO = 8  # a compressed body is estimated at this many times its size (telemetry: 5-20x)
-FILTER_THREADS = 2  # per worker: zlib, zstandard and Hyperscan release the GIL; Python evaluation does not
+# Per worker. zlib and zstandard release the GIL, so decoding in a thread frees the event loop;
+# evaluation holds the GIL and stays on the loop (in threads it only added memory: the Python
+# objects of a parsed batch then come from per-thread malloc arenas).
+FILTER_THREADS = 2
 
-_filter_pool: ThreadPoolExecutor | None = None
-
-
-def filter_pool() -> ThreadPoolExecutor:
-    """The worker's filter threads, created on first use (in the worker, after gunicorn forked it)."""
-    global _filter_pool
-    if _filter_pool is None:
-        _filter_pool = ThreadPoolExecutor(FILTER_THREADS, thread_name_prefix="edge-filter")
-    return _filter_pool
+_decode_pool: ThreadPoolExecutor | None = None
 
 
-def offloaded(body: bytes, head: RequestHead) -> bool:
-    """Whether a body is big enough to decode and evaluate off the event loop."""
-    return len(body) * (COMPRESSION_RATIO if head.content_encoding else 1) >= OFFLOAD_BYTES
+def decode_pool() -> ThreadPoolExecutor:
+    """The worker's decoding threads, created on first use (in the worker, after gunicorn forked it)."""
+    global _decode_pool
+    if _decode_pool is None:
+        _decode_pool = ThreadPoolExecutor(FILTER_THREADS, thread_name_prefix="edge-decode")
+    return _decode_pool
+
+
+class Undecoded:
+    """`OtlpRoute.filter`'s default: the body has not been decoded yet."""
+
+
+UNDECODED = Undecoded()
+
+
+def decoded_off_loop(body: bytes, head: RequestHead) -> bool:
+    """Whether a compressed body is big enough to decode in a thread rather than on the event loop."""
+    return head.content_encoding is not None and len(body) * COMPRESSION_RATIO >= OFFLOAD_BYTES
 
 
 class OtlpRoute:
@@ -96,11 +106,24 @@ class OtlpRoute:
         return None
 
     async def filter_off_loop(self, body: bytes, head: RequestHead) -> bytes | None:
-        """`filter`, in a worker thread for big bodies: while one is decoded and evaluated, the
-        event loop goes on serving the worker's other requests."""
-        if not offloaded(body, head):
-            return self.filter(body, head)
-        return await asyncio.get_running_loop().run_in_executor(filter_pool(), self.filter, body, head)
+        """`filter`, with a big compressed body decoded in a thread first: decoding releases the
+        GIL, so meanwhile the event loop goes on serving the worker's other requests."""
+        if decoded_off_loop(body, head) and self.filtered(head):
+            loop = asyncio.get_running_loop()
+            decoded = await loop.run_in_executor(decode_pool(), self.decode, body, head)
+            return self.filter(body, head, decoded)
+        return self.filter(body, head)
+
+    def filtered(self, head: RequestHead) -> bool:
+        """Whether this body will be decoded and evaluated at all (else it is forwarded raw)."""
+        engine = self.runtime.engine()
+        return (engine is not None and engine.snapshot.targets(self.signal)
+                and codec_of(head.content_encoding) is not None and self.filters(head))
+
+    def decode(self, body: bytes, head: RequestHead) -> bytes | None:
+        """The body without its content encoding, within the limits; None when it cannot be."""
+        codec = codec_of(head.content_encoding)
+        return decode(body, codec, self.max_decoded) if codec is not None else None
 
     def filters(self, head: RequestHead) -> bool:
         """Whether bodies of this kind are filtered at all (the others are forwarded raw)."""
@@ -110,8 +133,11 @@ class OtlpRoute:
         """Decoded body in, what to forward out; raises UndecodableBody when it is not this protocol."""
         return evaluate(engine, self.signal, decoded, head.content_type)
 
-    def filter(self, body: bytes, head: RequestHead) -> bytes | None:
-        """The bytes to forward (the original ones whenever nothing changed), or DROPPED."""
+    def filter(self, body: bytes, head: RequestHead, decoded: bytes | None | Undecoded = UNDECODED) -> bytes | None:
+        """The bytes to forward (the original ones whenever nothing changed), or DROPPED.
+
+        `decoded` is the body already decoded by `decode` (in a thread); by default it is
+        decoded here."""
         try:
             engine = self.runtime.engine()
             if engine is None or not engine.snapshot.targets(self.signal):
@@ -119,7 +145,8 @@ class OtlpRoute:
             codec = codec_of(head.content_encoding)
             if codec is None or not self.filters(head):
                 return body  # deflate, br, ...: forwarded raw and unfiltered
-            decoded = decode(body, codec, self.max_decoded)
+            if isinstance(decoded, Undecoded):
+                decoded = decode(body, codec, self.max_decoded)
             if decoded is None:
                 log.debug("%s body not decodable as %r within %d bytes and %d members: forwarded raw",
                           self.signal, codec, self.max_decoded, MAX_MEMBERS)

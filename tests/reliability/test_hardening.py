@@ -119,20 +119,28 @@ def test_gzip_padding_and_garbage_after_members() -> None:
 
 
 class ThreadProbe(OtlpRoute):
-    """The real route's dispatch with a `filter` that notes where it ran and takes its time."""
+    """The real route's dispatch with `decode` and `filter` that note where they ran; decoding takes its time."""
 
     def __init__(self) -> None:  # no runtime: only `filter_off_loop` is exercised
-        self.threads: list[str] = []
+        self.decoded_in: list[str] = []
+        self.filtered_in: list[str] = []
 
-    def filter(self, body: bytes, head: RequestHead) -> bytes | None:
-        self.threads.append(threading.current_thread().name)
-        time.sleep(0.2 if len(body) >= OFFLOAD_BYTES else 0)
+    def filtered(self, head: RequestHead) -> bool:
+        return True
+
+    def decode(self, body: bytes, head: RequestHead) -> bytes | None:
+        self.decoded_in.append(threading.current_thread().name)
+        time.sleep(0.2)
+        return body
+
+    def filter(self, body: bytes, head: RequestHead, decoded: object = None) -> bytes | None:
+        self.filtered_in.append(threading.current_thread().name)
         return body
 
 
-def test_big_bodies_are_filtered_off_the_event_loop() -> None:
-    """From OFFLOAD_BYTES (compressed bodies count COMPRESSION_RATIO times their size) decoding and
-    evaluation run in a thread: the event loop keeps ticking meanwhile; small bodies stay inline."""
+def test_big_compressed_bodies_are_decoded_off_the_event_loop() -> None:
+    """From OFFLOAD_BYTES (a compressed body counts COMPRESSION_RATIO times its size) decoding runs
+    in a thread while the event loop keeps ticking; evaluation and small or plain bodies stay inline."""
     route = ThreadProbe()
     plain = request_head([(b"content-type", b"application/json")])
     gzipped = request_head([(b"content-type", b"application/json"), (b"content-encoding", b"gzip")])
@@ -148,16 +156,16 @@ def test_big_bodies_are_filtered_off_the_event_loop() -> None:
                 ticks += 1
 
         ticker = asyncio.create_task(tick())
-        assert await route.filter_off_loop(big, plain) == big
-        ticker.cancel()
-        assert await route.filter_off_loop(small, plain) == small
         assert await route.filter_off_loop(small + b"x", gzipped) == small + b"x"
+        ticker.cancel()
+        assert await route.filter_off_loop(small, gzipped) == small
+        assert await route.filter_off_loop(big, plain) == big
         return ticks
 
     ticks = asyncio.run(run())
-    big_thread, small_thread, gzipped_thread = route.threads
-    assert big_thread.startswith("edge-filter") and gzipped_thread.startswith("edge-filter")
-    assert small_thread == threading.current_thread().name
+    here = threading.current_thread().name
+    assert len(route.decoded_in) == 1 and route.decoded_in[0].startswith("edge-decode")
+    assert route.filtered_in == [here, here, here]
     assert ticks >= 5, f"the event loop ticked {ticks} times in 200 ms"
 
 
