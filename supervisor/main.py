@@ -150,7 +150,7 @@ def run(distribution: str, argv: list[str] | None = None) -> int:
     try:
         config = load(path)
     except ConfigError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
+        print(f"edge: {logs.redact(str(exc))}", file=sys.stderr)  # may quote a URL with credentials
         return 2
     logs.configure(config.log_level)
     for warning in config.warnings:

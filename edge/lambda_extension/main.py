@@ -176,7 +176,7 @@ def _budget(event: dict[str, Any]) -> float:
 
 
 def _fail_init(api: ExtensionsApi, error_type: str, message: str) -> None:
-    print(f"edge-lambda: {message}", file=sys.stderr)
+    print(f"edge-lambda: {logs.redact(message)}", file=sys.stderr)
     try:
         api.init_error(error_type, message)
     except ExtensionsApiError as exc:

@@ -22,7 +22,7 @@ USAGE_ERROR = 2
 
 
 def _fail(message: str) -> int:
-    print(f"edge-tail: {message}", file=sys.stderr)
+    print(f"edge-tail: {logs.redact(message)}", file=sys.stderr)
     return USAGE_ERROR
 
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import subprocess
 import sys
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from time import perf_counter
 from types import SimpleNamespace
 from typing import Any
@@ -37,8 +40,17 @@ from edge.protocols.content_encoding import GZIP, ZSTD, decode, encode
 from edge.protocols.otlp import COMPRESSION_RATIO, OFFLOAD_BYTES, OtlpRoute
 from edge.protocols.upstream import RequestHead, request_head
 from tests.engine_helpers import clean_engine
-from tests.reliability.conftest import MATRIX_MAX_BODY, Case
-from tests.reliability.harness import SUITE_POLICIES, EdgeProcess, FaultUpstream, PolicyServer, batch, free_port
+from tests.reliability.harness import (
+    EDGE_SCRIPT,
+    MATRIX_MAX_BODY,
+    SUITE_POLICIES,
+    Case,
+    EdgeProcess,
+    FaultUpstream,
+    PolicyServer,
+    batch,
+    free_port,
+)
 
 # ── 1. many gzip members / zstd frames ─────────────────────────────────────
 
@@ -433,3 +445,12 @@ def test_url_credentials_never_reach_logs_or_admin_routes(url_secret_edge: EdgeP
     for secret in URL_SECRETS:
         assert secret not in log, f"{secret} leaked into the log"
         assert secret.encode() not in answers, f"{secret} leaked into an admin answer"
+
+
+def test_a_config_error_quoting_a_url_shows_no_credentials(tmp_path: Path) -> None:
+    """Config errors are printed before logging starts; they are redacted all the same."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"upstream_url": "ftp://user:hunter2@collector/?api_key=abc123"}))
+    done = subprocess.run([str(EDGE_SCRIPT), str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "edge: config key upstream_url: expected an http(s) URL, got 'ftp://***@collector/?api_key=***'\n"
