@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from tail.tail_helpers import Tailer, drop_policy, lines_of, wait_until, write_lines, write_policy
 
 from edge.tail.reader import TailedFile
 from tests.proxy_fixtures import RecordingUpstream
+from tests.tail.tail_helpers import Tailer, drop_policy, lines_of, wait_until, write_lines, write_policy
 
 DROP = drop_policy("drop-marked", {"log_field": "body", "regex": "DROPME"})
 
