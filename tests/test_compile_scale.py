@@ -1,6 +1,6 @@
 """Match tables that scale with the policy count: exact-value dicts, the literal database, regex chunks.
 
-Each path must give exactly RE2's answer per value (POLICY.md §3): case-insensitive
+Each path must give exactly RE2's answer per value (docs/policies.md §3): case-insensitive
 folding as RE2 does it, negation, missing fields, non-ASCII text and values that hold
 newlines. The last tests check a few thousand policies at once against an oracle.
 """

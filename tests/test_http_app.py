@@ -251,6 +251,7 @@ def _zstd(data: bytes) -> bytes:
 @pytest.mark.parametrize(("encoding", "compress", "decompress"), [
     ("gzip", gzip.compress, gzip.decompress),
     ("X-GZIP", gzip.compress, gzip.decompress),
+    ("deflate", zlib.compress, zlib.decompress),
     ("zstd", _zstd, lambda d: zstandard.ZstdDecompressor().decompressobj().decompress(d)),
     ("ZSTD", _zstd, lambda d: zstandard.ZstdDecompressor().decompressobj().decompress(d)),
 ])
@@ -270,9 +271,11 @@ def test_compressed_round_trip(edge: EdgeStack, upstream: RecordingUpstream, enc
 
 def test_unsupported_or_oversized_encodings_are_forwarded_raw(edge: EdgeStack, upstream: RecordingUpstream) -> None:
     deflated = zlib.compress(orjson.dumps(MIXED))
+    raw_deflate = zlib.compressobj(wbits=-15)
+    raw_deflated = raw_deflate.compress(orjson.dumps(MIXED)) + raw_deflate.flush()  # not HTTP's zlib format
     bomb = gzip.compress(orjson.dumps(logs_doc(*[("DEBUG", "z" * 1000)] * (MAX_DECODED // 1000 + 10))))
     assert len(bomb) < MAX_BODY
-    for body, encoding in ((deflated, "deflate"), (deflated, "br"), (bomb, "gzip"), (b"\x1f\x8bgarbage", "gzip"),
+    for body, encoding in ((raw_deflated, "deflate"), (deflated, "br"), (bomb, "gzip"), (b"\x1f\x8bgarbage", "gzip"),
                            (b"(\xb5/\xfdgarbage", "zstd")):
         upstream.reset()
         assert post(edge, "/v1/logs", body, {"Content-Encoding": encoding}).status == 200

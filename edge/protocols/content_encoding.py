@@ -1,4 +1,7 @@
-"""Content-Encoding of request bodies: gzip, x-gzip and zstd are decoded, filtered and re-encoded.
+"""Content-Encoding of request bodies: gzip, x-gzip, deflate and zstd are decoded, filtered and re-encoded.
+
+HTTP's `deflate` is the zlib format (RFC 1950), which is what the OpenTelemetry SDKs send; a raw
+deflate stream does not decode and goes on unfiltered, as any undecodable body.
 
 `decode()` never allocates more than the decoded-size limit (plus one read block): gzip is
 inflated with `max_length`, zstd is fed in small slices with a capped window size, so a
@@ -18,9 +21,10 @@ import zstandard
 
 IDENTITY = ""
 GZIP = "gzip"
+DEFLATE = "deflate"
 ZSTD = "zstd"
 
-_CODECS = {"": IDENTITY, "identity": IDENTITY, "gzip": GZIP, "x-gzip": GZIP, "zstd": ZSTD}
+_CODECS = {"": IDENTITY, "identity": IDENTITY, "gzip": GZIP, "x-gzip": GZIP, "deflate": DEFLATE, "zstd": ZSTD}
 GZIP_LEVEL = 1  # re-encoding is on the request path: favour speed over ratio
 ZSTD_LEVEL = 3
 _ZSTD_FEED = 512  # compressed bytes per zstd step at most: at most 16 MiB of output each
@@ -37,7 +41,7 @@ _zstd_decompressors: dict[int, zstandard.ZstdDecompressor] = {}
 
 
 def codec_of(content_encoding: str | None) -> str | None:
-    """The codec named by a Content-Encoding header: "" (none), "gzip", "zstd"; None if unsupported."""
+    """The codec named by a Content-Encoding header: "" (none), "gzip", "deflate", "zstd"; None if unsupported."""
     if not content_encoding:
         return IDENTITY
     return _CODECS.get(content_encoding.strip().lower())
@@ -50,6 +54,8 @@ def decode(body: bytes, codec: str, limit: int) -> bytes | None:
     try:
         if codec == GZIP:
             return _gunzip(body, limit)
+        if codec == DEFLATE:
+            return _members(memoryview(body), _new_zlib_stream, _inflate_gzip, limit, _GZIP_FEED)
         if codec == ZSTD:
             return _unzstd(body, limit)
     except (zlib.error, zstandard.ZstdError, MemoryError, ValueError):
@@ -60,6 +66,8 @@ def decode(body: bytes, codec: str, limit: int) -> bytes | None:
 def encode(data: bytes, codec: str) -> bytes:
     if codec == GZIP:
         return zlib.compress(data, GZIP_LEVEL, 31)
+    if codec == DEFLATE:
+        return zlib.compress(data, GZIP_LEVEL)
     if codec == ZSTD:
         return _zstd_compressor.compress(data)
     return data
@@ -73,6 +81,10 @@ def _gunzip(body: bytes, limit: int) -> bytes | None:
 
 def _new_gzip_member() -> Any:
     return zlib.decompressobj(31)
+
+
+def _new_zlib_stream() -> Any:
+    return zlib.decompressobj(15)
 
 
 def _inflate_gzip(inflater: Any, data: memoryview, room: int) -> bytes:
