@@ -465,11 +465,16 @@ def test_bad_document_raises_policy_file_error(doc):
         load_document(doc)
 
 
-def test_bare_list_and_empty_document_are_accepted():
-    """A bare list of policies and an empty document load (the latter with no policies)."""
+def test_bare_list_is_accepted():
+    """A non-empty bare list of policies loads (docs/policies.md §1)."""
     assert [p.id for p in load_document([_log_policy({"log_field": "body", "exact": "x"})]).policies] == ["p"]
-    assert load_document(None).policies == []
-    assert load_document({}).policies == []
+
+
+@pytest.mark.parametrize("doc", [None, {}, []])
+def test_empty_document_is_refused(doc):
+    """An empty document is not "no policies" (that is `{"policies": []}`): it is almost always a mistake."""
+    with pytest.raises(PolicyFileError):
+        load_document(doc)
 
 
 @pytest.mark.parametrize("text", [b"{: [", b"[1, 2", b"policies: [\n  - {id: x\n"])

@@ -114,7 +114,11 @@ def test_hand_written_policies_compile_or_report_and_evaluate(quiet_errors: pyte
     @FUZZ
     @given(policies=st.lists(policy, max_size=4))
     def run(policies: list[Any]) -> None:
-        loaded = load_document({"policies": policies})
+        try:
+            loaded = load_document({"policies": policies})
+        except PolicyFileError as exc:  # the one per-document rule a list of generated policies can break
+            assert "duplicate policy id" in str(exc)
+            return
         assert len(loaded.policies) + len(loaded.errors) == len(policies)
         snapshot = compile_policies(loaded.policies, load_errors=loaded.errors)
         snapshot = Snapshot.from_bytes(snapshot.to_bytes())  # what workers read from shared memory
