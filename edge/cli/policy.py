@@ -72,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             timeout=args.timeout)
         try:
             result = client.sync([])
-        except SyncError as exc:
+        except (SyncError, PolicyFileError) as exc:  # PolicyFileError: the answer repeats a policy id
             return _fail(str(exc), 1)
         snapshot = compile_policies(result.policies, version=result.hash, load_errors=result.decode_errors)
     else:
@@ -110,26 +110,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_file(name: str) -> bool:
+    """Print every problem of one file (or its OK line); True when it has none."""
+    try:
+        loaded = load_file(name)
+    except PolicyFileError as exc:
+        print(f"{exc}")
+        return False
+    snapshot = compile_policies(loaded.policies)
+    problems = [f"{name}: {message}" for message in loaded.errors]
+    problems += [f"{name}: policy {policy.id}: {error}" for policy in snapshot.policies for error in policy.errors]
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"{name}: {len(snapshot.policies)} policies OK")
+    return not problems
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    failed = False
-    for name in args.files:
-        try:
-            loaded = load_file(name)
-        except PolicyFileError as exc:
-            print(f"{exc}")
-            failed = True
-            continue
-        snapshot = compile_policies(loaded.policies)
-        for message in loaded.errors:
-            print(f"{name}: {message}")
-            failed = True
-        for policy in snapshot.policies:
-            for error in policy.errors:
-                print(f"{name}: policy {policy.id}: {error}")
-                failed = True
-        if not failed:
-            print(f"{name}: {len(snapshot.policies)} policies OK")
-    return 1 if failed else 0
+    results = [_validate_file(name) for name in args.files]
+    return 0 if all(results) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
