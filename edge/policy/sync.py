@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from edge import __version__
 from edge.engine.stats import PolicyCounters
-from edge.policy.loader import decode_policies
+from edge.policy.loader import PolicyFileError, decode_policies
 from edge.policy.sync_transport import MAX_RESPONSE_BYTES, ReplyTooLarge, TransportError, post
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
 
@@ -129,7 +129,10 @@ class SyncClient:
         message = doc.get("errorMessage") or doc.get("error_message")
         if message:
             raise SyncError(f"policy server error: {message}")
-        loaded = decode_policies(doc.get("policies") or [])
+        try:
+            loaded = decode_policies(doc.get("policies") or [], "sync response")
+        except PolicyFileError as exc:  # e.g. duplicate ids: the whole answer is refused
+            raise SyncError(str(exc)) from None
         interval = doc.get("recommendedSyncIntervalSeconds", doc.get("recommended_sync_interval_seconds", 0))
         try:
             interval = int(interval or 0)
