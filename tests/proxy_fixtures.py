@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,8 +41,10 @@ from edge.config import build
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from edge.policy.snapshot import Snapshot
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
+HOLD_LIMIT = 60.0  # seconds a held upstream answer waits for its release at most (a test that forgot it)
 
 
 def free_port() -> int:
@@ -80,6 +81,7 @@ class Behaviour:
     delay: float = 0.0  # seconds before answering
     close: bool = False  # drop the connection without answering
     chunked: bool = False  # send the body with chunked transfer encoding
+    hold: threading.Event | None = None  # answer only once this is set (at most HOLD_LIMIT seconds later)
 
 
 class RecordingUpstream:
@@ -139,6 +141,8 @@ class RecordingUpstream:
         with self._lock:
             self.requests.append(Recorded(request.method, path, query, headers, body))
             b = self.behaviour
+        if b.hold is not None:  # a request held in flight for exactly as long as the test needs
+            await asyncio.to_thread(b.hold.wait, HOLD_LIMIT)
         if b.delay:
             await asyncio.sleep(b.delay)
         if b.close:
@@ -199,14 +203,14 @@ class EdgeStack:
                "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "--no-control-socket", "workers.app:app"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
-            if self._healthy() and len(self.worker_pids()) >= self.workers:
-                return self
-            time.sleep(0.1)
+        if wait_for(self._ready, timeout, 0.1):
+            return self
         raise RuntimeError(f"the edge workers did not become healthy:\n{self.log()}")
+
+    def _ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
+        return self._healthy() and len(self.worker_pids()) >= self.workers
 
     def worker_pids(self) -> set[str]:
         """Workers that have created their metric files (they do so while importing the app)."""
@@ -283,16 +287,15 @@ def distribution(command: str, tmp_path: Path, upstream_url: str, policies: list
         proc = subprocess.Popen([str(Path(sys.executable).parent / command), str(config)],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:  # healthy and the policies published
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        def published() -> bool:  # healthy and the policies published
+            assert proc.poll() is None, log_path.read_text()
             try:
                 doc = json.loads(request(port, "GET", "/_edge/policies?format=json", timeout=1).body)
-                if len(doc.get("policies") or []) == len(policies):
-                    break
             except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
+                return False
+            return len(doc.get("policies") or []) == len(policies)
+
+        assert wait_for(published, 30, 0.1), log_path.read_text()
         yield port
     finally:
         proc.terminate()

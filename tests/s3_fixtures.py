@@ -10,7 +10,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import boto3
 
 from tests.proxy_fixtures import free_port
+from tests.waiting import wait_for
 
 BIN = Path(sys.executable).parent
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "edge-test-key", "AWS_SECRET_ACCESS_KEY": "edge-test-secret-do-not-log",
@@ -25,15 +25,15 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "edge-test-key", "AWS_SECRET_ACCESS_KEY": "e
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert proc is None or proc.poll() is None, "the server exited early"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
+            return False
+
+    assert wait_for(listening, timeout, 0.05), f"nothing listens on port {port}"
 
 
 class MotoServer:
@@ -74,12 +74,8 @@ def objects(url: str, bucket: str) -> dict[str, bytes]:
 
 def wait_objects(url: str, bucket: str, count: int, timeout: float = 10.0) -> dict[str, bytes]:
     """The bucket's objects once there are at least `count` (or whatever is there after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = objects(url, bucket)
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
+    wait_for(lambda: len(objects(url, bucket)) >= count, timeout, 0.1)
+    return objects(url, bucket)
 
 
 def ndjson(found: dict[str, bytes]) -> list[dict[str, Any]]:

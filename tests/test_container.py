@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import yaml
 
 from edge.config import load as load_config
 from edge.policy.loader import load_file as load_policy_file
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -242,14 +242,17 @@ def test_edge_without_arguments_serves_the_image_config(tmp_path: Path) -> None:
     try:
         expected = {p["id"] for p in json.loads((etc / "policies.json").read_bytes())["policies"]}
         loaded: set[str] = set()
-        deadline = time.monotonic() + 30
-        while loaded != expected and time.monotonic() < deadline and proc.poll() is None:
+
+        def serving() -> bool:  # healthy with the image's policies, or exited (reported below)
+            nonlocal loaded
             try:
                 assert get_json(f"http://127.0.0.1:{port}/_health") == {"status": "ok"}
                 loaded = {p["id"] for p in get_json(f"http://127.0.0.1:{port}/_edge/policies?format=json")["policies"]}
             except OSError:
                 pass  # not listening yet
-            time.sleep(0.1)
+            return loaded == expected or proc.poll() is not None
+
+        wait_for(serving, 30, 0.1)
         assert loaded == expected, proc.stderr.read().decode() if proc.poll() is not None else "timed out"
     finally:
         proc.send_signal(signal.SIGTERM)

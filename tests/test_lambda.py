@@ -34,6 +34,7 @@ from edge.lambda_extension.policies import EventDrivenPolicies
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
 from tests.proxy_fixtures import RecordingUpstream, free_port, request
 from tests.s3_fixtures import BIN, CREDENTIALS, MotoServer, create_bucket, ndjson, objects
+from tests.waiting import wait_for
 
 BASE = "/2020-01-01/extension"
 
@@ -111,10 +112,8 @@ class FakeLambda:
 
     def wait_next_calls(self, count: int, timeout: float = 20.0) -> None:
         """Until the extension has asked for its `count`-th event (it finished handling the one before)."""
-        deadline = time.monotonic() + timeout
-        while len(self.calls_to("/event/next")) < count:
-            assert time.monotonic() < deadline, f"the extension never asked for event {count}"
-            time.sleep(0.02)
+        assert wait_for(lambda: len(self.calls_to("/event/next")) >= count, timeout), (
+            f"the extension never asked for event {count}")
 
     def push(self, event_type: str, **fields: Any) -> None:
         self.events.put({"eventType": event_type, **fields})

@@ -28,6 +28,7 @@ import pytest
 
 from edge.formats.prometheus.exposition import ScrapeFilter
 from tests.engine_helpers import clean_engine
+from tests.waiting import wait_for
 
 BLOCKS = 210  # x ~1 MiB
 POLICIES = [
@@ -161,7 +162,7 @@ def test_a_200_mb_scrape_streams_through_edge_in_bounded_memory(tmp_path: Path, 
         def sample() -> None:
             while not done.is_set():
                 peak[0] = max(peak[0], instance_rss(proc.pid))
-                time.sleep(0.1)
+                time.sleep(0.1)  # the sampling rate of the measurement (not synchronisation)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -212,14 +213,12 @@ def _scrape(port: int, blocks: int, expected_block: bytes | None = None) -> tupl
 
 
 def _wait_for_policies(port: int, count: int, proc: subprocess.Popen[bytes], tmp_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def loaded() -> bool:
         assert proc.poll() is None, (tmp_path / "edge.log").read_text()
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_edge/policies?format=json", timeout=2) as resp:
-                if len(json.loads(resp.read()).get("policies") or []) == count:
-                    return
+                return len(json.loads(resp.read()).get("policies") or []) == count
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("edge did not load the policies: " + (tmp_path / "edge.log").read_text())
+            return False
+
+    assert wait_for(loaded, 30, 0.1), "edge did not load the policies: " + (tmp_path / "edge.log").read_text()

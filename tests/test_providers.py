@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,15 +21,17 @@ from watchdog.observers import Observer
 
 from edge.config import ProviderConfig, ServiceConfig
 from edge.control.file_provider import FileProvider
-from edge.control.http_provider import HttpProvider, backoff_delay
+from edge.control.http_provider import BACKOFF_CAP_MIN_S, HttpProvider, backoff_delay
 from edge.control.merger import PolicyMerger, policies_version
 from edge.control.providers import ProviderSet
 from edge.engine.stats import MatchStats
 from edge.policy.loader import load_document
 from edge.policy.sync import JSON, PROTOBUF
 from edge.proto.tero.policy.v1 import policy_pb2 as pb
+from tests.waiting import wait_for
 
 SECRET = "s3cret-token-value"
+HANG = 20.0  # seconds: bounds a hang only; every condition waited on holds in milliseconds
 
 
 def pol(pid: str, name: str = "") -> dict:
@@ -66,13 +69,32 @@ class Recorder:
         return [c[1] for c in self.calls]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+def count_checks(provider: FileProvider) -> list[float]:
+    """When each of the provider's checks (read the file, deliver if changed) began, appended as it
+    ends: a test waits for a check that began after its last write instead of sleeping."""
+    began: list[float] = []
+    check = provider.check
+
+    def counted() -> bool:
+        started = time.monotonic()
+        try:
+            return check()
+        finally:
+            began.append(started)
+
+    provider.check = counted  # type: ignore[method-assign]
+    return began
+
+
+def checked_since(began: list[float], moment: float, times: int = 1) -> bool:
+    """Whether `times` checks began after `moment` and have ended (they read what was there then)."""
+    return sum(1 for at in list(began) if at > moment) >= times
+
+
+def without_poll(provider: FileProvider) -> FileProvider:
+    """No poll fallback (an hour between polls): within a test only the watcher can see a change."""
+    provider.poll_s = 3600.0
+    return provider
 
 
 @pytest.fixture
@@ -111,52 +133,52 @@ def test_file_initial_load(tmp_path: Path, started) -> None:
     path.write_bytes(doc("a", "b"))
     rec = Recorder()
     provider = started(file_provider(path, rec))
-    assert provider.wait_ready(2)
-    assert rec.wait(1, 2)
+    assert provider.wait_ready(HANG)
+    assert rec.wait(1, HANG)
     assert rec.calls[0][:2] == ("f", ["a", "b"])
 
 
-def test_file_rewrite_seen_by_the_watcher_within_2s(tmp_path: Path, started) -> None:
+def test_file_rewrite_seen_by_the_watcher(tmp_path: Path, started) -> None:
+    """With the poll fallback off, a rewrite is still seen: the watcher reacts (how fast is measured
+    by benchmarks/latency.py against the README's 2 s)."""
     path = tmp_path / "policies.json"
     path.write_bytes(doc("a"))
     rec = Recorder()
-    started(file_provider(path, rec, poll=60))  # poll fallback every 2 s: a faster reaction is the watcher
-    assert rec.wait(1, 2)
-    time.sleep(0.1)
-    written = time.monotonic()
+    started(without_poll(file_provider(path, rec)))
+    assert rec.wait(1, HANG)
     path.write_bytes(doc("a", "b"))
-    assert rec.wait(2, 2.5)
+    assert rec.wait(2, HANG), "the watcher did not see the rewrite"
     assert rec.ids[1] == ["a", "b"]
-    assert rec.calls[1][3] - written < 1.5
 
 
-def test_file_rename_replace_within_2s(tmp_path: Path, started) -> None:
+def test_file_rename_replace_seen_by_the_watcher(tmp_path: Path, started) -> None:
     path = tmp_path / "policies.json"
     path.write_bytes(doc("a"))
     rec = Recorder()
-    started(file_provider(path, rec, poll=60))
-    assert rec.wait(1, 2)
+    started(without_poll(file_provider(path, rec)))
+    assert rec.wait(1, HANG)
     for round_, ids in enumerate([("b",), ("b", "c")], start=2):
         tmp = tmp_path / f".policies.json.tmp{round_}"
         tmp.write_bytes(doc(*ids))
-        written = time.monotonic()
         os.replace(tmp, path)
-        assert rec.wait(round_, 2.5), f"replacement {round_} not seen"
+        assert rec.wait(round_, HANG), f"replacement {round_} not seen"
         assert rec.ids[-1] == list(ids)
-        assert rec.calls[-1][3] - written < 1.5
 
 
 def test_file_identical_content_gives_no_second_update(tmp_path: Path, started) -> None:
     path = tmp_path / "policies.json"
     path.write_bytes(doc("a"))
     rec = Recorder()
-    started(file_provider(path, rec))
-    assert rec.wait(1, 2)
+    provider = file_provider(path, rec)
+    checks = count_checks(provider)
+    started(provider)
+    assert rec.wait(1, HANG)
     path.write_bytes(doc("a"))  # same bytes, new mtime and events
     tmp = tmp_path / "tmp.json"
     tmp.write_bytes(doc("a"))
     os.replace(tmp, path)
-    time.sleep(0.8)
+    written = time.monotonic()
+    assert wait_for(lambda: checked_since(checks, written, 2), HANG)  # it has read the file since
     assert len(rec.calls) == 1
 
 
@@ -164,15 +186,19 @@ def test_file_broken_keeps_last_good_then_fix_applies(tmp_path: Path, started, l
     path = tmp_path / "policies.json"
     path.write_bytes(doc("a"))
     rec = Recorder()
-    provider = started(file_provider(path, rec))
-    assert rec.wait(1, 2)
+    provider = file_provider(path, rec)
+    checks = count_checks(provider)
+    started(provider)
+    assert rec.wait(1, HANG)
     path.write_bytes(b'{"policies": [')
-    assert wait_until(lambda: warnings_with(logs, "neither JSON nor YAML"), 2)
-    time.sleep(0.7)  # several polls and events later: still one warning, no update
+    assert wait_for(lambda: warnings_with(logs, "neither JSON nor YAML"), HANG)
+    written = time.monotonic()
+    # several polls and events later: still one warning, no update
+    assert wait_for(lambda: checked_since(checks, written, 3), HANG)
     assert len(warnings_with(logs, "neither JSON nor YAML")) == 1
     assert len(rec.calls) == 1
     path.write_bytes(doc("a", "fixed"))
-    assert rec.wait(2, 2)
+    assert rec.wait(2, HANG)
     assert rec.ids[1] == ["a", "fixed"]
     assert provider.running
 
@@ -180,13 +206,15 @@ def test_file_broken_keeps_last_good_then_fix_applies(tmp_path: Path, started, l
 def test_file_missing_at_start_then_created(tmp_path: Path, started, logs) -> None:
     path = tmp_path / "later.yaml"
     rec = Recorder()
-    provider = started(file_provider(path, rec))
-    assert provider.wait_ready(2)
-    time.sleep(0.5)
+    provider = file_provider(path, rec)
+    checks = count_checks(provider)
+    started(provider)
+    assert provider.wait_ready(HANG)
+    assert wait_for(lambda: len(checks) >= 3, HANG)  # several polls of the missing file
     assert rec.calls == []
     assert len(warnings_with(logs, "cannot read")) == 1  # one warning, not one per poll
     path.write_bytes(doc("late"))
-    assert rec.wait(1, 2)
+    assert rec.wait(1, HANG)
     assert rec.ids == [["late"]]
 
 
@@ -194,12 +222,15 @@ def test_file_deleted_keeps_last_good(tmp_path: Path, started, logs) -> None:
     path = tmp_path / "policies.json"
     path.write_bytes(doc("a"))
     rec = Recorder()
-    started(file_provider(path, rec))
-    assert rec.wait(1, 2)
+    provider = file_provider(path, rec)
+    checks = count_checks(provider)
+    started(provider)
+    assert rec.wait(1, HANG)
     path.unlink()
-    assert wait_until(lambda: warnings_with(logs, "cannot read"), 2)
+    assert wait_for(lambda: warnings_with(logs, "cannot read"), HANG)
     path.write_bytes(doc("a"))  # back with the same content: nothing to recompile
-    time.sleep(0.5)
+    written = time.monotonic()
+    assert wait_for(lambda: checked_since(checks, written), HANG)  # it has read the file since
     assert len(rec.calls) == 1
 
 
@@ -209,27 +240,33 @@ def test_file_truncated_to_empty_keeps_last_good(tmp_path: Path, started, logs) 
     path.write_bytes(doc("a"))
     rec = Recorder()
     started(file_provider(path, rec))
-    assert rec.wait(1, 2)
+    assert rec.wait(1, HANG)
     path.write_bytes(b"")
-    assert wait_until(lambda: warnings_with(logs, "is empty"), 2)
+    assert wait_for(lambda: warnings_with(logs, "is empty"), HANG)
     path.write_bytes(orjson.dumps({"policies": []}))  # the explicit way to say "no policies"
-    assert rec.wait(2, 2)
+    assert rec.wait(2, HANG)
     assert rec.ids == [["a"], []]
 
 
 def test_file_in_a_directory_created_later_then_watched(tmp_path: Path, started) -> None:
+    """The poll finds the directory once it exists; from then on the watcher sees changes alone."""
     path = tmp_path / "sub" / "policies.json"
     rec = Recorder()
-    started(file_provider(path, rec, poll=60))  # 2 s poll finds the directory, then the watcher takes over
-    time.sleep(0.2)
+    provider = file_provider(path, rec)
+    checks = count_checks(provider)
+    started(provider)
+    assert provider.wait_ready(HANG)
     path.parent.mkdir()
     path.write_bytes(doc("a"))
-    assert rec.wait(1, 3)
-    time.sleep(0.2)
-    written = time.monotonic()
+    assert rec.wait(1, HANG)
+    # Turn the poll off: the check under way (or the one a pending poll starts) is the last one
+    # before an hour-long wait, so what is seen after it ends is the watcher's doing.
+    done = len(checks)
+    without_poll(provider)
+    assert wait_for(lambda: len(checks) > done, HANG)
     path.write_bytes(doc("a", "b"))
-    assert rec.wait(2, 2.5)
-    assert rec.calls[1][3] - written < 1.5
+    assert rec.wait(2, HANG), "the directory created later is not watched"
+    assert rec.ids[1] == ["a", "b"]
 
 
 def test_file_yaml(tmp_path: Path, started) -> None:
@@ -238,7 +275,7 @@ def test_file_yaml(tmp_path: Path, started) -> None:
                     "        - log_field: body\n          contains: x\n      keep: none\n")
     rec = Recorder()
     started(file_provider(path, rec))
-    assert rec.wait(1, 2)
+    assert rec.wait(1, HANG)
     assert rec.ids == [["y1"]]
 
 
@@ -247,7 +284,7 @@ def test_file_policy_decode_errors_are_logged_and_the_rest_applies(tmp_path: Pat
     path.write_bytes(orjson.dumps({"policies": [pol("good"), 42]}))
     rec = Recorder()
     started(file_provider(path, rec))
-    assert rec.wait(1, 2)
+    assert rec.wait(1, HANG)
     assert rec.ids == [["good"]]
     assert warnings_with(logs, "policy #1: cannot decode")
 
@@ -265,7 +302,7 @@ def test_file_callback_error_does_not_kill_the_thread(tmp_path: Path, started, l
         rec(provider_id, policies)
 
     provider = started(FileProvider(ProviderConfig("f", "file", path=str(path), poll_interval=0.2), flaky))
-    assert rec.wait(1, 2), "the delivery was not retried after the callback failed"
+    assert rec.wait(1, HANG), "the delivery was not retried after the callback failed"
     assert rec.ids == [["a"]]
     assert provider.running
     assert any("boom" in (r.exc_text or "") or r.exc_info for r in logs.records)
@@ -287,10 +324,11 @@ def test_file_provider_does_not_chase_its_own_reads(tmp_path: Path, started) -> 
     spy.start()
     try:
         rec = Recorder()
-        started(file_provider(path, rec, poll=60))
-        assert rec.wait(1, 2)
-        time.sleep(1.0)
-        assert 1 <= len(opened) <= 2, f"the file was read {len(opened)} times while idle"
+        started(without_poll(file_provider(path, rec)))  # no poll: any read now is a chase
+        assert rec.wait(1, HANG)
+        assert wait_for(lambda: opened, HANG)  # the spy saw the first read
+        # a provider chasing its own reads reads again at once, over and over: a bounded look
+        assert not wait_for(lambda: len(opened) > 2, 1.0), f"the file was read {len(opened)} times while idle"
     finally:
         spy.stop()
         spy.join(1)
@@ -299,12 +337,10 @@ def test_file_provider_does_not_chase_its_own_reads(tmp_path: Path, started) -> 
 def test_file_provider_stops_promptly(tmp_path: Path) -> None:
     path = tmp_path / "policies.json"
     path.write_bytes(doc("a"))
-    provider = file_provider(path, Recorder(), poll=60)
+    provider = without_poll(file_provider(path, Recorder()))  # an hour-long wait that stop must cut short
     provider.start()
-    assert provider.wait_ready(2)
-    began = time.monotonic()
-    provider.stop()
-    assert time.monotonic() - began < 0.5
+    assert provider.wait_ready(HANG)
+    provider.stop(timeout=HANG)
     assert not provider.running
 
 
@@ -398,7 +434,7 @@ def test_http_json_sync_with_headers_and_metadata(server: SyncServer, started) -
     rec = Recorder()
     config = http_config(server.url, headers=(("Authorization", f"Bearer {SECRET}"), ("X-Tenant", "t1")))
     started(HttpProvider(config, rec, service=ServiceConfig(name="svc", instance_id="i-1")))
-    assert rec.wait(1, 2)
+    assert rec.wait(1, HANG)
     assert rec.calls[0][:2] == ("h", ["a", "b"])
     first = server.seen[0]
     assert first.content_type == JSON
@@ -413,7 +449,7 @@ def test_http_json_sync_with_headers_and_metadata(server: SyncServer, started) -
 def test_http_protobuf_wire(server: SyncServer, started) -> None:
     rec = Recorder()
     started(HttpProvider(http_config(server.url), rec, wire=PROTOBUF))
-    assert rec.wait(1, 2)
+    assert rec.wait(1, HANG)
     assert rec.ids == [["a", "b"]]
     assert server.seen[0].content_type == PROTOBUF
     assert rec.calls[0][2] == {"a": "a", "b": "b"}
@@ -424,11 +460,15 @@ def test_http_configured_interval_vs_recommended(started) -> None:
     try:
         fast = started(HttpProvider(http_config(plain.url, poll=0.2), Recorder()))
         slow = started(HttpProvider(http_config(recommending.url, poll=0.2), Recorder()))
-        time.sleep(1.3)
-        assert plain.count() >= 4  # every 0.2 s
-        assert recommending.count() <= 2  # t=0 and t=1 s: the server's 1 s replaced the 0.2 s
+        assert wait_for(lambda: recommending.count() >= 3, HANG)
         assert fast.interval == 0.2
-        assert slow.interval == 1.0
+        assert slow.interval == 1.0  # the server's 1 s replaced the configured 0.2 s...
+        with recommending.lock:
+            times = [seen.at for seen in recommending.seen]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert all(gap >= 1.0 for gap in gaps), gaps  # ...and is waited (a wait is never shorter)
+        # meanwhile the configured 0.2 s gave the other provider several syncs for each of these
+        assert plain.count() >= 2 * recommending.count(), (plain.count(), recommending.count())
     finally:
         plain.close()
         recommending.close()
@@ -437,20 +477,20 @@ def test_http_configured_interval_vs_recommended(started) -> None:
 def test_http_same_hash_gives_no_update(server: SyncServer, started) -> None:
     rec = Recorder()
     started(HttpProvider(http_config(server.url), rec))
-    assert rec.wait(1, 2)
-    assert wait_until(lambda: server.count() >= 4, 3)
+    assert rec.wait(1, HANG)
+    assert wait_for(lambda: server.count() >= 4, HANG)
     assert len(rec.calls) == 1
     later = server.seen[1].request
     assert later.last_successful_hash == "h1"
     assert not later.full_sync
     with server.lock:  # new content, new hash: applied
         server.policies, server.hash = [pol("a"), pol("c")], "h2"
-    assert rec.wait(2, 2)
+    assert rec.wait(2, HANG)
     assert rec.ids[1] == ["a", "c"]
     with server.lock:  # same content under a new hash: nothing to recompile
         server.hash = "h3"
     seen = server.count()
-    assert wait_until(lambda: server.count() >= seen + 3, 3)
+    assert wait_for(lambda: server.count() >= seen + 3, HANG)
     assert len(rec.calls) == 2
 
 
@@ -458,17 +498,23 @@ def test_http_failures_keep_policies_and_back_off(server: SyncServer, started, l
     rec = Recorder()
     config = http_config(server.url, headers=(("Authorization", f"Bearer {SECRET}"),))
     provider = started(HttpProvider(config, rec, backoff_base=0.05, rng=random.Random(0)))
-    assert rec.wait(1, 2)
+    # the delays a seeded provider draws after its 1st..6th failure: full jitter under 0.05 * 2**(n-1)
+    rng = random.Random(0)
+    delays = [backoff_delay(n, 0.05, BACKOFF_CAP_MIN_S, rng) for n in range(1, 7)]
+    assert all(0 <= d <= 0.05 * 2 ** i for i, d in enumerate(delays))
+    assert sum(delays[-2:]) > 3 * sum(delays[:2])  # the seed's schedule slows down: the test can see it
+    assert rec.wait(1, HANG)
     with server.lock:
         server.status = 503
         before = len(server.seen)
-    assert wait_until(lambda: server.count() >= before + 7, 5)
+    assert wait_for(lambda: server.count() >= before + 7, HANG)
     with server.lock:
         times = [s.at for s in server.seen[before:before + 7]]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    bounds = [0.05 * 2 ** i for i in range(len(gaps))]
-    assert all(gap <= bound + 0.15 for gap, bound in zip(gaps, bounds, strict=True)), gaps
-    assert sum(gaps[-2:]) > 3 * sum(gaps[:2]), f"retries did not slow down: {gaps}"
+    # each retry waited its drawn delay (a wait is never shorter; a busy machine only makes it longer;
+    # 1 ms for clock rounding)
+    assert all(gap >= delay - 0.001 for gap, delay in zip(gaps, delays, strict=True)), (gaps, delays)
+    assert re.findall(r"retry in ([0-9.]+)s", logs.text)[:6] == [f"{d:.1f}" for d in delays], logs.text
     assert provider.failures >= 6
     assert len(rec.calls) == 1  # the last good policies stay, no empty set is delivered
     assert warnings_with(logs, "HTTP 503")
@@ -479,9 +525,9 @@ def test_http_server_down_keeps_last_policies(started, logs) -> None:
     srv = SyncServer()
     rec = Recorder()
     provider = started(HttpProvider(http_config(srv.url), rec, backoff_base=0.05))
-    assert rec.wait(1, 2)
+    assert rec.wait(1, HANG)
     srv.close()
-    assert wait_until(lambda: provider.failures >= 2, 3)
+    assert wait_for(lambda: provider.failures >= 2, HANG)
     assert len(rec.calls) == 1
     assert warnings_with(logs, "unreachable")
     assert provider.running
@@ -529,7 +575,7 @@ def test_final_sync_sends_pending_stats(server: SyncServer, started) -> None:
     stats = MatchStats()
     provider = started(HttpProvider(http_config(server.url, poll=60), Recorder(), stats_source=stats.drain,
                                     stats_return=stats.merge))
-    assert provider.wait_ready(2)
+    assert provider.wait_ready(HANG)
     stats.add("b", 4, 0)
     assert provider.final_sync()
     assert server.count() == 2
@@ -542,12 +588,10 @@ def test_final_sync_against_a_dead_server_keeps_stats(started) -> None:
     stats = MatchStats()
     provider = started(HttpProvider(http_config(srv.url, poll=60), Recorder(), stats_source=stats.drain,
                                     stats_return=stats.merge))
-    assert provider.wait_ready(2)
+    assert provider.wait_ready(HANG)
     srv.close()
     stats.add("a", 1, 1)
-    began = time.monotonic()
     assert not provider.final_sync(timeout=1.0)
-    assert time.monotonic() - began < 1.5
     assert stats.snapshot()["a"].hits == 1
 
 
@@ -642,14 +686,12 @@ def test_provider_set_end_to_end(tmp_path: Path, server: SyncServer) -> None:
     providers = ProviderSet(configs, merger, stats_source=stats.drain, stats_return=stats.merge)
     providers.start()
     try:
-        assert providers.wait_ready(3)
-        assert wait_until(lambda: merged and merged[-1] == {"a": "a", "b": "b", "local": "local"}, 3), merged
+        assert providers.wait_ready(HANG)
+        assert wait_for(lambda: merged and merged[-1] == {"a": "a", "b": "b", "local": "local"}, HANG), merged
         stats.add("a", 2, 0)
         providers.stop()
         assert providers.final_sync()
         assert status_of(server.seen[-1].request, "a").match_hits == 2
     finally:
-        began = time.monotonic()
         providers.stop()
-        assert time.monotonic() - began < 0.5
-    assert not any(p.running for p in providers.providers)
+    assert not any(p.running for p in providers.providers)  # stop cut their waits short

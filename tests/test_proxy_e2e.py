@@ -13,14 +13,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
+
+from tests.waiting import wait_for
 
 EDGE = [sys.executable, "-m", "supervisor.main"]
 
@@ -32,7 +34,9 @@ def free_port() -> int:
 
 
 class Recorder(ThreadingHTTPServer):
-    """A loopback server recording (path, headers, body); `handler_delay` slows every answer."""
+    """A loopback server recording (path, headers, body); with `hold` set to an Event, every answer
+    waits for it (the request stays in flight as long as a test needs); `arrived` counts requests
+    as soon as their body is read."""
 
     daemon_threads = True
 
@@ -40,7 +44,8 @@ class Recorder(ThreadingHTTPServer):
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.lock = threading.Lock()
         self.reply = reply
-        self.handler_delay = 0.0
+        self.hold: threading.Event | None = None
+        self.arrived = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,8 +56,10 @@ class Recorder(ThreadingHTTPServer):
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if server.handler_delay:
-                    time.sleep(server.handler_delay)
+                with server.lock:
+                    server.arrived += 1
+                if server.hold is not None:
+                    server.hold.wait(60)
                 with server.lock:
                     server.requests.append((self.path, dict(self.headers), body))
                 reply = server.respond(self.path, body)
@@ -133,24 +140,28 @@ class Edge:
         self.log = open(tmp / "edge.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([*command, str(path)], stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=new_session)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                get_json(self.base + "/_health")
-                return
-            except OSError:
-                assert self.proc.poll() is None, (tmp / "edge.log").read_text()
-                time.sleep(0.1)
-        raise AssertionError("edge did not become healthy: " + (tmp / "edge.log").read_text())
+        assert wait_for(self.healthy, 30, 0.1), "edge did not become healthy: " + self.log_text()
 
-    def wait_policies(self, count: int, timeout: float = 10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            doc = get_json(self.base + "/_edge/policies?format=json")
-            if len(doc.get("policies") or []) == count:
-                return doc
-            time.sleep(0.1)
-        raise AssertionError(f"policies never reached {count}")
+    def healthy(self) -> bool:
+        try:
+            get_json(self.base + "/_health")
+            return True
+        except OSError:
+            assert self.proc.poll() is None, self.log_text()
+            return False
+
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_policies(self, count: int, timeout: float = 20.0) -> dict:
+        docs: list[dict] = []
+
+        def listed() -> bool:
+            docs.append(get_json(self.base + "/_edge/policies?format=json"))
+            return len(docs[-1].get("policies") or []) == count
+
+        assert wait_for(listed, timeout, 0.1), f"policies never reached {count}"
+        return docs[-1]
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -158,6 +169,18 @@ class Edge:
         code = self.proc.wait(30)
         self.log.close()
         return code
+
+
+def master_listening(edge_pid: int) -> bool:
+    """Whether gunicorn's master still holds its listening socket: it closes it when SIGTERM reached
+    it, and the workers drain from then on (they keep theirs until they are done)."""
+    try:
+        for child in psutil.Process(edge_pid).children():
+            if "gunicorn" in " ".join(child.cmdline()):
+                return any(c.status == psutil.CONN_LISTEN for c in child.net_connections(kind="inet"))
+    except psutil.Error:
+        pass
+    return False
 
 
 def edge_segments(pid: int) -> list[str]:
@@ -172,7 +195,11 @@ def upstream() -> Iterator[Recorder]:
 
 
 def test_file_policies_hot_reload_under_load(tmp_path: Path, upstream: Recorder) -> None:
-    """Rewriting the policy file while requests flow: the new set applies within 2 s, no request fails."""
+    """Rewriting the policy file while requests flow: the new set applies, no request fails.
+
+    How soon it applies (the README's 2 s) is measured by benchmarks/latency.py: a deadline that
+    tight fails on a loaded machine for reasons that are not edge's, so here it only bounds a hang.
+    """
     policy_file = tmp_path / "policies.json"
     policy_file.write_text(json.dumps({"policies": [drop_policy("drop-debug", "DEBUG")]}))
     edge = Edge(tmp_path, {"upstream_url": upstream.url,
@@ -180,26 +207,32 @@ def test_file_policies_hot_reload_under_load(tmp_path: Path, upstream: Recorder)
     try:
         edge.wait_policies(1)
         failures: list[int] = []
+        completed = [0] * 4  # requests each load thread has finished
         stop = threading.Event()
 
-        def load() -> None:
+        def load(n: int) -> None:
             while not stop.is_set():
                 code = post(edge.base + "/v1/logs", logs_body(("DEBUG", "d"), ("INFO", "i"), ("WARN", "w")))
                 if code != 200:
                     failures.append(code)
+                completed[n] += 1
 
-        threads = [threading.Thread(target=load) for _ in range(4)]
+        def each_finished_another(since: list[int]) -> bool:
+            return all(done > before for done, before in zip(completed, since, strict=True))
+
+        threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        assert wait_for(lambda: min(completed) >= 3), "the load did not start"
         policy_file.write_text(json.dumps({"policies": [drop_policy("drop-debug", "DEBUG"),
                                                         drop_policy("drop-warn", "WARN")]}))
-        changed_at = time.monotonic()
-        edge.wait_policies(2, timeout=2.5)
-        assert time.monotonic() - changed_at < 2.5
-        time.sleep(0.5)
-        upstream.requests.clear()
-        time.sleep(0.5)
+        edge.wait_policies(2)
+        # requests already in flight may have been evaluated with the old set: once every thread has
+        # finished one more, all later requests started after the swap
+        assert wait_for(lambda s=list(completed): each_finished_another(s))
+        with upstream.lock:
+            upstream.requests.clear()
+        assert wait_for(lambda s=list(completed): each_finished_another(s) and bool(upstream.bodies()))
         stop.set()
         for t in threads:
             t.join()
@@ -220,13 +253,12 @@ def test_http_provider_statuses_and_server_down(tmp_path: Path, upstream: Record
         edge.wait_policies(1)
         for _ in range(5):
             assert post(edge.base + "/v1/logs", logs_body(("DEBUG", "d"), ("INFO", "i"))) == 200
-        deadline = time.monotonic() + 10
-        while sync.statuses().get("drop-debug", 0) < 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        assert wait_for(lambda: sync.statuses().get("drop-debug", 0) >= 5), sync.statuses()
         assert sync.statuses()["drop-debug"] == 5
         sync.shutdown()
         sync.server_close()
-        time.sleep(2.5)
+        # a few syncs have failed (each logs a warning): the last good policies must have stayed
+        assert wait_for(lambda: edge.log_text().count("sync failed") >= 2), edge.log_text()
         upstream.requests.clear()
         assert post(edge.base + "/v1/logs", logs_body(("DEBUG", "d2"), ("INFO", "i2"))) == 200
         assert upstream.bodies() == ["i2"]
@@ -238,18 +270,24 @@ def test_http_provider_statuses_and_server_down(tmp_path: Path, upstream: Record
 
 def test_sigterm_drains_in_flight_requests_and_releases_shared_memory(tmp_path: Path, upstream: Recorder) -> None:
     """Requests in flight when SIGTERM arrives complete; exit 0; no shared-memory segment remains."""
-    upstream.handler_delay = 1.5
+    upstream.hold = threading.Event()  # the requests stay in flight until the drain has begun
     edge = Edge(tmp_path, {"upstream_url": upstream.url})
     assert edge_segments(edge.proc.pid)
     results: list[int] = []
     threads = [threading.Thread(target=lambda: results.append(post(edge.base + "/v1/logs",
-                                                                    logs_body(("INFO", "x"))))) for _ in range(4)]
+                                                                    logs_body(("INFO", "x")), timeout=30)))
+               for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    edge.proc.send_signal(signal.SIGTERM)
+    try:
+        assert wait_for(lambda: upstream.arrived == 4), "the requests did not reach the upstream"
+        assert master_listening(edge.proc.pid), "cannot tell when the drain begins"
+        edge.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: not master_listening(edge.proc.pid)), edge.log_text()
+    finally:
+        upstream.hold.set()
     for t in threads:
-        t.join(15)
+        t.join(30)
     assert edge.stop() == 0
     assert results == [200, 200, 200, 200]
     assert edge_segments(edge.proc.pid) == []
@@ -292,8 +330,8 @@ def test_segments_of_a_killed_instance_are_removed_by_the_next(tmp_path: Path, u
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
     first.log.close()
-    time.sleep(0.5)
-    assert edge_segments(first.proc.pid)
+    # nothing is left to remove them (the whole group is dead); a bounded look for anything that did
+    assert not wait_for(lambda: not edge_segments(first.proc.pid), 0.5), "segments gone: nothing to test"
     (tmp_path / "second").mkdir()
     second = Edge(tmp_path / "second", {"upstream_url": upstream.url})
     try:

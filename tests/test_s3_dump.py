@@ -33,6 +33,7 @@ from edge.extensions.s3_dump import register_s3_dump
 from edge.protocols.self_metrics import get_metrics
 from tests.proxy_fixtures import RecordingUpstream, free_port, request
 from tests.s3_fixtures import BIN, CREDENTIALS, MotoServer, create_bucket, ndjson, objects, wait_objects
+from tests.waiting import wait_for
 
 DUMP = "com.usetero/s3-dump"
 
@@ -69,25 +70,20 @@ class Edge:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([str(BIN / "edge"), str(tmp / "config.json")], stdout=log,
                                          stderr=subprocess.STDOUT, env={**os.environ, **CREDENTIALS})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                doc = json.loads(request(self.port, "GET", "/_edge/policies", timeout=1).body)
-                if len(doc["policies"]) == len(policies):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("edge did not load its policies:\n" + self.log())
+        assert wait_for(lambda: self._loaded(len(policies)), 30, 0.1), "edge did not load its policies:\n" + self.log()
+
+    def _loaded(self, count: int) -> bool:
+        assert self.proc.poll() is None, self.log()
+        try:
+            return len(json.loads(request(self.port, "GET", "/_edge/policies", timeout=1).body)["policies"]) == count
+        except OSError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def post_logs(self, body: bytes, content_type: str = "application/json") -> tuple[int, float]:
-        started = time.perf_counter()
-        reply = request(self.port, "POST", "/v1/logs", body=body, headers={"Content-Type": content_type})
-        return reply.status, time.perf_counter() - started
+    def post_logs(self, body: bytes, content_type: str = "application/json") -> int:
+        return request(self.port, "POST", "/v1/logs", body=body, headers={"Content-Type": content_type}).status
 
     def metric(self, name: str, **labels: str) -> float:
         text = request(self.port, "GET", "/_edge/metrics").body.decode()
@@ -149,17 +145,15 @@ def test_dropped_records_reach_the_bucket_as_ndjson(tmp_path: Path, s3_url: str,
     try:
         dropped = [log_record("DEBUG", f"debug-{i}", request_id=str(i)) for i in range(5)]
         kept = [log_record("INFO", f"info-{i}") for i in range(3)]
-        status, _ = edge.post_logs(json.dumps(logs_doc([dropped[0], kept[0], dropped[1], dropped[2],
-                                                        kept[1]])).encode())
+        status = edge.post_logs(json.dumps(logs_doc([dropped[0], kept[0], dropped[1], dropped[2], kept[1]])).encode())
         assert status == 200
         proto = ExportLogsServiceRequest()
         json_format.ParseDict(logs_doc([kept[2], dropped[3], dropped[4]], service="billing"), proto)
-        status, _ = edge.post_logs(proto.SerializeToString(), "application/x-protobuf")
+        status = edge.post_logs(proto.SerializeToString(), "application/x-protobuf")
         assert status == 200
 
-        deadline = time.monotonic() + 10
-        while len(lines := ndjson(found := objects(s3_url, bucket))) < 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: len(ndjson(objects(s3_url, bucket))) >= 5, 20, 0.1)
+        lines = ndjson(found := objects(s3_url, bucket))
         assert sorted(line["record"]["body"]["stringValue"] for line in lines) == [f"debug-{i}" for i in range(5)]
         assert {(line["signal"], line["policy_id"]) for line in lines} == {("log", "archive-debug")}
         by_body = {line["record"]["body"]["stringValue"]: line for line in lines}
@@ -214,10 +208,11 @@ def test_batches_split_by_record_count_and_the_rest_is_flushed_at_shutdown(
                              {"name": "second", "endpoint": s3_url, "bucket": bucket}]})
     try:
         records = [log_record("DEBUG", f"d{i:02d}") for i in range(25)]
-        assert edge.post_logs(json.dumps(logs_doc(records[:12])).encode())[0] == 200
-        assert edge.post_logs(json.dumps(logs_doc(records[12:])).encode())[0] == 200
-        found = wait_objects(s3_url, bucket, 2)
-        time.sleep(0.3)  # nothing else may arrive before shutdown: the last 5 wait for the 10-minute interval
+        assert edge.post_logs(json.dumps(logs_doc(records[:12])).encode()) == 200
+        assert edge.post_logs(json.dumps(logs_doc(records[12:])).encode()) == 200
+        wait_objects(s3_url, bucket, 2, timeout=20)
+        # the last 5 wait for the 10-minute interval: a bounded look for an early third object
+        assert not wait_for(lambda: len(objects(s3_url, bucket)) > 2, 0.3, 0.1), "the open batch was sent early"
         found = objects(s3_url, bucket)
         assert sorted(len(ndjson({k: v})) for k, v in found.items()) == [10, 10]
     finally:
@@ -258,7 +253,11 @@ class Blackhole:
 @pytest.mark.parametrize("store", ["blackhole", "closed-port"])
 def test_unreachable_store_neither_slows_nor_fails_requests(tmp_path: Path, upstream: RecordingUpstream,
                                                            store: str) -> None:
-    """Every request answers 200 fast while uploads hang or fail; the bounded backlog counts what it drops."""
+    """Every request answers 200 while uploads hang or fail; the bounded backlog counts what it drops.
+
+    That the requests did not wait for the store shows in the backlog: had each waited for its
+    upload, the queue would never fill and nothing would be dropped. How fast they answer is
+    measured by benchmarks/latency.py."""
     hole = Blackhole()
     endpoint = f"http://127.0.0.1:{hole.port if store == 'blackhole' else free_port()}"
     edge = Edge(tmp_path, upstream.url, [dump_policy("archive-debug", "DEBUG")],
@@ -266,34 +265,27 @@ def test_unreachable_store_neither_slows_nor_fails_requests(tmp_path: Path, upst
                  "targets": [{"name": "t", "endpoint": endpoint, "bucket": "b"}]})
     try:
         requests = 60
-        latencies = []
         for i in range(requests):
-            status, seconds = edge.post_logs(json.dumps(logs_doc([log_record("DEBUG", f"d{i}"),
-                                                                  log_record("INFO", f"i{i}")])).encode())
+            status = edge.post_logs(json.dumps(logs_doc([log_record("DEBUG", f"d{i}"),
+                                                         log_record("INFO", f"i{i}")])).encode())
             assert status == 200
-            latencies.append(seconds)
             if i == 0 and store == "blackhole":  # from now on one upload hangs for the 5 s read timeout
-                assert hole.accepted.wait(15)
-        latencies.sort()
-        # waiting on the store would cost seconds (5 s read timeout, 2 s connect timeout)
-        assert latencies[len(latencies) // 2] < 0.05 and latencies[-1] < 1.0, latencies
+                assert hole.accepted.wait(20)
         assert sorted(forwarded_bodies(upstream)) == sorted(f"i{i}" for i in range(requests))
         dropped = edge.metric("edge_s3_dump_dropped_records_total", reason="backlog_full")
         # one batch per record; two wait in the queue, one may be in an upload (hanging in the blackhole, or
         # between refused attempts): every other one was dropped, the oldest first
         assert requests - 3 <= dropped <= requests - 2
         if store == "closed-port":  # the upload thread imports boto3 first: its first attempt may still come
-            deadline = time.monotonic() + 15
-            while edge.metric("edge_s3_dump_upload_failures_total") < 1:
-                assert time.monotonic() < deadline, "no upload was attempted"
-                time.sleep(0.1)
+            assert wait_for(lambda: edge.metric("edge_s3_dump_upload_failures_total") >= 1, 20, 0.1), (
+                "no upload was attempted")
         assert edge.metric("edge_s3_dump_uploaded_records_total") == 0
     finally:
-        started = time.monotonic()
         assert edge.stop() == 0
         hole.close()
-    assert time.monotonic() - started < 15  # the worker waits for the store at most STOP_TIMEOUT_S (5 s)
     assert "s3-dump: dropped " in edge.log()
+    if store == "blackhole":  # the worker gave up on the hanging store at shutdown (it was not killed waiting)
+        assert "the last one because of shutdown" in edge.log(), edge.log()
 
 
 # ── the pieces ──

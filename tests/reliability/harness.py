@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import zlib
 from collections import Counter
@@ -41,6 +40,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.proxy_fixtures import RecordingUpstream, Reply, free_port, request
+from tests.waiting import wait_for  # the suite's one condition wait; reliability tests import it from here
 
 EDGE_SCRIPT = Path(sys.executable).parent / "edge"
 SIGNAL_PATHS = {"log": "/v1/logs", "metric": "/v1/metrics", "trace": "/v1/traces"}
@@ -344,14 +344,15 @@ class EdgeProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([str(EDGE_SCRIPT), str(config_path)], stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **self.env})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"edge exited early:\n{self.log()}"
-            if self.healthy() and len(self.worker_pids()) >= self.config["workers"] and (
-                    not self.policies or len(self.policy_doc().get("policies") or []) == len(self.policies)):
-                return self
-            time.sleep(0.1)
+        if wait_for(self._ready, timeout, 0.1):
+            return self
         raise AssertionError(f"edge did not become ready:\n{self.log()}")
+
+    def _ready(self) -> bool:
+        """Healthy, every worker forked and the policies listed (fails at once when edge has exited)."""
+        assert self.proc is not None and self.proc.poll() is None, f"edge exited early:\n{self.log()}"
+        return self.healthy() and len(self.worker_pids()) >= self.config["workers"] and (
+            not self.policies or len(self.policy_doc().get("policies") or []) == len(self.policies))
 
     @property
     def pid(self) -> int:
@@ -453,16 +454,6 @@ class EdgeProcess:
 # ── the invariant ──
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def leaked_sockets(edge: EdgeProcess, pool_bound: int) -> list[str]:
     """Sockets that should not exist once every client has gone: client-side connections still
     open, connections the peer has closed (CLOSE_WAIT), or more pooled upstream connections than
@@ -536,6 +527,13 @@ def check_accounting(edge: EdgeProcess, upstream: FaultUpstream, ledger: Ledger,
 
 def raw_http(port: int, data: bytes, *, shutdown_write: bool = False, timeout: float = 5.0) -> bytes:
     """Send bytes as they are and read until the server closes (or `timeout` passes quietly)."""
+    return raw_exchange(port, data, shutdown_write=shutdown_write, timeout=timeout)[0]
+
+
+def raw_exchange(port: int, data: bytes, *, shutdown_write: bool = False, timeout: float = 5.0,
+                 ) -> tuple[bytes, bool]:
+    """As `raw_http`, and whether the server closed the connection (False: `timeout` passed with
+    no byte from it first), so a test can tell a close from a wait without timing it."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         if shutdown_write:
@@ -544,9 +542,11 @@ def raw_http(port: int, data: bytes, *, shutdown_write: bool = False, timeout: f
         try:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-        except (TimeoutError, ConnectionResetError):
+        except TimeoutError:
+            return b"".join(chunks), False
+        except ConnectionResetError:
             pass
-        return b"".join(chunks)
+        return b"".join(chunks), True
 
 
 def statuses(raw: bytes) -> list[int]:

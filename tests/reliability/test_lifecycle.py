@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.reliability.harness import (
@@ -33,6 +34,7 @@ class Outcome:
     started: float
     status: int | None  # None: no answer (refused, reset)
     error: str = ""
+    ended: float = 0.0  # when the answer (or the failure) came
 
 
 @dataclass
@@ -68,13 +70,17 @@ class Load:
             ctype = "application/x-protobuf" if i % 2 == 0 else "application/json"
             try:
                 sent.status = self.edge.request("POST", path, body, {"Content-Type": ctype}, timeout=15).status
-                self.outcomes.append(Outcome(started, sent.status))
+                self.outcomes.append(Outcome(started, sent.status, ended=time.monotonic()))
             except OSError as exc:
-                self.outcomes.append(Outcome(started, None, type(exc).__name__))
-                time.sleep(0.05)
+                self.outcomes.append(Outcome(started, None, type(exc).__name__, ended=time.monotonic()))
+                time.sleep(0.05)  # pacing: a client backing off a refused connection (not synchronisation)
 
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status != 200]
+
+    def answered_since(self, moment: float) -> int:
+        """Requests started after `moment` that have been answered 200."""
+        return sum(1 for o in list(self.outcomes) if o.started > moment and o.status == 200)
 
 
 # ── SIGTERM ──
@@ -85,7 +91,7 @@ def test_sigterm_under_load_drains_in_flight_requests(upstream: FaultUpstream, t
     edge = EdgeProcess(tmp_path, upstream.url).start()
     ledger = Ledger()
     with Load(edge, ledger, threads=6) as load:
-        time.sleep(1.5)
+        assert wait_for(lambda: load.answered_since(0.0) >= 12, 20), "the load did not start"
         before = edge.dropped()
         assert before > 0
         sigterm_at = time.monotonic()
@@ -118,22 +124,31 @@ def _account_without_metrics(upstream: FaultUpstream, ledger: Ledger) -> None:
 # ── SIGKILL of one worker ──
 
 
+def gone(pid: int) -> bool:
+    """Dead (a zombie until gunicorn reaps it holds no socket any more)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_killed_worker_is_replaced_and_no_other_request_fails(case: Case) -> None:
     edge = case.edge
     victim = sorted(edge.worker_pids())[0]
     with Load(edge, case.ledger, threads=4) as load:
-        time.sleep(1.0)
+        assert wait_for(lambda: load.answered_since(0.0) >= 12, 20), "the load did not start"
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: victim not in edge.worker_pids() and len(edge.worker_pids()) == 2, 15)
+        assert wait_for(lambda: gone(victim), 20)
+        dead_at = time.monotonic()  # the victim's sockets are closed from here on
+        assert wait_for(lambda: victim not in edge.worker_pids() and len(edge.worker_pids()) == 2, 20)
         replaced_at = time.monotonic()
-        time.sleep(1.0)
+        assert wait_for(lambda: load.answered_since(replaced_at) >= 8, 20), "no traffic after the replacement"
     failures = load.failures()
-    # Only requests the dead worker held can fail: at most one per client thread, all at the kill.
+    # Only requests the dead worker held can fail: at most one per client thread, each in flight at the kill.
     assert len(failures) <= load.threads, failures
-    assert all(killed_at - 0.5 <= o.started <= killed_at + 0.1 for o in failures), (killed_at, failures)
-    assert all(o.status == 200 for o in load.outcomes if o.started > killed_at + 0.1)
-    assert [o for o in load.outcomes if o.started > replaced_at], "traffic after the replacement"
+    assert all(o.started <= dead_at and o.ended >= killed_at for o in failures), (killed_at, dead_at, failures)
+    assert all(o.status == 200 for o in load.outcomes if o.started > dead_at)
     # Requests the dead worker held got no answer: their records may or may not have arrived (the
     # sender retries them); the teardown invariant checks everything acknowledged was delivered.
 
@@ -155,7 +170,7 @@ def test_100_policy_swaps_under_load_fail_no_request(case: Case) -> None:
             for n in range(100):
                 previous = edge.policy_doc()["version"]
                 edge.write_policies(marker_policies(n))
-                assert wait_for(lambda p=previous: edge.policy_doc()["version"] != p, 3, 0.01), f"swap {n} not seen"
+                assert wait_for(lambda p=previous: edge.policy_doc()["version"] != p, 20, 0.01), f"swap {n} not seen"
                 versions.add(edge.policy_doc()["version"])
         assert len(versions) == 100
         assert load.failures() == [], load.failures()[:5]
@@ -164,9 +179,9 @@ def test_100_policy_swaps_under_load_fail_no_request(case: Case) -> None:
         assert "marker-099" in {p["id"] for p in doc["policies"]}
     finally:
         edge.write_policies(SUITE_POLICIES)
-        assert wait_for(lambda: len(edge.policy_doc()["policies"]) == len(SUITE_POLICIES), 5)
+        assert wait_for(lambda: len(edge.policy_doc()["policies"]) == len(SUITE_POLICIES), 20)
     # Retired snapshot segments are unlinked after their grace period: nothing piles up.
-    assert wait_for(lambda: len([s for s in edge.shm_segments() if "-g" in s]) <= 2, 10, 0.2), edge.shm_segments()
+    assert wait_for(lambda: len([s for s in edge.shm_segments() if "-g" in s]) <= 2, 20, 0.2), edge.shm_segments()
 
 
 # ── the policy server goes down and comes back ──
@@ -187,10 +202,11 @@ def test_policy_server_down_and_back(upstream: FaultUpstream, policy_server: Pol
     try:
         ledger = Ledger()
         before = edge.dropped()
-        with Load(edge, ledger, threads=2):
-            time.sleep(1.0)
+        with Load(edge, ledger, threads=2) as load:
+            assert wait_for(lambda: load.answered_since(0.0) >= 6, 20), "the load did not start"
             policy_server.stop()
-            time.sleep(2.5)  # a few failed syncs: the last good policies stay
+            # a few failed syncs (each logs a warning): the last good policies stay
+            assert wait_for(lambda: edge.log_path.read_text().count("sync failed") >= 2, 20), edge.log()
             assert len(edge.policy_doc()["policies"]) == len(SUITE_POLICIES)
             policy_server.policies = marker_policies(1)
             policy_server.start()

@@ -33,6 +33,7 @@ class HostileServer(PolicyServer):
         self.mode = "good"
         self.redirect_to = ""
         self.stop_dripping = threading.Event()
+        self.dripping = threading.Event()  # set once a drip answer has begun
         self.start()
 
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
@@ -67,6 +68,7 @@ class HostileServer(PolicyServer):
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", "100000")
         handler.end_headers()
+        self.dripping.set()
         try:
             while not self.stop_dripping.wait(0.5):
                 handler.wfile.write(b" ")
@@ -153,7 +155,9 @@ def test_a_dripping_server_cannot_hold_the_sync_past_its_deadline(tmp_path, upst
     try:
         assert wait_for(lambda: _policy_ids(edge) == {"drop-debug"}, 20), edge.log()
         hostile.mode = "drip"
-        assert wait_for(lambda: any(True for _ in hostile.seen[1:]), 10)
+        # a sync is being dripped (waiting for a request to arrive is not enough: the handler picks
+        # its answer a moment later and could already see the mode set back to "good" below)
+        assert hostile.dripping.wait(20)
         dripping_since = time.monotonic()
         hostile.policies = SECOND
         hostile.mode = "good"  # the next sync would succeed, if the dripping one ever ended

@@ -39,7 +39,7 @@ def test_rate_limit_grants_rate_per_window_shared_by_workers(tmp_path: Path) -> 
                 statuses = list(pool.map(lambda _: _post(edge, body), range(4)))
                 assert statuses == [200] * 4
                 sent += 4 * len(records)
-                time.sleep(0.05)
+                time.sleep(0.05)  # pacing the load across the windows under test (not synchronisation)
         elapsed = time.monotonic() - started
         delivered = sum(len(records_of("log", r.body, False)) for r in upstream.received("/v1/logs"))
         # Windows last at least a second and the first may have begun when the policy loaded, so

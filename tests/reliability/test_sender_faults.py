@@ -34,6 +34,7 @@ from tests.reliability.harness import (
     fingerprint,
     make_records,
     otlp_document,
+    raw_exchange,
     raw_http,
     record_id,
     records_of,
@@ -47,6 +48,12 @@ ENCODERS = {"identity": lambda b: b, "gzip": gzip.compress, "zstd": zstandard.Zs
 def assert_forwarded_raw(case: Case, body: bytes, path: str = "/v1/logs") -> None:
     [got] = case.upstream.received(path)
     assert got.body == body, "an undecodable body must reach the upstream byte for byte"
+
+
+def forwarded_within(case: Case, seconds: float, path: str = "") -> bool:
+    """Whether anything reached the upstream within `seconds`: the bounded chance a refused body gets
+    to show up there late (the proxy answers before it would forward, so nothing is awaited)."""
+    return wait_for(lambda: case.upstream.received(path), seconds)
 
 
 # ── baseline: the accounting works when nothing is wrong ──
@@ -81,12 +88,12 @@ def test_body_shorter_than_content_length_is_never_forwarded(case: Case) -> None
     case.ledger.batches.clear()
     head = (f"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body) + 5000}\r\n\r\n").encode()
-    started = time.monotonic()
-    answer = raw_http(case.edge.port, head + body[:300], shutdown_write=True, timeout=8)
-    assert time.monotonic() - started < 8, "the proxy kept a half-closed connection open"
-    assert all(s >= 400 for s in statuses(answer)), answer[:200]
-    time.sleep(0.3)
-    assert case.upstream.received() == []
+    # The body deadline (client_body_timeout, 30 s) would also close the connection, with a 408:
+    # reading for less than that and seeing neither a wait nor a 408 shows the proxy acted on the EOF.
+    answer, closed = raw_exchange(case.edge.port, head + body[:300], shutdown_write=True, timeout=20)
+    assert closed, "the proxy kept a half-closed connection open"
+    assert all(s >= 400 for s in statuses(answer)) and 408 not in statuses(answer), answer[:200]
+    assert not forwarded_within(case, 0.3), "a partial body reached the upstream"
 
 
 def test_body_longer_than_content_length(case: Case) -> None:
@@ -106,8 +113,7 @@ def test_chunked_body_with_a_broken_chunk_is_never_forwarded(case: Case) -> None
     head = b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     answer = raw_http(case.edge.port, head + b"ZZ\r\n" + body + b"\r\n0\r\n\r\n", shutdown_write=True, timeout=5)
     assert all(s >= 400 for s in statuses(answer))
-    time.sleep(0.3)
-    assert case.upstream.received() == []
+    assert not forwarded_within(case, 0.3), "a broken chunked body reached the upstream"
 
 
 # ── declared types and payloads ──
@@ -198,17 +204,20 @@ def test_bomb_just_under_the_limit_is_filtered(case: Case) -> None:
 
 
 def test_slowloris_does_not_block_other_clients(case: Case) -> None:
-    """60 clients dribbling headers (and 10 dribbling bodies) while others are served at full speed."""
+    """60 clients dribbling headers (and 10 dribbling bodies) while others are served: every other
+    request is answered while all the slow ones are still sending (their latency is measured by
+    benchmarks/latency.py)."""
     stop = threading.Event()
     slow: list[socket.socket] = []
+    progress: dict[int, int] = {}  # slow client -> bytes it has sent
+    finished: list[int] = []  # slow clients that got their whole request out
 
-    def dribble(head: bytes, body: bytes) -> None:
+    def dribble(n: int, data: bytes) -> None:
         try:
             sock = socket.create_connection(("127.0.0.1", case.edge.port), timeout=5)
         except OSError:
             return
         slow.append(sock)
-        data = head + body
         for i in range(len(data)):
             if stop.is_set():
                 return
@@ -216,27 +225,27 @@ def test_slowloris_does_not_block_other_clients(case: Case) -> None:
                 sock.sendall(data[i:i + 1])
             except OSError:
                 return
-            time.sleep(0.05)
+            progress[n] = i + 1
+            time.sleep(0.05)  # the slow client under test: one byte every 50 ms (not synchronisation)
+        finished.append(n)
 
     head = b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Slow: " + b"s" * 200
     body_head = b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
-    threads = [threading.Thread(target=dribble, args=(head, b"")) for _ in range(60)]
-    threads += [threading.Thread(target=lambda: dribble(body_head, b"{" * 400)) for _ in range(10)]
+    payloads = [head] * 60 + [body_head + b"{" * 400] * 10  # 15 s and more of dribbling each
+    threads = [threading.Thread(target=dribble, args=(n, data)) for n, data in enumerate(payloads)]
     for t in threads:
         t.start()
     try:
-        assert wait_for(lambda: len(slow) == len(threads), 5)
-        time.sleep(0.5)
-        latencies = []
+        assert wait_for(lambda: len(slow) == len(threads), 20)
+        # every slow client is part-way through its request: the proxy holds 70 unfinished ones
+        assert wait_for(lambda: len(progress) == len(threads) and min(progress.values()) >= 5, 20), progress
         for _ in range(30):
             body, sent = batch(case.ledger, keep=2, drop=1)
-            started = time.monotonic()
-            reply = case.post("/v1/logs", body, timeout=5)
-            latencies.append(time.monotonic() - started)
+            reply = case.post("/v1/logs", body, timeout=20)
             sent.status = reply.status
             assert reply.status == 200
         assert case.edge.healthy()
-        assert max(latencies) < 1.0, f"slow clients delayed others: max {max(latencies):.2f} s"
+        assert not finished, f"{len(finished)} slow clients finished first: the others waited for them"
     finally:
         stop.set()
         for t in threads:
@@ -376,8 +385,7 @@ def test_chunked_body_cut_short_is_never_forwarded(case: Case) -> None:
     half = body[: len(body) // 2]
     answer = raw_http(case.edge.port, head + b"%x\r\n" % len(half) + half + b"\r\n", shutdown_write=True, timeout=5)
     assert all(s >= 400 for s in statuses(answer))
-    time.sleep(0.3)
-    assert case.upstream.received() == []
+    assert not forwarded_within(case, 0.3), "a chunked body cut short reached the upstream"
 
 
 @pytest.mark.parametrize(("framing", "size"), [("chunked", 200_000), ("length", 1000), ("length", 200_000)])
@@ -391,5 +399,4 @@ def test_passthrough_body_cut_short_is_never_completed_upstream(case: Case, fram
         head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
         sent = payload[: size // 2]
     raw_http(case.edge.port, head + sent, shutdown_write=True, timeout=5)
-    time.sleep(0.5)
-    assert case.upstream.received("/upload") == []
+    assert not forwarded_within(case, 0.5, "/upload"), "a passthrough body cut short was completed upstream"

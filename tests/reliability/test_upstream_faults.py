@@ -82,16 +82,16 @@ def test_hanging_upstream_is_504_within_the_timeout(case: Case, signal: str) -> 
     started = time.monotonic()
     reply = send(case, signal)
     elapsed = time.monotonic() - started
+    # the upstream answers 3 s after the timeout: a 504 means the proxy gave up first; and not
+    # before the timeout (a lower bound, which a busy machine cannot break)
     assert (reply.status, orjson.loads(reply.body)) == (504, {"error": "upstream timed out"})
-    assert MATRIX_TIMEOUT - 0.1 <= elapsed < MATRIX_TIMEOUT + 1.0, elapsed
+    assert elapsed >= MATRIX_TIMEOUT - 0.1, elapsed
 
 
 def test_hanging_upstream_passthrough_is_504(case: Case) -> None:
-    case.upstream.reset(delay=MATRIX_TIMEOUT + 3)
-    started = time.monotonic()
+    case.upstream.reset(delay=MATRIX_TIMEOUT + 3)  # answers 3 s after the timeout: a 504 is the proxy giving up
     for reply in (case.edge.request("GET", "/slow"), case.edge.request("POST", "/slow", b"z" * 200_000)):
         assert reply.status == 504
-    assert time.monotonic() - started < 2 * MATRIX_TIMEOUT + 2
 
 
 # ── resets mid-answer ──
@@ -152,10 +152,8 @@ def test_dribbled_answer_within_the_timeout_is_relayed_whole(case: Case, signal:
 
 def test_dribbled_answer_past_the_timeout_is_504(case: Case) -> None:
     case.upstream.reset(Fault(dribble=0.1, chunk=100), body=b"x" * 3000)  # 3 s in all, the timeout is 1.5 s
-    started = time.monotonic()
     reply = send(case, "log")
-    assert reply.status == 504
-    assert time.monotonic() - started < MATRIX_TIMEOUT + 1.0
+    assert reply.status == 504  # had the proxy waited for the whole answer, it would relay a 200
 
 
 def test_streamed_passthrough_answer_may_take_longer_than_the_timeout(case: Case) -> None:

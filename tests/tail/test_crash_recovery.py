@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.tail.checkpoint import RECORD_SIZE, SNAPSHOT_NAME, WAL_NAME
-from tests.tail.tail_helpers import terminate
+from edge.tail.checkpoint import RECORD_SIZE, SNAPSHOT_NAME, WAL_NAME, decode_snapshot, scan_wal
+from tests.tail.tail_helpers import terminate, wait_until
 
 _SCRIPT = Path(sys.executable).with_name("edge-tail")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "edge.tail.cli"]
@@ -35,15 +35,6 @@ LINE = re.compile(rb"(f\d) (\d{7}) (x*)")
 def line(name: str, seq: int) -> bytes:
     """Input lines of varying length, so reads and partial lines fall at different places."""
     return f"{name} {seq:07d} {'x' * (seq * 7 % 41)}\n".encode()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 class Inputs:
@@ -60,7 +51,7 @@ class Inputs:
             if rng is not None and rng.random() < 0.05:
                 cut = rng.randrange(1, len(data))
                 os.write(self.fds[name], data[:cut])
-                time.sleep(0.002)
+                time.sleep(0.002)  # a writer pausing mid-line: the partial line under test (not synchronisation)
                 data = data[cut:]
             os.write(self.fds[name], data)
             self.written[name] += 1
@@ -131,6 +122,34 @@ class Tailer:
     def wait_caught_up(self, inputs: Inputs, timeout: float = 20) -> None:
         assert wait_until(lambda: self.caught_up(inputs), timeout), (inputs.written, self.stderr())
 
+    def wait_checkpointed(self, inputs: Inputs, names: list[str] | None = None) -> None:
+        """Until the state dir's checkpoints hold the end of the named input files (default: all):
+        a kill from then on repeats nothing of them."""
+        paths = [inputs.paths[n] for n in names or inputs.paths]
+        assert wait_until(lambda: all(checkpointed(self.state_dir).get(os.stat(p).st_ino) == os.stat(p).st_size
+                                      for p in paths)), (checkpointed(self.state_dir), self.stderr())
+
+
+def checkpointed(state_dir: Path) -> dict[int, int]:
+    """inode -> offset as a restart would find it: the snapshot, then the WAL's records over it.
+    Read while the tailer writes, it can only lag behind (every record in it was written)."""
+    offsets: dict[int, int] = {}
+    try:
+        for checkpoint in decode_snapshot((state_dir / SNAPSHOT_NAME).read_bytes()) or []:
+            offsets[checkpoint.identity.inode] = checkpoint.offset
+    except FileNotFoundError:
+        pass
+    try:
+        records = scan_wal((state_dir / WAL_NAME).read_bytes()).records
+    except FileNotFoundError:
+        records = []
+    for (_, inode), checkpoint in records:
+        if checkpoint is None:
+            offsets.pop(inode, None)
+        else:
+            offsets[inode] = checkpoint.offset
+    return offsets
+
 
 @pytest.fixture
 def files(tmp_path: Path):
@@ -184,7 +203,7 @@ def test_sigkill_at_random_points_never_loses_a_line(files) -> None:
         while not stop_writing.is_set():
             for name in inputs.written:
                 inputs.append(name, rng.randrange(1, 12), rng)
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing the writer (not synchronisation)
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -192,6 +211,7 @@ def test_sigkill_at_random_points_never_loses_a_line(files) -> None:
         for attempt in range(7):
             size = tailer.output_size()
             tailer.start()
+            # random kill points are what the test is about: these sleeps place them (not synchronisation)
             if attempt % 3:  # wait until it delivers, then kill it mid-stream
                 tailer.wait_output_beyond(size)
                 time.sleep(rng.uniform(0.0, 0.4))
@@ -220,7 +240,7 @@ def test_clean_stop_and_a_quiet_sigkill_repeat_nothing(files) -> None:
     inputs.append("f1", 50)
     tailer.start()
     tailer.wait_caught_up(inputs)
-    time.sleep(0.3)  # past --checkpoint-interval-ms: the WAL has the last offsets
+    tailer.wait_checkpointed(inputs)  # --checkpoint-interval-ms later the WAL has the last offsets
     tailer.kill()
     inputs.append("f2", 50)
     tailer.start()
@@ -275,8 +295,7 @@ def test_damaged_checkpoints_still_start_and_lose_nothing(files, damage: Callabl
         inputs.append("f1", 40)
         inputs.append("f2", 40)
         tailer.wait_caught_up(inputs)
-        time.sleep(0.1)
-    time.sleep(0.2)
+        tailer.wait_checkpointed(inputs)
     tailer.kill()
     damage(tailer.state_dir)
     inputs.append("f1", 30)
@@ -300,7 +319,8 @@ def test_expired_checkpoints_reread_files_from_the_start(files) -> None:
     tailer.start()
     tailer.wait_caught_up(inputs)
     tailer.stop()
-    time.sleep(0.5)  # both checkpoints expire while no tailer runs (the default TTL resumes: see above)
+    # the TTL passing while no tailer runs is what is tested (the default TTL resumes: see above)
+    time.sleep(0.5)
     inputs.append("f2", 1)
     tailer.start()
     tailer.wait_caught_up(inputs)
@@ -316,7 +336,7 @@ def test_slot_pressure_evicts_the_least_recently_updated_files(files) -> None:
     for name in inputs.written:  # f1 delivered first, f4 last: f3 and f4 keep their slots
         inputs.append(name, 50)
         tailer.wait_caught_up(inputs)
-        time.sleep(0.1)
+        tailer.wait_checkpointed(inputs, [name])  # each one's checkpoint updated before the next one's
     tailer.stop()
     for name in inputs.written:
         inputs.append(name, 1)

@@ -71,8 +71,9 @@ def test_sigterm_flushes_buffered_lines_and_partial_lines_wait_for_their_newline
         tailer.wait_tailing(src)
         with open(src, "ab") as f:
             f.write(b"complete 1\ncomplete 2\npart")
-        time.sleep(0.3)  # several poll rounds: the lines are read but held in the output buffer
-        assert lines_of(out) == []
+        # the lines are read within a few 20 ms poll rounds and must stay in the output buffer: a
+        # bounded look for the fault (lines written before a flush); nothing shows when they are read
+        assert not wait_until(lambda: lines_of(out), 1.0), "lines were written before a flush"
         tailer.stop()
     finally:
         tailer.kill()
@@ -104,6 +105,9 @@ def test_glob_discovers_new_files_and_applies_policy(tmp_path: Path, engine: str
     assert sorted(lines_of(out)) == [b"one keep", b"one more", b"two again", b"two keep"]
 
 
+LINES_BETWEEN_ROTATIONS = 5000  # thousands of lines in every rotated file
+
+
 class Writer(threading.Thread):
     """Appends numbered lines (one write each) to `path` until stopped; `lock` guards rotations."""
 
@@ -125,8 +129,13 @@ class Writer(threading.Thread):
                 os.write(fd, f"line {self.written:07d} {'x' * (self.written % 53)}\n".encode())
                 self.written += 1
             if self.written % 50 == 0:
-                time.sleep(0.001)
+                time.sleep(0.001)  # pacing: a steady writer, not a flood (not synchronisation)
         os.close(fd)
+
+    def wait_more(self, lines: int) -> None:
+        """Until `lines` more lines are written (what a fixed pause between rotations meant)."""
+        target = self.written + lines
+        assert wait_until(lambda: self.written >= target), "the writer stalled"
 
     def expected(self) -> list[bytes]:
         return [f"line {i:07d} {'x' * (i % 53)}".encode() for i in range(self.written)]
@@ -141,11 +150,11 @@ def test_rename_rotation_under_active_writes_loses_nothing(tmp_path: Path) -> No
         writer = Writer(src, lock, reopen=True)
         writer.start()
         for n in range(1, 5):
-            time.sleep(0.25)
+            writer.wait_more(LINES_BETWEEN_ROTATIONS)
             with lock:
                 os.rename(src, tmp_path / f"app.log.{n}")
                 src.write_bytes(b"")
-        time.sleep(0.2)
+        writer.wait_more(LINES_BETWEEN_ROTATIONS)  # some in the newest file too
         writer.stopping.set()
         writer.join()
         assert wait_until(lambda: len(lines_of(out)) >= writer.written), (len(lines_of(out)), writer.written)
@@ -164,11 +173,11 @@ def test_copytruncate_under_active_writes_loses_nothing(tmp_path: Path) -> None:
         writer = Writer(src, lock, reopen=False)
         writer.start()
         for n in range(1, 4):
-            time.sleep(0.25)
+            writer.wait_more(LINES_BETWEEN_ROTATIONS)
             with lock:
                 shutil.copyfile(src, tmp_path / f"app.log.{n}")
                 os.truncate(src, 0)
-        time.sleep(0.2)
+        writer.wait_more(LINES_BETWEEN_ROTATIONS)  # some after the last truncation too
         writer.stopping.set()
         writer.join()
         last_copy = len(lines_of(tmp_path / "app.log.3"))
@@ -210,7 +219,9 @@ def test_delete_and_recreate(tmp_path: Path) -> None:
         write_lines(src, numbered("after", 0, 10))
         assert wait_until(lambda: len(lines_of(out)) == 21)
         src.unlink()
-        time.sleep(0.5)  # longer than rotate wait + removed expiry: the file is forgotten
+        # after rotate wait + removed expiry both removed files are forgotten (and it says so)
+        assert wait_until(lambda: tailer.stderr().count("stopped tailing the rotated or removed") >= 2), (
+            tailer.stderr())
         write_lines(src, numbered("again", 0, 2))
         assert wait_until(lambda: len(lines_of(out)) == 23)
         tailer.stop()
@@ -231,7 +242,7 @@ def test_sigterm_at_any_moment_stops_the_tailer(tmp_path: Path) -> None:
                                    "-o", str(tmp_path / "out.log"), str(log_file)])
         with tailer:
             tailer.wait_tailing(log_file)
-            time.sleep(rng.random() * 0.05)
+            time.sleep(rng.random() * 0.05)  # a random moment is what the test is about (not synchronisation)
             tailer.proc.send_signal(signal.SIGTERM)
             try:
                 assert tailer.proc.wait(5) == 0, tailer.stderr()
