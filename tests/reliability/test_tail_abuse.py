@@ -37,7 +37,7 @@ def peak_rss(proc: subprocess.Popen[bytes], stop: threading.Event, peak: list[in
     while not stop.is_set():
         with contextlib.suppress(psutil.Error):
             peak[0] = max(peak[0], psutil.Process(proc.pid).memory_info().rss)
-        time.sleep(0.02)
+        time.sleep(0.02)  # the sampling rate of the measurement, not synchronisation
 
 
 @contextlib.contextmanager
@@ -83,7 +83,7 @@ def test_binary_files_are_delivered_byte_exact(tmp_path: Path) -> None:
     total = sum(map(len, expected.values()))
     with Tailer(tmp_path, [str(inputs / "*.log"), "-o", str(out), "--read-from", "head", "-p", str(policy)]) as tailer:
         assert wait_until(lambda: len(lines_of(out)) >= total), tailer.stderr()
-        time.sleep(0.2)
+        assert not wait_until(lambda: len(lines_of(out)) > total, 0.2)  # and nothing more comes
         tailer.stop()
     got: dict[str, list[bytes]] = {}
     for line in lines_of(out):
@@ -207,7 +207,8 @@ def test_a_tailed_file_replaced_by_a_fifo_or_directory_is_skipped_with_one_warni
             write_lines(b, [f"b {i}"])
             time.sleep(0.05)
         assert wait_until(lambda: len(lines_of(out)) == 13), tailer.stderr()
-        time.sleep(0.5)  # more discovery rounds: the warning must not repeat
+        # more discovery rounds: the warning must not repeat
+        assert not wait_until(lambda: tailer.stderr().count("not a regular file") > 1, 0.5), tailer.stderr()
         assert tailer.proc is not None and tailer.proc.poll() is None
         warnings = [line for line in tailer.stderr().splitlines() if "not a regular file" in line]
         assert len(warnings) == 1, tailer.stderr()
@@ -311,9 +312,13 @@ def test_a_full_state_disk_does_not_stop_delivery_and_checkpoints_recover(tmp_pa
             filler = fill(small_disk)
         for i in range(10, 60, 5):  # many checkpoint writes fail meanwhile
             write_lines(src, numbered("a", i, 5))
-            time.sleep(0.1)
+            time.sleep(0.1)  # pacing the writer: several separate writes, not synchronisation
         assert wait_until(lambda: len(lines_of(out)) == 60), tailer.stderr()
-        time.sleep(0.5)
+
+        def failure_lines() -> list[str]:
+            return [line for line in tailer.stderr().splitlines() if "checkpoint" in line and "fail" in line]
+
+        assert not wait_until(lambda: len(failure_lines()) > 1, 0.5), tailer.stderr()  # logged once, not per write
         failures = [line for line in tailer.stderr().splitlines() if "checkpoint" in line and "fail" in line]
         assert len(failures) == 1, tailer.stderr()
         assert "No space left" in failures[0]
@@ -327,6 +332,6 @@ def test_a_full_state_disk_does_not_stop_delivery_and_checkpoints_recover(tmp_pa
     write_lines(src, numbered("a", 65, 5))
     with Tailer(tmp_path, args) as tailer:  # resumes from the checkpoint written once space came back
         assert wait_until(lambda: len(lines_of(out)) >= 70), tailer.stderr()
-        time.sleep(0.3)
+        assert not wait_until(lambda: len(lines_of(out)) > 70, 0.3)  # nothing is delivered twice
         tailer.stop()
     assert lines_of(out) == [line.encode() for line in numbered("a", 0, 70)]  # nothing lost, nothing repeated
