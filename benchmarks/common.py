@@ -27,6 +27,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Self
 
 import orjson
 from aiohttp import web
@@ -172,19 +173,16 @@ def count_records(signal: str, body: bytes, content_type: str) -> int:
     return sum(len(sl.get(key, [])) for rl in doc.get(top, []) for sl in rl.get(scopes, []))
 
 
-class CountingUpstream:
-    """Answers 200 `{}` to everything on loopback and counts requests, body bytes and OTLP records.
+class LoopbackUpstream:
+    """An aiohttp server on a free loopback port, run in a thread of the benchmark itself.
 
-    aiohttp in a thread of the benchmark itself: exact counts for correctness runs (soak).
-    Too slow to sit behind a throughput run; `proxy.py` counts at nginx instead.
+    Subclasses answer in `_handle`; `decompress` says whether aiohttp undoes gzip bodies first.
     """
+
+    decompress = True
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.records = {"log": 0, "metric": 0, "trace": 0}
-        self.requests = 0
-        self.body_bytes = 0
-        self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -194,10 +192,10 @@ class CountingUpstream:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> CountingUpstream:
+    def start(self) -> Self:
         self._thread.start()
         if not self._ready.wait(10):
-            raise BenchmarkError("the counting upstream did not start")
+            raise BenchmarkError(f"the loopback upstream ({type(self).__name__}) did not start")
         return self
 
     def stop(self) -> None:
@@ -208,13 +206,31 @@ class CountingUpstream:
     async def _serve(self) -> None:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, auto_decompress=self.decompress, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port).start()
         self._stop = asyncio.Event()
         self._ready.set()
         await self._stop.wait()
         await runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+
+class CountingUpstream(LoopbackUpstream):
+    """Answers 200 `{}` to everything on loopback and counts requests, body bytes and OTLP records.
+
+    Exact counts for correctness runs (soak). Too slow to sit behind a throughput run;
+    `proxy.py` counts at nginx instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = {"log": 0, "metric": 0, "trace": 0}
+        self.requests = 0
+        self.body_bytes = 0
+        self._lock = threading.Lock()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()  # aiohttp decompresses gzip bodies itself

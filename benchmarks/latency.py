@@ -48,7 +48,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BenchmarkError, free_port, wait_policies  # noqa: E402
+from benchmarks.common import BenchmarkError, LoopbackUpstream, free_port, wait_policies  # noqa: E402
 
 EDGE = Path(sys.executable).parent / "edge"
 RELOAD_PROMISE_S = 2.0  # README: a file provider's policies are reloaded within 2 s of a change
@@ -60,23 +60,17 @@ JSON_CT = {"Content-Type": "application/json"}
 # ── the pieces: an upstream that can hold answers, edge, a client ──
 
 
-class HoldingUpstream:
+class HoldingUpstream(LoopbackUpstream):
     """Answers 200 `{}` on loopback; while `held` is set, answers wait until it is cleared."""
 
+    decompress = False
+
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.received = 0
         self.held = threading.Event()
         self._released = threading.Event()
         self._released.set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: self._loop.run_until_complete(self._serve()), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def hold(self) -> None:
         self._released.clear()
@@ -86,28 +80,9 @@ class HoldingUpstream:
         self.held.clear()
         self._released.set()
 
-    def start(self) -> HoldingUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise BenchmarkError("the upstream did not start")
-        return self
-
     def stop(self) -> None:
         self.release()
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
-        app = web.Application(client_max_size=64 << 20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, auto_decompress=False, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
+        super().stop()
 
     async def _handle(self, request: web.Request) -> web.Response:
         await request.read()
