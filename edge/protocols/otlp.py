@@ -3,10 +3,10 @@
 Fail-open everywhere: a body we cannot decode (unknown codec, corrupt, too large once
 decoded, not OTLP) or an internal error forwards the original bytes untouched. A batch
 whose every record was dropped is answered here with an empty OTLP response and never
-reaches the upstream. Small batches are decoded and evaluated inline on the event loop (a
-thread hop would cost more than it saves); from OFFLOAD_BYTES (estimated decoded size) on they
-go to a small thread pool, so one big or hostile body never holds the loop, and with it every
-other request of the worker and gunicorn's heartbeat.
+reaches the upstream. Evaluation runs inline on the event loop (it holds the GIL: a thread
+would add memory, not speed). Decoding a compressed body estimated at OFFLOAD_BYTES or more
+goes to a small thread pool (zlib and zstandard release the GIL), so one big or hostile body
+never holds the loop, and with it every other request of the worker and gunicorn's heartbeat.
 """
 
 from __future__ import annotations
@@ -108,7 +108,12 @@ class OtlpRoute:
     async def filter_off_loop(self, body: bytes, head: RequestHead) -> bytes | None:
         """`filter`, with a big compressed body decoded in a thread first: decoding releases the
         GIL, so meanwhile the event loop goes on serving the worker's other requests."""
-        if decoded_off_loop(body, head) and self.filtered(head):
+        try:
+            offload = decoded_off_loop(body, head) and self.filtered(head)
+        except Exception:  # noqa: BLE001 - fail-open: `filter` decides, and forwards unmodified if it fails too
+            log.exception("choosing where to decode a %s body failed", self.signal)
+            offload = False
+        if offload:
             loop = asyncio.get_running_loop()
             decoded = await loop.run_in_executor(decode_pool(), self.decode, body, head)
             return self.filter(body, head, decoded)

@@ -471,3 +471,18 @@ def test_a_config_error_quoting_a_url_shows_no_credentials(tmp_path: Path) -> No
     done = subprocess.run([str(EDGE_SCRIPT), str(config)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == "edge: config key upstream_url: expected an http(s) URL, got 'ftp://***@collector/?api_key=***'\n"
+
+
+class BrokenRuntime:
+    """A runtime whose snapshot cannot be read: every route must still forward what it got."""
+
+    def engine(self) -> None:
+        raise OSError("snapshot segment gone")
+
+
+def test_a_big_compressed_body_is_forwarded_unmodified_when_the_engine_fails() -> None:
+    route = OtlpRoute.__new__(OtlpRoute)
+    route.signal, route.runtime, route.max_decoded = "log", BrokenRuntime(), 1 << 20
+    gzipped = request_head([(b"content-type", b"application/json"), (b"content-encoding", b"gzip")])
+    body = encode(b"x" * OFFLOAD_BYTES, GZIP) + b"x" * OFFLOAD_BYTES  # big enough to decode off the loop
+    assert asyncio.run(route.filter_off_loop(body, gzipped)) == body
