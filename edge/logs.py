@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -67,3 +69,38 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class RateLimitedLog:
+    """At most one line per key per `interval` seconds, with the count of what was folded in.
+
+    Failures that repeat per request (an upstream down, bodies forwarded unfiltered) would
+    otherwise bury every other line at hundreds per second. The first occurrence of a key is
+    logged at once; later ones within the interval are counted, and the next line that is
+    logged says how many were folded into it. Per process: each worker keeps its own.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._folded: dict[str, int] = {}
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
+        """Log `msg % args` unless `key` was logged within the interval; True when logged."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._folded[key] = self._folded.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            folded = self._folded.pop(key, 0)
+        if folded:
+            msg += " (%d more since the last such line)"
+            args = (*args, folded)
+        self._logger.log(level, msg, *args)
+        return True
