@@ -243,6 +243,19 @@ def test_lock_holds_a_hash_for_every_pin() -> None:
     assert pinned and all("--hash=sha256:" in e for e in pinned)
 
 
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_lock_resolves_for_the_image_on_both_architectures(tmp_path: Path, machine: str) -> None:
+    """What the builder's `pip install --require-hashes -r requirements.lock` asks of PyPI, for amd64 and arm64
+    images (python:3.11-slim is Debian 12, glibc 2.36): a wheel for every pin, with a hash the lock lists."""
+    platforms = [f"--platform={tag}_{machine}" for tag in ("manylinux_2_36", "manylinux_2_28", "manylinux2014",
+                                                           "manylinux_2_17", "manylinux1", "linux")]
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--target",
+         str(tmp_path), *platforms, "--only-binary=:all:", "--python-version=3.11", "--implementation=cp",
+         "--require-hashes", "-r", str(LOCK)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
 # ── the health check ──
 
 
