@@ -4,12 +4,12 @@
 #   docker build --build-arg DISTRIBUTION=otlp -t tero-edge-otlp .  # edge-otlp; also datadog, prometheus, tail
 #   docker run -p 8080:8080 -e TERO_UPSTREAM_URL=http://collector:4318 tero-edge
 #
-# Config: `edge` with no argument reads the first of ./config.json (the working directory is /app, so
-# /app/config.json, where Tero Edge's image reads it), /app/config.json and /etc/edge/config.json. The image
-# ships its default at /etc/edge/config.json (from edge/examples/container-config.json): it listens on
-# 0.0.0.0:8080 and applies no policies, so nothing is dropped or sampled until a config names policies.
-# Mount your config at /app/config.json, or your own /etc/edge (the Helm chart mounts a ConfigMap there);
-# when both exist /app/config.json wins. Every image holds every console script: only the entrypoint
+# Config: `edge` with no argument reads ./config.json, /app/config.json, /etc/edge/config.json, the first
+# that exists. The working directory is /app, so /app/config.json (where Tero Edge's image reads it) wins
+# over /etc/edge/config.json, where the image ships its default (edge/examples/container-config.json:
+# 0.0.0.0:8080, no policies, so nothing is dropped or sampled until a config names policies). Mount your
+# config at /app/config.json, or your own /etc/edge (the Helm chart mounts a ConfigMap there and passes
+# /etc/edge/config.json as the argument). Every image holds every console script: only the entrypoint
 # differs, so `--entrypoint edge-tail` works on any of them.
 #
 # Dependencies come from requirements.lock (every runtime dependency pinned with `==` and its hashes);
