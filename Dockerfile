@@ -4,10 +4,16 @@
 #   docker build --build-arg DISTRIBUTION=otlp -t tero-edge-otlp .  # edge-otlp; also datadog, prometheus, tail
 #   docker run -p 8080:8080 -e TERO_UPSTREAM_URL=http://collector:4318 tero-edge
 #
-# The default config (/etc/edge/config.json, from edge/examples/container-config.json) listens on
-# 0.0.0.0:8080 and applies edge/examples/policies.json; mount your own /etc/edge to replace both
-# (the Helm chart mounts a ConfigMap there). Every image holds every console script: only the
-# entrypoint differs, so `--entrypoint edge-tail` works on any of them.
+# Config: `edge` with no argument reads ./config.json, /app/config.json, /etc/edge/config.json, the first
+# that exists. The working directory is /app, so /app/config.json (where Tero Edge's image reads it) wins
+# over /etc/edge/config.json, where the image ships its default (edge/examples/container-config.json:
+# 0.0.0.0:8080, no policies, so nothing is dropped or sampled until a config names policies). Mount your
+# config at /app/config.json, or your own /etc/edge (the Helm chart mounts a ConfigMap there and passes
+# /etc/edge/config.json as the argument). Every image holds every console script: only the entrypoint
+# differs, so `--entrypoint edge-tail` works on any of them.
+#
+# Dependencies come from requirements.lock (every runtime dependency pinned with `==` and its hashes);
+# the project itself is installed on top with --no-deps, so a build never resolves anything anew.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -17,11 +23,13 @@ ENV VIRTUAL_ENV=/opt/edge \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv "$VIRTUAL_ENV"
 WORKDIR /src
+COPY requirements.lock ./
+RUN "$VIRTUAL_ENV/bin/pip" install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY edge ./edge
 COPY supervisor ./supervisor
 COPY workers ./workers
-RUN "$VIRTUAL_ENV/bin/pip" install .
+RUN "$VIRTUAL_ENV/bin/pip" install --no-deps .
 
 FROM ${PYTHON_IMAGE} AS runtime
 # edge, otlp, datadog, prometheus or tail: the console script the image runs.
@@ -40,9 +48,13 @@ RUN case "$DISTRIBUTION" in \
     && if [ ! -x "$VIRTUAL_ENV/bin/$command" ]; then echo "$command is not installed" >&2; exit 1; fi \
     && ln -s "$command" "$VIRTUAL_ENV/bin/edge-entrypoint"
 COPY edge/examples/container-config.json /etc/edge/config.json
-COPY edge/examples/policies.json /etc/edge/policies.json
-# `edge` with no argument reads ./config.json.
-WORKDIR /etc/edge
+# `edge` with no argument reads ./config.json first: /app/config.json, as in Tero Edge's image.
+WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
+# edge-healthcheck asks GET /_health on the port the config names (the slim image has no curl);
+# edge-tail serves no HTTP, so the tail image is healthy while it runs.
+ENV EDGE_IMAGE_DISTRIBUTION=$DISTRIBUTION
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD [ "$EDGE_IMAGE_DISTRIBUTION" = tail ] || edge-healthcheck
 ENTRYPOINT ["/opt/edge/bin/edge-entrypoint"]

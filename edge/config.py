@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import msgspec
 import orjson
 
-from edge import __version__
+from edge import __version__, cpu_quota
 from edge.tail.settings import SettingsError, from_mapping, unknown_keys
 
 LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning", "err": "error",
@@ -397,8 +397,10 @@ class Config:
     max_connections: int = setting(
         256, "requests in flight for the instance; each worker admits its share and answers 503 with "
         "`Retry-After: 1` beyond it; `/_health` and `/_edge/*` are always answered", check=_positive)
-    workers: int = setting(0, "ASGI worker processes; 0 = one per core", check=_zero_or_more,
-                           derive=lambda _: os.cpu_count() or 1, default_text="one per core")
+    workers: int = setting(
+        0, "ASGI worker processes; 0 = the cgroup CPU quota (`cpu.max`, else `cpu.cfs_quota_us`) rounded up, "
+        "at most one per core the process may run on",
+        check=_zero_or_more, derive=lambda _: cpu_quota.available_cpus(), default_text="one per CPU")
     upstream_timeout: float = setting(30.0, "seconds; slower upstreams give 504", check=_timeout)
     client_body_timeout: float = setting(
         30.0, "seconds from a request's headers to the end of its body; later: 408 and the connection closed",

@@ -37,16 +37,24 @@ from supervisor.tail_child import TailWorkerProcess
 log = logging.getLogger("edge.supervisor")
 
 DEFAULT_CONFIG = "config.json"
+# Where a container keeps its config: Tero Edge's image reads /app/config.json (edge's image works in /app
+# too), edge's image ships its default at /etc/edge/config.json, where the Helm chart mounts its ConfigMap.
+# Outside a container neither exists, so `edge` reads ./config.json, else the embedded default.
+CONFIG_SEARCH = (Path(DEFAULT_CONFIG), Path("/app/config.json"), Path("/etc/edge/config.json"))
 EMBEDDED_CONFIG = Path(__file__).resolve().parent.parent / "edge" / "examples" / "config.json"
 DISTRIBUTION_ENV = "EDGE_DISTRIBUTION"
 DRAIN_SECONDS = 10
 
 
-def _config_path(argument: str | None) -> Path:
-    """The named file; with no argument `config.json` if present, else the embedded default."""
+def _config_path(argument: str | None, search: tuple[Path, ...] = CONFIG_SEARCH) -> Path:
+    """The named file; with no argument the first of `search` that exists, else the embedded default.
+
+    The embedded default applies no policies: edge never drops or samples telemetry unless a
+    config the user chose names policies.
+    """
     if argument:
         return Path(argument)
-    return Path(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else EMBEDDED_CONFIG
+    return next((path for path in search if path.exists()), EMBEDDED_CONFIG)
 
 
 class Supervisor:

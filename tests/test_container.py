@@ -1,33 +1,41 @@
-"""The container image: the Dockerfile's structure and the config the image starts with.
+"""The container image: the Dockerfile's structure, its lock file, health check and config.
 
 No Docker engine runs here, so the image is checked piece by piece: the Dockerfile is
-parsed (stages, build argument, user, port, entrypoint), its DISTRIBUTION step is run by
-a real shell against a stand-in venv, and the default config is loaded with edge's loader
-and served by the real `edge` command from a directory laid out like the image's
-/etc/edge (edge with no argument reads ./config.json, the image's WORKDIR).
+parsed (stages, build argument, user, port, entrypoint), its DISTRIBUTION step and its
+HEALTHCHECK command are run by a real shell (against a stand-in venv, and against a real
+running edge), the lock file is compared with pyproject.toml and the installed metadata,
+and the default config is loaded with edge's loader and served by the real `edge` command
+from a directory laid out like the image's /app (edge with no argument reads ./config.json
+in the image's WORKDIR, then /app/config.json, then /etc/edge/config.json).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import importlib.metadata
 import json
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from edge.config import load as load_config
-from edge.policy.loader import load_file as load_policy_file
+from supervisor.healthcheck import health_url
+from supervisor.main import CONFIG_SEARCH, EMBEDDED_CONFIG, _config_path
+from tests.proxy_fixtures import free_port
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,8 +100,11 @@ RUNTIME = len(from_lines()) - 1
 
 def test_multi_stage_build_on_python_slim() -> None:
     assert from_lines() == [("python:3.11-slim", "builder"), ("python:3.11-slim", "runtime")]
-    builder_runs = " ".join(in_stage(0, "RUN"))
-    assert "-m venv" in builder_runs and re.search(r"pip\"? install \.$", in_stage(0, "RUN")[-1])
+    builder_runs = in_stage(0, "RUN")
+    assert "-m venv" in builder_runs[0]
+    # the locked dependencies (hashes required), then the project alone: nothing is resolved at build time
+    assert re.search(r"pip\"? install --require-hashes -r requirements.lock$", builder_runs[1])
+    assert re.search(r"pip\"? install --no-deps \.$", builder_runs[-1])
     assert "--from=builder /opt/edge /opt/edge" in in_stage(RUNTIME, "COPY")
     assert not any("pip" in run for run in in_stage(RUNTIME, "RUN"))  # nothing is built in the runtime stage
 
@@ -101,7 +112,7 @@ def test_multi_stage_build_on_python_slim() -> None:
 def test_builder_copies_every_package_the_project_installs() -> None:
     copied = {source for copy in in_stage(0, "COPY") for source in shlex.split(copy)[:-1]}
     packages = {pattern.rstrip("*") for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert packages | {"pyproject.toml", PYPROJECT["project"]["readme"]} <= copied
+    assert packages | {"pyproject.toml", PYPROJECT["project"]["readme"], "requirements.lock"} <= copied
 
 
 def test_runtime_runs_as_a_numeric_non_root_user() -> None:
@@ -118,13 +129,12 @@ def test_exposes_8080_with_an_exec_form_entrypoint() -> None:
     (entrypoint,) = in_stage(RUNTIME, "ENTRYPOINT")
     assert json.loads(entrypoint) == ["/opt/edge/bin/edge-entrypoint"]
     assert in_stage(RUNTIME, "CMD") == []  # edge with no argument reads ./config.json in the WORKDIR
-    assert in_stage(RUNTIME, "WORKDIR") == ["/etc/edge"]
+    assert in_stage(RUNTIME, "WORKDIR") == ["/app"]  # so ./config.json is /app/config.json, as in Tero's image
 
 
-def test_default_config_and_policies_go_to_etc_edge() -> None:
-    copies = in_stage(RUNTIME, "COPY")
-    assert "edge/examples/container-config.json /etc/edge/config.json" in copies
-    assert "edge/examples/policies.json /etc/edge/policies.json" in copies
+def test_default_config_goes_to_etc_edge_without_policies() -> None:
+    copies = [c for c in in_stage(RUNTIME, "COPY") if "--from" not in c]
+    assert copies == ["edge/examples/container-config.json /etc/edge/config.json"]
 
 
 def distribution_step() -> str:
@@ -193,38 +203,163 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
     assert all(dockerignore_excludes(p) for p in (".git", ".venv", "tests", ".ci/bin/helm", "edge/__pycache__"))
 
 
-# ── the image's default config ──
+# ── the lock file ──
+
+LOCK = ROOT / "requirements.lock"
 
 
-def test_container_config_listens_on_all_interfaces(tmp_path: Path) -> None:
+def locked() -> dict[str, str]:
+    """name (normalised) -> version of every requirement line of the lock."""
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            requirement = Requirement(line.rstrip(" \\"))
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = specifier.version
+    return pins
+
+
+def test_lock_pins_every_dependency_of_pyproject_within_its_range() -> None:
+    pins = locked()
+    for text in PYPROJECT["project"]["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins and requirement.specifier.contains(pins[name]), (text, pins.get(name))
+
+
+def test_lock_is_closed_under_the_dependencies_of_what_it_pins() -> None:
+    """Every requirement of every locked package (as installed here) is locked too: pip never has to resolve."""
+    pins = locked()
+    missing = set()
+    for name in pins:
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                missing |= {canonicalize_name(requirement.name)} - set(pins)
+    assert missing == set()
+
+
+def test_lock_holds_a_hash_for_every_pin() -> None:
+    entries = re.split(r"\n(?=\S)", LOCK.read_text())
+    pinned = [e for e in entries if not e.startswith("#")]
+    assert pinned and all("--hash=sha256:" in e for e in pinned)
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_lock_resolves_for_the_image_on_both_architectures(tmp_path: Path, machine: str) -> None:
+    """What the builder's `pip install --require-hashes -r requirements.lock` asks of PyPI, for amd64 and arm64
+    images (python:3.11-slim is Debian 12, glibc 2.36): a wheel for every pin, with a hash the lock lists."""
+    platforms = [f"--platform={tag}_{machine}" for tag in ("manylinux_2_36", "manylinux_2_28", "manylinux2014",
+                                                           "manylinux_2_17", "manylinux1", "linux")]
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--target",
+         str(tmp_path), *platforms, "--only-binary=:all:", "--python-version=3.11", "--implementation=cp",
+         "--require-hashes", "-r", str(LOCK)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+# ── the health check ──
+
+
+def healthcheck() -> tuple[list[str], str]:
+    """(options, shell command) of the runtime stage's HEALTHCHECK."""
+    (instruction,) = in_stage(RUNTIME, "HEALTHCHECK")
+    options, _, command = instruction.partition(" CMD ")
+    return options.split(), command
+
+
+def run_healthcheck(app_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The HEALTHCHECK command as Docker runs it (`/bin/sh -c`), in the image's WORKDIR, with the venv on PATH."""
+    full_env = {"PATH": f"{EDGE_COMMAND.parent}:{os.environ['PATH']}", **env}
+    return subprocess.run(["/bin/sh", "-c", healthcheck()[1]], cwd=app_dir, env=full_env, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_healthcheck_options() -> None:
+    assert healthcheck()[0] == ["--interval=30s", "--timeout=5s", "--start-period=10s", "--retries=3"]
+    assert "EDGE_IMAGE_DISTRIBUTION=$DISTRIBUTION" in in_stage(RUNTIME, "ENV")
+
+
+def test_healthcheck_is_a_console_script() -> None:
+    assert PYPROJECT["project"]["scripts"]["edge-healthcheck"] == "supervisor.healthcheck:main"
+
+
+@pytest.mark.parametrize(("address", "host"), [("0.0.0.0", "127.0.0.1"), ("::", "::1"), ("10.1.2.3", "10.1.2.3")])
+def test_healthcheck_asks_loopback_for_a_wildcard_address(address: str, host: str) -> None:
+    assert health_url(address, 9000) == (host, 9000)
+
+
+def test_healthcheck_against_a_real_edge(tmp_path: Path) -> None:
+    """Healthy while edge serves on the port its config names, unhealthy once it stopped."""
+    app = app_dir(tmp_path, load_json(CONTAINER_CONFIG))
+    port = free_port()
+    env = {"TERO_LISTEN_ADDRESS": "127.0.0.1", "TERO_LISTEN_PORT": str(port)}
+    with running_edge(app, env, snapshot=False):
+        result = run_healthcheck(app, env)
+        assert (result.returncode, result.stderr) == (0, "")
+    result = run_healthcheck(app, env)
+    assert result.returncode == 1
+    refused = "no answer: [Errno 111] Connection refused"
+    assert result.stderr == f"edge-healthcheck: http://127.0.0.1:{port}/_health: {refused}\n"
+
+
+def test_healthcheck_of_the_tail_image_passes_without_a_port(tmp_path: Path) -> None:
+    """edge-tail serves no HTTP: the tail image is healthy while it runs."""
+    app = app_dir(tmp_path, load_json(CONTAINER_CONFIG))
+    env = {"TERO_LISTEN_PORT": str(free_port())}
+    assert run_healthcheck(app, env).returncode == 1
+    assert run_healthcheck(app, {**env, "EDGE_IMAGE_DISTRIBUTION": "tail"}).returncode == 0
+
+
+def test_healthcheck_with_a_bad_config_says_why(tmp_path: Path) -> None:
+    app = app_dir(tmp_path, {"listen_port": "eighty"})
+    result = run_healthcheck(app, {})
+    assert result.returncode == 1
+    assert result.stderr.startswith("edge-healthcheck: config key listen_port") and "Traceback" not in result.stderr
+
+
+# ── the image's config ──
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_bytes())
+
+
+def test_container_config_listens_on_all_interfaces_and_applies_no_policies() -> None:
     config = load_config(CONTAINER_CONFIG, env={})
     assert (config.listen_address, config.listen_port) == ("0.0.0.0", 8080)
     assert config.warnings == ()
-    (provider,) = config.policy_providers
-    assert provider.type == "file" and Path(provider.path) == EXAMPLES / "policies.json"
-    result = load_policy_file(provider.path)
-    assert result.policies and result.errors == []
+    assert config.policy_providers == ()  # the image never drops or samples production data by itself
 
 
-def image_etc_edge(tmp_path: Path) -> Path:
-    """/etc/edge as the Dockerfile lays it out."""
-    etc = tmp_path / "etc-edge"
-    etc.mkdir()
-    (etc / "config.json").write_bytes(CONTAINER_CONFIG.read_bytes())
-    (etc / "policies.json").write_bytes((EXAMPLES / "policies.json").read_bytes())
-    return etc
+def test_config_search_order() -> None:
+    """./config.json (in the image: /app), /app/config.json (Tero's image), /etc/edge/config.json (the image's
+    default, or the Helm chart's ConfigMap), else the embedded default."""
+    expected = (Path("config.json"), Path("/app/config.json"), Path("/etc/edge/config.json"))
+    assert expected == CONFIG_SEARCH
+    assert CONFIG_SEARCH[1].parent == Path(in_stage(RUNTIME, "WORKDIR")[0])
 
 
-def test_container_config_in_etc_edge_finds_its_policies(tmp_path: Path) -> None:
-    etc = image_etc_edge(tmp_path)
-    (provider,) = load_config(etc / "config.json", env={}).policy_providers
-    assert Path(provider.path) == etc / "policies.json"
+def test_app_config_is_taken_when_present(tmp_path: Path) -> None:
+    app, etc = tmp_path / "app" / "config.json", tmp_path / "etc-edge" / "config.json"
+    search = (tmp_path / "cwd" / "config.json", app, etc)
+    assert _config_path(None, search) == EMBEDDED_CONFIG
+    etc.parent.mkdir()
+    etc.write_text("{}")
+    assert _config_path(None, search) == etc
+    app.parent.mkdir()
+    app.write_text("{}")
+    assert _config_path(None, search) == app
+    assert _config_path("mine.json", search) == Path("mine.json")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def app_dir(tmp_path: Path, config: dict) -> Path:
+    """/app holding a config, as `docker run -v ./config.json:/app/config.json` lays it out."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "config.json").write_text(json.dumps(config))
+    return app
 
 
 def get_json(url: str) -> dict:
@@ -232,30 +367,57 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
-def test_edge_without_arguments_serves_the_image_config(tmp_path: Path) -> None:
-    """`edge` started the way the image starts it: no argument, working directory /etc/edge."""
-    etc = image_etc_edge(tmp_path)
-    port = free_port()
-    # Loopback and a free port instead of 0.0.0.0:8080 (the config's other values stay as they are).
-    env = {**os.environ, "TERO_LISTEN_ADDRESS": "127.0.0.1", "TERO_LISTEN_PORT": str(port), "TERO_WORKERS": "1"}
-    proc = subprocess.Popen([str(EDGE_COMMAND)], cwd=etc, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+@dataclass
+class Served:
+    """A running edge: its port and loaded policy ids; `stderr` once it has stopped."""
+
+    port: int
+    policies: list[str]
+    stderr: str = ""
+
+
+@contextlib.contextmanager
+def running_edge(cwd: Path, env: dict[str, str], args: tuple[str, ...] = (), *,
+                 snapshot: bool = True) -> Iterator[Served]:
+    """`edge` started in `cwd` (with no argument, as the image starts it), once healthy and, with `snapshot`,
+    once its first policy snapshot is published; stopped with SIGTERM on exit, which must end in status 0."""
+    port = int(env["TERO_LISTEN_PORT"])
+    full_env = {**os.environ, "TERO_WORKERS": "1", **env}
+    proc = subprocess.Popen([str(EDGE_COMMAND), *args], cwd=cwd, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    served = Served(port, [])
+    ready = False
+
+    def serving() -> bool:  # ready, or exited (reported below)
+        nonlocal ready
+        try:
+            assert get_json(f"http://127.0.0.1:{port}/_health") == {"status": "ok"}
+            answer = get_json(f"http://127.0.0.1:{port}/_edge/policies?format=json")
+        except OSError:
+            return proc.poll() is not None  # not listening yet
+        served.policies = [p["id"] for p in answer["policies"]]
+        ready = answer["generation"] > 0 or not snapshot
+        return ready
+
     try:
-        expected = {p["id"] for p in json.loads((etc / "policies.json").read_bytes())["policies"]}
-        loaded: set[str] = set()
-
-        def serving() -> bool:  # healthy with the image's policies, or exited (reported below)
-            nonlocal loaded
-            try:
-                assert get_json(f"http://127.0.0.1:{port}/_health") == {"status": "ok"}
-                loaded = {p["id"] for p in get_json(f"http://127.0.0.1:{port}/_edge/policies?format=json")["policies"]}
-            except OSError:
-                pass  # not listening yet
-            return loaded == expected or proc.poll() is not None
-
         wait_for(serving, 30, 0.1)
-        assert loaded == expected, proc.stderr.read().decode() if proc.poll() is not None else "timed out"
+        assert ready, proc.stderr.read().decode() if proc.poll() is not None else "timed out"
+        yield served
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 0
-    assert "configuration from config.json" in stderr.decode()
+        served.stderr = proc.communicate(timeout=20)[1].decode()
+    assert proc.returncode == 0, served.stderr
+
+
+def test_edge_without_arguments_serves_the_config_mounted_at_app(tmp_path: Path) -> None:
+    """`edge` started the way the image starts it: no argument, working directory /app holding a config."""
+    (tmp_path / "policies.json").write_text(json.dumps({"policies": [
+        {"id": "drop-debug", "log": {"match": [{"log_field": "severity_text", "exact": "DEBUG"}], "keep": "none"}}]}))
+    mounted = {**load_json(CONTAINER_CONFIG),
+               "policy_providers": [{"id": "mine", "type": "file", "path": str(tmp_path / "policies.json")}]}
+    app = app_dir(tmp_path, mounted)
+    # Loopback and a free port instead of 0.0.0.0:8080 (the config's other values stay as they are).
+    env = {"TERO_LISTEN_ADDRESS": "127.0.0.1", "TERO_LISTEN_PORT": str(free_port())}
+    with running_edge(app, env) as served:
+        assert served.policies == ["drop-debug"]
+    assert "configuration from config.json" in served.stderr
