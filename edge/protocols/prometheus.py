@@ -7,7 +7,9 @@ size of the scrape. The upstream is asked for `Accept-Encoding: identity`; a gzi
 body it sends anyway is decoded as it streams. The filtered body goes out with the
 upstream's Content-Type, gzip-compressed as it is produced when the scraper accepts gzip
 (Prometheus always does), else unencoded; either way with `Vary: Accept-Encoding`.
-HEAD is sent upstream as HEAD and answered with the headers the GET would have, no body.
+HEAD is answered with the status and headers the GET would have, without a body: the
+upstream is asked with a GET (exporters such as Python's prometheus_client answer HEAD
+with 501) whose body is never read, its connection closed.
 
 Fail-open: with no metric policy, an upstream status other than 200, a body that is not a
 text exposition (protobuf, HTML...) or a Content-Encoding we cannot decode, the response is
@@ -308,13 +310,13 @@ class PrometheusRoute:
             headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
             headers.append((ACCEPT_ENCODING, "identity"))
         target = url(self.base_url, request_target(scope))
-        response = await self.upstream.open(method, target, headers, None, streaming=method != "HEAD")
+        response = await self.upstream.open("GET", target, headers, None, streaming=True)
         how = filterable(response) if filtering else None
         if how is None:
             self._relay(resp, response, method)
             return
         if method == "HEAD":
-            response.release()
+            response.close()  # the body is not wanted: the connection goes rather than reading it
             self._filtered_headers(resp, response, accepts_gzip(scope["headers"]))
             resp.stream = NO_BODY  # a stream, not data: no Content-Length, as the GET has none
             return
@@ -345,11 +347,12 @@ class PrometheusRoute:
         resp.set_header("Vary", ", ".join(vary))
 
     def _relay(self, resp: Any, response: aiohttp.ClientResponse, method: str) -> None:
-        """Untouched: status, headers (with the length) and the body as it streams."""
-        if response.content_length == 0 or method == "HEAD":
+        """Untouched: status, headers (with the length) and the body as it streams (HEAD: no body)."""
+        if method == "HEAD":
+            response.close()
+            resp.stream = NO_BODY  # the GET's headers, its Content-Length included: Falcon adds none
+        elif response.content_length == 0:
             response.release()
-            if method == "HEAD":
-                resp.stream = NO_BODY  # the upstream's headers exactly: Falcon adds no Content-Length
         else:
             resp.stream = UpstreamBody(response, self.upstream)
         relay_headers(resp, response.status, response.raw_headers, keep_length=True)
