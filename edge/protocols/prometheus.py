@@ -326,7 +326,7 @@ class PrometheusRoute:
                                   openmetrics=openmetrics)
         except Exception:  # noqa: BLE001 - fail-open: an exposition we cannot filter goes through as it is
             log.exception("preparing the metric policies for a scrape failed; relaying it unfiltered")
-            self._relay(resp, response)
+            self._relay(resp, response, method)
             return
         gzip = accepts_gzip(scope["headers"])
         resp.stream = FilteredScrape(response, self.upstream, StreamDecoder(codec), scrape, self.metrics,
