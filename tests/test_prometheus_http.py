@@ -15,6 +15,7 @@ import gzip
 import http.client
 import json
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -403,5 +404,9 @@ def test_the_gzip_response_is_compressed_as_it_is_produced_not_held_back() -> No
         return [(len(produced), out) async for out in gzip_stream(body())]
 
     out = asyncio.run(consume())
-    assert out[0][0] < len(pieces)  # the first compressed bytes left before the last piece was produced
+    # each piece is compressed and decodable by the client as soon as it is produced, before the next one
+    assert [produced_so_far for produced_so_far, _ in out] == [1, 2, 3, 4, 4]
+    client = zlib.decompressobj(31)
+    for i, (_, data) in enumerate(out[:-1]):
+        assert client.decompress(data) == pieces[i]
     assert gzip.decompress(b"".join(data for _, data in out)) == b"".join(pieces)

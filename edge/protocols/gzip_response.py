@@ -47,10 +47,12 @@ def accepts_gzip(raw_headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 async def gzip_stream(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """`body` gzip-compressed as it comes; the gzip trailer once it ends (an aborted body gets none)."""
+    """`body` gzip-compressed as it comes; the gzip trailer once it ends (an aborted body gets none).
+
+    Each piece is flushed (Z_SYNC_FLUSH, 5 bytes): what the filter produced so far is on its way
+    to the scraper now, not held in zlib's buffers until the upstream sends more. Pieces are
+    the filtered output of at least 256 KiB read, so the flushes cost nothing measurable."""
     encoder = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
     async for data in body:
-        out = encoder.compress(data)
-        if out:
-            yield out
+        yield encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH)
     yield encoder.flush()
