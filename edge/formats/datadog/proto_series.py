@@ -59,9 +59,12 @@ class Pairs:
         self.owners = list(chain.from_iterable(map(repeat, range(len(lists)), map(len, lists))))
         self.names = names
         self.values = values
+        self.present = frozenset(names)  # a name no entry has costs no pass at all
 
     def first(self, name: str) -> dict[int, str]:
         """Series index -> the value of its first entry called `name` (reversed: dict keeps the last write)."""
+        if name not in self.present:
+            return {}
         hits = list(map(name.__eq__, self.names))
         owners = list(compress(self.owners, hits))
         if not owners:
