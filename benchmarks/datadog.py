@@ -8,7 +8,8 @@ ten carries a JSON-object message with `data.jsonPayload`), policy sets of the r
 sizes (ten typical policies - drops, sampling, a rate limit, a redaction, an add - plus
 generated drop policies that rarely match), and reports records/s on one core through
 `edge.formats.datadog.body.evaluate` (the call the proxy's Datadog route makes). A
-series payload with ten metric policies is measured too.
+series payload with ten metric policies is measured too, as JSON and as the agent's
+protobuf `MetricPayload` (`series-pb`; its floor is parsing and serialising the message).
 
 Records/s are per CPU-second of this process (the per-core figure). Each row is the
 median of `--windows` windows (headline) and the best window. Every window is paired
@@ -40,6 +41,7 @@ from edge.formats.datadog.body import evaluate  # noqa: E402
 from edge.memory import tune_gc  # noqa: E402
 from edge.policy.compiler import compile_policies  # noqa: E402
 from edge.policy.loader import load_document  # noqa: E402
+from edge.proto.datadog.agentpayload.agent_payload_pb2 import MetricPayload  # noqa: E402
 
 SERVICES = ["checkout", "payments", "catalog", "search", "auth"]
 STATUSES = ["info"] * 6 + ["debug"] * 2 + ["warn", "error"]
@@ -140,6 +142,18 @@ def make_series(count: int, seed: int = 11) -> dict:
     return {"series": series}
 
 
+def series_protobuf(doc: dict) -> bytes:
+    """The same series as the agent's protobuf MetricPayload."""
+    message = MetricPayload()
+    for item in doc["series"]:
+        series = message.series.add(metric=item["metric"], type=item["type"], unit=item["unit"], tags=item["tags"],
+                                    source_type_name=item["source_type_name"], interval=10)
+        series.resources.add(**item["resources"][0])
+        for point in item["points"]:
+            series.points.add(value=point["value"], timestamp=point["timestamp"])
+    return message.SerializeToString()
+
+
 def _rate(step: Callable[[], object], records: int, seconds: float) -> float:
     """Records per CPU-second of repeating `step` for `seconds` of wall time.
 
@@ -153,8 +167,10 @@ def _rate(step: Callable[[], object], records: int, seconds: float) -> float:
     return runs * records / (time.process_time() - cpu_start)
 
 
-def floor_step(body: bytes) -> Callable[[], object]:
-    """Decode and re-encode the body with msgspec, no policies: the floor under any evaluation."""
+def floor_step(body: bytes, protobuf: bool = False) -> Callable[[], object]:
+    """Decode and re-encode the body (msgspec, or upb for protobuf), no policies: the floor under any evaluation."""
+    if protobuf:
+        return lambda: MetricPayload.FromString(body).SerializeToString()
     decode, encode = msgspec.json.Decoder().decode, msgspec.json.encode
     return lambda: encode(decode(body))
 
@@ -167,15 +183,15 @@ class Row:
     kept: int
 
 
-def measure(engine: Engine, signal: str, body: bytes, seconds: float, windows: int) -> Row:
+def measure(engine: Engine, signal: str, body: bytes, seconds: float, windows: int, protobuf: bool = False) -> Row:
     """Engine and floor windows, paired: neighbours slow the CPU clock down too (shared caches)."""
-    result = evaluate(engine, signal, body)
+    result = evaluate(engine, signal, body, protobuf)
     total = result.outcome.total
-    floor = floor_step(body)
+    floor = floor_step(body, protobuf)
     rates, floors = [], []
     for _ in range(windows):
         floors.append(_rate(floor, total, seconds / 2))
-        rates.append(_rate(lambda: evaluate(engine, signal, body), total, seconds))
+        rates.append(_rate(lambda: evaluate(engine, signal, body, protobuf), total, seconds))
     return Row(rates, floors, total, result.outcome.kept)
 
 
@@ -208,10 +224,14 @@ def main() -> int:
     for count in (int(c) for c in args.policies.split(",")):
         engine, compile_s = _engine(make_policies(count))
         report("logs", count, measure(engine, "log", logs, args.seconds, args.windows), logs, compile_s)
-    series = orjson.dumps(make_series(args.records))
+    series_doc = make_series(args.records)
+    series = orjson.dumps(series_doc)
     engine, compile_s = _engine({"policies": SERIES_POLICIES})
     report("series", len(SERIES_POLICIES), measure(engine, "metric", series, args.seconds, args.windows), series,
            compile_s)
+    proto = series_protobuf(series_doc)
+    report("series-pb", len(SERIES_POLICIES),
+           measure(engine, "metric", proto, args.seconds, args.windows, protobuf=True), proto, compile_s)
     return 0
 
 

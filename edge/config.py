@@ -284,8 +284,10 @@ class ServiceConfig:
 
 @dataclass(frozen=True)
 class PrometheusConfig:
-    """Bounds on a Prometheus scrape, so memory stays bounded whatever the upstream serves."""
+    """Where scrapes go, and bounds on one, so memory stays bounded whatever the upstream serves."""
 
+    scrape_url: str = setting("", "scrapes are fetched from this URL + the same path and query", check=_optional_url,
+                              default_text="`metrics_url`")
     max_input_bytes_per_scrape: int = setting(10_485_760, "scrape bytes read from upstream; 0 = unlimited",
                                               check=_zero_or_more)
     max_output_bytes_per_scrape: int = setting(10_485_760, "scrape bytes answered; 0 = unlimited",
@@ -415,8 +417,8 @@ class Config:
         "wins over file for the same policy id",
         read=_providers, default_text="none")
     prometheus: PrometheusConfig = section(
-        PrometheusConfig, "0 = unlimited; the scrape ends at a line boundary, logged and counted in "
-        "`edge_prometheus_scrapes_truncated_total`")
+        PrometheusConfig, "the scrape target (empty: `metrics_url`); byte limits: 0 = unlimited, the scrape ends "
+        "at a line boundary, logged as truncated and counted in `edge_prometheus_scrapes_truncated_total`")
     s3_dump: S3DumpConfig = section(
         S3DumpConfig, "`targets: [{name, bucket, endpoint, region, prefix}]`; see "
         "[s3-dump](#the-s3-dump-extension)", read=_s3_dump)

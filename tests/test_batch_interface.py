@@ -16,6 +16,7 @@ import pytest
 
 from edge.engine.batch import Batch, LogBatch, Matchable, TraceBatch
 from edge.formats.datadog.batch import DatadogLogs, DatadogSeries
+from edge.formats.datadog.proto_series import DatadogProtoSeries, parse_payload
 from edge.formats.lines.batch import LineBatch
 from edge.formats.otlp.json_batch import JsonLogs, JsonMetrics, JsonTraces
 from edge.formats.otlp.proto_batch import REQUESTS, ProtoLogs, ProtoMetrics, ProtoTraces
@@ -31,6 +32,7 @@ VIEWS: dict[str, tuple[Callable[[], Any], type]] = {
     "ProtoTraces": (lambda: ProtoTraces(REQUESTS["trace"]()), TraceBatch),
     "DatadogLogs": (lambda: DatadogLogs([]), LogBatch),
     "DatadogSeries": (lambda: DatadogSeries({"series": []}), Batch),
+    "DatadogProtoSeries": (lambda: DatadogProtoSeries(parse_payload(b"")), Batch),
     "LineBatch": (lambda: LineBatch([], [], "raw"), LogBatch),
     "ContextBatch": (lambda: ContextBatch([]), Matchable),
     "SampleBatch": (lambda: SampleBatch([], {}), Matchable),

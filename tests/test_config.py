@@ -33,6 +33,15 @@ def test_env_overrides_file_and_cli_overrides_env() -> None:
     assert c.prometheus.max_input_bytes_per_scrape == 0
 
 
+def test_prometheus_scrape_url_is_its_own_key_overridable_from_the_environment() -> None:
+    """Empty by default (scrapes go to `metrics_url`); TERO_PROMETHEUS_SCRAPE_URL sets it; checked like a URL."""
+    assert cfg.build({}, env={}).prometheus.scrape_url == ""
+    env = {"TERO_PROMETHEUS_SCRAPE_URL": "http://exporter:9100/"}
+    assert cfg.build({"prometheus": {"scrape_url": "http://x:1"}}, env=env).prometheus.scrape_url == "http://exporter:9100"
+    with pytest.raises(cfg.ConfigError, match="prometheus.scrape_url"):
+        cfg.build({"prometheus": {"scrape_url": "ftp://nope"}}, env={})
+
+
 @pytest.mark.parametrize(("level", "expected"), [("WARN", "warning"), ("err", "error"), ("Info", "info")])
 def test_log_level_spellings(level: str, expected: str) -> None:
     assert cfg.build({"log_level": level}, env={}).log_level == expected

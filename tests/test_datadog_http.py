@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 import zstandard
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge.proto.datadog.agentpayload.agent_payload_pb2 import MetricPayload
 from tests.proxy_fixtures import EdgeStack, RecordingUpstream, Reply, distribution, request
 from tests.waiting import wait_for
 
@@ -31,6 +33,9 @@ POLICIES: list[dict[str, Any]] = [
              "transform": {"redact": [{"log_field": "body", "regex": "secret-\\w+", "replacement": "<redacted>"}]}}},
     {"id": "drop-internal", "name": "Drop internal metrics",
      "metric": {"match": [{"metric_field": "name", "starts_with": "internal."}], "keep": False}},
+    {"id": "drop-dev-gauges", "name": "Drop gauges of dev hosts",
+     "metric": {"match": [{"datapoint_attribute": "env", "exact": "dev"}, {"metric_type": "METRIC_TYPE_GAUGE"}],
+                "keep": False}},
 ]
 MAX_BODY = 100_000
 NOT_DATADOG_LINE = "not a Datadog log payload"
@@ -199,11 +204,90 @@ def test_series_are_filtered_and_sent_to_metrics_url(edge: EdgeStack, upstream: 
 @pytest.mark.parametrize(("body", "headers"), [
     (b'[{"metric": "internal.a"}]', JSON_CT),
     (b'{"series": "internal.a"}', JSON_CT),
-    (b"\x0a\x0binternal.a", {"Content-Type": "application/x-protobuf"}),  # the agent's protobuf series
+    (b"\x0a\x0binternal.a", {"Content-Type": "application/x-protobuf"}),  # a protobuf series cut short
+    (b"\x0a\x03\x12\x01", {"Content-Type": "application/x-protobuf"}),  # a series whose name is cut short
+    (b"\xff\xff\xff\xff", {"Content-Type": "application/x-protobuf"}),  # no protobuf at all
 ])
-def test_malformed_or_protobuf_series_are_forwarded_unchanged(edge: EdgeStack, upstream: RecordingUpstream,
+def test_malformed_series_are_forwarded_unchanged(edge: EdgeStack, upstream: RecordingUpstream,
                                                               body: bytes, headers: dict[str, str]) -> None:
     assert post(edge, "/api/v2/series", body, headers).status == 200
+    assert upstream.received()[0].body == body
+
+
+# ── protobuf series (the agent's MetricPayload) ──
+
+PROTOBUF_CT = {"Content-Type": "application/x-protobuf"}
+# MetricSeries.metadata (field 9: Metadata{origin: Origin{origin_product: 10}}), which edge does not declare
+METADATA = b"\x4a\x04\x0a\x02\x20\x0a"
+
+
+def proto_series(metric: str, kind: int, tags: list[str], metadata: bytes = b"") -> MetricPayload.MetricSeries:
+    """A series as the agent writes it; `metadata`: raw fields the generated class does not know."""
+    series = MetricPayload.MetricSeries(
+        metric=metric, type=kind, tags=tags, unit="request", source_type_name="System", interval=10,
+        resources=[MetricPayload.Resource(type="host", name="web-1")],
+        points=[MetricPayload.MetricPoint(value=3.5, timestamp=1_700_000_000),
+                MetricPayload.MetricPoint(value=4.0, timestamp=1_700_000_010)])
+    series.MergeFromString(metadata)
+    return series
+
+
+def payload(*series: MetricPayload.MetricSeries) -> bytes:
+    return MetricPayload(series=series).SerializeToString()
+
+
+KEPT_COUNT = proto_series("app.requests", MetricPayload.COUNT, ["env:dev", "service:web"], METADATA)
+KEPT_GAUGE = proto_series("app.queue", MetricPayload.GAUGE, ["env:prod"])
+DEV_GAUGE = proto_series("app.queue", MetricPayload.GAUGE, ["service:web", "env:dev"], METADATA)
+INTERNAL = proto_series("internal.gc", MetricPayload.RATE, ["env:prod"])
+
+
+@pytest.mark.parametrize(("encoding", "compress", "decompress"), [
+    ("deflate", zlib.compress, zlib.decompress),  # the agent's default
+    ("gzip", gzip.compress, gzip.decompress),
+    ("zstd", _zstd, _unzstd),
+])
+def test_protobuf_series_are_filtered_by_name_tags_and_type_and_reencoded(
+        edge: EdgeStack, upstream: RecordingUpstream, encoding: str, compress: Any, decompress: Any) -> None:
+    headers = {**PROTOBUF_CT, "Content-Encoding": encoding, "DD-API-KEY": "k"}
+    body = compress(payload(INTERNAL, KEPT_COUNT, DEV_GAUGE, KEPT_GAUGE))
+    reply = request(edge.port, "POST", "/api/v2/series?x=1", body, headers)
+    assert reply.status == 200 and reply.header("x-upstream") == "recorder"
+    [got] = upstream.received()
+    assert (got.path, got.query, got.header("content-encoding")) == ("/metrics-intake/api/v2/series", "x=1", encoding)
+    assert got.header("content-type") == "application/x-protobuf" and got.header("dd-api-key") == "k"
+    forwarded = decompress(got.body)
+    assert forwarded == payload(KEPT_COUNT, KEPT_GAUGE)  # points, interval, metadata: all as they came
+    assert METADATA in forwarded
+    assert [s.metric for s in MetricPayload.FromString(forwarded).series] == ["app.requests", "app.queue"]
+
+
+def test_protobuf_series_nothing_dropped_are_forwarded_byte_for_byte(edge: EdgeStack,
+                                                                     upstream: RecordingUpstream) -> None:
+    body = zlib.compress(payload(KEPT_COUNT, KEPT_GAUGE))
+    headers = {**PROTOBUF_CT, "Content-Encoding": "deflate"}
+    assert request(edge.port, "POST", "/api/v2/series", body, headers).status == 200
+    assert upstream.received()[0].body == body
+
+
+def test_protobuf_series_all_dropped_are_answered_here(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    reply = request(edge.port, "POST", "/api/v2/series", payload(INTERNAL, DEV_GAUGE), PROTOBUF_CT)
+    assert (reply.status, reply.body, reply.header("content-type")) == (200, b"", "application/x-protobuf")
+    assert upstream.received() == []
+
+
+def test_protobuf_series_are_counted_like_json_ones(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    before = (metric_value(edge, "edge_records_evaluated_total", signal="metric"),
+              metric_value(edge, "edge_records_dropped_total", signal="metric"))
+    request(edge.port, "POST", "/api/v2/series", payload(INTERNAL, KEPT_COUNT, DEV_GAUGE), PROTOBUF_CT)
+    after = (metric_value(edge, "edge_records_evaluated_total", signal="metric"),
+             metric_value(edge, "edge_records_dropped_total", signal="metric"))
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 2)
+
+
+def test_protobuf_logs_are_not_datadog_logs_and_pass_unfiltered(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    body = payload(INTERNAL)
+    assert request(edge.port, "POST", "/api/v2/logs", body, PROTOBUF_CT).status == 200
     assert upstream.received()[0].body == body
 
 

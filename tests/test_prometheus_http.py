@@ -10,11 +10,13 @@ byte limits with their counter, and records and match statistics in the proxy's 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import http.client
 import json
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.channels.stats_spool import StatsSpool
+from edge.protocols.gzip_response import gzip_stream
 from edge.protocols.prometheus import DECODE_STEP, CorruptStream, StreamDecoder
 from tests.proxy_fixtures import EdgeStack, RecordingUpstream, distribution, request
 from tests.test_prometheus import EXPOSITION, drop, sample_lines
@@ -68,12 +71,13 @@ def test_the_scrape_is_filtered_with_path_query_and_headers(edge: EdgeStack, ups
                     headers={"Authorization": "Bearer t0k", "Accept-Encoding": "gzip", "Connection": "keep-alive",
                              "Accept": "text/plain;version=0.0.4"})
     assert reply.status == 200
-    assert sample_lines(reply.body) == EXPECTED
-    assert b"process_temp" not in reply.body and b"# TYPE http_latency_seconds histogram" in reply.body
-    assert [f.name for f in text_string_to_metric_families(reply.body.decode())] == [
+    assert reply.header("content-encoding") == "gzip" and reply.header("content-length") is None
+    body = gzip.decompress(reply.body)
+    assert sample_lines(body) == EXPECTED
+    assert b"process_temp" not in body and b"# TYPE http_latency_seconds histogram" in body
+    assert [f.name for f in text_string_to_metric_families(body.decode())] == [
         "http_requests", "rpc_duration_seconds", "http_latency_seconds", "untyped_thing"]
     assert reply.header("content-type") == TEXT and reply.header("x-upstream") == "recorder"
-    assert reply.header("content-encoding") is None and reply.header("content-length") is None
     [got] = upstream.received()
     assert (got.method, got.path, got.query) == ("GET", "/scrape/metrics/federate", "match[]=up&x=%2F")
     assert got.header("authorization") == "Bearer t0k" and got.header("accept") == "text/plain;version=0.0.4"
@@ -86,6 +90,88 @@ def test_metrics_route_and_prefix_only(edge: EdgeStack, upstream: RecordingUpstr
     assert request(edge.port, "POST", "/metrics", b"x").body == EXPOSITION
     assert [(r.method, r.path) for r in upstream.received()] == [
         ("GET", "/scrape/metrics"), ("GET", "/metricsfoo"), ("POST", "/metrics")]
+
+
+def scrape_like_prometheus(port: int, path: str = "/metrics") -> tuple[http.client.HTTPResponse, bytes]:
+    """A scrape as Prometheus sends it (it always asks for gzip), read off the wire: (response, raw body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1",
+                                           "Accept-Encoding": "gzip", "X-Prometheus-Scrape-Timeout-Seconds": "10"})
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+def test_a_scraper_that_accepts_gzip_gets_the_filtered_scrape_gzipped(edge: EdgeStack,
+                                                                     upstream: RecordingUpstream) -> None:
+    upstream.reset(headers={"Content-Type": TEXT, "Vary": "Origin"}, body=EXPOSITION * 50, chunked=True)
+    response, raw = scrape_like_prometheus(edge.port)
+    assert response.status == 200
+    assert response.getheader("Content-Encoding") == "gzip" and response.getheader("Vary") == "Origin, Accept-Encoding"
+    assert response.getheader("Content-Length") is None and response.getheader("Transfer-Encoding") == "chunked"
+    assert raw[:2] == b"\x1f\x8b" and len(raw) < len(EXPOSITION * 50) // 5
+    text = gzip.decompress(raw)
+    assert sample_lines(text) == EXPECTED * 50
+    assert {f.name for f in text_string_to_metric_families(text.decode())} == {
+        "http_requests", "rpc_duration_seconds", "http_latency_seconds", "untyped_thing"}
+    assert upstream.received()[0].header("accept-encoding") == "identity"
+
+
+@pytest.mark.parametrize("accept", [None, "identity", "gzip;q=0", "br", "*;q=0"])
+def test_a_scraper_that_does_not_accept_gzip_gets_identity(edge: EdgeStack, accept: str | None) -> None:
+    reply = request(edge.port, "GET", "/metrics", headers={"Accept-Encoding": accept} if accept else {})
+    assert reply.header("content-encoding") is None and reply.header("vary") == "Accept-Encoding"
+    assert sample_lines(reply.body) == EXPECTED
+
+
+@pytest.mark.parametrize("accept", ["gzip", "deflate, gzip;q=0.5", "x-gzip", "*", "GZIP"])
+def test_every_spelling_of_accepting_gzip_gets_gzip(edge: EdgeStack, accept: str) -> None:
+    reply = request(edge.port, "GET", "/metrics", headers={"Accept-Encoding": accept})
+    assert reply.header("content-encoding") == "gzip"
+    assert sample_lines(gzip.decompress(reply.body)) == EXPECTED
+
+
+def test_head_answers_the_headers_of_the_get_without_a_body(edge: EdgeStack, upstream: RecordingUpstream) -> None:
+    headers = {"Accept-Encoding": "gzip"}
+    get = request(edge.port, "GET", "/metrics/job?x=1", headers=headers)
+    head = request(edge.port, "HEAD", "/metrics/job?x=1", headers=headers)
+    assert (head.status, head.body) == (200, b"")
+    same = ("content-type", "content-encoding", "vary", "x-upstream", "content-length")
+    assert [head.header(name) for name in same] == [get.header(name) for name in same]
+    assert head.header("content-encoding") == "gzip" and head.header("content-length") is None
+    # HEAD goes upstream as a GET (exporters such as prometheus_client answer HEAD with 501), its body unread
+    assert [(r.method, r.path, r.query) for r in upstream.received()] == [("GET", "/scrape/metrics/job", "x=1")] * 2
+    upstream.reset(headers={"Content-Type": TEXT}, body=EXPOSITION * 5000, chunked=True)  # ~8 MB never read
+    assert request(edge.port, "HEAD", "/metrics").body == b""
+    upstream.reset(headers={"Content-Type": TEXT}, body=EXPOSITION)
+    assert sample_lines(request(edge.port, "GET", "/metrics").body) == EXPECTED  # the worker goes on serving
+
+
+def test_head_without_metric_policies_relays_the_upstreams_headers(edge: EdgeStack,
+                                                                   upstream: RecordingUpstream) -> None:
+    edge.publish([p for p in POLICIES if "metric" not in p])
+    try:
+        head = request(edge.port, "HEAD", "/metrics")
+        assert (head.status, head.body, head.header("content-length")) == (200, b"", str(len(EXPOSITION)))
+        assert head.header("x-upstream") == "recorder" and upstream.received()[0].method == "GET"
+    finally:
+        edge.publish(POLICIES)
+
+
+def test_scrapes_go_to_their_own_target_when_scrape_url_is_set(upstream: RecordingUpstream) -> None:
+    stack = EdgeStack(upstream.url + "/passthrough", POLICIES, workers=1, metrics_url=upstream.url + "/otlp",
+                      prometheus={"scrape_url": upstream.url + "/exporter"})
+    try:
+        stack.start()
+        assert sample_lines(request(stack.port, "GET", "/metrics/a?b=c").body) == EXPECTED
+        otlp = b'{"resourceMetrics":[]}'
+        request(stack.port, "POST", "/v1/metrics", otlp, {"Content-Type": "application/json"})
+        assert [(r.method, r.path, r.query) for r in upstream.received()] == [
+            ("GET", "/exporter/metrics/a", "b=c"), ("POST", "/otlp/v1/metrics", "")]
+    finally:
+        stack.close()
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "zstd"])
@@ -219,6 +305,34 @@ def test_byte_limits_end_the_scrape_at_a_line_boundary_and_are_counted() -> None
         upstream.stop()
 
 
+def test_a_limit_inside_a_long_line_is_logged_as_truncated_and_counted() -> None:
+    """The input limit falls inside a 1 MB line already partly forwarded: the response is aborted,
+    and the scrape is still reported as truncated (log line and counter), like at a line boundary."""
+    upstream = RecordingUpstream().start()
+    lines = EXPOSITION * (100_000 // len(EXPOSITION))  # the proxy reads the upstream in pieces of 256 KiB or more
+    body = lines + b'long{v="' + b"x" * 1_000_000 + b'"} 1\n' + EXPOSITION
+    upstream.reset(headers={"Content-Type": TEXT}, body=body, chunked=True)
+    stack = EdgeStack(upstream.url, POLICIES, workers=1,
+                      prometheus={"max_input_bytes_per_scrape": len(lines) + 800_000})
+    try:
+        stack.start()
+        conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            with pytest.raises(http.client.IncompleteRead):
+                response.read()
+        finally:
+            conn.close()
+        assert wait_for(lambda: "aborting the scrape" in stack.log(), 10, 0.05)
+        assert (f"scrape of {upstream.url}/metrics truncated: prometheus.max_input_bytes_per_scrape reached"
+                in stack.log())
+        assert metric_value(stack.port, "edge_prometheus_scrapes_truncated_total", limit="input") == 1
+    finally:
+        stack.close()
+        upstream.stop()
+
+
 def test_edge_prometheus_serves_the_scrape_proxy_and_passes_otlp_through(tmp_path: Path,
                                                                           upstream: RecordingUpstream) -> None:
     with distribution("edge-prometheus", tmp_path, upstream.url, POLICIES) as port:
@@ -274,3 +388,25 @@ def test_cut_or_corrupt_bodies_are_refused(codec: str) -> None:
         decode_all(codec, body[:-30], 1000)
     with pytest.raises(CorruptStream):
         decode_all(codec, body[:100] + b"\xff" * 200 + body[300:], 1000)
+
+
+def test_the_gzip_response_is_compressed_as_it_is_produced_not_held_back() -> None:
+    """Output comes out while the input is still being produced: memory is bounded by zlib, not the scrape."""
+    pieces = [EXPOSITION * 2000 for _ in range(4)]  # ~1 MB each, mostly incompressible repetition aside
+    produced: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            produced.append(len(piece))
+            yield piece
+
+    async def consume() -> list[tuple[int, bytes]]:
+        return [(len(produced), out) async for out in gzip_stream(body())]
+
+    out = asyncio.run(consume())
+    # each piece is compressed and decodable by the client as soon as it is produced, before the next one
+    assert [produced_so_far for produced_so_far, _ in out] == [1, 2, 3, 4, 4]
+    client = zlib.decompressobj(31)
+    for i, (_, data) in enumerate(out[:-1]):
+        assert client.decompress(data) == pieces[i]
+    assert gzip.decompress(b"".join(data for _, data in out)) == b"".join(pieces)

@@ -25,7 +25,8 @@ REGENERATE_HINT = (
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     fresh = gen.generate(tmp_path)
     committed = gen.expected_outputs(gen.PROTO_ROOT)
-    assert [p.name for p in fresh] == ["policy_pb2.py", "policy_pb2.pyi"]
+    assert [p.name for p in fresh] == ["policy_pb2.py", "policy_pb2.pyi",
+                                       "agent_payload_pb2.py", "agent_payload_pb2.pyi"]
     for fresh_path, committed_path in zip(fresh, committed, strict=True):
         assert committed_path.is_file(), f"{committed_path} is missing; {REGENERATE_HINT}"
         assert fresh_path.read_bytes() == committed_path.read_bytes(), (

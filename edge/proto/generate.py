@@ -1,12 +1,14 @@
-"""Regenerate the Python bindings of the ``tero.policy.v1`` protobuf schema.
+"""Regenerate the Python bindings of edge's protobuf schemas.
 
 Usage::
 
     python -m edge.proto.generate [--out DIR]
 
-By default the generated ``policy_pb2.py`` and ``policy_pb2.pyi`` are written in place, next to
-``edge/proto/tero/policy/v1/policy.proto``. The proto path is ``edge/proto``, so the schema is
-registered in the descriptor pool as ``tero/policy/v1/policy.proto``.
+The schemas are ``tero.policy.v1`` (``tero/policy/v1/policy.proto``) and the part of the
+Datadog agent's metrics payload edge reads (``datadog/agentpayload/agent_payload.proto``).
+By default the generated ``*_pb2.py`` and ``*_pb2.pyi`` are written in place, next to each
+``.proto``. The proto path is ``edge/proto``, so each schema is registered in the descriptor
+pool under its path relative to it.
 
 The ``opentelemetry-proto`` wheel ships only compiled ``_pb2.py`` modules, not the ``.proto``
 sources, so the imported ``opentelemetry/proto/common/v1/common.proto`` is fed to protoc as a
@@ -28,14 +30,17 @@ PROTO_ROOT: Path = Path(__file__).resolve().parent
 """The protoc ``--proto_path``: the directory containing ``tero/``."""
 
 SCHEMA: str = "tero/policy/v1/policy.proto"
-"""Path of the schema relative to :data:`PROTO_ROOT` (also its registered descriptor name)."""
+"""Path of the policy schema relative to :data:`PROTO_ROOT` (also its registered descriptor name)."""
+
+SCHEMAS: tuple[str, ...] = (SCHEMA, "datadog/agentpayload/agent_payload.proto")
+"""Every schema compiled, relative to :data:`PROTO_ROOT`."""
 
 OUTPUT_SUFFIXES: tuple[str, ...] = ("_pb2.py", "_pb2.pyi")
 """Files generated per schema: the message module and its type stub."""
 
 
 class GenerationError(RuntimeError):
-    """Raised when protoc fails to compile the schema."""
+    """Raised when protoc fails to compile a schema."""
 
 
 def _collect_file_descriptors(root: FileDescriptor) -> list[descriptor_pb2.FileDescriptorProto]:
@@ -72,14 +77,14 @@ def build_dependency_descriptor_set() -> bytes:
 
 def expected_outputs(out_dir: Path) -> list[Path]:
     """Return the paths :func:`generate` writes below ``out_dir``."""
-    stem = SCHEMA.removesuffix(".proto")
-    return [out_dir / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    return [out_dir / f"{schema.removesuffix('.proto')}{suffix}" for schema in SCHEMAS for suffix in OUTPUT_SUFFIXES]
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Compile the schema into ``out_dir`` and return the generated file paths.
+    """Compile every schema into ``out_dir`` and return the generated file paths.
 
-    ``out_dir`` is created if needed; files land at ``out_dir/tero/policy/v1/policy_pb2.py(i)``.
+    ``out_dir`` is created if needed; files land next to each schema's path below it
+    (``out_dir/tero/policy/v1/policy_pb2.py(i)``...).
 
     Raises:
         GenerationError: if protoc reports an error or does not produce the expected files.
@@ -97,11 +102,11 @@ def generate(out_dir: Path) -> list[Path]:
             f"--descriptor_set_in={descriptor_set_path}",
             f"--python_out={out_dir}",
             f"--pyi_out={out_dir}",
-            str(PROTO_ROOT / SCHEMA),
+            *(str(PROTO_ROOT / schema) for schema in SCHEMAS),
         ]
         status = protoc.main(args)
     if status != 0:
-        raise GenerationError(f"protoc failed with exit status {status} while compiling {SCHEMA}")
+        raise GenerationError(f"protoc failed with exit status {status} while compiling {', '.join(SCHEMAS)}")
     outputs = expected_outputs(out_dir)
     missing = [str(path) for path in outputs if not path.is_file()]
     if missing:
@@ -113,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m edge.proto.generate",
-        description="Regenerate policy_pb2.py/.pyi from edge/proto/tero/policy/v1/policy.proto.",
+        description="Regenerate the *_pb2.py/.pyi of every schema below edge/proto.",
     )
     parser.add_argument(
         "--out",

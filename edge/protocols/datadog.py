@@ -4,10 +4,11 @@ The request handling is the OTLP route's (413 over `max_body_size`, 502/504 from
 upstream, headers such as DD-API-KEY forwarded and never logged, records counted in the
 proxy metrics). A logs batch whose every record is dropped goes upstream as `[]` (docs/configuration.md),
 so the agent gets the intake's own answer; an all-dropped series payload is answered 200
-`{}` here like OTLP. Only
-the codec differs: Datadog JSON through `edge.formats.datadog.body`. Fail-open: an
-unknown Content-Encoding, a protobuf body, a payload that is not JSON of the expected
-shape or an internal error forwards the original bytes untouched.
+here like OTLP (`{}`, or an empty body for protobuf). Only the codec differs: Datadog JSON,
+and the agent's protobuf series (`MetricPayload`, its default since 7.x), through
+`edge.formats.datadog.body`. Fail-open: an unknown Content-Encoding, a protobuf logs body,
+a payload that does not parse as the expected shape or an internal error forwards the
+original bytes untouched.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ class DatadogRoute(OtlpRoute):
             self.all_dropped = b"[]"  # docs/configuration.md "Routes": an all-dropped logs batch goes upstream as []
 
     def filters(self, head: RequestHead) -> bool:
-        return not is_protobuf(head.content_type)  # the agent's protobuf series: forwarded unfiltered
+        return self.signal == METRIC or not is_protobuf(head.content_type)  # logs are JSON only
 
     def evaluate(self, engine: Engine, decoded: bytes, head: RequestHead) -> Evaluated:
-        return evaluate(engine, self.signal, decoded)
+        return evaluate(engine, self.signal, decoded, is_protobuf(head.content_type))
 
 
 def datadog_routes(runtime: Runtime, upstream: Upstream, metrics: Metrics) -> dict[str, dict[str, DatadogRoute]]:

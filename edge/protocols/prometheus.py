@@ -1,10 +1,15 @@
-"""GET /metrics and /metrics/*: the Prometheus scrape proxy.
+"""GET and HEAD /metrics and /metrics/*: the Prometheus scrape proxy.
 
-The exposition is fetched from `metrics_url` + the same path and query with the client's
-headers (hop-by-hop ones dropped) and streamed back through `edge.formats.prometheus.exposition`:
-chunk by chunk, so memory stays bounded whatever the size of the scrape. The upstream is
-asked for `Accept-Encoding: identity`; a gzip or zstd body it sends anyway is decoded as it
-streams, and the filtered body goes out unencoded with the upstream's Content-Type.
+The exposition is fetched from `prometheus.scrape_url` (default `metrics_url`) + the same
+path and query with the client's headers (hop-by-hop ones dropped) and streamed back through
+`edge.formats.prometheus.exposition`: chunk by chunk, so memory stays bounded whatever the
+size of the scrape. The upstream is asked for `Accept-Encoding: identity`; a gzip or zstd
+body it sends anyway is decoded as it streams. The filtered body goes out with the
+upstream's Content-Type, gzip-compressed as it is produced when the scraper accepts gzip
+(Prometheus always does), else unencoded; either way with `Vary: Accept-Encoding`.
+HEAD is answered with the status and headers the GET would have, without a body: the
+upstream is asked with a GET (exporters such as Python's prometheus_client answer HEAD
+with 501) whose body is never read, its connection closed.
 
 Fail-open: with no metric policy, an upstream status other than 200, a body that is not a
 text exposition (protobuf, HTML...) or a Content-Encoding we cannot decode, the response is
@@ -38,6 +43,7 @@ import zstandard
 from edge.formats.prometheus.exposition import LineCut, ScrapeFilter
 from edge.policy.model import METRIC
 from edge.protocols.content_encoding import GZIP, ZSTD, codec_of
+from edge.protocols.gzip_response import accepts_gzip, gzip_stream
 from edge.protocols.passthrough import UpstreamBody
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.upstream import Upstream, UpstreamError, relay_headers, request_head, request_target, url
@@ -53,7 +59,8 @@ MAX_SCRAPE_SECONDS = 300.0  # a filtered scrape's deadline when the scraper stat
 SCRAPE_TIMEOUT_HEADER = b"x-prometheus-scrape-timeout-seconds"
 DEADLINE_MARGIN = 0.1  # of the scraper's timeout (at most 1 s) kept for the answer to reach it
 _TEXT_TYPES = ("text/plain", "application/openmetrics-text")
-_SKIP_RESPONSE_HEADERS = frozenset({b"content-encoding"})
+_SKIP_RESPONSE_HEADERS = frozenset({b"content-encoding", b"vary"})  # edge's own encoding and Vary replace them
+ACCEPT_ENCODING = "Accept-Encoding"
 
 
 class CorruptStream(Exception):
@@ -145,6 +152,19 @@ def _zstd_decompressor() -> Any:
     return zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
 
 
+class NoBody:
+    """The body of a HEAD answer: set as `resp.stream`, so Falcon adds no Content-Length the GET would not have."""
+
+    def __aiter__(self) -> NoBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+NO_BODY = NoBody()
+
+
 def filterable(response: aiohttp.ClientResponse) -> tuple[str, bool] | None:
     """(codec, is OpenMetrics) when the response is a text exposition we can decode; else None."""
     if response.status != 200:
@@ -162,7 +182,7 @@ class FilteredScrape:
     """The filtered exposition as Falcon's `resp.stream`; `close()` releases the upstream connection."""
 
     def __init__(self, response: aiohttp.ClientResponse, upstream: Upstream, decoder: StreamDecoder,
-                 scrape: ScrapeFilter, metrics: Metrics, source: str, deadline: float) -> None:
+                 scrape: ScrapeFilter, metrics: Metrics, source: str, deadline: float, gzip: bool) -> None:
         self.response = response
         self.upstream = upstream
         self.decoder = decoder
@@ -173,13 +193,15 @@ class FilteredScrape:
         self._reported = False
         self._read_to_end = False
         self._expired = False
-        self._body = self._filtered()
+        self._lines = self._filtered()
+        self._body = gzip_stream(self._lines) if gzip else self._lines
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._body
 
     async def close(self) -> None:
         await self._body.aclose()
+        await self._lines.aclose()
         if self._read_to_end:
             self.response.release()  # the connection can serve the next scrape
         else:
@@ -201,6 +223,7 @@ class FilteredScrape:
             if out:
                 yield out
         except (CorruptStream, LineCut, UpstreamError) as exc:
+            self._account()  # a limit that fell inside a long line still truncated the scrape: logged and counted
             log.warning("aborting the scrape of %s: %s", self.source, exc)
             raise ScrapeAborted(str(exc)) from None
 
@@ -278,18 +301,24 @@ class PrometheusRoute:
 
     async def __call__(self, req: Any, resp: Any) -> None:
         scope = req.scope
+        method = scope["method"]
         deadline = asyncio.get_running_loop().time() + scrape_seconds(scope["headers"])
         engine = self.runtime.engine()
         filtering = engine is not None and engine.snapshot.targets(METRIC)
         headers = request_head(scope["headers"]).pairs()
         if filtering:
             headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
-            headers.append(("Accept-Encoding", "identity"))
+            headers.append((ACCEPT_ENCODING, "identity"))
         target = url(self.base_url, request_target(scope))
         response = await self.upstream.open("GET", target, headers, None, streaming=True)
         how = filterable(response) if filtering else None
         if how is None:
-            self._relay(resp, response)
+            self._relay(resp, response, method)
+            return
+        if method == "HEAD":
+            response.close()  # the body is not wanted: the connection goes rather than reading it
+            self._filtered_headers(resp, response, accepts_gzip(scope["headers"]))
+            resp.stream = NO_BODY  # a stream, not data: no Content-Length, as the GET has none
             return
         codec, openmetrics = how
         try:
@@ -297,17 +326,32 @@ class PrometheusRoute:
                                   openmetrics=openmetrics)
         except Exception:  # noqa: BLE001 - fail-open: an exposition we cannot filter goes through as it is
             log.exception("preparing the metric policies for a scrape failed; relaying it unfiltered")
-            self._relay(resp, response)
+            self._relay(resp, response, method)
             return
+        gzip = accepts_gzip(scope["headers"])
         resp.stream = FilteredScrape(response, self.upstream, StreamDecoder(codec), scrape, self.metrics,
-                                     str(target.with_query(None)), deadline)
+                                     str(target.with_query(None)), deadline, gzip)
+        self._filtered_headers(resp, response, gzip)
+
+    @staticmethod
+    def _filtered_headers(resp: Any, response: aiohttp.ClientResponse, gzip: bool) -> None:
+        """The upstream's status and headers but its length and encoding; ours, and the Vary that goes with them."""
         relay_headers(resp, response.status,
                       [(n, v) for n, v in response.raw_headers if n.lower() not in _SKIP_RESPONSE_HEADERS],
                       keep_length=False)
+        if gzip:
+            resp.set_header("Content-Encoding", GZIP)
+        vary = [v.strip() for value in response.headers.getall("Vary", ()) for v in value.split(",") if v.strip()]
+        if not any(v.lower() == ACCEPT_ENCODING.lower() for v in vary):
+            vary.append(ACCEPT_ENCODING)
+        resp.set_header("Vary", ", ".join(vary))
 
-    def _relay(self, resp: Any, response: aiohttp.ClientResponse) -> None:
-        """Untouched: status, headers (with the length) and the body as it streams."""
-        if response.content_length == 0:
+    def _relay(self, resp: Any, response: aiohttp.ClientResponse, method: str) -> None:
+        """Untouched: status, headers (with the length) and the body as it streams (HEAD: no body)."""
+        if method == "HEAD":
+            response.close()
+            resp.stream = NO_BODY  # the GET's headers, its Content-Length included: Falcon adds none
+        elif response.content_length == 0:
             response.release()
         else:
             resp.stream = UpstreamBody(response, self.upstream)
@@ -317,5 +361,7 @@ class PrometheusRoute:
 def prometheus_routes(runtime: Runtime, upstream: Upstream, metrics: Metrics
                       ) -> tuple[dict[str, dict[str, PrometheusRoute]], dict[str, dict[str, PrometheusRoute]]]:
     """(exact routes, prefix routes) of the scrape proxy, for the router."""
-    route = PrometheusRoute(runtime.config.metrics_url, runtime, upstream, metrics)
-    return {"/metrics": {"GET": route}}, {"/metrics/": {"GET": route}}
+    config = runtime.config
+    route = PrometheusRoute(config.prometheus.scrape_url or config.metrics_url, runtime, upstream, metrics)
+    methods = {"GET": route, "HEAD": route}
+    return {"/metrics": methods}, {"/metrics/": methods}

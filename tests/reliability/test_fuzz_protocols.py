@@ -24,6 +24,7 @@ from edge.formats.errors import UndecodableBody
 from edge.formats.prometheus.exposition import ScrapeFilter
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
+from edge.proto.datadog.agentpayload.agent_payload_pb2 import MetricPayload
 from edge.tail.filtering import LineFilter
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,10 +107,37 @@ def test_datadog_series_fail_open(engine: Engine, series: list[Any], extra: dict
 
 
 @FUZZ
-@given(body=st.binary(max_size=200), signal=st.sampled_from(["log", "metric"]))
-def test_datadog_arbitrary_bytes(engine: Engine, body: bytes, signal: str) -> None:
+@given(body=st.binary(max_size=200), signal=st.sampled_from(["log", "metric"]), protobuf=st.booleans())
+def test_datadog_arbitrary_bytes(engine: Engine, body: bytes, signal: str, protobuf: bool) -> None:
     with contextlib.suppress(UndecodableBody):
-        evaluate_datadog(engine, signal, body)
+        evaluate_datadog(engine, signal, body, protobuf)
+
+
+dd_proto_series = st.builds(
+    lambda metric, tags, kind, unknown: (metric, tags, kind, unknown),
+    st.sampled_from(["drop_a", "keep_b", "drop", "x.drop_", ""]) | words, st.lists(words, max_size=3),
+    st.integers(-2, 9), st.sampled_from([b"", b"\x4a\x04\x0a\x02\x20\x0a", b"\xa2\x06\x01z"]))
+
+
+@FUZZ
+@given(series=st.lists(dd_proto_series, max_size=6), tail=st.binary(max_size=8))
+def test_datadog_protobuf_series_fail_open(engine: Engine, series: list[Any], tail: bytes) -> None:
+    """Kept series leave as the same bytes in the same order; a dropped one is a `drop_` name; junk is undecodable."""
+    items = []
+    for metric, tags, kind, unknown in series:
+        item = MetricPayload.MetricSeries(metric=metric, tags=tags, type=kind)
+        item.MergeFromString(unknown)
+        items.append(item.SerializeToString())
+    body = MetricPayload(series=[MetricPayload.MetricSeries.FromString(i) for i in items]).SerializeToString() + tail
+    try:
+        result = evaluate_datadog(engine, "metric", body, protobuf=True)
+    except UndecodableBody:
+        return
+    out = [s.SerializeToString() for s in MetricPayload.FromString(result.body).series]
+    whole = [s.SerializeToString() for s in MetricPayload.FromString(body).series]
+    assert is_subsequence(out, whole)
+    dropped = [s for s in MetricPayload.FromString(body).series if s.SerializeToString() not in out]
+    assert all(s.metric.startswith("drop_") for s in dropped)
 
 
 # ── Prometheus scrape filter ──

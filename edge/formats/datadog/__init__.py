@@ -1,1 +1,1 @@
-"""Datadog logs (JSON array) and v2 series (JSON): batch views and the body codec."""
+"""Datadog logs (JSON array) and v2 series (JSON or the agent's protobuf): batch views and the body codec."""

@@ -406,7 +406,7 @@ GAUGE, SUM = 1, 2  # MetricType numbers
 DELTA = 1  # AggregationTemporality number
 # Datadog v2 series `type` (0 unspecified, 1 count, 2 rate, 3 gauge) -> (metric type, aggregation temporality)
 SERIES_TYPES = {1: (SUM, DELTA), 2: (SUM, DELTA), 3: (GAUGE, 0)}
-_UNTYPED = (0, 0)  # matches no metric_type or aggregation_temporality condition
+UNTYPED = (0, 0)  # matches no metric_type or aggregation_temporality condition
 _METRIC_FIELDS = {METRIC_NAME: "metric", METRIC_UNIT: "unit"}
 _ATTRIBUTE_HEADS = frozenset({"datapoint_attribute", "resource_attribute"})
 
@@ -447,7 +447,7 @@ class DatadogSeries(DatadogBatch):
 
     def _types(self, position: int) -> list[Any]:
         """metric_type (position 0) or aggregation_temporality (1) per series; 0 when unknown."""
-        return [SERIES_TYPES.get(t, _UNTYPED)[position] if (t := s.get("type")).__class__ is int else 0
+        return [SERIES_TYPES.get(t, UNTYPED)[position] if (t := s.get("type")).__class__ is int else 0
                 for s in self.records]
 
     def _attribute(self, path: tuple[str, ...]) -> list[Any]:

@@ -7,6 +7,10 @@ touched are written back as those spans, so they leave byte for byte as they cam
 only changed records are re-encoded. When nothing was dropped or changed the original
 body is returned untouched. Both decodes use the same parser, so they always agree on
 what the records are.
+
+Protobuf series (the agent's `MetricPayload`) are parsed once into the upb-backed message,
+cut down in place and serialised again: fields edge does not declare travel as protobuf
+unknown fields, so they leave as they came.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import msgspec
 
 from edge.engine.engine import Engine, Outcome
 from edge.formats.datadog.batch import DatadogLogs, DatadogSeries, encode_json
+from edge.formats.datadog.proto_series import DatadogProtoSeries, parse_payload
 from edge.formats.errors import BatchShapeError, UndecodableBody
 from edge.formats.evaluated import Evaluated
 from edge.policy.model import LOG, METRIC
@@ -54,16 +59,24 @@ def _series_output(body: bytes, batch: DatadogSeries) -> bytes:
 VIEWS = {LOG: (DatadogLogs, _logs_output), METRIC: (DatadogSeries, _series_output)}
 
 
-def evaluate(engine: Engine, signal: str, body: bytes) -> Evaluated:
-    """Evaluate one Datadog logs (`log`) or series (`metric`) body.
+def _proto_series_output(body: bytes, batch: DatadogProtoSeries) -> bytes:
+    return batch.message.SerializeToString()
 
-    Raises UndecodableBody when it is not JSON of the expected shape; the caller forwards
-    it raw. An internal error while evaluating is fail-open: it is logged and the original
-    bytes go on unchanged, never a dropped or half-transformed batch.
+
+def evaluate(engine: Engine, signal: str, body: bytes, protobuf: bool = False) -> Evaluated:
+    """Evaluate one Datadog logs (`log`) or series (`metric`) body; `protobuf`: a MetricPayload series body.
+
+    Raises UndecodableBody when it is not a payload of the expected shape; the caller
+    forwards it raw. An internal error while evaluating is fail-open: it is logged and the
+    original bytes go on unchanged, never a dropped or half-transformed batch.
     """
-    view, output = VIEWS[signal]
     try:
-        batch = view(_decode(body))
+        if protobuf and signal == METRIC:
+            batch: Any = DatadogProtoSeries(parse_payload(body))
+            output: Any = _proto_series_output
+        else:
+            view, output = VIEWS[signal]
+            batch = view(_decode(body))
     except (msgspec.DecodeError, BatchShapeError) as exc:
         raise UndecodableBody(f"not a Datadog {signal} payload: {exc}") from None
     try:
