@@ -10,13 +10,13 @@ with the last statistics, removes every shared-memory segment and exits 0.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import faulthandler
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +32,11 @@ from edge.config import Config, ConfigError, load
 from edge.control.builder import build_control_plane
 from edge.engine.extensions import S3_DUMP
 from edge.lifecycle import child_preexec
+from supervisor.cli import parse
+from supervisor.listener import ListenError, bind_listener
+from supervisor.ready import health_host, ready_message, wait_healthy
 from supervisor.tail_child import TailWorkerProcess
+from supervisor.validate import validate
 
 log = logging.getLogger("edge.supervisor")
 
@@ -40,6 +44,21 @@ DEFAULT_CONFIG = "config.json"
 EMBEDDED_CONFIG = Path(__file__).resolve().parent.parent / "edge" / "examples" / "config.json"
 DISTRIBUTION_ENV = "EDGE_DISTRIBUTION"
 DRAIN_SECONDS = 10
+PROVIDERS_READY_S = 5.0  # the ready line waits this long at most for the providers' first load
+
+
+def gunicorn_argv(c: Config, listen_fd: int) -> list[str]:
+    """gunicorn serving the workers on the inherited socket, logging JSON through edge's formatter."""
+    return [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop",
+            "--workers", str(c.workers), "--bind", f"fd://{listen_fd}",
+            "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
+            "--keep-alive", "75", "--log-level", GUNICORN_LEVELS[c.log_level],
+            "--logger-class", "workers.gunicorn_logging.JsonLogger",
+            "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
+
+
+# gunicorn's info lines (every worker boot) are noise at edge's info level; trace and debug show them.
+GUNICORN_LEVELS = {"trace": "debug", "debug": "debug", "info": "warning", "warn": "warning", "err": "error"}
 
 
 def _config_path(argument: str | None) -> Path:
@@ -78,18 +97,27 @@ class Supervisor:
         Path(self.paths.prometheus_dir).mkdir()
         self.paths.write(self.run_dir)
 
-    def _start_gunicorn(self) -> None:
-        c = self.config
-        argv = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop",
-                "--workers", str(c.workers), "--bind", f"{c.listen_address}:{c.listen_port}",
-                "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
-                "--keep-alive", "75", "--log-level", "warning" if c.log_level == "info" else c.log_level,
-                "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
+    def _start_gunicorn(self, listener: socket.socket) -> None:
+        """gunicorn on the supervisor's bound socket; the supervisor's copy is closed once gunicorn has it."""
         env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": self.paths.prometheus_dir,
                DISTRIBUTION_ENV: self.distribution}
-        self.gunicorn = subprocess.Popen(argv, env=env, preexec_fn=child_preexec())
-        log.info("edge %s (%s) listening on %s:%d with %d workers, upstream %s", __version__, self.distribution,
-                 c.listen_address, c.listen_port, c.workers, c.upstream_url)
+        try:
+            self.gunicorn = subprocess.Popen(gunicorn_argv(self.config, listener.fileno()), env=env,
+                                             pass_fds=(listener.fileno(),), preexec_fn=child_preexec())
+        finally:
+            listener.close()
+
+    def _announce_ready(self) -> bool:
+        """Log the ready line once `/_health` answers; False when gunicorn never got there."""
+        c = self.config
+        assert self.gunicorn is not None
+        if not wait_healthy(health_host(c.listen_address), c.listen_port, self.gunicorn, self.stopping):
+            return self.stopping.is_set()
+        self.control.providers.wait_ready(PROVIDERS_READY_S)
+        snapshot = self.control.manager.snapshot
+        log.info("%s", ready_message(c, self.distribution, __version__,
+                                     None if snapshot is None else len(snapshot.policies)))
+        return True
 
     def _start_tail_worker(self) -> None:
         """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
@@ -98,11 +126,14 @@ class Supervisor:
         self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
         self.tail_worker.start()
 
-    def run(self) -> int:
+    def run(self, listener: socket.socket) -> int:
         self._write_runtime()
-        self._start_gunicorn()
+        self._start_gunicorn(listener)
         self._start_tail_worker()
         self.control.start()
+        if not self._announce_ready():
+            log.error("gunicorn exited with status %s before answering; shutting down", self.gunicorn.poll())
+            return 1
         while not self.stopping.wait(1.0):
             self.control.tick()
             if self.tail_worker is not None:
@@ -139,32 +170,54 @@ class Supervisor:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def run(distribution: str, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"edge{'' if distribution == 'edge' else '-' + distribution}",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", help=f"config file (default {DEFAULT_CONFIG}, else the embedded one)")
-    parser.add_argument("--version", action="version", version=__version__)
-    args = parser.parse_args(argv)
-    faulthandler.enable()
-    path = _config_path(args.config)
+def _load_config(path: Path) -> Config | None:
+    """The validated config, or None after one plain error line on stderr (logging is not set up yet)."""
     try:
-        config = load(path)
+        return load(path)
     except ConfigError as exc:
         print(f"edge: {logs.redact(str(exc))}", file=sys.stderr)  # may quote a URL with credentials
-        return 2
-    logs.configure(config.log_level)
+        return None
+
+
+def _log_start(config: Config, path: Path) -> None:
+    """What the config leaves worth saying before the ready line."""
     for warning in config.warnings:
         log.warning("%s", warning)
     log.info("configuration from %s", path)
+    if not config.policy_providers:
+        log.info("no policy providers configured: everything passes unfiltered")
+
+
+def _serve(config: Config, distribution: str, listener: socket.socket) -> int:
     supervisor = Supervisor(config, distribution)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     try:
-        status = supervisor.run()
+        status = supervisor.run(listener)
     finally:
+        listener.close()
         supervisor.shutdown()
     log.info("stopped")
     return status
+
+
+def run(distribution: str, argv: list[str] | None = None) -> int:
+    args = parse(distribution, sys.argv[1:] if argv is None else argv)
+    faulthandler.enable()
+    path = _config_path(args.config)
+    if args.dry_run:
+        return validate(path)
+    config = _load_config(path)
+    if config is None:
+        return 2
+    logs.configure(config.log_level)
+    try:
+        listener = bind_listener(config.listen_address, config.listen_port)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 2
+    _log_start(config, path)
+    return _serve(config, distribution, listener)
 
 
 def main() -> int:

@@ -33,8 +33,10 @@ def test_env_overrides_file_and_cli_overrides_env() -> None:
     assert c.prometheus.max_input_bytes_per_scrape == 0
 
 
-@pytest.mark.parametrize(("level", "expected"), [("WARN", "warning"), ("err", "error"), ("Info", "info")])
+@pytest.mark.parametrize(("level", "expected"), [("WARN", "warn"), ("warning", "warn"), ("err", "err"),
+                                               ("error", "err"), ("Info", "info"), ("TRACE", "trace")])
 def test_log_level_spellings(level: str, expected: str) -> None:
+    """Stored as documented (trace, debug, info, warn, err), whichever accepted spelling the file uses."""
     assert cfg.build({"log_level": level}, env={}).log_level == expected
 
 
