@@ -95,6 +95,7 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level_name(level) or "info"])
+    logging.captureWarnings(True)  # a library's warnings.warn becomes a JSON line too, not raw stderr text
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
 

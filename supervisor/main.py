@@ -44,7 +44,7 @@ DEFAULT_CONFIG = "config.json"
 EMBEDDED_CONFIG = Path(__file__).resolve().parent.parent / "edge" / "examples" / "config.json"
 DISTRIBUTION_ENV = "EDGE_DISTRIBUTION"
 DRAIN_SECONDS = 10
-PROVIDERS_READY_S = 5.0  # the ready line waits this long at most for the providers' first load
+PROVIDERS_READY_S = 10.0  # the ready line waits this long at most for the providers' first load (one sync)
 
 
 def gunicorn_argv(c: Config, listen_fd: int) -> list[str]:

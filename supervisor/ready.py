@@ -72,5 +72,6 @@ def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:
 def ready_message(config: Config, distribution: str, version: str, policies: int | None) -> str:
     """The ready line: address, workers, distribution, upstreams per signal, policies in force."""
     return (f"edge {version} ready on {display_address(config.listen_address, config.listen_port)}: "
-            f"{config.workers} workers, distribution {distribution}; upstreams: {_upstreams(config)}; "
+            f"{config.workers} worker{'' if config.workers == 1 else 's'}, distribution {distribution}; "
+            f"upstreams: {_upstreams(config)}; "
             f"policies: {_policies(policies, config.policy_providers)}")

@@ -325,7 +325,7 @@ def dd_edge(upstream: FaultUpstream, tmp_path_factory: pytest.TempPathFactory) -
 
 def error_lines(edge: EdgeProcess) -> list[str]:
     return [line for line in edge.log_path.read_text(errors="replace").splitlines()
-            if '"level":"error"' in line or "Traceback" in line]
+            if '"level":"err"' in line or "Traceback" in line]
 
 
 def test_deep_message_through_the_proxy(dd_edge: EdgeProcess, upstream: FaultUpstream) -> None:
