@@ -1,9 +1,10 @@
 """`edge [CONFIG.json]`: the supervisor process.
 
-It validates the config (one error line, exit 2), lays out the run directory and the
-shared-memory segments, starts gunicorn with the Falcon workers at once (they pass
-traffic through raw until the first snapshot), and runs the policy providers, whose
-merged policy sets it compiles and publishes. On SIGTERM/SIGINT it stops accepting,
+It validates the config (one error line, exit 2), binds the listening socket (one error
+line, exit 2), lays out the run directory and the shared-memory segments, starts gunicorn
+with the Falcon workers on that socket at once (they pass traffic through raw until the
+first snapshot), runs the policy providers, whose merged policy sets it compiles and
+publishes, and logs the ready line once `/_health` answers. On SIGTERM/SIGINT it stops accepting,
 lets gunicorn drain in-flight requests (at most 10 s), performs a final policy sync
 with the last statistics, removes every shared-memory segment and exits 0.
 """

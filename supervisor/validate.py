@@ -60,7 +60,7 @@ def _http_provider(provider: ProviderConfig, config: Config) -> Check:
     label = f"provider {provider.id} (http {logs.redact(provider.url)})"
     client = SyncClient(provider.url, headers=dict(provider.headers), timeout=SYNC_CHECK_TIMEOUT_S,
                         service={k: str(v) for k, v in dataclasses.asdict(config.service).items()},
-                        max_response_bytes=provider.max_response_bytes)
+                        max_response_bytes=provider.max_response_bytes, workspace_id=config.workspace_id)
     try:
         result = client.sync([])
     except SyncError as exc:

@@ -20,8 +20,9 @@ import pytest
 
 from edge import __version__
 from edge.logs import LEVELS
+from edge.policy.sync import SyncClient
 from tests.proxy_fixtures import RecordingUpstream, free_port, request
-from tests.reliability.harness import EDGE_SCRIPT, SUITE_POLICIES
+from tests.reliability.harness import EDGE_SCRIPT, SUITE_POLICIES, PolicyServer
 from tests.waiting import wait_for
 
 LOGS_BODY = orjson.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [
@@ -204,3 +205,37 @@ def test_warnings_carry_the_documented_level_name(tmp_path: Path, started: list[
     assert edge.stop() == 0
     warnings = [e for e in edge.lines() if e["msg"] == "config key no_such_key: unknown, ignored"]
     assert [e["level"] for e in warnings] == ["warn"]
+
+
+# ── 7: workspace_id reaches the policy server ──
+
+
+def resource_attributes(body: bytes) -> dict[str, str]:
+    attributes = orjson.loads(body)["clientMetadata"]["resourceAttributes"]
+    return {a["key"]: a["value"]["stringValue"] for a in attributes}
+
+
+@pytest.mark.parametrize(("config", "env"), [({"workspace_id": "ws-from-file"}, {}),
+                                             ({"workspace_id": "ws-from-file"}, {"TERO_WORKSPACE_ID": "ws-from-env"})])
+def test_workspace_id_is_sent_with_every_sync_request(tmp_path: Path, started: list[Edge], config: dict[str, Any],
+                                                      env: dict[str, str]) -> None:
+    server = PolicyServer(free_port(), SUITE_POLICIES[:1]).start()
+    try:
+        edge = Edge(tmp_path, {"upstream_url": "http://127.0.0.1:9", **config,
+                               "policy_providers": [{"id": "server", "type": "http", "url": server.url}]}, env)
+        started.append(edge)
+        assert edge.wait_ready().endswith("; policies: 1 in force from server (http)")
+        assert wait_for(lambda: server.requests >= 2)  # the first sync and a later one
+    finally:
+        server.stop()
+    expected = env.get("TERO_WORKSPACE_ID", config["workspace_id"])
+    assert {resource_attributes(body).get("workspace.id") for _, _, body in server.seen} == {expected}
+
+
+def test_no_workspace_id_sends_no_attribute(tmp_path: Path) -> None:
+    server = PolicyServer(free_port(), []).start()
+    try:
+        SyncClient(server.url, service={"name": "n"}).sync([])
+    finally:
+        server.stop()
+    assert resource_attributes(server.seen[0][2]) == {"service.name": "n", "service.version": __version__}
