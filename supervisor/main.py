@@ -35,7 +35,7 @@ from edge.engine.extensions import S3_DUMP
 from edge.lifecycle import child_preexec
 from supervisor.cli import parse
 from supervisor.listener import ListenError, bind_listener
-from supervisor.ready import health_host, ready_message, wait_healthy
+from supervisor.ready import HEALTH_TIMEOUT_S, health_host, ready_message, wait_healthy
 from supervisor.tail_child import TailWorkerProcess
 from supervisor.validate import validate
 
@@ -70,7 +70,7 @@ def _config_path(argument: str | None) -> Path:
 
 
 class Supervisor:
-    def __init__(self, config: Config, distribution: str) -> None:
+    def __init__(self, config: Config, distribution: str, stopping: threading.Event | None = None) -> None:
         self.config = config
         self.distribution = distribution
         stale = remove_stale_segments()
@@ -88,7 +88,7 @@ class Supervisor:
                                            extensions=[S3_DUMP] if config.s3_dump.enabled else [])
         self.gunicorn: subprocess.Popen | None = None
         self.tail_worker: TailWorkerProcess | None = None
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self._shut_down = False
 
     def _write_runtime(self) -> None:
@@ -108,17 +108,19 @@ class Supervisor:
         finally:
             listener.close()
 
-    def _announce_ready(self) -> bool:
-        """Log the ready line once `/_health` answers; False when gunicorn never got there."""
+    def _announce_ready(self) -> None:
+        """Log the ready line once `/_health` answers (nothing when gunicorn exits or a stop comes first)."""
         c = self.config
         assert self.gunicorn is not None
         if not wait_healthy(health_host(c.listen_address), c.listen_port, self.gunicorn, self.stopping):
-            return self.stopping.is_set()
+            if self.gunicorn.poll() is None and not self.stopping.is_set():
+                log.warning("the workers did not answer /_health within %.0f s; edge keeps running, not ready yet",
+                            HEALTH_TIMEOUT_S)
+            return
         self.control.providers.wait_ready(PROVIDERS_READY_S)
         snapshot = self.control.manager.snapshot
         log.info("%s", ready_message(c, self.distribution, __version__,
                                      None if snapshot is None else len(snapshot.policies)))
-        return True
 
     def _start_tail_worker(self) -> None:
         """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
@@ -132,9 +134,7 @@ class Supervisor:
         self._start_gunicorn(listener)
         self._start_tail_worker()
         self.control.start()
-        if not self._announce_ready():
-            log.error("gunicorn exited with status %s before answering; shutting down", self.gunicorn.poll())
-            return 1
+        self._announce_ready()
         while not self.stopping.wait(1.0):
             self.control.tick()
             if self.tail_worker is not None:
@@ -143,10 +143,6 @@ class Supervisor:
                 log.error("gunicorn exited with status %s; shutting down", self.gunicorn.returncode)
                 return 1
         return 0
-
-    def request_stop(self, signum: int, _frame: object) -> None:
-        log.info("received %s: draining", signal.Signals(signum).name)
-        self.stopping.set()
 
     def shutdown(self) -> None:
         """Drain workers, final sync, release every shared resource (idempotent)."""
@@ -189,10 +185,25 @@ def _log_start(config: Config, path: Path) -> None:
         log.info("no policy providers configured: everything passes unfiltered")
 
 
-def _serve(config: Config, distribution: str, listener: socket.socket) -> int:
-    supervisor = Supervisor(config, distribution)
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT set the returned event. Installed before anything is created, so a stop that
+    arrives during start-up still goes through shutdown instead of leaving shared memory behind."""
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stopping
+
+
+def _serve(config: Config, distribution: str, listener: socket.socket, stopping: threading.Event) -> int:
+    if stopping.is_set():  # stopped while starting: nothing was created yet
+        listener.close()
+        return 0
+    supervisor = Supervisor(config, distribution, stopping)
     try:
         status = supervisor.run(listener)
     finally:
@@ -212,13 +223,14 @@ def run(distribution: str, argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     logs.configure(config.log_level)
+    stopping = _stop_on_signals()
     try:
         listener = bind_listener(config.listen_address, config.listen_port)
     except ListenError as exc:
         log.error("%s", exc)
         return 2
     _log_start(config, path)
-    return _serve(config, distribution, listener)
+    return _serve(config, distribution, listener, stopping)
 
 
 def main() -> int:

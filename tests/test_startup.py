@@ -246,3 +246,12 @@ def test_no_workspace_id_sends_no_attribute(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert resource_attributes(server.seen[0][2]) == {"service.name": "n", "service.version": __version__}
+
+
+def test_sigterm_during_start_up_exits_0_and_leaves_no_shared_memory(tmp_path: Path, started: list[Edge]) -> None:
+    """The stop handlers are installed before anything is created: a stop at the first line goes through shutdown."""
+    edge = Edge(tmp_path, {"upstream_url": "http://127.0.0.1:9"})
+    started.append(edge)
+    assert wait_for(lambda: edge.text().strip(), 60, 0.01), "edge logged nothing"
+    assert edge.stop() == 0, edge.text()
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"edge-{edge.proc.pid}-")]
