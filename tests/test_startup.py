@@ -7,7 +7,9 @@ operator reads are asserted word for word.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,6 +21,8 @@ import orjson
 import pytest
 
 from edge import __version__
+from edge.config import ProviderConfig
+from edge.control.http_provider import HttpProvider
 from edge.policy.sync import SyncClient
 from tests.proxy_fixtures import RecordingUpstream, free_port, request
 from tests.reliability.harness import EDGE_SCRIPT, SUITE_POLICIES, PolicyServer
@@ -179,6 +183,24 @@ def test_missing_policy_file_at_start_says_nothing_is_filtered(tmp_path: Path, s
     assert wait_for(lambda: f"policy provider later: cannot read {missing}: No such file or directory; keeping the "
                             "last good policies" in edge.messages())
     assert edge.stop() == 0
+
+
+def test_policy_server_down_says_what_is_in_force(caplog: pytest.LogCaptureFixture) -> None:
+    """Before a first answer nothing of the server's is in force; after one, its policies are kept."""
+    server = PolicyServer(free_port(), SUITE_POLICIES[:2])
+    provider = HttpProvider(ProviderConfig("s", "http", url=server.url), lambda _id, _policies: None,
+                            rng=random.Random(0))
+    with caplog.at_level(logging.WARNING, "edge.providers"):
+        assert not provider.sync_once()
+        server.start()
+        try:
+            assert provider.sync_once()
+        finally:
+            server.stop()
+        assert not provider.sync_once()
+    refused = "policy provider s: sync failed: policy server unreachable: [Errno 111] Connection refused; "
+    assert [r.getMessage().split(", retry in ")[0] for r in caplog.records] == [
+        refused + "nothing is filtered until it answers", refused + "keeping the last good policies"]
 
 
 # ── 5 and 7: every line JSON at every level, level names as documented ──
