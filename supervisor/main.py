@@ -229,6 +229,7 @@ def run(distribution: str, argv: list[str] | None = None) -> int:
     except ListenError as exc:
         log.error("%s", exc)
         return 2
+    config = dataclasses.replace(config, listen_port=listener.getsockname()[1])  # port 0: the one the OS chose
     _log_start(config, path)
     return _serve(config, distribution, listener, stopping)
 

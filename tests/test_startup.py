@@ -162,6 +162,15 @@ def test_ready_line_names_address_workers_upstreams_and_policies(tmp_path: Path,
     assert edge.stop() == 0
 
 
+def test_port_0_names_the_port_the_system_chose(tmp_path: Path, started: list[Edge]) -> None:
+    edge = Edge(tmp_path, {"listen_port": 0, "upstream_url": "http://127.0.0.1:9"})
+    started.append(edge)
+    line = edge.wait_ready()
+    port = int(line.split(" ready on 127.0.0.1:")[1].split(":")[0])
+    assert port > 0 and request(port, "GET", "/_health").status == 200
+    assert edge.stop() == 0
+
+
 # ── 4: what a provider says when it has nothing in force ──
 
 
