@@ -40,7 +40,7 @@ def _routes(distribution: str) -> list[str]:
 
 def _description(distribution: str) -> str:
     served = "every protocol's routes" if distribution == "edge" else f"the {distribution} routes only"
-    return (f"The edge telemetry policy proxy with {served}: it applies policies to logs, metrics and "
+    return (f"The edge telemetry policy proxy with {served}:\nit applies policies to logs, metrics and "
             "traces on their way to your backends.")
 
 
