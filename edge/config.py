@@ -31,10 +31,9 @@ import msgspec
 import orjson
 
 from edge import __version__, cpu_quota
+from edge.logs import level_name
 from edge.tail.settings import SettingsError, from_mapping, unknown_keys
 
-LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning", "err": "error",
-              "error": "error"}
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _METADATA = "edge.config"
@@ -135,10 +134,11 @@ def _timeout(key: str, value: float) -> float:
 
 
 def _log_level(key: str, value: str) -> str:
-    level = value.strip().lower()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"config key {key}: expected debug, info, warn or err, got {value!r}")
-    return LOG_LEVELS[level]
+    """The documented spelling (`warning` -> `warn`, `error` -> `err`), so logs and docs agree."""
+    level = level_name(value)
+    if level is None:
+        raise ConfigError(f"config key {key}: expected trace, debug, info, warn or err, got {value!r}")
+    return level
 
 
 def _url(key: str, value: str) -> str:
@@ -392,7 +392,7 @@ class Config:
                             derive=itemgetter("upstream_url"), default_text="`upstream_url`")
     metrics_url: str = setting("", "OTLP metrics, Datadog series, Prometheus scrapes", check=_optional_url,
                                derive=itemgetter("upstream_url"), default_text="`upstream_url`")
-    log_level: str = setting("info", "debug, info, warn, err; JSON lines on stderr", check=_log_level)
+    log_level: str = setting("info", "trace, debug, info, warn, err; JSON lines on stderr", check=_log_level)
     max_body_size: int = setting(1_048_576, "raw request bytes; more is 413", check=_positive)
     max_decoded_bytes: int = setting(0, "after decompression; more is forwarded unfiltered", check=_zero_or_more,
                                      derive=itemgetter("max_body_size"), default_text="`max_body_size`")
@@ -408,6 +408,8 @@ class Config:
         30.0, "seconds from a request's headers to the end of its body; later: 408 and the connection closed",
         check=_timeout)
     tls_insecure_skip_verify: bool = setting(False, "upstream TLS is verified unless set")
+    workspace_id: str = setting("", "the Tero workspace this proxy belongs to; sent with every policy sync request "
+                                "as the `workspace.id` resource attribute", default_text="none")
     service: ServiceConfig = section(ServiceConfig, "reported to policy servers")
     policy_providers: tuple[ProviderConfig, ...] = section(
         tuple, "`{id, type: file, path}` (reloaded within 2 s of a change; a broken file keeps the last good "

@@ -42,11 +42,38 @@ def redact(text: str) -> str:
     return text
 
 
+# The documented level names (docs/configuration.md, `log_level`) and the Python levels they stand for.
+# `trace` is below debug: it turns on everything, the libraries' own debug lines included.
+TRACE = 5
+LEVELS: dict[str, int] = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+                          "err": logging.ERROR}
+# Older and Python spellings accepted as input, mapped to the documented name.
+LEVEL_ALIASES: dict[str, str] = {"warning": "warn", "error": "err", "critical": "err", "fatal": "err"}
+logging.addLevelName(TRACE, "TRACE")
+
+
+def level_name(name: str) -> str | None:
+    """The documented name for a level spelled any accepted way (any case); None when unknown."""
+    name = name.strip().lower()
+    name = LEVEL_ALIASES.get(name, name)
+    return name if name in LEVELS else None
+
+
+def record_level(levelno: int) -> str:
+    """The documented name a line at `levelno` carries in its `level` field (critical is `err`)."""
+    for name in ("err", "warn", "info", "debug"):
+        if levelno >= LEVELS[name]:
+            return name
+    return "trace"
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, its `level` spelled as the config's `log_level` is documented."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
+            "level": record_level(record.levelno),
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
@@ -62,11 +89,13 @@ QUIET_LIBRARIES = ("watchdog",)
 
 
 def configure(level: str) -> None:
+    """JSON lines on stderr at `level` (any accepted spelling; unknown means info)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(LEVELS[level_name(level) or "info"])
+    logging.captureWarnings(True)  # a library's warnings.warn becomes a JSON line too, not raw stderr text
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -1,22 +1,23 @@
 """`edge [CONFIG.json]`: the supervisor process.
 
-It validates the config (one error line, exit 2), lays out the run directory and the
-shared-memory segments, starts gunicorn with the Falcon workers at once (they pass
-traffic through raw until the first snapshot), and runs the policy providers, whose
-merged policy sets it compiles and publishes. On SIGTERM/SIGINT it stops accepting,
+It validates the config (one error line, exit 2), binds the listening socket (one error
+line, exit 2), lays out the run directory and the shared-memory segments, starts gunicorn
+with the Falcon workers on that socket at once (they pass traffic through raw until the
+first snapshot), runs the policy providers, whose merged policy sets it compiles and
+publishes, and logs the ready line once `/_health` answers. On SIGTERM/SIGINT it stops accepting,
 lets gunicorn drain in-flight requests (at most 10 s), performs a final policy sync
 with the last statistics, removes every shared-memory segment and exits 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import faulthandler
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,11 @@ from edge.config import Config, ConfigError, load
 from edge.control.builder import build_control_plane
 from edge.engine.extensions import S3_DUMP
 from edge.lifecycle import child_preexec
+from supervisor.cli import parse
+from supervisor.listener import ListenError, bind_listener
+from supervisor.ready import HEALTH_TIMEOUT_S, health_host, ready_message, wait_healthy
 from supervisor.tail_child import TailWorkerProcess
+from supervisor.validate import validate
 
 log = logging.getLogger("edge.supervisor")
 
@@ -44,6 +49,21 @@ CONFIG_SEARCH = (Path(DEFAULT_CONFIG), Path("/app/config.json"), Path("/etc/edge
 EMBEDDED_CONFIG = Path(__file__).resolve().parent.parent / "edge" / "examples" / "config.json"
 DISTRIBUTION_ENV = "EDGE_DISTRIBUTION"
 DRAIN_SECONDS = 10
+PROVIDERS_READY_S = 10.0  # the ready line waits this long at most for the providers' first load (one sync)
+
+
+def gunicorn_argv(c: Config, listen_fd: int) -> list[str]:
+    """gunicorn serving the workers on the inherited socket, logging JSON through edge's formatter."""
+    return [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop",
+            "--workers", str(c.workers), "--bind", f"fd://{listen_fd}",
+            "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
+            "--keep-alive", "75", "--log-level", GUNICORN_LEVELS[c.log_level],
+            "--logger-class", "workers.gunicorn_logging.JsonLogger",
+            "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
+
+
+# gunicorn's info lines (every worker boot) are noise at edge's info level; trace and debug show them.
+GUNICORN_LEVELS = {"trace": "debug", "debug": "debug", "info": "warning", "warn": "warning", "err": "error"}
 
 
 def _config_path(argument: str | None, search: tuple[Path, ...] = CONFIG_SEARCH) -> Path:
@@ -58,7 +78,7 @@ def _config_path(argument: str | None, search: tuple[Path, ...] = CONFIG_SEARCH)
 
 
 class Supervisor:
-    def __init__(self, config: Config, distribution: str) -> None:
+    def __init__(self, config: Config, distribution: str, stopping: threading.Event | None = None) -> None:
         self.config = config
         self.distribution = distribution
         stale = remove_stale_segments()
@@ -76,7 +96,7 @@ class Supervisor:
                                            extensions=[S3_DUMP] if config.s3_dump.enabled else [])
         self.gunicorn: subprocess.Popen | None = None
         self.tail_worker: TailWorkerProcess | None = None
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self._shut_down = False
 
     def _write_runtime(self) -> None:
@@ -86,18 +106,29 @@ class Supervisor:
         Path(self.paths.prometheus_dir).mkdir()
         self.paths.write(self.run_dir)
 
-    def _start_gunicorn(self) -> None:
-        c = self.config
-        argv = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop",
-                "--workers", str(c.workers), "--bind", f"{c.listen_address}:{c.listen_port}",
-                "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
-                "--keep-alive", "75", "--log-level", "warning" if c.log_level == "info" else c.log_level,
-                "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
+    def _start_gunicorn(self, listener: socket.socket) -> None:
+        """gunicorn on the supervisor's bound socket; the supervisor's copy is closed once gunicorn has it."""
         env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": self.paths.prometheus_dir,
                DISTRIBUTION_ENV: self.distribution}
-        self.gunicorn = subprocess.Popen(argv, env=env, preexec_fn=child_preexec())
-        log.info("edge %s (%s) listening on %s:%d with %d workers, upstream %s", __version__, self.distribution,
-                 c.listen_address, c.listen_port, c.workers, c.upstream_url)
+        try:
+            self.gunicorn = subprocess.Popen(gunicorn_argv(self.config, listener.fileno()), env=env,
+                                             pass_fds=(listener.fileno(),), preexec_fn=child_preexec())
+        finally:
+            listener.close()
+
+    def _announce_ready(self) -> None:
+        """Log the ready line once `/_health` answers (nothing when gunicorn exits or a stop comes first)."""
+        c = self.config
+        assert self.gunicorn is not None
+        if not wait_healthy(health_host(c.listen_address), c.listen_port, self.gunicorn, self.stopping):
+            if self.gunicorn.poll() is None and not self.stopping.is_set():
+                log.warning("the workers did not answer /_health within %.0f s; edge keeps running, not ready yet",
+                            HEALTH_TIMEOUT_S)
+            return
+        self.control.providers.wait_ready(PROVIDERS_READY_S)
+        snapshot = self.control.manager.snapshot
+        log.info("%s", ready_message(c, self.distribution, __version__,
+                                     None if snapshot is None else len(snapshot.policies)))
 
     def _start_tail_worker(self) -> None:
         """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
@@ -106,11 +137,12 @@ class Supervisor:
         self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
         self.tail_worker.start()
 
-    def run(self) -> int:
+    def run(self, listener: socket.socket) -> int:
         self._write_runtime()
-        self._start_gunicorn()
+        self._start_gunicorn(listener)
         self._start_tail_worker()
         self.control.start()
+        self._announce_ready()
         while not self.stopping.wait(1.0):
             self.control.tick()
             if self.tail_worker is not None:
@@ -119,10 +151,6 @@ class Supervisor:
                 log.error("gunicorn exited with status %s; shutting down", self.gunicorn.returncode)
                 return 1
         return 0
-
-    def request_stop(self, signum: int, _frame: object) -> None:
-        log.info("received %s: draining", signal.Signals(signum).name)
-        self.stopping.set()
 
     def shutdown(self) -> None:
         """Drain workers, final sync, release every shared resource (idempotent)."""
@@ -147,32 +175,71 @@ class Supervisor:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def run(distribution: str, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"edge{'' if distribution == 'edge' else '-' + distribution}",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", help=f"config file (default {DEFAULT_CONFIG}, else the embedded one)")
-    parser.add_argument("--version", action="version", version=__version__)
-    args = parser.parse_args(argv)
-    faulthandler.enable()
-    path = _config_path(args.config)
+def _load_config(path: Path) -> Config | None:
+    """The validated config, or None after one plain error line on stderr (logging is not set up yet)."""
     try:
-        config = load(path)
+        return load(path)
     except ConfigError as exc:
         print(f"edge: {logs.redact(str(exc))}", file=sys.stderr)  # may quote a URL with credentials
-        return 2
-    logs.configure(config.log_level)
+        return None
+
+
+def _log_start(config: Config, path: Path) -> None:
+    """What the config leaves worth saying before the ready line."""
     for warning in config.warnings:
         log.warning("%s", warning)
     log.info("configuration from %s", path)
-    supervisor = Supervisor(config, distribution)
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
+    if not config.policy_providers:
+        log.info("no policy providers configured: everything passes unfiltered")
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT set the returned event. Installed before anything is created, so a stop that
+    arrives during start-up still goes through shutdown instead of leaving shared memory behind."""
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stopping
+
+
+def _serve(config: Config, distribution: str, listener: socket.socket, stopping: threading.Event) -> int:
+    if stopping.is_set():  # stopped while starting: nothing was created yet
+        listener.close()
+        return 0
+    supervisor = Supervisor(config, distribution, stopping)
     try:
-        status = supervisor.run()
+        status = supervisor.run(listener)
     finally:
+        listener.close()
         supervisor.shutdown()
     log.info("stopped")
     return status
+
+
+def run(distribution: str, argv: list[str] | None = None) -> int:
+    args = parse(distribution, sys.argv[1:] if argv is None else argv)
+    faulthandler.enable()
+    path = _config_path(args.config)
+    if args.dry_run:
+        return validate(path)
+    config = _load_config(path)
+    if config is None:
+        return 2
+    logs.configure(config.log_level)
+    stopping = _stop_on_signals()
+    try:
+        listener = bind_listener(config.listen_address, config.listen_port)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 2
+    config = dataclasses.replace(config, listen_port=listener.getsockname()[1])  # port 0: the one the OS chose
+    _log_start(config, path)
+    return _serve(config, distribution, listener, stopping)
 
 
 def main() -> int:

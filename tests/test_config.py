@@ -42,8 +42,10 @@ def test_prometheus_scrape_url_is_its_own_key_overridable_from_the_environment()
         cfg.build({"prometheus": {"scrape_url": "ftp://nope"}}, env={})
 
 
-@pytest.mark.parametrize(("level", "expected"), [("WARN", "warning"), ("err", "error"), ("Info", "info")])
+@pytest.mark.parametrize(("level", "expected"), [("WARN", "warn"), ("warning", "warn"), ("err", "err"),
+                                               ("error", "err"), ("Info", "info"), ("TRACE", "trace")])
 def test_log_level_spellings(level: str, expected: str) -> None:
+    """Stored as documented (trace, debug, info, warn, err), whichever accepted spelling the file uses."""
     assert cfg.build({"log_level": level}, env={}).log_level == expected
 
 

@@ -58,5 +58,6 @@ def build_control_plane(config: Config, sink: SnapshotSink, stats_source: StatsS
     merger = PolicyMerger(manager.on_change, config.policy_providers)
     providers = ProviderSet(config.policy_providers, merger, service=config.service,
                             stats_source=manager.drain_stats, stats_return=manager.return_stats,
-                            errors_source=manager.errors, extensions=extensions, http_timeout=http_timeout)
+                            errors_source=manager.errors, extensions=extensions, http_timeout=http_timeout,
+                            workspace_id=config.workspace_id)
     return ControlPlane(manager, providers)

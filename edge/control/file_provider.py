@@ -4,7 +4,8 @@ The file is watched through its parent directory plus a poll fallback: watching 
 directory (not the file) sees editors that save by rename, files created after start and
 Kubernetes ConfigMaps swapping a symlink; the poll covers what inotify misses (network
 filesystems, a directory that did not exist yet or was replaced). A broken, missing or
-empty file keeps the last good policies.
+empty file keeps the last good policies; before the first good read nothing of the file's is
+in force, and the error line says so.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edge.config import ProviderConfig
-from edge.control.provider_thread import OnUpdate, ProviderThread
+from edge.control.provider_thread import OnUpdate, ProviderThread, fallback
 from edge.policy.loader import LoadResult, PolicyFileError, load_document, parse_document
 
 log = logging.getLogger("edge.providers")
@@ -91,7 +92,8 @@ class FileProvider(ProviderThread):
         self._watch_failure: str | None = None
         self._good_hash: str | None = None  # content last delivered
         self._seen_hash: str | None = None  # content last parsed (good or bad)
-        self._failure: str | None = None  # last failure logged (one warning per distinct failure)
+        self._failure: str | None = None  # last failure logged (one line per distinct failure)
+        self._good_count: int | None = None  # policies last delivered; None before the first delivery
 
     def check(self) -> bool:
         """Read the file now and deliver its policies if the content changed. True when delivered."""
@@ -118,7 +120,8 @@ class FileProvider(ProviderThread):
             data = read_regular_file(self.path)
         except OSError as exc:
             self._seen_hash = None  # the same bytes must be parsed again once the file is back
-            self._fail(f"cannot read {self.path}: {exc.strerror or exc}")
+            self._fail(f"cannot read {self.path}: {exc.strerror or exc}",
+                       "it appears" if exc.errno == errno.ENOENT else "it can be read")
             return None
         if not data.strip():
             # Almost always a writer caught between truncate and write: not a request to drop
@@ -144,13 +147,17 @@ class FileProvider(ProviderThread):
             self._seen_hash = None  # retry the delivery on the next check
             raise
         self._good_hash = digest
+        self._good_count = len(result.policies)
         log.info("policy provider %s: loaded %d policies from %s", self.id, len(result.policies), self.path)
         return True
 
-    def _fail(self, reason: str) -> None:
-        if reason != self._failure:
-            log.warning("policy provider %s: %s; keeping the last good policies", self.id, reason)
-            self._failure = reason
+    def _fail(self, reason: str, until: str = "it is fixed") -> None:
+        """One line per distinct failure: a warning while last good policies stay in force, else an error."""
+        if reason == self._failure:
+            return
+        self._failure = reason
+        level = logging.WARNING if self._good_count else logging.ERROR
+        log.log(level, "policy provider %s: %s; %s", self.id, reason, fallback(self._good_count, until))
 
     # ── thread ──
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from edge.config import ProviderConfig, ServiceConfig
 from edge.control.merger import policies_version
-from edge.control.provider_thread import OnUpdate, ProviderThread
+from edge.control.provider_thread import OnUpdate, ProviderThread, fallback
 from edge.engine.stats import PolicyCounters
 from edge.policy.sync import JSON, SyncClient, SyncError, SyncResult, statuses
 
@@ -50,12 +50,13 @@ class HttpProvider(ProviderThread):
     def __init__(self, config: ProviderConfig, on_update: OnUpdate, *, service: ServiceConfig | None = None,
                  stats_source: StatsDrain | None = None, stats_return: StatsReturn | None = None,
                  errors_source: ErrorsSource | None = None, wire: str = JSON, extensions: Sequence[str] = (),
-                 timeout: float = SYNC_TIMEOUT_S, backoff_base: float = 1.0, rng: random.Random | None = None) -> None:
+                 timeout: float = SYNC_TIMEOUT_S, backoff_base: float = 1.0, rng: random.Random | None = None,
+                 workspace_id: str = "") -> None:
         super().__init__(config, on_update)
         fields = dataclasses.asdict(service) if service is not None else {}
         self.client = SyncClient(config.url, headers=dict(config.headers), wire=wire, timeout=timeout,
                                  service={k: str(v) for k, v in fields.items()}, extensions=list(extensions),
-                                 max_response_bytes=config.max_response_bytes)
+                                 max_response_bytes=config.max_response_bytes, workspace_id=workspace_id)
         self.interval = float(config.poll_interval)  # replaced by the server's recommendation
         self.failures = 0
         self.next_delay = 0.0
@@ -126,8 +127,9 @@ class HttpProvider(ProviderThread):
         elif final:
             log.warning("policy provider %s: final sync failed: %s", self.id, exc)
         else:
-            log.warning("policy provider %s: sync failed: %s; keeping the last good policies, retry in %.1fs",
-                        self.id, exc, self.next_delay)
+            in_force = len(self._owned) if self._delivered is not None else None
+            log.warning("policy provider %s: sync failed: %s; %s, retry in %.1fs", self.id, exc,
+                        fallback(in_force, "it answers"), self.next_delay)
 
     def _apply(self, result: SyncResult) -> None:
         if result.unchanged:

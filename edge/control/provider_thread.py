@@ -20,6 +20,14 @@ log = logging.getLogger("edge.providers")
 OnUpdate = Callable[[str, list[Policy]], None]
 
 
+def fallback(policies_in_force: int | None, until: str) -> str:
+    """What a failing provider leaves in force, said truthfully: its last good policies only when
+    it has delivered some; otherwise nothing of its own is filtered until `until`."""
+    if policies_in_force:
+        return "keeping the last good policies"
+    return f"nothing is filtered until {until}"
+
+
 class ProviderThread:
     """Thread plumbing shared by the providers; subclasses implement `_run` (one pass of their loop)."""
 

@@ -37,13 +37,15 @@ class ProviderSet:
     def __init__(self, configs: Sequence[ProviderConfig], merger: PolicyMerger, *,
                  service: ServiceConfig | None = None, stats_source: StatsDrain | None = None,
                  stats_return: StatsReturn | None = None, errors_source: ErrorsSource | None = None,
-                 wire: str = JSON, extensions: Sequence[str] = (), http_timeout: float = SYNC_TIMEOUT_S) -> None:
+                 wire: str = JSON, extensions: Sequence[str] = (), http_timeout: float = SYNC_TIMEOUT_S,
+                 workspace_id: str = "") -> None:
         self.merger = merger
         for config in configs:
             merger.register(config.id, config.type)
         http_options: Mapping[str, Any] = {
             "service": service, "stats_source": stats_source, "stats_return": stats_return,
             "errors_source": errors_source, "wire": wire, "extensions": extensions, "timeout": http_timeout,
+            "workspace_id": workspace_id,
         }
         self.providers: list[Provider] = [
             HttpProvider(c, merger.update, **http_options) if c.type == "http" else FileProvider(c, merger.update)

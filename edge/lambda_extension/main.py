@@ -18,6 +18,7 @@ valued keys are JSON, `TERO_POLICY_PROVIDERS` (as `policy_providers`) and
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from edge import logs
+from edge import __version__, logs
 from edge.config import Config, ConfigError, build
 from edge.control.builder import build_control_plane
 from edge.extensions.s3_dump import EXTENSION_TYPE
@@ -183,7 +184,30 @@ def _fail_init(api: ExtensionsApi, error_type: str, message: str) -> None:
         print(f"edge-lambda: reporting the init error failed: {exc}", file=sys.stderr)
 
 
-def main() -> int:
+HELP_EPILOG = f"""routes (on 127.0.0.1):
+  POST /api/v2/logs  Datadog logs
+  POST /api/v2/series  Datadog metrics
+  GET|HEAD /_health, GET /_edge/metrics, GET /_edge/policies
+  anything else  passed through unmodified to upstream_url
+
+configuration: environment only. TERO_<KEY> sets any scalar key of the config file
+(TERO_UPSTREAM_URL, TERO_LISTEN_PORT, default 8080, TERO_LOG_LEVEL; every key in the README's
+"Config reference" table); TERO_POLICY_PROVIDERS and TERO_S3_DUMP_TARGETS hold JSON lists.
+Lambda sets {RUNTIME_API_ENV}; without it edge-lambda exits 2."""
+
+
+def _parse_arguments(argv: list[str]) -> None:
+    """`--help` and `--version` work anywhere; nothing else is taken from the command line."""
+    parser = argparse.ArgumentParser(
+        prog="edge-lambda", epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The edge proxy as an AWS Lambda extension: filters the function's Datadog telemetry "
+                    "with edge policies before it leaves.")
+    parser.add_argument("--version", action="version", version=f"edge-lambda {__version__}")
+    parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _parse_arguments(sys.argv[1:] if argv is None else argv)
     address = os.environ.get(RUNTIME_API_ENV)
     if not address:
         print(f"edge-lambda: {RUNTIME_API_ENV} is not set: run it as a Lambda extension", file=sys.stderr)

@@ -24,6 +24,7 @@ from edge.proto.tero.policy.v1 import policy_pb2 as pb
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
+WORKSPACE_ATTRIBUTE = "workspace.id"  # the config's `workspace_id`, in client_metadata.resource_attributes
 STAGES = [pb.POLICY_STAGE_LOG_FILTER, pb.POLICY_STAGE_LOG_TRANSFORM, pb.POLICY_STAGE_METRIC_FILTER,
           pb.POLICY_STAGE_TRACE_SAMPLING]
 
@@ -58,7 +59,8 @@ def statuses(counts: Mapping[str, PolicyCounters], errors: Mapping[str, list[str
 class SyncClient:
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, wire: str = JSON,
                  timeout: float = 10.0, service: Mapping[str, str] | None = None,
-                 extensions: list[str] | None = None, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+                 extensions: list[str] | None = None, max_response_bytes: int = MAX_RESPONSE_BYTES,
+                 workspace_id: str = "") -> None:
         self.url = url
         self.headers = dict(headers or {})
         self.wire = wire
@@ -66,6 +68,7 @@ class SyncClient:
         self.max_response_bytes = max_response_bytes
         self.oversized_replies = 0  # replies refused for their size since start
         self.service = dict(service or {})
+        self.workspace_id = workspace_id  # tells a multi-tenant policy server whose policies to answer
         self.extensions = extensions or []
         self.last_hash = ""
         self.last_sync_ns = 0
@@ -77,6 +80,9 @@ class SyncClient:
             if value:
                 attr = metadata.resource_attributes.add(key="service." + key.replace("_", "."))
                 attr.value.string_value = value
+        if self.workspace_id:
+            attr = metadata.resource_attributes.add(key=WORKSPACE_ATTRIBUTE)
+            attr.value.string_value = self.workspace_id
         for ext in self.extensions:
             metadata.supported_extensions.add(type=ext)
         return pb.SyncRequest(client_metadata=metadata, full_sync=not self.last_hash,

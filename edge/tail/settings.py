@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from edge import __version__
+
 STDIO = "-"
 _OPTION = "edge.tail.option"  # the TailSettings field metadata that makes a field an option
 
@@ -270,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=f"{option.help} (default {option.default})")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="files or globs (* and ? in the file name); "
                         "none or - reads stdin")
+    parser.add_argument("--version", action="version", version=f"edge-tail {__version__}")
     return parser
 
 

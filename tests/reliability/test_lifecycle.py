@@ -215,4 +215,4 @@ def test_policy_server_down_and_back(upstream: FaultUpstream, policy_server: Pol
         check_invariant(edge, upstream, ledger, before)
     finally:
         assert edge.stop() == 0
-    assert '"level":"error"' not in edge.log_path.read_text()
+    assert '"level":"err"' not in edge.log_path.read_text()

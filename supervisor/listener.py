@@ -1,0 +1,60 @@
+"""The proxy's listening socket, bound by the supervisor before anything else starts.
+
+Binding here (not in gunicorn) means a port in use or a bad `listen_address` is one error
+line and exit status 2 before any worker starts, instead of gunicorn retrying for five
+seconds and exiting 1 after edge already announced itself. gunicorn receives the bound
+socket as `--bind fd://N`; the supervisor then closes its own copy so that, on SIGTERM,
+closing gunicorn's copy really stops accepting while the workers drain.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+BACKLOG = 2048  # gunicorn's default: connections arriving while workers boot wait here
+
+
+class ListenError(Exception):
+    """The proxy cannot listen where the config says; the message is one line for the operator."""
+
+
+def display_address(address: str, port: int) -> str:
+    """`127.0.0.1:8080`, `[::1]:8080`: how addresses are written in log lines."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def resolve(address: str, port: int) -> tuple[int, tuple]:
+    """The family and socket address `listen_address` names (a host name resolves to its first address)."""
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ListenError(f"config key listen_address: cannot listen on {address!r}: {reason}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _bind_failure(exc: OSError, address: str, port: int) -> ListenError:
+    where = display_address(address, port)
+    if exc.errno == errno.EADDRINUSE:
+        return ListenError(f"cannot listen on {where}: the port is already in use (config key listen_port)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ListenError(f"cannot listen on {where}: {address} is not an address of this host "
+                           "(config key listen_address)")
+    return ListenError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def bind_listener(address: str, port: int) -> socket.socket:
+    """A listening TCP socket on `address:port`, inheritable by gunicorn; ListenError when impossible."""
+    family, sockaddr = resolve(address, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise _bind_failure(exc, address, port) from None
+    sock.set_inheritable(True)
+    return sock

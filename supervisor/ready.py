@@ -1,0 +1,77 @@
+"""The "ready" line: logged once `/_health` answers, so it never claims more than is true.
+
+The supervisor polls its own health route after starting gunicorn (bounded in time, and
+given up at once when gunicorn exits or a stop is requested), then logs one line naming
+what an operator checks first: where edge listens, with how many workers and which
+distribution, where each signal goes, and which policies are in force.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+
+from edge.config import Config, ProviderConfig
+from supervisor.listener import display_address
+
+HEALTH_TIMEOUT_S = 60.0  # a hang bound: workers import Hyperscan and friends, slowly on a loaded host
+POLL_S = 0.05
+
+
+def health_host(address: str) -> str:
+    """Where the supervisor reaches its own listener: loopback for a wildcard address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # a host name: it resolves to an address of this host (the bind succeeded)
+    if ip.is_unspecified:
+        return "::1" if ip.version == 6 else "127.0.0.1"
+    return address
+
+
+def _healthy(host: str, port: int) -> bool:
+    connection = http.client.HTTPConnection(host, port, timeout=2.0)
+    try:
+        connection.request("GET", "/_health")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def wait_healthy(host: str, port: int, gunicorn: subprocess.Popen, stopping: threading.Event,
+                 timeout: float = HEALTH_TIMEOUT_S) -> bool:
+    """True once `/_health` answers 200; False when gunicorn exited, a stop was requested or time ran out."""
+    deadline = time.monotonic() + timeout
+    while not stopping.is_set() and gunicorn.poll() is None and time.monotonic() < deadline:
+        if _healthy(host, port):
+            return True
+        stopping.wait(POLL_S)
+    return False
+
+
+def _upstreams(config: Config) -> str:
+    return (f"logs {config.logs_url}, metrics {config.metrics_url}, traces {config.upstream_url}, "
+            f"prometheus scrapes {config.metrics_url}/metrics")
+
+
+def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:
+    if not providers:
+        return "no policy providers (everything passes unfiltered)"
+    names = ", ".join(f"{p.id} ({p.type})" for p in providers)
+    if count is None:
+        return f"no policies loaded yet from {names} (everything passes unfiltered until they are)"
+    return f"{count} in force from {names}"
+
+
+def ready_message(config: Config, distribution: str, version: str, policies: int | None) -> str:
+    """The ready line: address, workers, distribution, upstreams per signal, policies in force."""
+    return (f"edge {version} ready on {display_address(config.listen_address, config.listen_port)}: "
+            f"{config.workers} worker{'' if config.workers == 1 else 's'}, distribution {distribution}; "
+            f"upstreams: {_upstreams(config)}; "
+            f"policies: {_policies(policies, config.policy_providers)}")
