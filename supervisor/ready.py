@@ -55,9 +55,10 @@ def wait_healthy(host: str, port: int, gunicorn: subprocess.Popen, stopping: thr
     return False
 
 
-def _upstreams(config: Config) -> str:
+def upstreams(config: Config) -> str:
+    """Where each signal goes, as the ready line and `edge validate` both say it."""
     return (f"logs {config.logs_url}, metrics {config.metrics_url}, traces {config.upstream_url}, "
-            f"prometheus scrapes {config.metrics_url}/metrics")
+            f"prometheus scrapes {config.prometheus.scrape_url or config.metrics_url}/metrics")
 
 
 def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:
@@ -73,5 +74,5 @@ def ready_message(config: Config, distribution: str, version: str, policies: int
     """The ready line: address, workers, distribution, upstreams per signal, policies in force."""
     return (f"edge {version} ready on {display_address(config.listen_address, config.listen_port)}: "
             f"{config.workers} worker{'' if config.workers == 1 else 's'}, distribution {distribution}; "
-            f"upstreams: {_upstreams(config)}; "
+            f"upstreams: {upstreams(config)}; "
             f"policies: {_policies(policies, config.policy_providers)}")

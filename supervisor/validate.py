@@ -24,6 +24,7 @@ from edge.policy.compiler import compile_policies
 from edge.policy.loader import LoadResult, PolicyFileError, load_document, parse_document
 from edge.policy.sync import SyncClient, SyncError
 from supervisor.listener import ListenError, display_address, resolve
+from supervisor.ready import upstreams
 
 SYNC_CHECK_TIMEOUT_S = 3.0
 
@@ -81,8 +82,7 @@ def checks(path: Path, config: Config) -> list[Check]:
     """Every line of the summary for a config that loaded."""
     out = [Check("config", str(path)), _listen(config),
            Check("workers", f"{config.workers}"),
-           Check("upstreams", f"logs {config.logs_url}, metrics {config.metrics_url}, traces {config.upstream_url}, "
-                 f"prometheus scrapes {config.metrics_url}/metrics")]
+           Check("upstreams", upstreams(config))]
     out += [Check("warning", w) for w in config.warnings]
     if not config.policy_providers:
         out.append(Check("providers", "none: everything passes unfiltered"))
