@@ -28,7 +28,10 @@ from tests.test_http_app import metric_value
 
 POLICIES: list[dict[str, Any]] = [
     {"id": "drop-debug", "log": {"match": [{"log_field": "severity_text", "exact": "DEBUG"}], "keep": "none"}},
+    {"id": "drop-internal", "metric": {"match": [{"metric_field": "name", "starts_with": "internal_"}],
+                                       "keep": False}},
 ]
+PROTOBUF_EXPOSITION = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 MAX_DECODED = 50_000
 BURST = 6
 JSON_CT = {"Content-Type": "application/json"}
@@ -49,6 +52,7 @@ MESSAGES = {
     "unknown_codec": "the Content-Encoding is not one edge decodes",
     "undecodable": "the body cannot be decoded as its Content-Encoding and Content-Type",
     "depth_limit": "the body nests deeper than edge parses",
+    "unsupported_format": "the Content-Type is not one edge filters on this route",
 }
 
 
@@ -122,6 +126,37 @@ def test_with_unfiltered_reject_filterable_bodies_still_go_through(rejecting: Ed
     reply = request(rejecting.port, "POST", "/v1/logs", gzip.compress(SMALL_LOGS),
                     {**JSON_CT, "Content-Encoding": "gzip"})
     assert reply.status == 200 and len(upstream.received("/v1/logs")) == 1
+
+
+def test_datadog_protobuf_logs_are_an_unsupported_format(forwarding: EdgeStack, rejecting: EdgeStack,
+                                                        upstream: RecordingUpstream) -> None:
+    body = b"\x0a\x05hello"
+    headers = {"Content-Type": "application/x-protobuf"}
+    assert request(forwarding.port, "POST", "/api/v2/logs", body, headers).status == 200
+    assert [r.body for r in upstream.received("/api/v2/logs")] == [body]
+    assert metric_value(forwarding, "edge_unfiltered_requests_total", route="datadog_logs", signal="log",
+                        reason="unsupported_format") == 1
+    reply = request(rejecting.port, "POST", "/api/v2/logs", body, headers)
+    assert (reply.status, reply.body) == (415, b"refused unfiltered (unsupported_format): the Content-Type is not "
+                                               b"one edge filters on this route\n")
+    assert len(upstream.received()) == 1
+
+
+@pytest.mark.parametrize(("headers", "reason", "status"), [
+    ({"Content-Type": PROTOBUF_EXPOSITION}, "unsupported_format", 415),
+    ({"Content-Type": "text/plain; version=0.0.4", "Content-Encoding": "br"}, "unknown_codec", 415),
+])
+def test_prometheus_scrapes_edge_cannot_filter_are_counted_or_refused(
+        forwarding: EdgeStack, rejecting: EdgeStack, upstream: RecordingUpstream, headers: dict[str, str],
+        reason: str, status: int) -> None:
+    upstream.reset(headers=headers, body=b"\x00scrape bytes edge cannot read")
+    relayed = request(forwarding.port, "GET", "/metrics")
+    assert (relayed.status, relayed.body) == (200, b"\x00scrape bytes edge cannot read")
+    assert metric_value(forwarding, "edge_unfiltered_requests_total", route="prometheus", signal="metric",
+                        reason=reason) == 1
+    assert len(warnings(forwarding, f"prometheus request forwarded unfiltered ({reason}): ")) == 1
+    refused = request(rejecting.port, "GET", "/metrics")
+    assert (refused.status, refused.body) == (status, f"refused unfiltered ({reason}): {MESSAGES[reason]}\n".encode())
 
 
 class BrokenRuntime:
