@@ -190,6 +190,7 @@ class FilteredScrape:
         self.source = source
         self.deadline = deadline  # event-loop time
         self._reported = False
+        self._unfiltered_reported = False
         self._read_to_end = False
         self._expired = False
         self._body = self._filtered()
@@ -271,6 +272,9 @@ class FilteredScrape:
         records = self.scrape.drain()
         if records.evaluated:
             self.metrics.records(METRIC, records.evaluated, records.kept)
+        if self.scrape.unfiltered and not self._unfiltered_reported:  # the headers are out: counted, not refused
+            self._unfiltered_reported = True
+            note(self.metrics, PrometheusRoute.route, METRIC, False, INTERNAL_ERROR, "the rest of the scrape")
         limit = self.scrape.truncated
         if limit is not None and not self._reported:
             self._reported = True
