@@ -324,6 +324,18 @@ class OtlpConfig:
         return {"log": self.logs_path, "metric": self.metrics_path, "trace": self.traces_path}
 
 
+def _otlp(key: str, raw: Any, env: Mapping[str, str]) -> tuple[OtlpConfig, list[str]]:
+    """The otlp section: one path per signal, no two signals on the same path."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected an object")
+    config, warnings = _read(OtlpConfig, raw, f"{key}.", env)
+    paths = list(config.paths().values())
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"config key {key}: logs_path, metrics_path and traces_path must differ, got {paths}")
+    return config, warnings
+
+
 @dataclass(frozen=True)
 class S3Target:
     """Where the s3-dump extension writes; an empty endpoint/region means AWS's defaults."""
@@ -442,7 +454,8 @@ class Config:
         30.0, "seconds from a request's headers to the end of its body; later: 408 and the connection closed",
         check=_timeout)
     tls_insecure_skip_verify: bool = setting(False, "upstream TLS is verified unless set")
-    otlp: OtlpConfig = section(OtlpConfig, "the OTLP/HTTP paths filtered, per signal (as the Collector's receiver)")
+    otlp: OtlpConfig = section(OtlpConfig, "the OTLP/HTTP paths filtered, per signal (as the Collector's receiver)",
+                               read=_otlp)
     service: ServiceConfig = section(ServiceConfig, "reported to policy servers")
     policy_providers: tuple[ProviderConfig, ...] = section(
         tuple, "`{id, type: file, path}` (reloaded within 2 s of a change; a broken file keeps the last good "

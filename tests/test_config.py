@@ -76,6 +76,9 @@ def test_provider_poll_interval_spellings() -> None:
     ({"max_connections": -1}, "max_connections"),
     ({"unfiltered": "drop"}, "config key unfiltered: expected forward or reject, got 'drop'"),
     ({"otlp": {"logs_path": "v1/logs"}}, "config key otlp.logs_path: expected a path starting with /, got 'v1/logs'"),
+    ({"otlp": {"traces_path": "/v1/logs"}},
+     "config key otlp: logs_path, metrics_path and traces_path must differ, "
+     "got ['/v1/logs', '/v1/metrics', '/v1/logs']"),
     ({"service": "x"}, "service"),
     ({"policy_providers": [{"type": "s3"}]}, "policy_providers[0].type"),
     ({"policy_providers": [{"type": "file"}]}, "policy_providers[0].path"),
