@@ -61,8 +61,9 @@ def note(metrics: Metrics, route: str, signal: str, reject: bool, reason: Reason
     """Count and log one request the policies were not applied to; raises Refused when `reject`."""
     metrics.unfiltered(route, signal, reason.name)
     action = "refused" if reject else "forwarded unfiltered"
-    _warnings.log(logging.WARNING, f"{route}:{reason.name}", "%s request %s (%s): %s%s", route, action,
-                  reason.name, reason.text, f"; {detail[:200]}" if detail else "")
+    args = (route, action, reason.name, reason.text, f"; {detail[:200]}" if detail else "")
+    if not _warnings.log(logging.WARNING, f"{route}:{reason.name}", "%s request %s (%s): %s%s", *args):
+        log.debug("%s request %s (%s): %s%s", *args)  # folded into the next warning; each one at debug
     if reject:
         raise Refused(reason)
 

@@ -25,7 +25,7 @@ from yarl import URL
 
 from edge.config import Config
 from edge.logs import RateLimitedLog
-from edge.protocols.body import LATE_BODY
+from edge.protocols.body import LATE_BODY, BodyTimeout, Busy, ClientGone
 from edge.protocols.self_metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,22 @@ class Upstream:
         error = classify(exc)
         self.metrics.upstream_error(error.kind)
         where = origin(target, exc)
-        _troubles.log(logging.WARNING, where, "upstream %s failed (%s): %s", where, error.kind, error)
+        if client_side(exc):  # the request's own body failed while it was streamed: not the upstream's doing
+            log.debug("request to upstream %s abandoned (%s): %s", where, error.kind, error)
+        elif not _troubles.log(logging.WARNING, where, "upstream %s failed (%s): %s", where, error.kind, error):
+            log.debug("upstream %s failed (%s): %s", where, error.kind, error)  # folded into the next warning
         return error
+
+
+def client_side(exc: BaseException | None) -> bool:
+    """Whether a failure comes from the client's side of a streamed request (gone, late, refused)."""
+    for _ in range(4):  # aiohttp may wrap what the body iterator raised
+        if exc is None:
+            return False
+        if isinstance(exc, (ClientGone, BodyTimeout, Busy)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def origin(target: URL | None, exc: BaseException | None = None) -> str:
