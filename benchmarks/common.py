@@ -160,17 +160,24 @@ _OTLP_SHAPES = {"log": ("resourceLogs", "scopeLogs", "logRecords"),
 
 
 def count_records(signal: str, body: bytes, content_type: str) -> int:
-    """Records in an OTLP body: JSON for every signal, protobuf for metrics."""
-    if "protobuf" in content_type:
-        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-
-        if signal != "metric":
-            raise ValueError(f"protobuf counting is implemented for metrics only, not {signal}")
-        message = ExportMetricsServiceRequest.FromString(body)
-        return sum(len(sm.metrics) for rm in message.resource_metrics for sm in rm.scope_metrics)
+    """Records in an OTLP body, JSON or protobuf."""
     top, scopes, key = _OTLP_SHAPES[signal]
+    if "protobuf" in content_type:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        message = {"log": ExportLogsServiceRequest, "metric": ExportMetricsServiceRequest,
+                   "trace": ExportTraceServiceRequest}[signal].FromString(body)
+        return sum(len(getattr(scope, _snake(key))) for resource in getattr(message, _snake(top))
+                   for scope in getattr(resource, _snake(scopes)))
     doc = orjson.loads(body)
     return sum(len(sl.get(key, [])) for rl in doc.get(top, []) for sl in rl.get(scopes, []))
+
+
+def _snake(name: str) -> str:
+    """`resourceLogs` -> `resource_logs`: the protobuf field of a proto-JSON key."""
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
 class LoopbackUpstream:

@@ -37,6 +37,9 @@ from edge.tail.settings import SettingsError, from_mapping, unknown_keys
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _METADATA = "edge.config"
+# Request bodies, raw and decoded: the OpenTelemetry Collector's receivers accept 20 MiB, and an SDK's
+# default batch (512 records) of ~3 KB records is 1.5 MiB before compression.
+MAX_BODY_DEFAULT = 20 << 20
 _T = TypeVar("_T")
 
 
@@ -139,6 +142,16 @@ def _log_level(key: str, value: str) -> str:
     if level is None:
         raise ConfigError(f"config key {key}: expected trace, debug, info, warn or err, got {value!r}")
     return level
+
+
+UNFILTERED_MODES = ("forward", "reject")
+
+
+def _unfiltered(key: str, value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in UNFILTERED_MODES:
+        raise ConfigError(f"config key {key}: expected forward or reject, got {value!r}")
+    return mode
 
 
 def _url(key: str, value: str) -> str:
@@ -294,6 +307,37 @@ class PrometheusConfig:
                                                check=_zero_or_more)
 
 
+def _path(key: str, value: str) -> str:
+    if not value.startswith("/") or any(c in value for c in "?# "):
+        raise ConfigError(f"config key {key}: expected a path starting with /, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """Where OTLP/HTTP senders post each signal: an SDK endpoint with a path prefix is filtered too."""
+
+    logs_path: str = setting("/v1/logs", "OTLP logs", check=_path)
+    metrics_path: str = setting("/v1/metrics", "OTLP metrics", check=_path)
+    traces_path: str = setting("/v1/traces", "OTLP traces", check=_path)
+
+    def paths(self) -> dict[str, str]:
+        """Signal -> the path its OTLP requests are filtered on."""
+        return {"log": self.logs_path, "metric": self.metrics_path, "trace": self.traces_path}
+
+
+def _otlp(key: str, raw: Any, env: Mapping[str, str]) -> tuple[OtlpConfig, list[str]]:
+    """The otlp section: one path per signal, no two signals on the same path."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected an object")
+    config, warnings = _read(OtlpConfig, raw, f"{key}.", env)
+    paths = list(config.paths().values())
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"config key {key}: logs_path, metrics_path and traces_path must differ, got {paths}")
+    return config, warnings
+
+
 @dataclass(frozen=True)
 class S3Target:
     """Where the s3-dump extension writes; an empty endpoint/region means AWS's defaults."""
@@ -393,9 +437,15 @@ class Config:
     metrics_url: str = setting("", "OTLP metrics, Datadog series, Prometheus scrapes", check=_optional_url,
                                derive=itemgetter("upstream_url"), default_text="`upstream_url`")
     log_level: str = setting("info", "trace, debug, info, warn, err; JSON lines on stderr", check=_log_level)
-    max_body_size: int = setting(1_048_576, "raw request bytes; more is 413", check=_positive)
-    max_decoded_bytes: int = setting(0, "after decompression; more is forwarded unfiltered", check=_zero_or_more,
-                                     derive=itemgetter("max_body_size"), default_text="`max_body_size`")
+    max_body_size: int = setting(MAX_BODY_DEFAULT, "raw request bytes; more is 413", check=_positive)
+    max_decoded_bytes: int = setting(
+        0, "after decompression; more is unfiltered (see `unfiltered`)", check=_zero_or_more,
+        derive=lambda keys: max(MAX_BODY_DEFAULT, keys["max_body_size"]),
+        default_text="20971520, or `max_body_size` if larger")
+    unfiltered: str = setting(
+        "forward", "a request edge cannot filter (too large decoded, unknown codec, undecodable, nested too deep, "
+        "internal error): `forward` it as received or `reject` it (413, 415, 400, 500); counted in "
+        "`edge_unfiltered_requests_total`", check=_unfiltered)
     max_connections: int = setting(
         256, "requests in flight for the instance; each worker admits its share and answers 503 with "
         "`Retry-After: 1` beyond it; `/_health` and `/_edge/*` are always answered", check=_positive)
@@ -410,6 +460,8 @@ class Config:
     tls_insecure_skip_verify: bool = setting(False, "upstream TLS is verified unless set")
     workspace_id: str = setting("", "the Tero workspace this proxy belongs to; sent with every policy sync request "
                                 "as the `workspace.id` resource attribute", default_text="none")
+    otlp: OtlpConfig = section(OtlpConfig, "the OTLP/HTTP paths filtered, per signal (as the Collector's receiver)",
+                               read=_otlp)
     service: ServiceConfig = section(ServiceConfig, "reported to policy servers")
     policy_providers: tuple[ProviderConfig, ...] = section(
         tuple, "`{id, type: file, path}` (reloaded within 2 s of a change; a broken file keeps the last good "

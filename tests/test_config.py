@@ -16,7 +16,9 @@ def test_defaults() -> None:
     c = cfg.build({}, env={})
     assert (c.listen_address, c.listen_port, c.upstream_url) == ("127.0.0.1", 8080, "http://127.0.0.1:80")
     assert c.logs_url == c.metrics_url == c.upstream_url
-    assert c.log_level == "info" and c.max_body_size == 1_048_576 and c.max_decoded_bytes == 1_048_576
+    assert c.log_level == "info" and c.max_body_size == 20 << 20 and c.max_decoded_bytes == 20 << 20
+    assert c.unfiltered == "forward"
+    assert (c.otlp.logs_path, c.otlp.metrics_path, c.otlp.traces_path) == ("/v1/logs", "/v1/metrics", "/v1/traces")
     assert c.max_connections == 256 and c.workers >= 1
     assert (c.service.name, c.service.namespace) == ("tero-edge", "tero") and c.service.instance_id
     assert c.prometheus.max_input_bytes_per_scrape == c.prometheus.max_output_bytes_per_scrape == 10_485_760
@@ -40,6 +42,15 @@ def test_prometheus_scrape_url_is_its_own_key_overridable_from_the_environment()
     assert cfg.build({"prometheus": {"scrape_url": "http://x:1"}}, env=env).prometheus.scrape_url == "http://exporter:9100"
     with pytest.raises(cfg.ConfigError, match="prometheus.scrape_url"):
         cfg.build({"prometheus": {"scrape_url": "ftp://nope"}}, env={})
+
+
+def test_decoded_limit_follows_a_larger_body_limit_and_unfiltered_has_an_env_override() -> None:
+    """A raw limit above 20 MiB lifts the decoded one with it (a smaller one leaves 20 MiB: a gzip body of
+    1 MiB may hold 20); `TERO_UNFILTERED` and `TERO_OTLP_LOGS_PATH` override like every scalar key."""
+    assert cfg.build({"max_body_size": 64 << 20}, env={}).max_decoded_bytes == 64 << 20
+    assert cfg.build({"max_body_size": 1 << 20}, env={}).max_decoded_bytes == 20 << 20
+    c = cfg.build({"unfiltered": "forward"}, env={"TERO_UNFILTERED": "Reject", "TERO_OTLP_LOGS_PATH": "/p/v1/logs"})
+    assert c.unfiltered == "reject" and c.otlp.logs_path == "/p/v1/logs"
 
 
 @pytest.mark.parametrize(("level", "expected"), [("WARN", "warn"), ("warning", "warn"), ("err", "err"),
@@ -74,6 +85,11 @@ def test_provider_poll_interval_spellings() -> None:
     ({"upstream_url": "ftp://x"}, "upstream_url"),
     ({"max_body_size": 0}, "max_body_size"),
     ({"max_connections": -1}, "max_connections"),
+    ({"unfiltered": "drop"}, "config key unfiltered: expected forward or reject, got 'drop'"),
+    ({"otlp": {"logs_path": "v1/logs"}}, "config key otlp.logs_path: expected a path starting with /, got 'v1/logs'"),
+    ({"otlp": {"traces_path": "/v1/logs"}},
+     "config key otlp: logs_path, metrics_path and traces_path must differ, "
+     "got ['/v1/logs', '/v1/metrics', '/v1/logs']"),
     ({"service": "x"}, "service"),
     ({"policy_providers": [{"type": "s3"}]}, "policy_providers[0].type"),
     ({"policy_providers": [{"type": "file"}]}, "policy_providers[0].path"),

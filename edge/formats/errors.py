@@ -14,3 +14,7 @@ class BatchShapeError(ValueError):
 
 class UndecodableBody(ValueError):
     """The body is not this format in the declared encoding: the caller forwards it raw (fail-open)."""
+
+
+class NestedTooDeep(UndecodableBody):
+    """The body nests deeper than its parser goes (JSON over orjson's depth limit)."""

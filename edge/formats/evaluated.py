@@ -13,3 +13,4 @@ class Evaluated:
 
     body: bytes
     outcome: Outcome
+    failed: bool = False  # evaluation raised: `body` is the original, unfiltered (fail-open)

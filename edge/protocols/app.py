@@ -1,10 +1,10 @@
 """The Falcon ASGI application one gunicorn worker serves.
 
-Routing is a dict lookup on (path, method) inside a single Falcon sink: the OTLP and admin
-routes are exact paths (plus the `/metrics/` prefix of the scrape proxy), everything else
-(any path, any method) is passed through to `upstream_url`. The ASGI lifespan opens the
-worker's upstream connection pool and a background task that hands match statistics to the
-spool once a second.
+Routing is a dict lookup on (path, method) inside a single Falcon sink: the OTLP routes
+(`otlp.{logs,metrics,traces}_path`) and the admin routes are exact paths (plus the
+`/metrics/` prefix of the scrape proxy), everything else (any path, any method) is passed
+through to `upstream_url`. The ASGI lifespan opens the worker's upstream connection pool
+and a background task that hands match statistics to the spool once a second.
 """
 
 from __future__ import annotations
@@ -181,8 +181,9 @@ def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
     upstream = Upstream(config, metrics)
     otlp = {"log": config.logs_url, "metric": config.metrics_url, "trace": config.upstream_url}
     routes: dict[str, dict[str, Handler]] = {}
-    if "otlp" in protocols:
-        routes.update({f"/v1/{signal}s": {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
+    if "otlp" in protocols:  # on the configured paths; forwarded to the signal's URL + the path received
+        paths = config.otlp.paths()
+        routes.update({paths[signal]: {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
                        for signal, base in otlp.items()})
     if "datadog" in protocols:
         routes.update(datadog_routes(runtime, upstream, metrics))

@@ -7,8 +7,9 @@ deflate stream does not decode and goes on unfiltered, as any undecodable body.
 inflated with `max_length`, zstd is fed in small slices with a capped window size, so a
 decompression bomb costs at most the limit. Anything we cannot or may
 not decode (other codecs, corrupt data, too large, more than MAX_MEMBERS members or frames)
-returns None: the caller forwards the original bytes unfiltered (fail-open). Decoding is
-linear in the body size (see `_members`).
+returns None: the caller forwards the original bytes unfiltered (fail-open). `decode_or_raise()`
+says which it was (`TooLarge` or `Corrupt`), for the unfiltered accounting and the answer
+under `unfiltered: reject`. Decoding is linear in the body size (see `_members`).
 """
 
 from __future__ import annotations
@@ -47,10 +48,32 @@ def codec_of(content_encoding: str | None) -> str | None:
     return _CODECS.get(content_encoding.strip().lower())
 
 
+class DecodeFailed(Exception):
+    """The body cannot be decoded within the limits."""
+
+
+class TooLarge(DecodeFailed):
+    """Larger than the limit once decoded, or more than MAX_MEMBERS members or frames (a bomb)."""
+
+
+class Corrupt(DecodeFailed):
+    """Not valid data of its codec: truncated, garbage, or not the codec at all."""
+
+
 def decode(body: bytes, codec: str, limit: int) -> bytes | None:
     """The decoded body, or None when it is corrupt, larger than `limit` or in an unknown codec."""
+    try:
+        return decode_or_raise(body, codec, limit)
+    except DecodeFailed:
+        return None
+
+
+def decode_or_raise(body: bytes, codec: str, limit: int) -> bytes:
+    """The decoded body; raises TooLarge or Corrupt (an unknown codec is Corrupt: `codec_of` comes first)."""
     if codec == IDENTITY:
-        return body if len(body) <= limit else None
+        if len(body) > limit:
+            raise TooLarge(f"{len(body)} bytes, over {limit}")
+        return body
     try:
         if codec == GZIP:
             return _gunzip(body, limit)
@@ -58,9 +81,11 @@ def decode(body: bytes, codec: str, limit: int) -> bytes | None:
             return _members(memoryview(body), _new_zlib_stream, _inflate_gzip, limit, _GZIP_FEED)
         if codec == ZSTD:
             return _unzstd(body, limit)
-    except (zlib.error, zstandard.ZstdError, MemoryError, ValueError):
-        return None
-    return None
+    except MemoryError:
+        raise TooLarge("out of memory while decoding") from None
+    except (zlib.error, zstandard.ZstdError, ValueError) as exc:
+        raise Corrupt(str(exc)) from None
+    raise Corrupt(f"unknown codec {codec!r}")
 
 
 def encode(data: bytes, codec: str) -> bytes:
@@ -73,7 +98,7 @@ def encode(data: bytes, codec: str) -> bytes:
     return data
 
 
-def _gunzip(body: bytes, limit: int) -> bytes | None:
+def _gunzip(body: bytes, limit: int) -> bytes:
     """Every gzip member of the body (RFC 1952 allows several; zero padding after them is
     tolerated), at most `limit` bytes."""
     return _members(memoryview(body), _new_gzip_member, _inflate_gzip, limit, _GZIP_FEED, zero_padding=True)
@@ -99,7 +124,7 @@ def _inflate_zstd(inflater: Any, data: memoryview, room: int) -> bytes:
 
 
 def _members(view: memoryview, new_member: Callable[[], Any], inflate: Callable[[Any, memoryview, int], bytes],
-             limit: int, max_feed: int, *, zero_padding: bool = False) -> bytes | None:
+             limit: int, max_feed: int, *, zero_padding: bool = False) -> bytes:
     """Decode up to MAX_MEMBERS consecutive members (gzip) or frames (zstd), at most `limit` bytes.
 
     Linear in the body: each member's inflater gets slices of the view from where the member
@@ -116,7 +141,7 @@ def _members(view: memoryview, new_member: Callable[[], Any], inflate: Callable[
         feed = _FIRST_FEED
         while not inflater.eof:
             if pos >= size:
-                return None  # truncated
+                raise Corrupt("truncated")
             data = view[pos:pos + feed]
             chunk = inflate(inflater, data, limit + 1 - total)
             pos += len(data)
@@ -124,14 +149,16 @@ def _members(view: memoryview, new_member: Callable[[], Any], inflate: Callable[
             if chunk:
                 total += len(chunk)
                 if total > limit:
-                    return None
+                    raise TooLarge(f"over {limit} bytes once decoded")
                 parts.append(chunk)
         pos -= len(inflater.unused_data)  # the next member starts here
         if pos >= size:
             return parts[0] if len(parts) == 1 else b"".join(parts)
         if zero_padding and view[pos] == 0:
-            return None if bytes(view[pos:]).strip(b"\0") else b"".join(parts)
-    return None  # more members than MAX_MEMBERS: treated like a bomb, forwarded raw
+            if bytes(view[pos:]).strip(b"\0"):
+                raise Corrupt("data after the zero padding")
+            return b"".join(parts)
+    raise TooLarge(f"more than {MAX_MEMBERS} members")  # treated like a bomb, forwarded raw
 
 
 def _decompressor(limit: int) -> zstandard.ZstdDecompressor:
@@ -142,7 +169,7 @@ def _decompressor(limit: int) -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def _unzstd(body: bytes, limit: int) -> bytes | None:
+def _unzstd(body: bytes, limit: int) -> bytes:
     """Every zstd frame of the body, at most `limit` bytes.
 
     Input is fed in small slices: one slice can expand to at most ~16 MiB (RLE blocks),

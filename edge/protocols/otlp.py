@@ -1,7 +1,9 @@
 """POST /v1/logs, /v1/metrics, /v1/traces: decode, evaluate the policies, forward what is left.
 
 Fail-open everywhere: a body we cannot decode (unknown codec, corrupt, too large once
-decoded, not OTLP) or an internal error forwards the original bytes untouched. A batch
+decoded, not OTLP, nested too deep) or an internal error forwards the original bytes
+untouched, counted and logged per reason, or is refused under `unfiltered: reject`
+(`edge.protocols.unfiltered`). A batch
 whose every record was dropped is answered here with an empty OTLP response and never
 reaches the upstream. Evaluation runs inline on the event loop (it holds the GIL: a thread
 would add memory, not speed). Decoding a compressed body estimated at OFFLOAD_BYTES or more
@@ -17,12 +19,25 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from edge.engine.engine import Engine
-from edge.formats.errors import UndecodableBody
+from edge.formats.errors import NestedTooDeep, UndecodableBody
 from edge.formats.evaluated import Evaluated
 from edge.formats.otlp.body import evaluate, is_protobuf
 from edge.protocols.body import client_gone
-from edge.protocols.content_encoding import MAX_MEMBERS, codec_of, decode, encode
+from edge.protocols.content_encoding import DecodeFailed, TooLarge, codec_of, decode_or_raise, encode
 from edge.protocols.self_metrics import Metrics
+from edge.protocols.unfiltered import (
+    DECODE_LIMIT,
+    DEPTH_LIMIT,
+    INTERNAL_ERROR,
+    REJECT,
+    UNDECODABLE,
+    UNKNOWN_CODEC,
+    UNSUPPORTED_FORMAT,
+    Reason,
+    Refused,
+    note,
+    refusal,
+)
 from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
 from edge.runtime import Runtime
 
@@ -74,6 +89,7 @@ class OtlpRoute:
         self.metrics = metrics
         self.max_body = runtime.config.max_body_size
         self.max_decoded = runtime.config.max_decoded_bytes
+        self.reject = runtime.config.unfiltered == REJECT
         self.all_dropped: bytes | None = None  # sent upstream when every record is dropped; None: answer here
 
     async def __call__(self, req: Any, resp: Any) -> None:
@@ -90,7 +106,10 @@ class OtlpRoute:
             return error_response(resp, 413)
         if client_gone(scope) or (head.content_length is not None and len(body) != head.content_length):
             return error_response(resp, 400)  # the client went away mid-body: never forward a part
-        forward = await self.filter_off_loop(body, head)
+        try:
+            forward = await self.filter_off_loop(body, head)
+        except Refused as refused:
+            return refusal(resp, refused.reason)
         if forward is DROPPED:
             resp.status = 200
             if is_protobuf(head.content_type):
@@ -125,10 +144,16 @@ class OtlpRoute:
         return (engine is not None and engine.snapshot.targets(self.signal)
                 and codec_of(head.content_encoding) is not None and self.filters(head))
 
-    def decode(self, body: bytes, head: RequestHead) -> bytes | None:
-        """The body without its content encoding, within the limits; None when it cannot be."""
-        codec = codec_of(head.content_encoding)
-        return decode(body, codec, self.max_decoded) if codec is not None else None
+    def decode(self, body: bytes, head: RequestHead) -> bytes | DecodeFailed:
+        """The body without its (known) content encoding, within the limits; else why it cannot be."""
+        try:
+            return decode_or_raise(body, codec_of(head.content_encoding) or "", self.max_decoded)
+        except DecodeFailed as exc:
+            return exc
+
+    def unfiltered(self, reason: Reason, detail: str = "") -> None:
+        """Count and log a body forwarded as received; raises Refused under `unfiltered: reject`."""
+        note(self.metrics, self.route, self.signal, self.reject, reason, detail)
 
     def filters(self, head: RequestHead) -> bool:
         """Whether bodies of this kind are filtered at all (the others are forwarded raw)."""
@@ -138,28 +163,39 @@ class OtlpRoute:
         """Decoded body in, what to forward out; raises UndecodableBody when it is not this protocol."""
         return evaluate(engine, self.signal, decoded, head.content_type)
 
-    def filter(self, body: bytes, head: RequestHead, decoded: bytes | None | Undecoded = UNDECODED) -> bytes | None:
+    def filter(self, body: bytes, head: RequestHead,
+               decoded: bytes | DecodeFailed | Undecoded = UNDECODED) -> bytes | None:
         """The bytes to forward (the original ones whenever nothing changed), or DROPPED.
 
         `decoded` is the body already decoded by `decode` (in a thread); by default it is
-        decoded here."""
+        decoded here. Raises Refused for a body it cannot filter under `unfiltered: reject`."""
         try:
             engine = self.runtime.engine()
             if engine is None or not engine.snapshot.targets(self.signal):
                 return body  # nothing to do: never parse
             codec = codec_of(head.content_encoding)
-            if codec is None or not self.filters(head):
-                return body  # deflate, br, ...: forwarded raw and unfiltered
+            if codec is None:
+                self.unfiltered(UNKNOWN_CODEC, f"Content-Encoding {head.content_encoding!r}")
+                return body  # br, compress, ...: forwarded raw
+            if not self.filters(head):
+                self.unfiltered(UNSUPPORTED_FORMAT, f"Content-Type {head.content_type!r}")
+                return body
             if isinstance(decoded, Undecoded):
-                decoded = decode(body, codec, self.max_decoded)
-            if decoded is None:
-                log.debug("%s body not decodable as %r within %d bytes and %d members: forwarded raw",
-                          self.signal, codec, self.max_decoded, MAX_MEMBERS)
+                decoded = self.decode(body, head)
+            if isinstance(decoded, DecodeFailed):
+                self.unfiltered(DECODE_LIMIT if isinstance(decoded, TooLarge) else UNDECODABLE,
+                                f"{codec or 'identity'}: {decoded}")
                 return body
             try:
                 result = self.evaluate(engine, decoded, head)
-            except (UndecodableBody, RecursionError) as exc:  # RecursionError: JSON nested too deep to decode
-                log.debug("forwarding an undecodable %s body raw: %s", self.signal, exc)
+            except (NestedTooDeep, RecursionError) as exc:  # RecursionError: JSON nested too deep to walk
+                self.unfiltered(DEPTH_LIMIT, str(exc))
+                return body
+            except UndecodableBody as exc:
+                self.unfiltered(UNDECODABLE, str(exc))
+                return body
+            if result.failed:
+                self.unfiltered(INTERNAL_ERROR)
                 return body
             outcome = result.outcome
             if outcome.total:
@@ -169,6 +205,9 @@ class OtlpRoute:
             if result.body is decoded:
                 return body  # unchanged: the original (still compressed) bytes
             return encode(result.body, codec)
+        except Refused:
+            raise
         except Exception:  # noqa: BLE001 - fail-open: the original batch goes on
             log.exception("filtering a %s batch failed; forwarding it unmodified", self.signal)
-            return body
+        self.unfiltered(INTERNAL_ERROR)
+        return body

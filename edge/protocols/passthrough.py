@@ -34,7 +34,7 @@ class UpstreamBody:
         try:
             chunk = await self.response.content.readany()
         except Exception as exc:  # noqa: BLE001 - headers are gone: abort the client connection
-            raise self.upstream.failed(exc) from exc
+            raise self.upstream.failed(exc, self.response.url) from exc
         if not chunk:
             raise StopAsyncIteration
         return chunk
@@ -75,7 +75,7 @@ class Passthrough:
             try:
                 resp.data = await response.read()
             except Exception as exc:  # noqa: BLE001
-                raise self.upstream.failed(exc) from None
+                raise self.upstream.failed(exc, response.url) from None
             finally:
                 response.release()
         else:

@@ -13,11 +13,13 @@ with 501) whose body is never read, its connection closed.
 
 Fail-open: with no metric policy, an upstream status other than 200, a body that is not a
 text exposition (protobuf, HTML...) or a Content-Encoding we cannot decode, the response is
-relayed untouched. Unreachable upstream: 502; too slow: 504. Once the headers are out, an
-upstream that fails or sends undecodable bytes aborts the connection (one warning, no
-traceback): the client sees an incomplete response and discards the scrape. (gzip checks
-its CRC only at the end of a member, so garbage may decode into text before the error is
-seen; the abort is what keeps such text out of the client's data.)
+relayed untouched; the last two (and a filter that cannot be prepared) are unfiltered scrapes,
+counted and logged, or refused under `unfiltered: reject` (`edge.protocols.unfiltered`).
+Unreachable upstream: 502; too slow: 504. Once the headers are out, an upstream that fails
+or sends undecodable bytes aborts the connection (one warning, no traceback): the client
+sees an incomplete response and discards the scrape. (gzip checks its CRC only at the end
+of a member, so garbage may decode into text before the error is seen; the abort is what
+keeps such text out of the client's data.)
 
 A filtered scrape has a deadline: the scraper's own timeout, which Prometheus sends as
 `X-Prometheus-Scrape-Timeout-Seconds` (less a small margin, so the answer arrives in time),
@@ -46,6 +48,16 @@ from edge.protocols.content_encoding import GZIP, ZSTD, codec_of
 from edge.protocols.gzip_response import accepts_gzip, gzip_stream
 from edge.protocols.passthrough import UpstreamBody
 from edge.protocols.self_metrics import Metrics
+from edge.protocols.unfiltered import (
+    INTERNAL_ERROR,
+    REJECT,
+    UNKNOWN_CODEC,
+    UNSUPPORTED_FORMAT,
+    Reason,
+    Refused,
+    note,
+    refusal,
+)
 from edge.protocols.upstream import Upstream, UpstreamError, relay_headers, request_head, request_target, url
 from edge.runtime import Runtime
 
@@ -178,6 +190,13 @@ def filterable(response: aiohttp.ClientResponse) -> tuple[str, bool] | None:
     return codec, content_type.startswith("application/openmetrics-text")
 
 
+def unfilterable(response: aiohttp.ClientResponse) -> Reason | None:
+    """Why a scrape `filterable` turned down is unfiltered; None for an error status (relayed as it is)."""
+    if response.status != 200:
+        return None
+    return UNKNOWN_CODEC if codec_of(response.headers.get("Content-Encoding")) is None else UNSUPPORTED_FORMAT
+
+
 class FilteredScrape:
     """The filtered exposition as Falcon's `resp.stream`; `close()` releases the upstream connection."""
 
@@ -191,6 +210,7 @@ class FilteredScrape:
         self.source = source
         self.deadline = deadline  # event-loop time
         self._reported = False
+        self._unfiltered_reported = False
         self._read_to_end = False
         self._expired = False
         self._lines = self._filtered()
@@ -275,6 +295,9 @@ class FilteredScrape:
         records = self.scrape.drain()
         if records.evaluated:
             self.metrics.records(METRIC, records.evaluated, records.kept)
+        if self.scrape.unfiltered and not self._unfiltered_reported:  # the headers are out: counted, not refused
+            self._unfiltered_reported = True
+            note(self.metrics, PrometheusRoute.route, METRIC, False, INTERNAL_ERROR, "the rest of the scrape")
         limit = self.scrape.truncated
         if limit is not None and not self._reported:
             self._reported = True
@@ -298,6 +321,7 @@ class PrometheusRoute:
         limits = runtime.config.prometheus
         self.max_input = limits.max_input_bytes_per_scrape
         self.max_output = limits.max_output_bytes_per_scrape
+        self.reject = runtime.config.unfiltered == REJECT
 
     async def __call__(self, req: Any, resp: Any) -> None:
         scope = req.scope
@@ -313,7 +337,9 @@ class PrometheusRoute:
         response = await self.upstream.open("GET", target, headers, None, streaming=True)
         how = filterable(response) if filtering else None
         if how is None:
-            self._relay(resp, response, method)
+            reason = unfilterable(response) if filtering else None
+            if reason is None or self._unfiltered(resp, response, reason):
+                self._relay(resp, response, method)
             return
         if method == "HEAD":
             response.close()  # the body is not wanted: the connection goes rather than reading it
@@ -326,7 +352,8 @@ class PrometheusRoute:
                                   openmetrics=openmetrics)
         except Exception:  # noqa: BLE001 - fail-open: an exposition we cannot filter goes through as it is
             log.exception("preparing the metric policies for a scrape failed; relaying it unfiltered")
-            self._relay(resp, response, method)
+            if self._unfiltered(resp, response, INTERNAL_ERROR):
+                self._relay(resp, response, method)
             return
         gzip = accepts_gzip(scope["headers"])
         resp.stream = FilteredScrape(response, self.upstream, StreamDecoder(codec), scrape, self.metrics,
@@ -345,6 +372,18 @@ class PrometheusRoute:
         if not any(v.lower() == ACCEPT_ENCODING.lower() for v in vary):
             vary.append(ACCEPT_ENCODING)
         resp.set_header("Vary", ", ".join(vary))
+
+    def _unfiltered(self, resp: Any, response: aiohttp.ClientResponse, reason: Reason) -> bool:
+        """Count and log a scrape relayed unfiltered; False when it was refused instead (`reject`)."""
+        try:
+            note(self.metrics, self.route, METRIC, self.reject, reason,
+                 f"Content-Type {response.headers.get('Content-Type')!r}, "
+                 f"Content-Encoding {response.headers.get('Content-Encoding')!r}")
+        except Refused as refused:
+            response.release()
+            refusal(resp, refused.reason)
+            return False
+        return True
 
     def _relay(self, resp: Any, response: aiohttp.ClientResponse, method: str) -> None:
         """Untouched: status, headers (with the length) and the body as it streams (HEAD: no body)."""

@@ -61,6 +61,9 @@ class Metrics:
                                           "by reason", ("reason",), registry=registry)
         self.s3_dropped_batches = Counter("edge_s3_dump_dropped_batches", "Batches the s3-dump extension gave up, "
                                           "by reason", ("reason",), registry=registry)
+        self.unfiltered_requests = Counter("edge_unfiltered_requests", "Requests that could not be filtered and "
+                                           "were forwarded as received or refused (`unfiltered`), by route, "
+                                           "signal and reason", ("route", "signal", "reason"), registry=registry)
         self.scrapes_truncated = Counter("edge_prometheus_scrapes_truncated", "Prometheus scrapes ended early at a "
                                          "byte limit, by limit (input or output)", ("limit",), registry=registry)
         self._requests: dict[tuple[str, int], Counter] = {}
@@ -100,6 +103,10 @@ class Metrics:
         if child is None:
             child = self._errors[kind] = self.upstream_errors.labels(kind)
         child.inc()
+
+    def unfiltered(self, route: str, signal: str, reason: str) -> None:
+        """A request the policies were not applied to (rare: the child is looked up each time)."""
+        self.unfiltered_requests.labels(route, signal, reason).inc()
 
     def scrape_truncated(self, limit: str) -> None:
         """A Prometheus scrape stopped at `prometheus.max_<limit>_bytes_per_scrape`."""

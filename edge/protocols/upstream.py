@@ -5,7 +5,9 @@ the hop-by-hop ones (plus any the client named in `Connection`); the upstream's 
 the Content-Length of the body actually sent are added. Responses are relayed with their
 status and headers (minus hop-by-hop) and their body as received, never decompressed.
 An unreachable upstream is a 502, one that does not answer within `upstream_timeout` a
-504, both with a short JSON body.
+504, both with a short JSON body. Failures (connect error, timeout, reset) and 5xx answers
+are logged at warn, a 413 answer at info: at most one line per upstream per 10 s with a
+count (`RateLimitedLog`), so an upstream down never floods the log.
 
 One aiohttp `ClientSession` per worker (`auto_decompress=False`) carries buffered
 exchanges (OTLP batches) and streaming passthrough alike; it keeps connections alive and
@@ -22,10 +24,12 @@ import aiohttp
 from yarl import URL
 
 from edge.config import Config
-from edge.protocols.body import LATE_BODY
+from edge.logs import RateLimitedLog
+from edge.protocols.body import LATE_BODY, BodyTimeout, Busy, ClientGone
 from edge.protocols.self_metrics import Metrics
 
 log = logging.getLogger(__name__)
+_troubles = RateLimitedLog(log)  # keyed by upstream origin (scheme, host, port: never userinfo)
 
 HOP_BY_HOP = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding", b"keep-alive",
                         b"proxy-connection", b"te", b"trailer", b"upgrade",
@@ -171,9 +175,9 @@ class Upstream:
     async def exchange(self, base_url: str, method: str, scope: dict[str, Any], head: RequestHead,
                        body: bytes) -> Response:
         """A buffered request/response (the whole response body is read)."""
-        target = request_target(scope)
+        target = url(base_url, request_target(scope))
         try:
-            response = await self.open(method, url(base_url, target), head.pairs(), body)
+            response = await self.open(method, target, head.pairs(), body)
             try:
                 data = await response.read()
             finally:
@@ -182,7 +186,7 @@ class Upstream:
         except UpstreamError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 answer
-            raise self.failed(exc) from None
+            raise self.failed(exc, target) from None
 
     async def open(self, method: str, target: URL, headers: list[tuple[str, str]], data: Any,
                    *, streaming: bool = False) -> aiohttp.ClientResponse:
@@ -191,17 +195,56 @@ class Upstream:
             await self.start()
         assert self.session is not None
         try:
-            return await self.session.request(method, target, headers=headers, data=data, allow_redirects=False,
-                                              timeout=self.stream_timeout if streaming else self.timeout,
-                                              compress=None)
+            response = await self.session.request(method, target, headers=headers, data=data,
+                                                  allow_redirects=False, compress=None,
+                                                  timeout=self.stream_timeout if streaming else self.timeout)
         except Exception as exc:  # noqa: BLE001
-            raise self.failed(exc) from None
+            raise self.failed(exc, target) from None
+        if response.status >= 500 or response.status == 413:
+            answered(target, response.status)
+        return response
 
-    def failed(self, exc: BaseException) -> UpstreamError:
+    def failed(self, exc: BaseException, target: URL | None = None) -> UpstreamError:
+        """Count and log (rate-limited, per upstream) a request that got no usable answer."""
         error = classify(exc)
         self.metrics.upstream_error(error.kind)
-        log.debug("upstream request failed (%s): %s", error.kind, error)
+        where = origin(target, exc)
+        if client_side(exc):  # the request's own body failed while it was streamed: not the upstream's doing
+            log.debug("request to upstream %s abandoned (%s): %s", where, error.kind, error)
+        elif not _troubles.log(logging.WARNING, where, "upstream %s failed (%s): %s", where, error.kind, error):
+            log.debug("upstream %s failed (%s): %s", where, error.kind, error)  # folded into the next warning
         return error
+
+
+def client_side(exc: BaseException | None) -> bool:
+    """Whether a failure comes from the client's side of a streamed request (gone, late, refused)."""
+    for _ in range(4):  # aiohttp may wrap what the body iterator raised
+        if exc is None:
+            return False
+        if isinstance(exc, (ClientGone, BodyTimeout, Busy)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def origin(target: URL | None, exc: BaseException | None = None) -> str:
+    """The upstream a line is about: scheme, host and port of the request (or of the failed connection)."""
+    if target is not None and target.host:
+        return str(target.origin())
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{exc.host}:{exc.port}"
+    return "(unknown)"
+
+
+def answered(target: URL, status: int) -> None:
+    """An upstream's 5xx at warn and its 413 at info (the sender gets its answer as it is, logged here
+    since its batches are lost or retried), one line per upstream and kind per 10 s."""
+    where = origin(target)
+    if status == 413:
+        _troubles.log(logging.INFO, f"{where} 413", "upstream %s answered 413: a request body was too large for it",
+                      where)
+    else:
+        _troubles.log(logging.WARNING, where, "upstream %s answered %d", where, status)
 
 
 def url(base_url: str, target: bytes) -> URL:

@@ -37,6 +37,7 @@ from edge.policy.compiler import compile_policies
 from edge.protocols import admin, content_encoding
 from edge.protocols.content_encoding import GZIP, ZSTD, decode, encode
 from edge.protocols.otlp import COMPRESSION_RATIO, OFFLOAD_BYTES, OtlpRoute
+from edge.protocols.self_metrics import get_metrics
 from edge.protocols.upstream import RequestHead, request_head
 from tests.engine_helpers import clean_engine
 from tests.reliability.harness import (
@@ -485,6 +486,7 @@ class BrokenRuntime:
 def test_a_big_compressed_body_is_forwarded_unmodified_when_the_engine_fails() -> None:
     route = OtlpRoute.__new__(OtlpRoute)
     route.signal, route.runtime, route.max_decoded = "log", BrokenRuntime(), 1 << 20
+    route.route, route.metrics, route.reject = "otlp_logs", get_metrics(), False
     gzipped = request_head([(b"content-type", b"application/json"), (b"content-encoding", b"gzip")])
     body = encode(b"x" * OFFLOAD_BYTES, GZIP) + b"x" * OFFLOAD_BYTES  # big enough to decode off the loop
     assert asyncio.run(route.filter_off_loop(body, gzipped)) == body

@@ -84,7 +84,7 @@ def evaluate(engine: Engine, signal: str, body: bytes, protobuf: bool = False) -
         return Evaluated(output(body, batch) if outcome.changed else body, outcome)
     except Exception:  # noqa: BLE001 - fail-open is the contract (docs/policies.md §8)
         log.exception("policy evaluation failed; forwarding the Datadog %s batch unmodified", signal)
-        return Evaluated(body, Outcome(0, 0, False))
+        return Evaluated(body, Outcome(0, 0, False), failed=True)
 
 
 __all__ = ["evaluate", "json_array"]

@@ -12,12 +12,13 @@ import logging
 import orjson
 
 from edge.engine.engine import Engine, Outcome
-from edge.formats.errors import BatchShapeError, UndecodableBody
+from edge.formats.errors import BatchShapeError, NestedTooDeep, UndecodableBody
 from edge.formats.evaluated import Evaluated
 from edge.formats.otlp.json_batch import JsonLogs, JsonMetrics, JsonTraces
 
 log = logging.getLogger(__name__)
 
+ORJSON_DEPTH = "depth limit exceeded"  # orjson's message for JSON nested over 1024 levels
 JSON_BATCHES = {"log": JsonLogs, "metric": JsonMetrics, "trace": JsonTraces}
 
 
@@ -37,7 +38,7 @@ def evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None)
         raise
     except Exception:  # noqa: BLE001 - fail-open is the contract (docs/policies.md §8)
         log.exception("policy evaluation failed; forwarding the %s batch unmodified", signal)
-        return Evaluated(body, Outcome(0, 0, False))
+        return Evaluated(body, Outcome(0, 0, False), failed=True)
 
 
 def _evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None) -> Evaluated:
@@ -55,6 +56,8 @@ def _evaluate(engine: Engine, signal: str, body: bytes, content_type: str | None
         doc = orjson.loads(body)
         batch = JSON_BATCHES[signal](doc)
     except (orjson.JSONDecodeError, BatchShapeError) as exc:
+        if isinstance(exc, orjson.JSONDecodeError) and str(exc).startswith(ORJSON_DEPTH):
+            raise NestedTooDeep(f"OTLP/JSON {signal} request: {exc}") from None
         raise UndecodableBody(f"not an OTLP/JSON {signal} request: {exc}") from None
     outcome = engine.evaluate(signal, batch)
     return Evaluated(orjson.dumps(doc) if outcome.changed else body, outcome)
