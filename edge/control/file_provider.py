@@ -22,7 +22,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edge.config import ProviderConfig
-from edge.control.provider_thread import OnUpdate, ProviderThread
+from edge.control.provider_thread import OnErrors, OnUpdate, ProviderThread
 from edge.policy.loader import LoadResult, PolicyFileError, load_document, parse_document
 
 log = logging.getLogger("edge.providers")
@@ -79,8 +79,8 @@ class FileProvider(ProviderThread):
 
     kind = "file"
 
-    def __init__(self, config: ProviderConfig, on_update: OnUpdate) -> None:
-        super().__init__(config, on_update)
+    def __init__(self, config: ProviderConfig, on_update: OnUpdate, on_errors: OnErrors | None = None) -> None:
+        super().__init__(config, on_update, on_errors)
         self.path = os.path.abspath(config.path)
         self.poll_s = min(config.poll_interval, FILE_POLL_MAX_S)
         self._changed = threading.Event()
@@ -106,6 +106,7 @@ class FileProvider(ProviderThread):
             result = self._parse(data)
             if result is None:
                 return False
+            self._report_errors(result.errors)
             if self._failure is not None:
                 log.info("policy provider %s: %s is readable again", self.id, self.path)
                 self._failure = None
@@ -148,6 +149,7 @@ class FileProvider(ProviderThread):
         return True
 
     def _fail(self, reason: str) -> None:
+        self._report_errors([f"{reason}; keeping the last good policies"])
         if reason != self._failure:
             log.warning("policy provider %s: %s; keeping the last good policies", self.id, reason)
             self._failure = reason

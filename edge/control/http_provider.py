@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from edge.config import ProviderConfig, ServiceConfig
 from edge.control.merger import policies_version
-from edge.control.provider_thread import OnUpdate, ProviderThread
+from edge.control.provider_thread import OnErrors, OnUpdate, ProviderThread
 from edge.engine.stats import PolicyCounters
 from edge.policy.sync import JSON, SyncClient, SyncError, SyncResult, statuses
 
@@ -47,11 +47,12 @@ class HttpProvider(ProviderThread):
 
     kind = "http"
 
-    def __init__(self, config: ProviderConfig, on_update: OnUpdate, *, service: ServiceConfig | None = None,
+    def __init__(self, config: ProviderConfig, on_update: OnUpdate, *, on_errors: OnErrors | None = None,
+                 service: ServiceConfig | None = None,
                  stats_source: StatsDrain | None = None, stats_return: StatsReturn | None = None,
                  errors_source: ErrorsSource | None = None, wire: str = JSON, extensions: Sequence[str] = (),
                  timeout: float = SYNC_TIMEOUT_S, backoff_base: float = 1.0, rng: random.Random | None = None) -> None:
-        super().__init__(config, on_update)
+        super().__init__(config, on_update, on_errors)
         fields = dataclasses.asdict(service) if service is not None else {}
         self.client = SyncClient(config.url, headers=dict(config.headers), wire=wire, timeout=timeout,
                                  service={k: str(v) for k, v in fields.items()}, extensions=list(extensions),
@@ -66,6 +67,7 @@ class HttpProvider(ProviderThread):
         self._errors_source = errors_source or dict
         self._owned: frozenset[str] = frozenset()
         self._delivered: str | None = None
+        self._decode_errors: list[str] = []  # policies of the last applied answer that could not be read
         self._sync_lock = threading.Lock()
 
     def sync_once(self) -> bool:
@@ -75,6 +77,7 @@ class HttpProvider(ProviderThread):
             if result is None:
                 return False
             self._apply(result)
+            self._report_errors(self._decode_errors)
             return True
 
     def final_sync(self, timeout: float = FINAL_SYNC_TIMEOUT_S) -> bool:
@@ -100,6 +103,8 @@ class HttpProvider(ProviderThread):
         except Exception as exc:
             self._give_back(counts)
             self._failed(exc, final)
+            if not final:
+                self._report_errors([f"sync failed: {exc}; keeping the last good policies", *self._decode_errors])
             return None
         self.failures = 0
         if result.interval_s > 0:
@@ -143,6 +148,7 @@ class HttpProvider(ProviderThread):
             self.client.last_hash = ""  # ask for a full sync next time, so the delivery is retried
             raise
         self._delivered = version
+        self._decode_errors = list(result.decode_errors)
         self._owned = frozenset(p.id for p in result.policies)
         log.info("policy provider %s: received %d policies (hash %s)", self.id, len(result.policies),
                  result.hash or "-")

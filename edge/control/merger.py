@@ -18,6 +18,7 @@ from edge.proto.tero.policy.v1.policy_pb2 import Policy
 log = logging.getLogger("edge.providers")
 
 OnChange = Callable[[list[Policy], str], None]
+OnLoadErrors = Callable[[list[str]], None]
 
 
 def policies_version(policies: Iterable[Policy]) -> str:
@@ -36,11 +37,17 @@ class PolicyMerger:
     Precedence for an id defined by several providers: http providers over file providers (the
     policy server is the source of truth), then the provider listed first in the config.
     `on_change(policies, version)` runs under the merger's lock, so snapshots are delivered in
-    order even though providers call in from their own threads.
+    order even though providers call in from their own threads. Load errors are merged the
+    same way: `on_load_errors(messages)` gets every provider's errors, each prefixed with the
+    provider id, whenever they change.
     """
 
-    def __init__(self, on_change: OnChange, providers: Iterable[ProviderConfig] = ()) -> None:
+    def __init__(self, on_change: OnChange, providers: Iterable[ProviderConfig] = (), *,
+                 on_load_errors: OnLoadErrors | None = None) -> None:
         self._on_change = on_change
+        self._on_load_errors = on_load_errors
+        self._errors: dict[str, list[str]] = {}
+        self._load_errors: list[str] = []
         self._lock = threading.RLock()
         self._rank: dict[str, tuple[int, int]] = {}
         self._sets: dict[str, list[Policy]] = {}
@@ -75,6 +82,23 @@ class PolicyMerger:
                 return False
             self._merged, self._version = merged, version
             return True
+
+    def report_errors(self, provider_id: str, errors: Sequence[str]) -> None:
+        """A provider's current load errors (all of them; [] clears). Delivered only when the whole list changed."""
+        with self._lock:
+            self.register(provider_id, "file")
+            self._errors[provider_id] = list(errors)
+            merged = [f"provider {pid}: {message}" for pid in self._rank for message in self._errors.get(pid, ())]
+            if merged == self._load_errors:
+                return
+            self._load_errors = merged
+            if self._on_load_errors is not None:
+                self._on_load_errors(list(merged))
+
+    @property
+    def load_errors(self) -> list[str]:
+        with self._lock:
+            return list(self._load_errors)
 
     def _merge(self) -> list[Policy]:
         by_id: dict[str, Policy] = {}

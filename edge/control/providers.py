@@ -46,7 +46,8 @@ class ProviderSet:
             "errors_source": errors_source, "wire": wire, "extensions": extensions, "timeout": http_timeout,
         }
         self.providers: list[Provider] = [
-            HttpProvider(c, merger.update, **http_options) if c.type == "http" else FileProvider(c, merger.update)
+            HttpProvider(c, merger.update, on_errors=merger.report_errors, **http_options) if c.type == "http"
+            else FileProvider(c, merger.update, merger.report_errors)
             for c in configs
         ]
 
