@@ -91,9 +91,14 @@ class PolicyMerger:
             merged = [f"provider {pid}: {message}" for pid in self._rank for message in self._errors.get(pid, ())]
             if merged == self._load_errors:
                 return
+            try:
+                if self._on_load_errors is not None:
+                    self._on_load_errors(list(merged))
+            except Exception:
+                # Not recording them as delivered makes the provider's next report retry the delivery.
+                log.exception("policy load errors could not be published")
+                return
             self._load_errors = merged
-            if self._on_load_errors is not None:
-                self._on_load_errors(list(merged))
 
     @property
     def load_errors(self) -> list[str]:

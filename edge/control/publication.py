@@ -65,7 +65,7 @@ class SnapshotManager:
             snapshot = dataclasses.replace(current, load_errors=list(load_errors), _runtime={})
             generation = self.sink.publish(snapshot)
             self.snapshot = snapshot
-        log.info("published policy load errors (generation %d): %d", generation, len(load_errors))
+        log.info("published %d policy load errors (generation %d)", len(load_errors), generation)
 
     def errors(self) -> dict[str, list[str]]:
         """Compile errors of the published snapshot by policy id (reported to the policy servers)."""
