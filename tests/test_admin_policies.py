@@ -77,8 +77,7 @@ def test_policies_route_shows_invalid_policies_and_provider_load_errors(tmp_path
         assert _rows(edge.policy_doc()) == _rows(doc)
 
         server.stop()  # the policy server goes away: its policies stay in force, the failure is shown
-        failed = ("provider server: sync failed: policy server unreachable: [Errno 111] Connection refused; "
-                  "keeping the last good policies")
+        failed = "provider server: sync failed (the reason is logged); keeping the last good policies"
         assert wait_for(lambda: edge.policy_doc()["load_errors"] == [broken, failed, expected_errors[2]], 10, 0.1), \
             edge.policy_doc()["load_errors"]
         assert _rows(edge.policy_doc()) == _rows(doc)

@@ -703,9 +703,10 @@ def test_merger_load_errors_in_config_order_once_per_change_and_retried() -> Non
     delivered: list[list[str]] = []
     failing = [True]
 
-    def publish(errors: list[str]) -> None:
+    def publish(errors: list[str], publish: bool) -> None:
         if failing[0]:
             raise RuntimeError("sink is full")
+        assert publish  # errors alone: nothing else would publish them
         delivered.append(errors)
 
     merger = PolicyMerger(Changes(), CONFIGS, on_load_errors=publish)
@@ -723,3 +724,16 @@ def test_merger_load_errors_in_config_order_once_per_change_and_retried() -> Non
         ["provider f2: two.json is empty; keeping the last good policies"],
     ]
     assert merger.load_errors == delivered[-1]
+
+
+def test_merger_errors_that_come_with_new_policies_travel_in_their_snapshot() -> None:
+    """A provider that recovers reports its (cleared) errors and then its new policies: one snapshot,
+    compiled with the errors, instead of one for the errors and another for the policies."""
+    calls: list[tuple] = []
+    merger = PolicyMerger(lambda policies, version: calls.append(("compile", [p.id for p in policies])), CONFIGS,
+                          on_load_errors=lambda errors, publish: calls.append(("errors", errors, publish)))
+    merger.report_errors("h1", ["sync failed: policy server unreachable"])
+    merger.report_errors("h1", [], deliver=False)
+    merger.update("h1", decoded(pol("a")))
+    assert calls == [("errors", ["provider h1: sync failed: policy server unreachable"], True),
+                     ("errors", [], False), ("compile", ["a"])]

@@ -152,7 +152,7 @@ class Delivered:
         with self._lock:
             self.policies = list(policies)
 
-    def on_errors(self, provider_id: str, errors: list[str]) -> None:
+    def on_errors(self, provider_id: str, errors: list[str], deliver: bool = True) -> None:
         self.errors = errors
 
 

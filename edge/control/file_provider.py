@@ -106,7 +106,7 @@ class FileProvider(ProviderThread):
             result = self._parse(data)
             if result is None:
                 return False
-            self._report_errors(result.errors)
+            self._report_errors(result.errors, before_update=digest != self._good_hash)
             if self._failure is not None:
                 log.info("policy provider %s: %s is readable again", self.id, self.path)
                 self._failure = None

@@ -29,6 +29,7 @@ ErrorsSource = Callable[[], dict[str, list[str]]]
 BACKOFF_CAP_MIN_S = 60.0
 FINAL_SYNC_TIMEOUT_S = 2.0
 SYNC_TIMEOUT_S = 10.0
+SYNC_FAILED = "sync failed (the reason is logged); keeping the last good policies"
 
 
 def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
@@ -103,8 +104,8 @@ class HttpProvider(ProviderThread):
         except Exception as exc:
             self._give_back(counts)
             self._failed(exc, final)
-            if not final:
-                self._report_errors([f"sync failed: {exc}; keeping the last good policies", *self._decode_errors])
+            if not final:  # one stable line per outage (the reasons, which vary, are logged): no republish per retry
+                self._report_errors([SYNC_FAILED, *self._decode_errors])
             return None
         self.failures = 0
         if result.interval_s > 0:
@@ -142,6 +143,7 @@ class HttpProvider(ProviderThread):
             return  # same content under a new hash: nothing to recompile
         for error in result.decode_errors:
             log.warning("policy provider %s: %s", self.id, error)
+        self._report_errors(list(result.decode_errors), before_update=True)
         try:
             self._on_update(self.id, list(result.policies))
         except Exception:

@@ -18,12 +18,13 @@ from edge.proto.tero.policy.v1.policy_pb2 import Policy
 log = logging.getLogger("edge.providers")
 
 OnUpdate = Callable[[str, list[Policy]], None]
-# (provider id, every load error the provider has now): an empty list clears them. Errors travel
-# apart from policies because a broken file keeps the last good policies yet must be shown.
-OnErrors = Callable[[str, list[str]], None]
+# (provider id, every load error the provider has now, deliver): an empty list clears them. Errors
+# travel apart from policies because a broken file keeps the last good policies yet must be shown;
+# deliver=False says the provider's on_update follows at once and takes them along.
+OnErrors = Callable[[str, list[str], bool], None]
 
 
-def _ignore_errors(provider_id: str, errors: list[str]) -> None:
+def _ignore_errors(provider_id: str, errors: list[str], deliver: bool = True) -> None:
     """The default when nobody listens for load errors (they are logged by the provider anyway)."""
 
 
@@ -69,9 +70,12 @@ class ProviderThread:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _report_errors(self, errors: list[str]) -> None:
-        """Replace this provider's load errors (shown by GET /_edge/policies); [] clears them."""
-        self._on_errors(self.id, list(errors))
+    def _report_errors(self, errors: list[str], before_update: bool = False) -> None:
+        """Replace this provider's load errors (shown by GET /_edge/policies); [] clears them.
+
+        before_update: new policies are delivered right after, and the errors go with them.
+        """
+        self._on_errors(self.id, list(errors), not before_update)
 
     def _interrupt(self) -> None:
         """Wake the thread out of its wait (subclasses wait on more than the stop event)."""

@@ -53,14 +53,17 @@ class SnapshotManager:
                  version, generation, len(snapshot.policies), len(errors),
                  (time.perf_counter() - started) * 1000)
 
-    def on_load_errors(self, load_errors: list[str]) -> None:
-        """Publish the providers' new load errors with the policies in force (called by the merger).
+    def on_load_errors(self, load_errors: list[str], publish: bool = True) -> None:
+        """Publish the providers' new load errors with the policies in force (called by the merger);
+        publish=False only records them for the snapshot `on_change` compiles next.
 
         Only the error list changes, so the compiled snapshot is reused: a file that breaks and
         is fixed again never costs a recompile.
         """
         with self._lock:
             self.load_errors = list(load_errors)
+            if not publish:
+                return
             current = self.snapshot or compile_policies([])
             snapshot = dataclasses.replace(current, load_errors=list(load_errors), _runtime={})
             generation = self.sink.publish(snapshot)
