@@ -65,8 +65,8 @@ def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:
     if not providers:
         return "no policy providers (everything passes unfiltered)"
     names = ", ".join(f"{p.id} ({p.type})" for p in providers)
-    if count is None:
-        return f"no policies loaded yet from {names} (everything passes unfiltered until they are)"
+    if not count:  # none loaded yet, or only errors published so far
+        return f"none in force yet from {names} (everything passes unfiltered until some are)"
     return f"{count} in force from {names}"
 
 

@@ -99,6 +99,8 @@ def assert_clean_failure(proc: subprocess.CompletedProcess) -> str:
 def files(tmp_path: Path) -> dict[str, Path]:
     paths = {name: tmp_path / f"{name}.json" for name in ("policies", "input", "output", "stats")}
     paths["policies"].write_bytes(orjson.dumps(POLICIES))
+    paths["valid"] = tmp_path / "valid.json"
+    paths["valid"].write_bytes(orjson.dumps({"policies": [p for p in POLICIES["policies"] if p["id"] != "bad-regex"]}))
     paths["input"].write_bytes(orjson.dumps(INPUT))
     return paths
 
@@ -113,7 +115,8 @@ def _bodies(path: Path) -> list[str]:
 
 def test_eval_writes_output_and_stats(files):
     """eval --policies: filtered output plus a stats file in the documented format, sorted by id."""
-    proc = run_eval(files["policies"], files["input"], files["output"], "--stats", str(files["stats"]))
+    proc = run_eval(files["policies"], files["input"], files["output"], "--stats", str(files["stats"]),
+                    "--allow-invalid")
     assert proc.returncode == 0, proc.stderr
     assert _bodies(files["output"]) == ["b", "d"]
     out = orjson.loads(files["output"].read_bytes())
@@ -142,6 +145,7 @@ def test_eval_stdin_stdout(files):
         "-",
         "--signal",
         "log",
+        "--allow-invalid",
         stdin=orjson.dumps(INPUT),
     )
     assert proc.returncode == 0, proc.stderr
@@ -164,7 +168,7 @@ def test_eval_yaml_policy_file(files, tmp_path):
 def test_eval_missing_input_file_fails_cleanly(files, tmp_path):
     """A missing input file: non-zero exit, one-line message naming it, no traceback."""
     missing = tmp_path / "nope.json"
-    proc = run_eval(str(files["policies"]), str(missing), str(files["output"]))
+    proc = run_eval(str(files["valid"]), str(missing), str(files["output"]))
     assert "nope.json" in assert_clean_failure(proc)
 
 
@@ -181,7 +185,7 @@ def test_eval_undecodable_input_passes_through(files, tmp_path):
     """A body that is not OTLP/JSON is forwarded unchanged (fail-open) with a message, never a traceback."""
     garbage = tmp_path / "garbage.json"
     garbage.write_bytes(b"this is not json")
-    proc = run_eval(str(files["policies"]), str(garbage), str(files["output"]))
+    proc = run_eval(str(files["valid"]), str(garbage), str(files["output"]))
     err = proc.stderr.decode()
     assert "Traceback" not in err
     assert "not an OTLP/JSON log request" in err
@@ -190,7 +194,7 @@ def test_eval_undecodable_input_passes_through(files, tmp_path):
 
 def test_eval_unwritable_output_fails_cleanly(files, tmp_path):
     """An output path in a missing directory: non-zero exit, one-line message."""
-    proc = run_eval(str(files["policies"]), str(files["input"]), str(tmp_path / "no" / "dir" / "out.json"))
+    proc = run_eval(str(files["valid"]), str(files["input"]), str(tmp_path / "no" / "dir" / "out.json"))
     assert_clean_failure(proc)
 
 
@@ -264,6 +268,7 @@ def test_eval_server_mode_reports_statuses(files, wire):
             str(files["output"]),
             "--signal",
             "log",
+            "--allow-invalid",
         )
     assert proc.returncode == 0, proc.stderr
     assert _bodies(files["output"]) == ["b", "d"]
@@ -422,3 +427,148 @@ def test_validate_several_files(tmp_path):
     assert proc.returncode == 1
     out = proc.stdout.decode()
     assert "good.json" in out and "bad.json" in out
+
+
+# ── eval: invalid policies, signal check, stdout and terminals, --help/--version ──
+
+
+BAD_REGEX_ERROR = 'edge-policy: policy bad-regex: log: match[0]: invalid regex "([bad": missing ]: [bad'
+INVALID_HINT = "edge-policy: invalid policies; fix them, or pass --allow-invalid to evaluate with the valid ones"
+
+
+def test_eval_invalid_policies_exit_1_with_every_error(files, tmp_path):
+    """Without --allow-invalid, every load and compile error is on stderr, exit 1, nothing is written."""
+    doc = {"policies": [*POLICIES["policies"], {"id": "undecodable", "log": {"match": "not-a-list"}}]}
+    files["policies"].write_bytes(orjson.dumps(doc))
+    proc = run_eval(files["policies"], files["input"], files["output"])
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines() == [
+        "edge-policy: policy undecodable: 'log.match' must be a list, got a string",
+        BAD_REGEX_ERROR,
+        INVALID_HINT,
+    ]
+    assert not files["output"].exists()
+
+
+def test_eval_allow_invalid_prints_errors_and_goes_on(files):
+    """--allow-invalid: the same errors on stderr, then the valid policies are applied (exit 0)."""
+    proc = run_eval(files["policies"], files["input"], files["output"], "--allow-invalid")
+    assert proc.returncode == 0
+    assert proc.stderr.decode().splitlines() == [BAD_REGEX_ERROR]
+    assert _bodies(files["output"]) == ["b", "d"]
+
+
+def test_eval_server_mode_invalid_policies_reported_then_exit_1(files):
+    """--server without --allow-invalid: the errors still reach the server in the final sync; exit 1."""
+    with SyncServer("json") as server:
+        proc = run("eval", "--server", server.url, "--input", str(files["input"]), "--output",
+                   str(files["output"]), "--signal", "log")
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines() == [BAD_REGEX_ERROR, INVALID_HINT]
+    assert not files["output"].exists()
+    final = server.requests[-1]
+    assert len(server.requests) == 2
+    assert [(s.id, list(s.errors)) for s in final.policy_statuses] == [
+        ("bad-regex", ['log: match[0]: invalid regex "([bad": missing ]: [bad'])]
+
+
+def test_eval_warns_when_the_input_is_another_signal(files, tmp_path):
+    """An OTLP traces body evaluated with --signal logs: a warning on stderr, the body passes unchanged."""
+    traces = tmp_path / "traces.json"
+    traces.write_bytes(orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "GET /"}]}]}]}))
+    proc = run_eval(files["valid"], traces, files["output"], signal="logs")
+    assert proc.returncode == 0
+    assert proc.stderr.decode().splitlines() == [
+        "edge-policy: warning: the input is an OTLP trace batch but --signal is log; no log policy applies to it"]
+    assert files["output"].read_bytes() == traces.read_bytes()
+
+
+def test_eval_without_output_writes_stdout(files):
+    """--output omitted: the filtered batch goes to stdout."""
+    proc = run("eval", "--policies", str(files["valid"]), "--input", str(files["input"]), "--signal", "logs")
+    assert proc.returncode == 0, proc.stderr
+    doc = orjson.loads(proc.stdout)
+    assert [r["body"]["stringValue"] for r in doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"]] == ["b", "d"]
+
+
+def _protobuf_input(tmp_path: Path) -> Path:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    path = tmp_path / "input.pb"
+    path.write_bytes(json_format.ParseDict(INPUT, ExportLogsServiceRequest()).SerializeToString())
+    return path
+
+
+def _run_on_terminal(*args: str) -> tuple[int, str, bytes]:
+    """Run edge-policy with stdout on a real pseudo-terminal: (exit status, stderr, bytes the terminal got)."""
+    import os
+    import pty
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)  # the bytes arrive as written, no newline translation
+    try:
+        proc = subprocess.Popen([*COMMAND, *args], stdout=slave, stderr=subprocess.PIPE)
+        os.close(slave)
+        received = bytearray()
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            received += chunk
+        stderr = proc.stderr.read().decode()
+        return proc.wait(timeout=60), stderr, bytes(received)
+    finally:
+        os.close(master)
+
+
+def test_eval_refuses_guessed_protobuf_to_a_terminal(files, tmp_path):
+    """Protobuf bound for a terminal needs an explicit --format: clear message, exit 2."""
+    pb_input = _protobuf_input(tmp_path)
+    code, stderr, received = _run_on_terminal("eval", "--policies", str(files["valid"]), "--input", str(pb_input),
+                                              "--signal", "logs")
+    assert code == 2
+    assert stderr.splitlines() == ["edge-policy: refusing to write protobuf to a terminal; use --output FILE, "
+                                   "redirect stdout, or pass --format protobuf"]
+    assert received == b""
+
+
+def test_eval_explicit_protobuf_format_writes_to_a_terminal(files, tmp_path):
+    """With --format protobuf the user asked for it: the filtered protobuf batch is written to the terminal."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    pb_input = _protobuf_input(tmp_path)
+    code, stderr, received = _run_on_terminal("eval", "--policies", str(files["valid"]), "--input", str(pb_input),
+                                              "--signal", "logs", "--format", "protobuf")
+    assert (code, stderr) == (0, "")
+    request = ExportLogsServiceRequest.FromString(received)
+    assert [r.body.string_value for r in request.resource_logs[0].scope_logs[0].log_records] == ["b", "d"]
+
+
+def test_eval_guesses_protobuf_input_when_redirected(files, tmp_path):
+    """--format omitted and stdout not a terminal: a protobuf input is evaluated as protobuf."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    proc = run("eval", "--policies", str(files["valid"]), "--input", str(_protobuf_input(tmp_path)),
+               "--signal", "logs")
+    assert proc.returncode == 0, proc.stderr
+    request = ExportLogsServiceRequest.FromString(proc.stdout)
+    assert [r.body.string_value for r in request.resource_logs[0].scope_logs[0].log_records] == ["b", "d"]
+
+
+def test_version_and_help():
+    """--version names the release; --help is for users: what it does and examples, no internals."""
+    from edge import __version__
+
+    version = run("--version")
+    assert (version.returncode, version.stdout.decode()) == (0, f"edge-policy {__version__}\n")
+    for args in (["--help"], ["eval", "--help"]):
+        proc = run(*args)
+        text = proc.stdout.decode()
+        assert proc.returncode == 0
+        assert "examples:\n  edge-policy validate policies.yaml\n" in text
+        assert "conformance" not in text and "`" not in text
+    assert "--allow-invalid" in run("eval", "--help").stdout.decode()

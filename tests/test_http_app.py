@@ -149,7 +149,7 @@ def test_policies_endpoint(edge: EdgeStack, upstream: RecordingUpstream) -> None
         assert doc["version"] and doc["generation"] >= 1
         by_id = {p["id"]: p for p in doc["policies"]}
         assert by_id["drop-debug"] == {"id": "drop-debug", "name": "Drop debug logs", "signal": "log",
-                                       "enabled": True, "errors": []}
+                                       "enabled": True, "in_force": True, "errors": []}
         assert by_id["drop-internal"]["signal"] == "metric"
     assert upstream.received() == []
 

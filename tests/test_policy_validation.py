@@ -114,7 +114,7 @@ def test_several_problems_of_one_policy_share_its_line() -> None:
      "policy a: 'log.match[0].exact' and 'log.match[0].regex' cannot both be set; choose one"),
     ({"id": "a", "log": {"match": [{"log_field": "bdy", "exact": "x"}]}},
      "policy a: 'log.match[0].log_field' has unknown value 'bdy'; expected one of: body, severity_text, trace_id, "
-     "span_id, event_name, resource_schema_url, scope_schema_url"),
+     "span_id, event_name, resource_schema_url, scope_schema_url, severity_number, scope_name, scope_version"),
     (42, "policy #0: cannot decode: a policy must be an object, got a number"),
 ])
 def test_wrong_values_are_named_without_protobuf_words(policy: object, message: str) -> None:

@@ -216,6 +216,10 @@ def test_oneof_members() -> None:
                 "LOG_FIELD_EVENT_NAME": 5,
                 "LOG_FIELD_RESOURCE_SCHEMA_URL": 10,
                 "LOG_FIELD_SCOPE_SCHEMA_URL": 11,
+                # additions for Tero Edge match keys: new numbers only, none above changed
+                "LOG_FIELD_SEVERITY_NUMBER": 6,
+                "LOG_FIELD_SCOPE_NAME": 12,
+                "LOG_FIELD_SCOPE_VERSION": 13,
             },
         ),
         (

@@ -695,3 +695,45 @@ def test_provider_set_end_to_end(tmp_path: Path, server: SyncServer) -> None:
     finally:
         providers.stop()
     assert not any(p.running for p in providers.providers)  # stop cut their waits short
+
+
+def test_merger_load_errors_in_config_order_once_per_change_and_retried() -> None:
+    """Every provider's errors, prefixed with its id in config order; an unchanged list is not
+    delivered again, and a delivery that failed is retried by the next report."""
+    delivered: list[list[str]] = []
+    failing = [True]
+
+    def publish(errors: list[str], publish: bool) -> None:
+        if failing[0]:
+            raise RuntimeError("sink is full")
+        assert publish  # errors alone: nothing else would publish them
+        delivered.append(errors)
+
+    merger = PolicyMerger(Changes(), CONFIGS, on_load_errors=publish)
+    merger.report_errors("h1", ["sync failed: policy server unreachable"])
+    assert (delivered, merger.load_errors) == ([], [])  # the delivery failed: not recorded
+    failing[0] = False
+    merger.report_errors("h1", ["sync failed: policy server unreachable"])
+    merger.report_errors("f2", ["two.json is empty; keeping the last good policies"])
+    merger.report_errors("f2", ["two.json is empty; keeping the last good policies"])  # unchanged: no delivery
+    merger.report_errors("h1", [])
+    assert delivered == [
+        ["provider h1: sync failed: policy server unreachable"],
+        ["provider h1: sync failed: policy server unreachable",
+         "provider f2: two.json is empty; keeping the last good policies"],
+        ["provider f2: two.json is empty; keeping the last good policies"],
+    ]
+    assert merger.load_errors == delivered[-1]
+
+
+def test_merger_errors_that_come_with_new_policies_travel_in_their_snapshot() -> None:
+    """A provider that recovers reports its (cleared) errors and then its new policies: one snapshot,
+    compiled with the errors, instead of one for the errors and another for the policies."""
+    calls: list[tuple] = []
+    merger = PolicyMerger(lambda policies, version: calls.append(("compile", [p.id for p in policies])), CONFIGS,
+                          on_load_errors=lambda errors, publish: calls.append(("errors", errors, publish)))
+    merger.report_errors("h1", ["sync failed: policy server unreachable"])
+    merger.report_errors("h1", [], deliver=False)
+    merger.update("h1", decoded(pol("a")))
+    assert calls == [("errors", ["provider h1: sync failed: policy server unreachable"], True),
+                     ("errors", [], False), ("compile", ["a"])]

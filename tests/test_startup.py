@@ -180,8 +180,8 @@ def test_missing_policy_file_at_start_says_nothing_is_filtered(tmp_path: Path, s
                            "policy_providers": [{"id": "later", "type": "file", "path": str(missing)}]})
     started.append(edge)
     line = edge.wait_ready()
-    assert line.endswith("; policies: no policies loaded yet from later (file) "
-                         "(everything passes unfiltered until they are)")
+    assert line.endswith("; policies: none in force yet from later (file) "
+                         "(everything passes unfiltered until some are)")
     errors = [e for e in edge.lines() if e["logger"] == "edge.providers" and e["level"] == "err"]
     assert [e["msg"] for e in errors] == [f"policy provider later: cannot read {missing}: No such file or directory; "
                                           "nothing is filtered until it appears"]

@@ -55,7 +55,7 @@ def build_control_plane(config: Config, sink: SnapshotSink, stats_source: StatsS
     policy servers); `http_timeout` bounds one sync.
     """
     manager = SnapshotManager(sink, stats_source)
-    merger = PolicyMerger(manager.on_change, config.policy_providers)
+    merger = PolicyMerger(manager.on_change, config.policy_providers, on_load_errors=manager.on_load_errors)
     providers = ProviderSet(config.policy_providers, merger, service=config.service,
                             stats_source=manager.drain_stats, stats_return=manager.return_stats,
                             errors_source=manager.errors, extensions=extensions, http_timeout=http_timeout,

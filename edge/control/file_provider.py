@@ -23,7 +23,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edge.config import ProviderConfig
-from edge.control.provider_thread import OnUpdate, ProviderThread, fallback
+from edge.control.provider_thread import OnErrors, OnUpdate, ProviderThread, fallback
 from edge.policy.loader import LoadResult, PolicyFileError, load_document, parse_document
 
 log = logging.getLogger("edge.providers")
@@ -80,8 +80,8 @@ class FileProvider(ProviderThread):
 
     kind = "file"
 
-    def __init__(self, config: ProviderConfig, on_update: OnUpdate) -> None:
-        super().__init__(config, on_update)
+    def __init__(self, config: ProviderConfig, on_update: OnUpdate, on_errors: OnErrors | None = None) -> None:
+        super().__init__(config, on_update, on_errors)
         self.path = os.path.abspath(config.path)
         self.poll_s = min(config.poll_interval, FILE_POLL_MAX_S)
         self._changed = threading.Event()
@@ -108,6 +108,7 @@ class FileProvider(ProviderThread):
             result = self._parse(data)
             if result is None:
                 return False
+            self._report_errors(result.errors, before_update=digest != self._good_hash)
             if self._failure is not None:
                 log.info("policy provider %s: %s is readable again", self.id, self.path)
                 self._failure = None
@@ -152,7 +153,9 @@ class FileProvider(ProviderThread):
         return True
 
     def _fail(self, reason: str, until: str = "it is fixed") -> None:
-        """One line per distinct failure: a warning while last good policies stay in force, else an error."""
+        """Shown on /_edge/policies; logged once per distinct failure: a warning while last good policies
+        stay in force, else an error."""
+        self._report_errors([f"{reason}; {fallback(self._good_count, until)}"])
         if reason == self._failure:
             return
         self._failure = reason

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from edge.config import ProviderConfig, ServiceConfig
 from edge.control.merger import policies_version
-from edge.control.provider_thread import OnUpdate, ProviderThread, fallback
+from edge.control.provider_thread import OnErrors, OnUpdate, ProviderThread, fallback
 from edge.engine.stats import PolicyCounters
 from edge.policy.sync import JSON, SyncClient, SyncError, SyncResult, statuses
 
@@ -29,6 +29,7 @@ ErrorsSource = Callable[[], dict[str, list[str]]]
 BACKOFF_CAP_MIN_S = 60.0
 FINAL_SYNC_TIMEOUT_S = 2.0
 SYNC_TIMEOUT_S = 10.0
+SYNC_FAILED = "sync failed (the reason is logged)"
 
 
 def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
@@ -47,12 +48,13 @@ class HttpProvider(ProviderThread):
 
     kind = "http"
 
-    def __init__(self, config: ProviderConfig, on_update: OnUpdate, *, service: ServiceConfig | None = None,
+    def __init__(self, config: ProviderConfig, on_update: OnUpdate, *, on_errors: OnErrors | None = None,
+                 service: ServiceConfig | None = None,
                  stats_source: StatsDrain | None = None, stats_return: StatsReturn | None = None,
                  errors_source: ErrorsSource | None = None, wire: str = JSON, extensions: Sequence[str] = (),
                  timeout: float = SYNC_TIMEOUT_S, backoff_base: float = 1.0, rng: random.Random | None = None,
                  workspace_id: str = "") -> None:
-        super().__init__(config, on_update)
+        super().__init__(config, on_update, on_errors)
         fields = dataclasses.asdict(service) if service is not None else {}
         self.client = SyncClient(config.url, headers=dict(config.headers), wire=wire, timeout=timeout,
                                  service={k: str(v) for k, v in fields.items()}, extensions=list(extensions),
@@ -67,6 +69,7 @@ class HttpProvider(ProviderThread):
         self._errors_source = errors_source or dict
         self._owned: frozenset[str] = frozenset()
         self._delivered: str | None = None
+        self._decode_errors: list[str] = []  # policies of the last applied answer that could not be read
         self._sync_lock = threading.Lock()
 
     def sync_once(self) -> bool:
@@ -76,6 +79,7 @@ class HttpProvider(ProviderThread):
             if result is None:
                 return False
             self._apply(result)
+            self._report_errors(self._decode_errors)
             return True
 
     def final_sync(self, timeout: float = FINAL_SYNC_TIMEOUT_S) -> bool:
@@ -101,6 +105,9 @@ class HttpProvider(ProviderThread):
         except Exception as exc:
             self._give_back(counts)
             self._failed(exc, final)
+            if not final:  # one stable line per outage (the reasons, which vary, are logged): no republish per retry
+                self._report_errors([f"{SYNC_FAILED}; {fallback(self._in_force(), 'it answers')}",
+                                     *self._decode_errors])
             return None
         self.failures = 0
         if result.interval_s > 0:
@@ -127,9 +134,12 @@ class HttpProvider(ProviderThread):
         elif final:
             log.warning("policy provider %s: final sync failed: %s", self.id, exc)
         else:
-            in_force = len(self._owned) if self._delivered is not None else None
             log.warning("policy provider %s: sync failed: %s; %s, retry in %.1fs", self.id, exc,
-                        fallback(in_force, "it answers"), self.next_delay)
+                        fallback(self._in_force(), "it answers"), self.next_delay)
+
+    def _in_force(self) -> int | None:
+        """How many of this provider's policies are in force; None before its first delivery."""
+        return len(self._owned) if self._delivered is not None else None
 
     def _apply(self, result: SyncResult) -> None:
         if result.unchanged:
@@ -139,12 +149,14 @@ class HttpProvider(ProviderThread):
             return  # same content under a new hash: nothing to recompile
         for error in result.decode_errors:
             log.warning("policy provider %s: %s", self.id, error)
+        self._report_errors(list(result.decode_errors), before_update=True)
         try:
             self._on_update(self.id, list(result.policies))
         except Exception:
             self.client.last_hash = ""  # ask for a full sync next time, so the delivery is retried
             raise
         self._delivered = version
+        self._decode_errors = list(result.decode_errors)
         self._owned = frozenset(p.id for p in result.policies)
         log.info("policy provider %s: received %d policies (hash %s)", self.id, len(result.policies),
                  result.hash or "-")

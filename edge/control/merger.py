@@ -18,6 +18,8 @@ from edge.proto.tero.policy.v1.policy_pb2 import Policy
 log = logging.getLogger("edge.providers")
 
 OnChange = Callable[[list[Policy], str], None]
+# (messages, publish): publish=False when a policy snapshot compiled next will carry them anyway
+OnLoadErrors = Callable[[list[str], bool], None]
 
 
 def policies_version(policies: Iterable[Policy]) -> str:
@@ -36,11 +38,18 @@ class PolicyMerger:
     Precedence for an id defined by several providers: http providers over file providers (the
     policy server is the source of truth), then the provider listed first in the config.
     `on_change(policies, version)` runs under the merger's lock, so snapshots are delivered in
-    order even though providers call in from their own threads.
+    order even though providers call in from their own threads. Load errors are merged the
+    same way: `on_load_errors(messages, publish)` gets every provider's errors, each prefixed
+    with the provider id, whenever they change; errors that come with new policies travel in
+    the snapshot of those policies (publish=False), so a recovery is one snapshot, not two.
     """
 
-    def __init__(self, on_change: OnChange, providers: Iterable[ProviderConfig] = ()) -> None:
+    def __init__(self, on_change: OnChange, providers: Iterable[ProviderConfig] = (), *,
+                 on_load_errors: OnLoadErrors | None = None) -> None:
         self._on_change = on_change
+        self._on_load_errors = on_load_errors
+        self._errors: dict[str, list[str]] = {}
+        self._load_errors: list[str] = []
         self._lock = threading.RLock()
         self._rank: dict[str, tuple[int, int]] = {}
         self._sets: dict[str, list[Policy]] = {}
@@ -66,7 +75,9 @@ class PolicyMerger:
             merged = self._merge()
             version = policies_version(merged)
             if version == self._version:
+                self._deliver_errors(publish=True)
                 return False
+            self._deliver_errors(publish=False)  # the snapshot compiled now carries them
             try:
                 self._on_change(merged, version)
             except Exception:
@@ -75,6 +86,33 @@ class PolicyMerger:
                 return False
             self._merged, self._version = merged, version
             return True
+
+    def report_errors(self, provider_id: str, errors: Sequence[str], deliver: bool = True) -> None:
+        """A provider's current load errors (all of them; [] clears). Delivered only when the whole list changed;
+        deliver=False when the provider's `update` follows at once and takes them along."""
+        with self._lock:
+            self.register(provider_id, "file")
+            self._errors[provider_id] = list(errors)
+            if deliver:
+                self._deliver_errors(publish=True)
+
+    def _deliver_errors(self, publish: bool) -> None:
+        merged = [f"provider {pid}: {message}" for pid in self._rank for message in self._errors.get(pid, ())]
+        if merged == self._load_errors:
+            return
+        try:
+            if self._on_load_errors is not None:
+                self._on_load_errors(list(merged), publish)
+        except Exception:
+            # Not recording them as delivered makes the provider's next report retry the delivery.
+            log.exception("policy load errors could not be published")
+            return
+        self._load_errors = merged
+
+    @property
+    def load_errors(self) -> list[str]:
+        with self._lock:
+            return list(self._load_errors)
 
     def _merge(self) -> list[Policy]:
         by_id: dict[str, Policy] = {}

@@ -18,6 +18,14 @@ from edge.proto.tero.policy.v1.policy_pb2 import Policy
 log = logging.getLogger("edge.providers")
 
 OnUpdate = Callable[[str, list[Policy]], None]
+# (provider id, every load error the provider has now, deliver): an empty list clears them. Errors
+# travel apart from policies because a broken file keeps the last good policies yet must be shown;
+# deliver=False says the provider's on_update follows at once and takes them along.
+OnErrors = Callable[[str, list[str], bool], None]
+
+
+def _ignore_errors(provider_id: str, errors: list[str], deliver: bool = True) -> None:
+    """The default when nobody listens for load errors (they are logged by the provider anyway)."""
 
 
 def fallback(policies_in_force: int | None, until: str) -> str:
@@ -33,10 +41,11 @@ class ProviderThread:
 
     kind = ""
 
-    def __init__(self, config: ProviderConfig, on_update: OnUpdate) -> None:
+    def __init__(self, config: ProviderConfig, on_update: OnUpdate, on_errors: OnErrors | None = None) -> None:
         self.config = config
         self.id = config.id
         self._on_update = on_update
+        self._on_errors = on_errors or _ignore_errors
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,6 +77,13 @@ class ProviderThread:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def _report_errors(self, errors: list[str], before_update: bool = False) -> None:
+        """Replace this provider's load errors (shown by GET /_edge/policies); [] clears them.
+
+        before_update: new policies are delivered right after, and the errors go with them.
+        """
+        self._on_errors(self.id, list(errors), not before_update)
 
     def _interrupt(self) -> None:
         """Wake the thread out of its wait (subclasses wait on more than the stop event)."""

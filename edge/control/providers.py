@@ -48,7 +48,8 @@ class ProviderSet:
             "workspace_id": workspace_id,
         }
         self.providers: list[Provider] = [
-            HttpProvider(c, merger.update, **http_options) if c.type == "http" else FileProvider(c, merger.update)
+            HttpProvider(c, merger.update, on_errors=merger.report_errors, **http_options) if c.type == "http"
+            else FileProvider(c, merger.update, merger.report_errors)
             for c in configs
         ]
 

@@ -9,6 +9,7 @@ caller's choice (shared memory and a spool in the supervisor, memory in the Lamb
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -31,12 +32,15 @@ class SnapshotManager:
         self.stats_source = stats_source
         self.pending = MatchStats()
         self.snapshot: Snapshot | None = None
+        self.load_errors: list[str] = []  # every provider's, "provider <id>: <error>"
         self._lock = threading.Lock()
 
     def on_change(self, policies: list[Policy], version: str) -> None:
         """Compile and publish a merged policy set (called by the merger, any thread)."""
         started = time.perf_counter()
-        snapshot = compile_policies(policies, version=version)
+        with self._lock:
+            load_errors = list(self.load_errors)
+        snapshot = compile_policies(policies, version=version, load_errors=load_errors)
         with self._lock:
             generation = self.sink.publish(snapshot)
             self.snapshot = snapshot
@@ -48,6 +52,23 @@ class SnapshotManager:
         log.info("published policy snapshot %s (generation %d): %d policies, %d with errors, compiled in %.0f ms",
                  version, generation, len(snapshot.policies), len(errors),
                  (time.perf_counter() - started) * 1000)
+
+    def on_load_errors(self, load_errors: list[str], publish: bool = True) -> None:
+        """Publish the providers' new load errors with the policies in force (called by the merger);
+        publish=False only records them for the snapshot `on_change` compiles next.
+
+        Only the error list changes, so the compiled snapshot is reused: a file that breaks and
+        is fixed again never costs a recompile.
+        """
+        with self._lock:
+            self.load_errors = list(load_errors)
+            if not publish:
+                return
+            current = self.snapshot or compile_policies([])
+            snapshot = dataclasses.replace(current, load_errors=list(load_errors), _runtime={})
+            generation = self.sink.publish(snapshot)
+            self.snapshot = snapshot
+        log.info("published %d policy load errors (generation %d)", len(load_errors), generation)
 
     def errors(self) -> dict[str, list[str]]:
         """Compile errors of the published snapshot by policy id (reported to the policy servers)."""

@@ -17,6 +17,7 @@ import re2
 
 from edge.policy import model
 from edge.policy.databases import build_tables
+from edge.policy.fields import LOG_READ_ONLY
 from edge.policy.hsregex import to_hyperscan
 from edge.policy.model import (
     LOG,
@@ -98,7 +99,7 @@ def field_key(message, oneof: str = "field", prefix: str = "") -> FieldKey:
             raise PolicyError("attribute has empty path")
         return (name, path)
     if name in _ENUM_SELECTORS:
-        if value == 0:
+        if value == 0 and name != "span_status":  # span_status 0 is OTLP's unset status, a real value
             raise PolicyError(f"{name} is unspecified")
         return (name,)
     if name in ("event_name", "link_trace_id"):
@@ -240,27 +241,36 @@ class _Errors:
             return None
 
 
+def _transform_key(message, oneof: str = "field", prefix: str = "") -> FieldKey:
+    """field_key for a transform entry: the fields matchers may only read are refused here."""
+    key = field_key(message, oneof, prefix)
+    if key in LOG_READ_ONLY:
+        name = pb.LogField.Name(key[1])[len("LOG_FIELD_"):].lower()
+        raise PolicyError(f"log_field {name} can be matched but not transformed")
+    return key
+
+
 def _compile_transform(transform: pb.LogTransform, errors: _Errors) -> Transform:
     out = Transform()
     for i, item in enumerate(transform.remove):
-        key = errors.run(f"transform: remove[{i}]", field_key, item)
+        key = errors.run(f"transform: remove[{i}]", _transform_key, item)
         if key is not None:
             out.remove.append(key)
     for i, item in enumerate(transform.redact):
-        key = errors.run(f"transform: redact[{i}]", field_key, item)
+        key = errors.run(f"transform: redact[{i}]", _transform_key, item)
         regex = item.regex if item.HasField("regex") else None
         if regex is not None and errors.run(f"transform: redact[{i}]", compile_re2, regex) is None:
             continue
         if key is not None:
             out.redact.append(Redact(key, item.replacement or "[REDACTED]", regex))
     for i, item in enumerate(transform.rename):
-        key = errors.run(f"transform: rename[{i}]", field_key, item, "from", "from_")
+        key = errors.run(f"transform: rename[{i}]", _transform_key, item, "from", "from_")
         if not item.to:
             errors.messages.append(f"{errors.signal}: transform: rename[{i}]: empty 'to'")
         elif key is not None:
             out.rename.append(Rename(key, item.to, item.upsert))
     for i, item in enumerate(transform.add):
-        key = errors.run(f"transform: add[{i}]", field_key, item)
+        key = errors.run(f"transform: add[{i}]", _transform_key, item)
         if key is not None:
             out.add.append(Add(key, item.value, item.upsert))
     return out

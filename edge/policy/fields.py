@@ -22,6 +22,11 @@ LOG_SPAN_ID: FieldKey = ("log_field", pb.LOG_FIELD_SPAN_ID)
 LOG_EVENT_NAME: FieldKey = ("log_field", pb.LOG_FIELD_EVENT_NAME)
 LOG_RESOURCE_SCHEMA_URL: FieldKey = ("log_field", pb.LOG_FIELD_RESOURCE_SCHEMA_URL)
 LOG_SCOPE_SCHEMA_URL: FieldKey = ("log_field", pb.LOG_FIELD_SCOPE_SCHEMA_URL)
+LOG_SEVERITY_NUMBER: FieldKey = ("log_field", pb.LOG_FIELD_SEVERITY_NUMBER)
+LOG_SCOPE_NAME: FieldKey = ("log_field", pb.LOG_FIELD_SCOPE_NAME)
+LOG_SCOPE_VERSION: FieldKey = ("log_field", pb.LOG_FIELD_SCOPE_VERSION)
+# Fields matchers can read but transforms cannot change (a number, and the scope's identity).
+LOG_READ_ONLY: frozenset[FieldKey] = frozenset({LOG_SEVERITY_NUMBER, LOG_SCOPE_NAME, LOG_SCOPE_VERSION})
 
 # ── metrics (MetricField, and the enum selectors that have no value in the key) ──
 

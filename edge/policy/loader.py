@@ -57,8 +57,21 @@ def _enum_prefix(enum: EnumDescriptor) -> str:
     return zero[: -len("UNSPECIFIED")] if zero.endswith("UNSPECIFIED") else ""
 
 
+# OpenTelemetry names of values the policy enums spell otherwise: an unset span status is the
+# enum's 0, as STATUS_CODE_UNSET is 0 in OTLP (the compiler reads span_status 0 as "unset").
+_ENUM_ALIASES: dict[str, dict[str, str]] = {
+    "SpanStatusCode": {name: "SPAN_STATUS_CODE_UNSPECIFIED"
+                       for name in ("UNSET", "STATUS_CODE_UNSET", "SPAN_STATUS_CODE_UNSET")},
+}
+
+
+def enum_aliases(enum: EnumDescriptor) -> list[str]:
+    """The short lowercase alias names of an enum (`unset`), for error messages listing the choices."""
+    return [name.lower() for name in _ENUM_ALIASES.get(enum.name, {}) if "_" not in name]
+
+
 def _enum_value(raw: Any, enum: EnumDescriptor) -> Any:
-    """Accept `LOG_FIELD_BODY`, `body`, `BODY` or `1`; leave anything else for the decoder to reject."""
+    """Accept `LOG_FIELD_BODY`, `body`, `BODY`, `log_body` or `1`; leave anything else for the decoder to reject."""
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         return raw
     if isinstance(raw, int):
@@ -68,9 +81,17 @@ def _enum_value(raw: Any, enum: EnumDescriptor) -> Any:
         return int(name)
     if name in enum.values_by_name:
         return name
-    prefixed = _enum_prefix(enum) + name
+    prefix = _enum_prefix(enum)
+    prefixed = prefix + name
     if prefixed in enum.values_by_name:
         return prefixed
+    alias = _ENUM_ALIASES.get(enum.name, {}).get(name)
+    if alias is not None:
+        return alias
+    # `log_severity_number`, `metric_name`: the signal's name before the field's (Tero Edge's match keys)
+    signal = prefix.split("_", 1)[0] + "_"
+    if prefix.endswith("_FIELD_") and name.startswith(signal) and prefix + name[len(signal):] in enum.values_by_name:
+        return prefix + name[len(signal):]
     # OTLP spells span status values STATUS_CODE_OK; the policy enum says SPAN_STATUS_CODE_OK.
     if ("SPAN_" + name) in enum.values_by_name:
         return "SPAN_" + name
@@ -136,7 +157,7 @@ def _normalise_enum(fd: FieldDescriptor, raw: Any, path: str, problems: list[str
     try:
         value = _enum_value(raw, fd.enum_type)
     except ValueError:
-        choices = validation.enum_choices(fd.enum_type, _enum_prefix(fd.enum_type))
+        choices = validation.enum_choices(fd.enum_type, _enum_prefix(fd.enum_type)) + enum_aliases(fd.enum_type)
         problems.append(validation.unknown_enum_value(path, raw, choices))
         return raw
     if not isinstance(value, (str, int)):

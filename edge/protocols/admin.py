@@ -47,7 +47,7 @@ def policies_document(runtime: Runtime) -> dict[str, Any]:
         "version": snapshot.version,
         "generation": runtime.generation,
         "policies": [{"id": p.id, "name": p.name, "signal": p.signal, "enabled": p.enabled,
-                      "errors": list(p.errors)} for p in snapshot.policies],
+                      "in_force": p.valid, "errors": list(p.errors)} for p in snapshot.policies],
         "load_errors": list(snapshot.load_errors),
     })
 

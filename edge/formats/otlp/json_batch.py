@@ -21,7 +21,10 @@ from edge.policy.fields import (
     LOG_BODY,
     LOG_EVENT_NAME,
     LOG_RESOURCE_SCHEMA_URL,
+    LOG_SCOPE_NAME,
     LOG_SCOPE_SCHEMA_URL,
+    LOG_SCOPE_VERSION,
+    LOG_SEVERITY_NUMBER,
     LOG_SEVERITY_TEXT,
     LOG_SPAN_ID,
     LOG_TRACE_ID,
@@ -64,6 +67,9 @@ _ENUM_NUMBERS: dict[str, int] = {
         ["UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"])},
     **{f"STATUS_CODE_{n}": i for i, n in enumerate(["UNSET", "OK", "ERROR"])},
     **{f"AGGREGATION_TEMPORALITY_{n}": i for i, n in enumerate(["UNSPECIFIED", "DELTA", "CUMULATIVE"])},
+    **{f"SEVERITY_NUMBER_{level}{suffix}": 4 * i + j + 1
+       for i, level in enumerate(["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"])
+       for j, suffix in enumerate(["", "2", "3", "4"])},
 }
 
 
@@ -75,6 +81,12 @@ def _enum(value: Any) -> Any:
     if value.__class__ is str:
         return _ENUM_NUMBERS.get(value, int(value) if value.isdigit() else OTHER)
     return OTHER
+
+
+def _number_enum(value: Any) -> Any:
+    """An enum read as a number (a severity number): written as a number or a name; 0 or absent is MISSING."""
+    number = _enum(value)
+    return MISSING if number == 0 else number
 
 
 def _body(value: Any) -> Any:
@@ -90,6 +102,7 @@ CONVERTERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], str]]] = {
     "scalar": (_scalar, _scalar_string),
     "hexid": (hex_id_bytes, _hex_string),
     "enum": (_enum, lambda v: ""),
+    "number_enum": (_number_enum, lambda v: ""),
     "name": (lambda v: v if v.__class__ is str else MISSING, _scalar_string),
 }
 
@@ -363,6 +376,9 @@ class JsonLogs(JsonBatch):
         LOG_EVENT_NAME: ("record", "scalar", _member("eventName")),
         LOG_RESOURCE_SCHEMA_URL: ("resource", "scalar", _member("schemaUrl")),
         LOG_SCOPE_SCHEMA_URL: ("scope", "scalar", _member("schemaUrl")),
+        LOG_SEVERITY_NUMBER: ("record", "number_enum", _member("severityNumber")),
+        LOG_SCOPE_NAME: ("scope", "scalar", _scope_member("name")),
+        LOG_SCOPE_VERSION: ("scope", "scalar", _scope_member("version")),
         "log_attribute": ("record", "any", _record_attr),
     }
     FAST_STRINGS = {

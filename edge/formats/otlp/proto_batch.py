@@ -34,7 +34,10 @@ from edge.policy.fields import (
     LOG_BODY,
     LOG_EVENT_NAME,
     LOG_RESOURCE_SCHEMA_URL,
+    LOG_SCOPE_NAME,
     LOG_SCOPE_SCHEMA_URL,
+    LOG_SCOPE_VERSION,
+    LOG_SEVERITY_NUMBER,
     LOG_SEVERITY_TEXT,
     LOG_SPAN_ID,
     LOG_TRACE_ID,
@@ -262,6 +265,13 @@ class ProtoBatch:
             return Column([""] * len(records))
         return Column([getattr(r, name) for r in records])
 
+    def _c_number(self, key: FieldKey, name: str, typed: bool) -> Column:
+        """A numeric field (the severity number): 0 is unset, so absent; never a string."""
+        records = self.records
+        if not typed:
+            return Column([""] * len(records))
+        return Column([getattr(r, name) or MISSING for r in records])
+
     # resource- and scope-level builders
 
     def _c_resource_scalar(self, key: FieldKey, name: str, typed: bool) -> Column:
@@ -379,6 +389,7 @@ _BUILDERS = {
     "id": ProtoBatch._c_id,
     "attribute": ProtoBatch._c_attribute,
     "enum": ProtoBatch._c_enum,
+    "number": ProtoBatch._c_number,
     "resource_scalar": ProtoBatch._c_resource_scalar,
     "scope_scalar": ProtoBatch._c_scope_scalar,
     "scope_member": ProtoBatch._c_scope_member,
@@ -406,6 +417,9 @@ class ProtoLogs(ProtoBatch):
         LOG_EVENT_NAME: ("scalar", "event_name"),
         LOG_RESOURCE_SCHEMA_URL: ("resource_scalar", "schema_url"),
         LOG_SCOPE_SCHEMA_URL: ("scope_scalar", "schema_url"),
+        LOG_SEVERITY_NUMBER: ("number", "severity_number"),
+        LOG_SCOPE_NAME: ("scope_member", "name"),
+        LOG_SCOPE_VERSION: ("scope_member", "version"),
         "log_attribute": ("attribute", None),
     }
     # log field number -> (level, proto field, kind): "any" AnyValue, "str" string, "id" bytes;

@@ -26,6 +26,9 @@ class LogField(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOG_FIELD_EVENT_NAME: _ClassVar[LogField]
     LOG_FIELD_RESOURCE_SCHEMA_URL: _ClassVar[LogField]
     LOG_FIELD_SCOPE_SCHEMA_URL: _ClassVar[LogField]
+    LOG_FIELD_SEVERITY_NUMBER: _ClassVar[LogField]
+    LOG_FIELD_SCOPE_NAME: _ClassVar[LogField]
+    LOG_FIELD_SCOPE_VERSION: _ClassVar[LogField]
 
 class MetricField(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -114,6 +117,9 @@ LOG_FIELD_SPAN_ID: LogField
 LOG_FIELD_EVENT_NAME: LogField
 LOG_FIELD_RESOURCE_SCHEMA_URL: LogField
 LOG_FIELD_SCOPE_SCHEMA_URL: LogField
+LOG_FIELD_SEVERITY_NUMBER: LogField
+LOG_FIELD_SCOPE_NAME: LogField
+LOG_FIELD_SCOPE_VERSION: LogField
 METRIC_FIELD_UNSPECIFIED: MetricField
 METRIC_FIELD_NAME: MetricField
 METRIC_FIELD_DESCRIPTION: MetricField
