@@ -9,8 +9,9 @@ dropped. While `MAX_QUEUED` batches wait, `ready()` is false and the tailer stop
 reading (backpressure); positions are reported delivered only when the batch holding
 their lines is acknowledged, so checkpoints never pass unsent lines.
 
-Every record's body is its line (a string; bytes when the line is not valid UTF-8) with
-the attribute `log.file.path`; the resource carries `--resource` pairs and the
+Each line becomes one record as `edge.tail.otlp` encodes it for the line format (raw: the
+line as body; json/logfmt: parsed time, severity, body, trace context and attributes),
+with the attribute `log.file.path`; the resource carries `--resource` pairs and the
 Kubernetes downward-API variables (`POD_NAME`, `NAMESPACE`, `SERVICE_NAME`).
 """
 
@@ -28,11 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
-import orjson
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from edge import __version__
-from edge.formats.lines.batch import FILE_PATH_ATTRIBUTE
+from edge.tail.otlp import ENCODERS, Parser, record_parser
 from edge.tail.output import Delivered, Position
 from edge.tail.reader import display
 
@@ -43,7 +41,6 @@ BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 300.0
 REQUEST_TIMEOUT_S = 30.0
-SCOPE_NAME = "edge-tail"
 
 
 @dataclass(slots=True)
@@ -61,53 +58,6 @@ class Batch:
         else:
             self.groups.append((source, lines))
         self.count += len(lines)
-
-
-def _any_value(line: bytes) -> tuple[str, str | bytes]:
-    try:
-        return "string_value", line.decode()
-    except UnicodeDecodeError:
-        return "bytes_value", line
-
-
-def encode_protobuf(batch: Batch, resource: Mapping[str, str], observed_ns: int) -> bytes:
-    request = ExportLogsServiceRequest()
-    resource_logs = request.resource_logs.add()
-    for key, value in resource.items():
-        kv = resource_logs.resource.attributes.add()
-        kv.key = key
-        kv.value.string_value = value
-    scope_logs = resource_logs.scope_logs.add()
-    scope_logs.scope.name = SCOPE_NAME
-    scope_logs.scope.version = __version__
-    records = scope_logs.log_records
-    for source, lines in batch.groups:
-        for line in lines:
-            record = records.add()
-            record.observed_time_unix_nano = observed_ns
-            kind, value = _any_value(line)
-            setattr(record.body, kind, value)
-            attribute = record.attributes.add()
-            attribute.key = FILE_PATH_ATTRIBUTE
-            attribute.value.string_value = source
-    return request.SerializeToString()
-
-
-def encode_json(batch: Batch, resource: Mapping[str, str], observed_ns: int) -> bytes:
-    observed = str(observed_ns)
-    records = []
-    for source, lines in batch.groups:
-        path = [{"key": FILE_PATH_ATTRIBUTE, "value": {"stringValue": source}}]
-        for text in (line.decode("utf-8", "replace") for line in lines):
-            records.append({"observedTimeUnixNano": observed, "body": {"stringValue": text}, "attributes": path})
-    doc = {"resourceLogs": [{
-        "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]},
-        "scopeLogs": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "logRecords": records}],
-    }]}
-    return orjson.dumps(doc)
-
-
-ENCODERS = {"protobuf": (encode_protobuf, "application/x-protobuf"), "json": (encode_json, "application/json")}
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -134,9 +84,11 @@ class ForwardSink:
     """The `Sink` that POSTs OTLP log batches (see the module doc)."""
 
     def __init__(self, url: str, *, fmt: str, batch_lines: int, batch_interval_ms: int,
-                 resource: Mapping[str, str], on_delivered: Delivered, wakeup: threading.Event) -> None:
+                 resource: Mapping[str, str], on_delivered: Delivered, wakeup: threading.Event,
+                 parse: Parser | None = None) -> None:
         self.url = url
         self.encode, self.content_type = ENCODERS[fmt]
+        self.parse = parse or record_parser("raw")
         self.batch_lines = batch_lines
         self.interval = batch_interval_ms / 1000
         self.resource = {display(k): display(v) for k, v in resource.items()}  # environment values may not be UTF-8
@@ -236,7 +188,7 @@ class ForwardSink:
         """Send until acknowledged; False only when shutdown's drain time ran out first."""
         if not batch.count:
             return True
-        body = gzip.compress(self.encode(batch, self.resource, time.time_ns()), compresslevel=5)
+        body = gzip.compress(self.encode(batch.groups, self.parse, self.resource, time.time_ns()), compresslevel=5)
         headers = {"Content-Type": self.content_type, "Content-Encoding": "gzip"}
         attempt = 0
         while True:

@@ -33,10 +33,12 @@ def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered:
               wakeup: threading.Event) -> Sink:
     if settings.forward_url:
         from edge.tail.forward import ForwardSink  # aiohttp and the OTLP messages only when forwarding
+        from edge.tail.otlp import record_parser
 
         return ForwardSink(settings.forward_url, fmt=settings.forward_format, batch_lines=settings.batch_lines,
                            batch_interval_ms=settings.batch_interval_ms, resource=resource,
-                           on_delivered=on_delivered, wakeup=wakeup)
+                           on_delivered=on_delivered, wakeup=wakeup,
+                           parse=record_parser(settings.format, settings.field_names))
     try:
         return FileSink(settings.output, write_buf=settings.write_buf, flush_lines=settings.flush_lines,
                         flush_interval_ms=settings.flush_interval_ms, on_delivered=on_delivered)
@@ -71,7 +73,7 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
     except (PolicyLoadError, StartupError) as exc:
         raise TailStartupError(str(exc)) from None
     resource = resource_attributes(settings.resource, env)
-    line_filter = LineFilter(snapshots, settings.format, settings.max_line, resource)
+    line_filter = LineFilter(snapshots, settings.format, settings.max_line, resource, settings.field_names)
     tune_gc()
     if settings.stdin_mode:
         return _run_stdin(settings, line_filter, resource, stop, wakeup)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from edge import __version__
+from edge.formats.lines.records import FieldNames
 
 STDIO = "-"
 _OPTION = "edge.tail.option"  # the TailSettings field metadata that makes a field an option
@@ -71,6 +72,11 @@ class TailSettings:
                              choices=("head", "tail", "checkpoint"))
     format: str = _option("raw", "choice", "how lines map to policy fields", short="-f",
                           choices=("raw", "json", "logfmt"))
+    time_key: str = _option("", "text", "json/logfmt time key (default timestamp|time|ts|@timestamp)")
+    level_key: str = _option("", "text", "json/logfmt severity key (default level|severity|lvl|severity_text)")
+    message_key: str = _option("", "text", "json/logfmt body key (default message|msg|log|body)")
+    trace_id_key: str = _option("", "text", "json/logfmt hex trace id key (default trace_id|traceId|trace.id)")
+    span_id_key: str = _option("", "text", "json/logfmt hex span id key (default span_id|spanId|span.id)")
     policy: str = _option("", "text", "policy file (JSON or YAML)", short="-p")
     io_engine: str = _option("auto", "choice", "file watcher backend", choices=("auto", "inotify", "poll"))
     poll_ms: int = _option(200, "count", "poll interval")
@@ -97,6 +103,11 @@ class TailSettings:
         (), "pairs", "resource attribute key=value for forwarded logs (repeatable)")
     verbose: bool = _option(False, "flag", "log at debug level", short="-v")
     explicit_output: bool = field(default=False, compare=False)
+
+    @property
+    def field_names(self) -> FieldNames:
+        return FieldNames.overridden(time=self.time_key, level=self.level_key, message=self.message_key,
+                                     trace_id=self.trace_id_key, span_id=self.span_id_key)
 
     @property
     def stdin_mode(self) -> bool:
@@ -252,6 +263,7 @@ def from_mapping(doc: Mapping[str, Any], env: Mapping[str, str] | None = None, *
 
 
 _METAVARS = {"count": "N", "text": "PATH", "url": "URL"}
+_KEY_SUFFIX = "_key"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(*flags, dest=option.name, action="append", metavar="KEY=VALUE", help=option.help)
         else:
             metavar = "|".join(option.choices) if option.choices else _METAVARS[option.kind]
-            parser.add_argument(*flags, dest=option.name, metavar=metavar,
-                                help=f"{option.help} (default {option.default})")
+            if option.name.endswith(_KEY_SUFFIX):
+                metavar = "KEY"
+            shown = f" (default {option.default})" if option.default != "" else ""
+            parser.add_argument(*flags, dest=option.name, metavar=metavar, help=f"{option.help}{shown}")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="files or globs (* and ? in the file name); "
                         "none or - reads stdin")
     parser.add_argument("--version", action="version", version=f"edge-tail {__version__}")
