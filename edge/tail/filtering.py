@@ -18,6 +18,7 @@ from edge.engine import bits
 from edge.engine.engine import Engine
 from edge.engine.holder import EngineHolder, SnapshotSource
 from edge.formats.lines.batch import LineBatch, decode_lines
+from edge.formats.lines.patterns import Fields
 from edge.formats.lines.records import DEFAULT_NAMES, FieldNames
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_file
@@ -90,10 +91,12 @@ class LineFilter:
     """
 
     def __init__(self, source: SnapshotSource, fmt: str, max_line: int,
-                 resource: Mapping[str, str] | None = None, names: FieldNames = DEFAULT_NAMES) -> None:
+                 resource: Mapping[str, str] | None = None, names: FieldNames = DEFAULT_NAMES,
+                 fields: Fields | None = None) -> None:
         self._engines = EngineHolder(LastGoodSnapshot(source), wanted=has_log_policies)
         self.format = fmt
         self.names = names
+        self.fields = fields
         self.max_line = max_line
         self.resource = dict(resource or {})
 
@@ -136,6 +139,7 @@ class LineFilter:
         return alive
 
     def _evaluate(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str) -> int:
-        batch = LineBatch(lines, decode_lines(block), self.format, file_path, self.resource, self.names)
+        batch = LineBatch(lines, decode_lines(block), self.format, file_path, self.resource, self.names,
+                          self.fields)
         engine.evaluate(LOG, batch)
         return batch.alive

@@ -1,7 +1,7 @@
 """Forwarded lines as OTLP log records: protobuf or OTLP/JSON, with what each line's format parsed.
 
-raw: body = the line (a string, bytes when it is not valid UTF-8). json and logfmt: the
-line's fields become the record's time, severity, body, trace and span ids and
+raw: body = the line (a string, bytes when it is not valid UTF-8). Other formats: the
+line's fields (`edge.formats.lines.patterns`) become the record's time, severity, body, trace and span ids and
 attributes (`edge.formats.lines.records`); nested JSON objects and arrays become
 kvlist and array values. Every record also carries `log.file.path` and the observed time.
 """
@@ -16,7 +16,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from edge import __version__
-from edge.formats.lines.batch import FILE_PATH_ATTRIBUTE, parse_logfmt
+from edge.formats.lines.batch import FILE_PATH_ATTRIBUTE
+from edge.formats.lines.patterns import Fields, fields_parser
 from edge.formats.lines.records import DEFAULT_NAMES, FieldNames, Record, from_fields
 
 SCOPE_NAME = "edge-tail"
@@ -31,23 +32,17 @@ def _raw(line: bytes) -> Record:
         return Record(body=line)
 
 
-def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES) -> Parser:
-    """How one line of `fmt` becomes a record; a line that does not parse is a raw record (never lost)."""
-    if fmt == "json":
-        def parse_json(line: bytes) -> Record:
-            try:
-                doc = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                return _raw(line)
-            return from_fields(doc, line.decode(), names) if doc.__class__ is dict else _raw(line)
-        return parse_json
-    if fmt == "logfmt":
-        def parse(line: bytes) -> Record:
-            text = line.decode("utf-8", "replace")
-            fields = parse_logfmt(text)
-            return from_fields(fields, text, names) if fields else _raw(line)
-        return parse
-    return _raw
+def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES, fields: Fields | None = None) -> Parser:
+    """How one line of `fmt` becomes a record; a line without fields is a raw record (never lost)."""
+    if fmt == "raw":
+        return _raw
+    fields = fields or fields_parser(fmt)
+
+    def parse(line: bytes) -> Record:
+        text = line.decode("utf-8", "replace")
+        doc = fields(line, text)
+        return from_fields(doc, text, names) if doc else _raw(line)
+    return parse
 
 
 # ── protobuf ──

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 
 from edge.formats.lines.batch import resource_attributes
+from edge.formats.lines.patterns import Fields, PatternError, compile_patterns, fields_parser, load_patterns
 from edge.memory import tune_gc
 from edge.tail.checkpoint import CheckpointStore
 from edge.tail.discovery import WatchUnavailable
@@ -29,8 +30,18 @@ class TailStartupError(ValueError):
     """Something named in the settings cannot be used (one line for the operator)."""
 
 
+def line_fields(settings: TailSettings) -> Fields | None:
+    """The fields parser of -f regex|auto with the user's patterns compiled once; None for the other formats."""
+    if settings.format not in ("regex", "auto"):
+        return None
+    try:
+        return fields_parser(settings.format, compile_patterns(load_patterns(settings.patterns), settings.patterns))
+    except PatternError as exc:
+        raise TailStartupError(str(exc)) from None
+
+
 def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered: Delivered,
-              wakeup: threading.Event) -> Sink:
+              wakeup: threading.Event, fields: Fields | None = None) -> Sink:
     if settings.forward_url:
         from edge.tail.forward import ForwardSink  # aiohttp and the OTLP messages only when forwarding
         from edge.tail.otlp import record_parser
@@ -38,7 +49,7 @@ def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered:
         return ForwardSink(settings.forward_url, fmt=settings.forward_format, batch_lines=settings.batch_lines,
                            batch_interval_ms=settings.batch_interval_ms, resource=resource,
                            on_delivered=on_delivered, wakeup=wakeup,
-                           parse=record_parser(settings.format, settings.field_names))
+                           parse=record_parser(settings.format, settings.field_names, fields))
     try:
         return FileSink(settings.output, write_buf=settings.write_buf, flush_lines=settings.flush_lines,
                         flush_interval_ms=settings.flush_interval_ms, on_delivered=on_delivered)
@@ -73,7 +84,8 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
     except (PolicyLoadError, StartupError) as exc:
         raise TailStartupError(str(exc)) from None
     resource = resource_attributes(settings.resource, env)
-    line_filter = LineFilter(snapshots, settings.format, settings.max_line, resource, settings.field_names)
+    fields = line_fields(settings)
+    line_filter = LineFilter(snapshots, settings.format, settings.max_line, resource, settings.field_names, fields)
     tune_gc()
     if settings.stdin_mode:
         return _run_stdin(settings, line_filter, resource, stop, wakeup)
@@ -82,7 +94,7 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
 
 def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
                stop: threading.Event, wakeup: threading.Event) -> int:
-    sink = make_sink(settings, resource, lambda positions: None, wakeup)
+    sink = make_sink(settings, resource, lambda positions: None, wakeup, line_filter.fields)
     try:
         run_stdin(settings, line_filter, sink, stop)
     except OutputError as exc:
@@ -96,7 +108,7 @@ def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mappin
 def _run_files(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
                stop: threading.Event, wakeup: threading.Event) -> int:
     recorder = CheckpointRecorder()
-    sink = make_sink(settings, resource, recorder, wakeup)
+    sink = make_sink(settings, resource, recorder, wakeup, line_filter.fields)
     try:
         store = recorder.store = open_store(settings)
     except BaseException:

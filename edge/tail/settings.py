@@ -71,7 +71,9 @@ class TailSettings:
     read_from: str = _option("tail", "choice", "start position of files present at startup",
                              choices=("head", "tail", "checkpoint"))
     format: str = _option("raw", "choice", "how lines map to policy fields", short="-f",
-                          choices=("raw", "json", "logfmt"))
+                          choices=("raw", "json", "logfmt", "regex", "auto"))
+    patterns: str = _option("", "text", "file of RE2 patterns with named groups, one per line, tried before the "
+                            "defaults (-f regex|auto)")
     time_key: str = _option("", "text", "json/logfmt time key (default timestamp|time|ts|@timestamp)")
     level_key: str = _option("", "text", "json/logfmt severity key (default level|severity|lvl|severity_text)")
     message_key: str = _option("", "text", "json/logfmt body key (default message|msg|log|body)")

@@ -9,7 +9,9 @@ maps to fields depends on the format (docs/configuration.md "Formats"):
 - logfmt: `k=v` pairs (values may be double-quoted) are log attributes.
 - json: top-level fields of an object line (and those of its `attributes` object) are
   log attributes; a line that is not a JSON object has no attributes.
-- logfmt and json: body, severity_text (and severity_number), trace_id and span_id
+- regex, auto: the fields of `edge.formats.lines.patterns` (named groups of the first
+  matching pattern) are log attributes.
+- every format but raw: body, severity_text (and severity_number), trace_id and span_id
   come from the keys of `edge.formats.lines.records.FieldNames` (`message|msg|log|body`,
   `level|severity|lvl|severity_text`, ...; body is the whole line when none is present),
   the same keys that make the record edge-tail forwards.
@@ -21,14 +23,12 @@ effect on later stages) but never rewrite the line: kept lines are written byte-
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from edge.engine import bits
 from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
+from edge.formats.lines.patterns import Fields, fields_parser
 from edge.formats.lines.records import DEFAULT_NAMES, HEX16, HEX32, FieldNames, first, hex_id, severity_number
 from edge.policy.fields import LOG_BODY, LOG_SEVERITY_NUMBER, LOG_SEVERITY_TEXT, LOG_SPAN_ID, LOG_TRACE_ID
 from edge.policy.model import FieldKey
@@ -36,8 +36,6 @@ from edge.policy.model import FieldKey
 FILE_PATH_ATTRIBUTE = "log.file.path"
 _DELETED = object()
 _ID_KEYS = (LOG_TRACE_ID, LOG_SPAN_ID)
-_LOGFMT_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
-_LOGFMT_ESCAPE = re.compile(r"\\(.)")
 K8S_ENVIRONMENT = {"POD_NAME": "k8s.pod.name", "NAMESPACE": "k8s.namespace.name", "SERVICE_NAME": "service.name"}
 
 
@@ -81,35 +79,13 @@ def _walk(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _logfmt_value(raw: str) -> str:
-    if raw.startswith('"') and len(raw) >= 2:
-        return _LOGFMT_ESCAPE.sub(r"\1", raw[1:-1])
-    return raw
-
-
-def parse_logfmt(line: str) -> dict[str, Any]:
-    return {k: _logfmt_value(v) for k, v in _LOGFMT_PAIR.findall(line)}
-
-
-def parse_json(line: bytes) -> dict[str, Any]:
-    """The object on a JSON line; {} when the line is not a JSON object (it still has a body)."""
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    return doc if doc.__class__ is dict else {}
-
-
 class _Structured:
     """Parsed records of a logfmt or json block: attributes, body and severity per line."""
 
     __slots__ = ("records", "names", "bodies", "severities")
 
-    def __init__(self, fmt: str, lines: list[bytes], texts: list[str], names: FieldNames) -> None:
-        if fmt == "json":
-            self.records = [parse_json(line) for line in lines]
-        else:
-            self.records = [parse_logfmt(text) for text in texts]
+    def __init__(self, fields: Fields, lines: list[bytes], texts: list[str], names: FieldNames) -> None:
+        self.records = list(map(fields, lines, texts))
         self.names = names
         self.bodies = [self._first(r, names.message, text) for r, text in zip(self.records, texts, strict=True)]
         self.severities = [self._first(r, names.level, MISSING) for r in self.records]
@@ -141,9 +117,11 @@ class LineBatch(PlainStringValues):
     """One block of lines as log records (a `LogBatch`)."""
 
     def __init__(self, lines: list[bytes], texts: list[str], fmt: str, file_path: str = "",
-                 resource: Mapping[str, str] | None = None, names: FieldNames = DEFAULT_NAMES) -> None:
+                 resource: Mapping[str, str] | None = None, names: FieldNames = DEFAULT_NAMES,
+                 fields: Fields | None = None) -> None:
         self.lines = lines
         self.names = names
+        self.fields = fields
         self.texts = texts
         self.format = fmt
         self.file_path = file_path
@@ -158,7 +136,8 @@ class LineBatch(PlainStringValues):
 
     def structured(self) -> _Structured:
         if self._structured is None:
-            self._structured = _Structured(self.format, self.lines, self.texts, self.names)
+            fields = self.fields or fields_parser(self.format)
+            self._structured = _Structured(fields, self.lines, self.texts, self.names)
         return self._structured
 
     # ── columns ──
