@@ -47,13 +47,9 @@ class StartupError(ValueError):
 
 def deliver(block: Block, line_filter: LineFilter, sink: Sink, source: str, identity: FileIdentity | None) -> None:
     """Filter one block and hand what is kept to the sink with the position it reaches."""
-    if block.passthrough:
-        kept_data, kept_lines = block.data, block.data.count(b"\n")
-    else:
-        kept = line_filter.apply(block.data, source)
-        kept_data, kept_lines = kept.data, kept.lines
+    kept = line_filter.apply(block.data, source)
     position: Position | None = (identity, block.end_offset) if identity is not None else None
-    sink.write(kept_data, kept_lines, source, position)
+    sink.write(kept.data, kept.lines, source, position)
 
 
 # ── stdin ──

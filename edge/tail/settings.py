@@ -92,7 +92,7 @@ class TailSettings:
     checkpoint_max_slots: int = _option(256, "count", "tracked files in the checkpoint store; oldest evicted")
     state_dir: str = _option(".tero", "text", "checkpoint directory")
     read_buf: int = _option(65536, "count", "bytes per read() call")
-    max_line: int = _option(262144, "count", "longer lines pass through unevaluated")
+    max_line: int = _option(262144, "count", "longer lines are cut to their first N bytes")
     write_buf: int = _option(65536, "count", "output buffer bytes")
     flush_interval_ms: int = _option(100, "count", "output flush cadence")
     flush_lines: int = _option(1024, "count", "flush after this many lines")

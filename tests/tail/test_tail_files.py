@@ -248,3 +248,23 @@ def test_sigterm_at_any_moment_stops_the_tailer(tmp_path: Path) -> None:
                 assert tailer.proc.wait(5) == 0, tailer.stderr()
             except subprocess.TimeoutExpired:
                 pytest.fail(f"edge-tail ignored SIGTERM (attempt {attempt})")
+
+
+def test_over_long_line_written_in_pieces_is_truncated_and_checkpointed_past(tmp_path: Path) -> None:
+    """A line that grows past --max-line across reads (64-byte reads) is cut once; a restart resumes after it."""
+    src, out = tmp_path / "app.log", tmp_path / "out.log"
+    src.write_bytes(b"")
+    args = [str(src), "-o", str(out), "--read-from", "checkpoint", "--max-line", "100", "--read-buf", "64"]
+    with Tailer(tmp_path, args) as tailer:
+        tailer.wait_tailing(src)
+        with open(src, "ab") as f:
+            for piece in (b"L" * 90, b"M" * 90, b"N" * 90, b"\nafter\n"):
+                f.write(piece)
+                f.flush()
+        assert wait_until(lambda: lines_of(out) == [b"L" * 90 + b"M" * 10, b"after"]), tailer.stderr()
+        tailer.stop()
+    write_lines(src, ["next"])
+    with Tailer(tmp_path, args) as tailer:
+        assert wait_until(lambda: len(lines_of(out)) == 3), tailer.stderr()
+        tailer.stop()
+    assert lines_of(out) == [b"L" * 90 + b"M" * 10, b"after", b"next"]
