@@ -84,21 +84,37 @@ def run_stdin(settings: TailSettings, line_filter: LineFilter, sink: Sink, stop:
 # ── files ──
 
 
-def check_inputs(patterns: tuple[str, ...]) -> None:
-    """Literal paths must be readable regular files at startup; globs may match nothing yet."""
+def check_inputs(patterns: tuple[str, ...], *, exit_on_missing: bool = False) -> list[str]:
+    """What is missing among the inputs, as reasons; StartupError for an input that can never be tailed.
+
+    A missing file or glob directory is waited for (like Fluent Bit and Vector do), unless
+    `exit_on_missing`; a path that is not a regular file, or that cannot be read, is an error.
+    """
+    missing = []
     for pattern in patterns:
-        if is_glob(pattern):
-            if not os.path.isdir(os.path.dirname(os.path.abspath(pattern))):
-                raise StartupError(f"{pattern}: no such directory")
+        reason = _missing(pattern)
+        if reason:
+            if exit_on_missing and not reason.endswith("no file matches yet"):
+                raise StartupError(f"{pattern}: {reason}")
+            missing.append(f"{display(pattern)}: {reason}")
             continue
-        if not os.path.exists(pattern):
-            raise StartupError(f"{pattern}: no such file")
+        if is_glob(pattern):
+            continue
         if not os.path.isfile(pattern):
             raise StartupError(f"{pattern}: not a regular file")
         try:
             os.close(os.open(pattern, os.O_RDONLY))
         except OSError as exc:
             raise StartupError(f"{pattern}: {exc.strerror or exc}") from None
+    return missing
+
+
+def _missing(pattern: str) -> str:
+    if is_glob(pattern):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(pattern))):
+            return "no such directory"
+        return "" if expand([pattern]) else "no file matches yet"
+    return "" if os.path.exists(pattern) else "no such file"
 
 
 @dataclass(slots=True)
@@ -130,13 +146,16 @@ class FileTailer:
 
     # ── startup ──
 
-    def open_initial(self) -> None:
-        """Open every file the patterns name now (`check_inputs` has vetted the literal paths)."""
+    def open_initial(self, missing: list[str] | None = None) -> None:
+        """Open every file the patterns name now (`check_inputs` has vetted the literal paths).
+
+        `missing` inputs get one warning together; they are picked up when they appear.
+        """
         for path in expand(self.settings.paths):
             if not self._is_excluded(path):
                 self._track(path, initial=True)
-        if not self.files:
-            log.warning("no file matches %s yet; waiting for one to appear", display(", ".join(self.settings.paths)))
+        if missing:
+            log.warning("waiting for inputs to appear: %s", "; ".join(missing))
 
     def _is_excluded(self, path: str) -> bool:
         try:

@@ -79,8 +79,8 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
         if settings.policy or snapshots is None:
             snapshot = load_snapshot(settings.policy)
             snapshots = lambda: snapshot  # noqa: E731 - a fixed source
-        if not settings.stdin_mode:
-            check_inputs(settings.paths)
+        missing = [] if settings.stdin_mode else check_inputs(settings.paths,
+                                                             exit_on_missing=settings.exit_on_missing)
     except (PolicyLoadError, StartupError) as exc:
         raise TailStartupError(str(exc)) from None
     resource = resource_attributes(settings.resource, env)
@@ -89,7 +89,7 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
     tune_gc()
     if settings.stdin_mode:
         return _run_stdin(settings, line_filter, resource, stop, wakeup)
-    return _run_files(settings, line_filter, resource, stop, wakeup)
+    return _run_files(settings, line_filter, resource, stop, wakeup, missing)
 
 
 def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
@@ -106,7 +106,7 @@ def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mappin
 
 
 def _run_files(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
-               stop: threading.Event, wakeup: threading.Event) -> int:
+               stop: threading.Event, wakeup: threading.Event, missing: list[str]) -> int:
     recorder = CheckpointRecorder()
     sink = make_sink(settings, resource, recorder, wakeup, line_filter.fields)
     try:
@@ -117,7 +117,7 @@ def _run_files(settings: TailSettings, line_filter: LineFilter, resource: Mappin
     tailer = FileTailer(settings, line_filter, sink, store, stop, wakeup)
     status = 0
     try:
-        tailer.open_initial()
+        tailer.open_initial(missing)
         tailer.run()
     except WatchUnavailable as exc:
         raise TailStartupError(str(exc)) from None

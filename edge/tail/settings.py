@@ -80,6 +80,8 @@ class TailSettings:
     trace_id_key: str = _option("", "text", "json/logfmt hex trace id key (default trace_id|traceId|trace.id)")
     span_id_key: str = _option("", "text", "json/logfmt hex span id key (default span_id|spanId|span.id)")
     policy: str = _option("", "text", "policy file (JSON or YAML)", short="-p")
+    exit_on_missing: bool = _option(False, "flag", "exit 2 when a named file or a glob's directory does not exist "
+                                    "at start-up, instead of waiting for it")
     io_engine: str = _option("auto", "choice", "file watcher backend", choices=("auto", "inotify", "poll"))
     poll_ms: int = _option(200, "count", "poll interval")
     glob_interval_ms: int = _option(5000, "count", "glob re-expansion interval")

@@ -69,16 +69,16 @@ def test_stdin_dash_mixed_with_paths(input_file: Path) -> None:
     _assert_usage_error(run_cli(["-", str(input_file)]), "'-' (stdin) cannot be mixed with file paths")
 
 
-def test_missing_input(tmp_path: Path) -> None:
-    _assert_usage_error(run_cli([str(tmp_path / "missing.log")]), "missing.log: no such file")
+def test_missing_input_with_exit_on_missing(tmp_path: Path) -> None:
+    _assert_usage_error(run_cli([str(tmp_path / "missing.log"), "--exit-on-missing"]), "missing.log: no such file")
 
 
 def test_directory_as_input(tmp_path: Path) -> None:
     _assert_usage_error(run_cli([str(tmp_path)]), "not a regular file")
 
 
-def test_glob_in_missing_directory(tmp_path: Path) -> None:
-    _assert_usage_error(run_cli([str(tmp_path / "nodir" / "*.log")]), "no such directory")
+def test_glob_in_missing_directory_with_exit_on_missing(tmp_path: Path) -> None:
+    _assert_usage_error(run_cli([str(tmp_path / "nodir" / "*.log"), "--exit-on-missing"]), "no such directory")
 
 
 def test_unwritable_output(input_file: Path, tmp_path: Path) -> None:

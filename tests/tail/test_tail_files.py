@@ -268,3 +268,21 @@ def test_over_long_line_written_in_pieces_is_truncated_and_checkpointed_past(tmp
         assert wait_until(lambda: len(lines_of(out)) == 3), tailer.stderr()
         tailer.stop()
     assert lines_of(out) == [b"L" * 90 + b"M" * 10, b"after", b"next"]
+
+
+def test_missing_file_missing_glob_directory_and_unmatched_glob_are_waited_for(tmp_path: Path) -> None:
+    """One warning naming all three, then each is tailed from its first byte once it appears."""
+    out = tmp_path / "out.log"
+    missing, in_new_dir, unmatched = tmp_path / "a.log", tmp_path / "nodir" / "*.log", tmp_path / "*.txt"
+    with Tailer(tmp_path, [str(missing), str(in_new_dir), str(unmatched), "-o", str(out)]) as tailer:
+        expected = (f"waiting for inputs to appear: {missing}: no such file; {in_new_dir}: no such directory; "
+                    f"{unmatched}: no file matches yet")
+        assert wait_until(lambda: expected in tailer.stderr()), tailer.stderr()
+        write_lines(missing, ["from a"])
+        (tmp_path / "nodir").mkdir()
+        write_lines(tmp_path / "nodir" / "b.log", ["from b"])
+        write_lines(tmp_path / "c.txt", ["from c"])
+        assert wait_until(lambda: sorted(lines_of(out)) == [b"from a", b"from b", b"from c"]), tailer.stderr()
+        tailer.stop()
+    warnings = [line for line in tailer.stderr().splitlines() if '"level":"warn"' in line]
+    assert len(warnings) == 1, warnings
