@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         return _fail(str(exc))
     faulthandler.enable()
-    logs.configure("debug" if settings.verbose else "warn")
+    logs.configure("debug" if settings.verbose else "info")
     stop, wakeup = threading.Event(), threading.Event()
     install_stop_handlers(stop, wakeup)
     try:

@@ -13,15 +13,18 @@ import os
 import threading
 from collections.abc import Mapping
 
+from edge import __version__
 from edge.formats.lines.batch import resource_attributes
 from edge.formats.lines.patterns import Fields, PatternError, compile_patterns, fields_parser, load_patterns
+from edge.logs import redact
 from edge.memory import tune_gc
 from edge.tail.checkpoint import CheckpointStore
 from edge.tail.discovery import WatchUnavailable
 from edge.tail.filtering import LineFilter, PolicyLoadError, SnapshotSource, load_snapshot
 from edge.tail.output import Delivered, FileSink, OutputError, Sink
 from edge.tail.pipeline import CheckpointRecorder, FileTailer, StartupError, check_inputs, run_stdin
-from edge.tail.settings import TailSettings
+from edge.tail.reader import display
+from edge.tail.settings import STDIO, TailSettings
 
 log = logging.getLogger("edge.tail")
 
@@ -95,6 +98,7 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
 def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
                stop: threading.Event, wakeup: threading.Event) -> int:
     sink = make_sink(settings, resource, lambda positions: None, wakeup, line_filter.fields)
+    log.info("%s", summary(settings))
     try:
         run_stdin(settings, line_filter, sink, stop)
     except OutputError as exc:
@@ -118,6 +122,7 @@ def _run_files(settings: TailSettings, line_filter: LineFilter, resource: Mappin
     status = 0
     try:
         tailer.open_initial(missing)
+        log.info("%s", summary(settings, tailer))
         tailer.run()
     except WatchUnavailable as exc:
         raise TailStartupError(str(exc)) from None
@@ -133,6 +138,24 @@ def _run_files(settings: TailSettings, line_filter: LineFilter, resource: Mappin
         tailer.close()
         store.close()
     return status
+
+
+def target(settings: TailSettings) -> str:
+    if settings.forward_url:
+        return f"forwarding OTLP/{settings.forward_format} to {redact(settings.forward_url)}"
+    return "writing to stdout" if settings.output == STDIO else f"writing to {settings.output}"
+
+
+def summary(settings: TailSettings, tailer: FileTailer | None = None, shown: int = 5) -> str:
+    """The one start-up line: inputs, format, output or forward target, state dir, resumed offsets."""
+    head = f"edge-tail {__version__}: format {settings.format}, {target(settings)}"
+    if tailer is None:
+        return f"{head}, reading stdin"
+    resumed = [f"{t.name}@{t.offset}" for t in tailer.files.values() if t.offset]
+    more = f" and {len(resumed) - shown} more" if len(resumed) > shown else ""
+    return (f"{head}, tailing {len(tailer.files)} file(s) of {display(', '.join(settings.paths))} "
+            f"(read-from {settings.read_from}), state dir {settings.state_dir}, "
+            f"start offsets: {', '.join(resumed[:shown]) + more if resumed else 'all 0'}")
 
 
 def _close_sink(sink: Sink) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import __version__
 from tests.tail.tail_helpers import clean_env, drop_policy, run_cli, write_policy
 
 
@@ -133,6 +134,14 @@ def test_help_exits_0() -> None:
     assert result.returncode == 0
     for flag in ("--read-from", "--io-engine", "--checkpoint-max-slots", "--state-dir", "--forward-url"):
         assert flag.encode() in result.stdout
+    text = b" ".join(result.stdout.split())
+    assert b"(default )" not in text  # options without a default say nothing about one
+    assert b"(default tail)" in text
+
+
+def test_version() -> None:
+    result = run_cli(["--version"])
+    assert (result.returncode, result.stdout) == (0, f"edge-tail {__version__}\n".encode())
 
 
 def test_precedence_cli_over_env_over_file_over_defaults(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -13,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.tail.tail_helpers import Tailer, drop_policy, lines_of, wait_until, write_lines, write_policy
+from edge import __version__
+from tests.tail.tail_helpers import (
+    COMMAND,
+    Tailer,
+    clean_env,
+    drop_policy,
+    lines_of,
+    wait_until,
+    write_lines,
+    write_policy,
+)
 
 
 def numbered(prefix: str, start: int, count: int) -> list[str]:
@@ -286,3 +297,23 @@ def test_missing_file_missing_glob_directory_and_unmatched_glob_are_waited_for(t
         tailer.stop()
     warnings = [line for line in tailer.stderr().splitlines() if '"level":"warn"' in line]
     assert len(warnings) == 1, warnings
+
+
+def test_one_line_startup_summary_at_the_default_level(tmp_path: Path) -> None:
+    src, out = tmp_path / "app.log", tmp_path / "out.log"
+    write_lines(src, ["one", "two"])
+    args = [*COMMAND, str(src), "-o", str(out), "--state-dir", str(tmp_path / "state"), "-f", "json"]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        expected = (f"edge-tail {__version__}: format json, writing to {out}, tailing 1 file(s) of {src} "
+                    f"(read-from tail), state dir {tmp_path / 'state'}, start offsets: {src}@8")
+        assert proc.stderr is not None
+        messages = []
+        for line in proc.stderr:
+            messages.append(json.loads(line)["msg"])
+            if messages[-1].startswith("edge-tail "):
+                break
+        assert messages[-1] == expected
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
