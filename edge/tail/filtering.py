@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from itertools import compress
 
 from edge.engine import bits
@@ -24,6 +23,7 @@ from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_file
 from edge.policy.model import LOG
 from edge.policy.snapshot import Snapshot, empty_snapshot
+from edge.tail.keeping import Kept
 
 log = logging.getLogger("edge.tail")
 
@@ -48,14 +48,6 @@ def load_snapshot(path: str) -> Snapshot:
     for pid, errors in snapshot.errors().items():
         log.warning("%s: policy %s is inert: %s", path, pid, "; ".join(errors))
     return snapshot
-
-
-@dataclass(slots=True)
-class Kept:
-    """What survives a block: the bytes to deliver and how many lines they hold."""
-
-    data: bytes
-    lines: int
 
 
 class LastGoodSnapshot:

@@ -16,9 +16,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from edge import __version__
-from edge.formats.lines.batch import FILE_PATH_ATTRIBUTE
 from edge.formats.lines.patterns import Fields, fields_parser
-from edge.formats.lines.records import DEFAULT_NAMES, FieldNames, Record, from_fields
+from edge.formats.lines.records import DEFAULT_NAMES, FILE_PATH_ATTRIBUTE, FieldNames, Record, from_fields
 
 SCOPE_NAME = "edge-tail"
 Groups = Iterable[tuple[str, list[bytes]]]

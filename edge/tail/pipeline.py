@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from edge.tail.checkpoint import CheckpointStore, FileIdentity
 from edge.tail.discovery import Watcher, directories, expand, is_glob
-from edge.tail.filtering import LineFilter
+from edge.tail.keeping import Filter
 from edge.tail.output import Position, Sink
 from edge.tail.reader import Block, FileKey, LineCutter, TailedFile, display, file_kind
 from edge.tail.settings import TailSettings
@@ -45,7 +45,7 @@ class StartupError(ValueError):
     """Input that cannot be tailed at startup (one line for the operator)."""
 
 
-def deliver(block: Block, line_filter: LineFilter, sink: Sink, source: str, identity: FileIdentity | None) -> None:
+def deliver(block: Block, line_filter: Filter, sink: Sink, source: str, identity: FileIdentity | None) -> None:
     """Filter one block and hand what is kept to the sink with the position it reaches."""
     kept = line_filter.apply(block.data, source)
     position: Position | None = (identity, block.end_offset) if identity is not None else None
@@ -55,7 +55,7 @@ def deliver(block: Block, line_filter: LineFilter, sink: Sink, source: str, iden
 # ── stdin ──
 
 
-def run_stdin(settings: TailSettings, line_filter: LineFilter, sink: Sink, stop: threading.Event,
+def run_stdin(settings: TailSettings, line_filter: Filter, sink: Sink, stop: threading.Event,
               fd: int = 0) -> None:
     """Read `fd` to EOF (or until `stop`), delivering complete lines; the last partial line too."""
     cutter = LineCutter(settings.max_line)
@@ -128,7 +128,7 @@ class Expiring:
 class FileTailer:
     """Tails the settings' paths until `stop` is set."""
 
-    def __init__(self, settings: TailSettings, line_filter: LineFilter, sink: Sink, store: CheckpointStore,
+    def __init__(self, settings: TailSettings, line_filter: Filter, sink: Sink, store: CheckpointStore,
                  stop: threading.Event, wakeup: threading.Event) -> None:
         self.settings = settings
         self.filter = line_filter

@@ -12,19 +12,23 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from edge import __version__
-from edge.formats.lines.batch import resource_attributes
-from edge.formats.lines.patterns import Fields, PatternError, compile_patterns, fields_parser, load_patterns
+from edge.formats.lines.records import resource_attributes
 from edge.logs import redact
 from edge.memory import tune_gc
 from edge.tail.checkpoint import CheckpointStore
 from edge.tail.discovery import WatchUnavailable
-from edge.tail.filtering import LineFilter, PolicyLoadError, SnapshotSource, load_snapshot
+from edge.tail.keeping import Filter, KeepAll
 from edge.tail.output import Delivered, FileSink, OutputError, Sink
 from edge.tail.pipeline import CheckpointRecorder, FileTailer, StartupError, check_inputs, run_stdin
 from edge.tail.reader import display
 from edge.tail.settings import STDIO, TailSettings
+
+if TYPE_CHECKING:
+    from edge.engine.holder import SnapshotSource
+    from edge.formats.lines.patterns import Fields
 
 log = logging.getLogger("edge.tail")
 
@@ -37,6 +41,8 @@ def line_fields(settings: TailSettings) -> Fields | None:
     """The fields parser of -f regex|auto with the user's patterns compiled once; None for the other formats."""
     if settings.format not in ("regex", "auto"):
         return None
+    from edge.formats.lines.patterns import PatternError, compile_patterns, fields_parser, load_patterns
+
     try:
         return fields_parser(settings.format, compile_patterns(load_patterns(settings.patterns), settings.patterns))
     except PatternError as exc:
@@ -79,25 +85,38 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
     env = os.environ if env is None else env
     wakeup = wakeup or threading.Event()
     try:
-        if settings.policy or snapshots is None:
-            snapshot = load_snapshot(settings.policy)
-            snapshots = lambda: snapshot  # noqa: E731 - a fixed source
         missing = [] if settings.stdin_mode else check_inputs(settings.paths,
                                                              exit_on_missing=settings.exit_on_missing)
-    except (PolicyLoadError, StartupError) as exc:
+    except StartupError as exc:
         raise TailStartupError(str(exc)) from None
     resource = resource_attributes(settings.resource, env)
     fields = line_fields(settings)
-    line_filter = LineFilter(snapshots, settings.format, settings.max_line, resource, settings.field_names, fields)
+    line_filter = make_filter(settings, snapshots, resource, fields)
     tune_gc()
     if settings.stdin_mode:
-        return _run_stdin(settings, line_filter, resource, stop, wakeup)
-    return _run_files(settings, line_filter, resource, stop, wakeup, missing)
+        return _run_stdin(settings, line_filter, resource, stop, wakeup, fields)
+    return _run_files(settings, line_filter, resource, stop, wakeup, missing, fields)
 
 
-def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
-               stop: threading.Event, wakeup: threading.Event) -> int:
-    sink = make_sink(settings, resource, lambda positions: None, wakeup, line_filter.fields)
+def make_filter(settings: TailSettings, snapshots: SnapshotSource | None, resource: Mapping[str, str],
+                fields: Fields | None) -> Filter:
+    """The policy filter; without `-p` or supervisor snapshots, KeepAll (and the engine is never imported)."""
+    if not settings.policy and snapshots is None:
+        return KeepAll()
+    from edge.tail.filtering import LineFilter, PolicyLoadError, load_snapshot
+
+    if settings.policy:
+        try:
+            snapshot = load_snapshot(settings.policy)
+        except PolicyLoadError as exc:
+            raise TailStartupError(str(exc)) from None
+        snapshots = lambda: snapshot  # noqa: E731 - a fixed source
+    return LineFilter(snapshots, settings.format, settings.max_line, resource, settings.field_names, fields)
+
+
+def _run_stdin(settings: TailSettings, line_filter: Filter, resource: Mapping[str, str],
+               stop: threading.Event, wakeup: threading.Event, fields: Fields | None) -> int:
+    sink = make_sink(settings, resource, lambda positions: None, wakeup, fields)
     log.info("%s", summary(settings))
     try:
         run_stdin(settings, line_filter, sink, stop)
@@ -109,10 +128,10 @@ def _run_stdin(settings: TailSettings, line_filter: LineFilter, resource: Mappin
     return 0
 
 
-def _run_files(settings: TailSettings, line_filter: LineFilter, resource: Mapping[str, str],
-               stop: threading.Event, wakeup: threading.Event, missing: list[str]) -> int:
+def _run_files(settings: TailSettings, line_filter: Filter, resource: Mapping[str, str],
+               stop: threading.Event, wakeup: threading.Event, missing: list[str], fields: Fields | None) -> int:
     recorder = CheckpointRecorder()
-    sink = make_sink(settings, resource, recorder, wakeup, line_filter.fields)
+    sink = make_sink(settings, resource, recorder, wakeup, fields)
     try:
         store = recorder.store = open_store(settings)
     except BaseException:

@@ -29,23 +29,21 @@ from typing import Any
 from edge.engine import bits
 from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
 from edge.formats.lines.patterns import Fields, fields_parser
-from edge.formats.lines.records import DEFAULT_NAMES, HEX16, HEX32, FieldNames, first, hex_id, severity_number
+from edge.formats.lines.records import (
+    DEFAULT_NAMES,
+    FILE_PATH_ATTRIBUTE,
+    HEX16,
+    HEX32,
+    FieldNames,
+    first,
+    hex_id,
+    severity_number,
+)
 from edge.policy.fields import LOG_BODY, LOG_SEVERITY_NUMBER, LOG_SEVERITY_TEXT, LOG_SPAN_ID, LOG_TRACE_ID
 from edge.policy.model import FieldKey
 
-FILE_PATH_ATTRIBUTE = "log.file.path"
 _DELETED = object()
 _ID_KEYS = (LOG_TRACE_ID, LOG_SPAN_ID)
-K8S_ENVIRONMENT = {"POD_NAME": "k8s.pod.name", "NAMESPACE": "k8s.namespace.name", "SERVICE_NAME": "service.name"}
-
-
-def resource_attributes(pairs: tuple[tuple[str, str], ...], env: Mapping[str, str]) -> dict[str, str]:
-    """The resource of every line: the Kubernetes downward-API variables, then `--resource` pairs (which win)."""
-    attributes = {key: env[name] for name, key in K8S_ENVIRONMENT.items() if env.get(name)}
-    attributes.update(pairs)
-    return attributes
-
-
 def decode_lines(block: bytes) -> list[str]:
     """The lines of a block of complete lines as text (invalid UTF-8 replaced, `\\r\\n` ends stripped).
 

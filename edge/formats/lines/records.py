@@ -20,6 +20,8 @@ LEVEL_KEYS = ("level", "severity", "lvl", "severity_text")
 MESSAGE_KEYS = ("message", "msg", "log", "body")
 TRACE_ID_KEYS = ("trace_id", "traceId", "trace.id")
 SPAN_ID_KEYS = ("span_id", "spanId", "span.id")
+FILE_PATH_ATTRIBUTE = "log.file.path"
+K8S_ENVIRONMENT = {"POD_NAME": "k8s.pod.name", "NAMESPACE": "k8s.namespace.name", "SERVICE_NAME": "service.name"}
 ATTRIBUTES_KEY = "attributes"  # an object of extra attributes, merged under the top-level fields
 
 # OpenTelemetry severity numbers (the first of each range) for the level names in common use.
@@ -31,6 +33,13 @@ SEVERITY_NUMBERS = {
 HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _SPACE_DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})[ T](.*)")
+
+
+def resource_attributes(pairs: tuple[tuple[str, str], ...], env: Mapping[str, str]) -> dict[str, str]:
+    """The resource of every line: the Kubernetes downward-API variables, then `--resource` pairs (which win)."""
+    attributes = {key: env[name] for name, key in K8S_ENVIRONMENT.items() if env.get(name)}
+    attributes.update(pairs)
+    return attributes
 
 
 @dataclass(frozen=True, slots=True)
