@@ -50,15 +50,20 @@ def line_fields(settings: TailSettings) -> Fields | None:
 
 
 def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered: Delivered,
-              wakeup: threading.Event, fields: Fields | None = None) -> Sink:
+              wakeup: threading.Event, fields: Fields | None = None, stop: threading.Event | None = None) -> Sink:
     if settings.forward_url:
-        from edge.tail.forward import ForwardSink  # aiohttp and the OTLP messages only when forwarding
+        from edge.tail.forward import DEAD_LETTER_DIR, Delivery, ForwardSink  # aiohttp, OTLP: only to forward
         from edge.tail.otlp import record_parser
 
         return ForwardSink(settings.forward_url, fmt=settings.forward_format, batch_lines=settings.batch_lines,
                            batch_interval_ms=settings.batch_interval_ms, resource=resource,
                            on_delivered=on_delivered, wakeup=wakeup,
-                           parse=record_parser(settings.format, settings.field_names, fields))
+                           parse=record_parser(settings.format, settings.field_names, fields),
+                           delivery=Delivery(http_timeout_s=settings.http_timeout_s,
+                                             retry_backoff_s=settings.retry_backoff_ms / 1000,
+                                             max_retries=settings.max_retries,
+                                             dead_letter_dir=os.path.join(settings.state_dir, DEAD_LETTER_DIR)),
+                           stop=stop)
     try:
         return FileSink(settings.output, write_buf=settings.write_buf, flush_lines=settings.flush_lines,
                         flush_interval_ms=settings.flush_interval_ms, on_delivered=on_delivered)
@@ -116,7 +121,7 @@ def make_filter(settings: TailSettings, snapshots: SnapshotSource | None, resour
 
 def _run_stdin(settings: TailSettings, line_filter: Filter, resource: Mapping[str, str],
                stop: threading.Event, wakeup: threading.Event, fields: Fields | None) -> int:
-    sink = make_sink(settings, resource, lambda positions: None, wakeup, fields)
+    sink = make_sink(settings, resource, lambda positions: None, wakeup, fields, stop)
     log.info("%s", summary(settings))
     try:
         run_stdin(settings, line_filter, sink, stop)
@@ -131,7 +136,7 @@ def _run_stdin(settings: TailSettings, line_filter: Filter, resource: Mapping[st
 def _run_files(settings: TailSettings, line_filter: Filter, resource: Mapping[str, str],
                stop: threading.Event, wakeup: threading.Event, missing: list[str], fields: Fields | None) -> int:
     recorder = CheckpointRecorder()
-    sink = make_sink(settings, resource, recorder, wakeup, fields)
+    sink = make_sink(settings, resource, recorder, wakeup, fields, stop)
     try:
         store = recorder.store = open_store(settings)
     except BaseException:

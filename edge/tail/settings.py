@@ -101,6 +101,10 @@ class TailSettings:
     forward_url: str = _option("", "url", "send lines as OTLP/HTTP logs to this URL instead of --output")
     forward_format: str = _option("protobuf", "choice", "OTLP encoding when forwarding",
                                   choices=("protobuf", "json"))
+    http_timeout_s: int = _option(30, "count", "seconds before a forward request is abandoned and retried")
+    retry_backoff_ms: int = _option(100, "count", "first retry delay; doubles up to 30 s, with jitter")
+    max_retries: int | None = _option(None, "natural", "retries before a failing batch goes to the dead-letter "
+                                      "directory of the state dir (default: retry forever)")
     batch_lines: int = _option(1000, "count", "log records per forwarded request")
     batch_interval_ms: int = _option(1000, "count", "send a partial forward batch after this long")
     resource: tuple[tuple[str, str], ...] = _option(
@@ -136,6 +140,14 @@ def _count(where: str, value: Any) -> int:
     if value <= 0:
         raise SettingsError(f"{where}: must be a positive integer, got {value}")
     return value
+
+
+def _natural(where: str, value: Any) -> int:
+    """A non-negative integer (0 allowed: no retry at all)."""
+    zero = re.fullmatch(r"\s*0+\s*", value) is not None if isinstance(value, str) else value == 0
+    if zero and not isinstance(value, bool):
+        return 0
+    return _count(where, value)
 
 
 def _text(where: str, value: Any) -> str:
@@ -197,7 +209,8 @@ def _pairs(where: str, value: Any) -> tuple[tuple[str, str], ...]:
 def _checker(option: Option) -> Callable[[str, Any], Any]:
     if option.kind == "choice":
         return _choice(option)
-    return {"count": _count, "text": _text, "url": _url, "flag": _flag, "pairs": _pairs}[option.kind]
+    checks = {"count": _count, "natural": _natural, "text": _text, "url": _url, "flag": _flag, "pairs": _pairs}
+    return checks[option.kind]
 
 
 def _paths(where: str, value: Any) -> tuple[str, ...]:
@@ -266,7 +279,7 @@ def from_mapping(doc: Mapping[str, Any], env: Mapping[str, str] | None = None, *
     return validate(values, paths)
 
 
-_METAVARS = {"count": "N", "text": "PATH", "url": "URL"}
+_METAVARS = {"count": "N", "natural": "N", "text": "PATH", "url": "URL"}
 _KEY_SUFFIX = "_key"
 
 
@@ -286,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar = "|".join(option.choices) if option.choices else _METAVARS[option.kind]
             if option.name.endswith(_KEY_SUFFIX):
                 metavar = "KEY"
-            shown = f" (default {option.default})" if option.default != "" else ""
+            shown = f" (default {option.default})" if option.default not in ("", None) else ""
             parser.add_argument(*flags, dest=option.name, metavar=metavar, help=f"{option.help}{shown}")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="files or globs (* and ? in the file name); "
                         "none or - reads stdin")
