@@ -11,7 +11,7 @@ the dead-letter directory in the state dir and logged once: it is set aside, not
 and reading goes on. On SIGTERM, batches still failing are given up after `DRAIN_S`
 (their checkpoints stay behind them, so they are sent again on the next start); at the
 end of stdin, which has no checkpoint, after `EOF_DRAIN_S`.
-While `MAX_QUEUED` batches wait, `ready()` is false and the tailer stops
+While `max_queued` batches (`--max-buffer-records` in whole batches) wait, `ready()` is false and the tailer stops
 reading (backpressure); positions are reported delivered only when the batch holding
 their lines is acknowledged (or set aside), so checkpoints never pass unsent lines.
 
@@ -44,7 +44,7 @@ from edge.tail.reader import display
 
 log = logging.getLogger("edge.tail")
 
-MAX_QUEUED = 4  # sealed batches waiting or in flight before reading pauses
+MAX_QUEUED = 4  # sealed batches waiting or in flight before reading pauses, by default
 BACKOFF_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 300.0
 DRAIN_S = 1.0  # SIGTERM with the target down still exits within 2 s (the rest of shutdown included)
@@ -122,8 +122,9 @@ class ForwardSink:
     def __init__(self, url: str, *, fmt: str, batch_lines: int, batch_interval_ms: int,
                  resource: Mapping[str, str], on_delivered: Delivered, wakeup: threading.Event,
                  parse: Parser | None = None, delivery: Delivery | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, max_queued: int = MAX_QUEUED) -> None:
         self.url = url
+        self.max_queued = max_queued
         self.stop = stop or threading.Event()
         self.delivery = delivery or Delivery()
         self.encode, self.content_type = ENCODERS[fmt]
@@ -174,7 +175,7 @@ class ForwardSink:
 
     def ready(self) -> bool:
         with self.lock:
-            return len(self.sealed) < MAX_QUEUED
+            return len(self.sealed) < self.max_queued
 
     def pending(self) -> int:
         with self.lock:

@@ -18,6 +18,7 @@ from edge import __version__
 from edge.formats.lines.records import resource_attributes
 from edge.logs import redact
 from edge.memory import tune_gc
+from edge.tail import sidecar_env
 from edge.tail.checkpoint import CheckpointStore
 from edge.tail.discovery import WatchUnavailable
 from edge.tail.keeping import Filter, KeepAll
@@ -63,7 +64,7 @@ def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered:
                                              retry_backoff_s=settings.retry_backoff_ms / 1000,
                                              max_retries=settings.max_retries,
                                              dead_letter_dir=os.path.join(settings.state_dir, DEAD_LETTER_DIR)),
-                           stop=stop)
+                           stop=stop, max_queued=-(-settings.max_buffer_records // settings.batch_lines))
     try:
         return FileSink(settings.output, write_buf=settings.write_buf, flush_lines=settings.flush_lines,
                         flush_interval_ms=settings.flush_interval_ms, on_delivered=on_delivered)
@@ -94,7 +95,7 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
                                                              exit_on_missing=settings.exit_on_missing)
     except StartupError as exc:
         raise TailStartupError(str(exc)) from None
-    resource = resource_attributes(settings.resource, env)
+    resource = resource_attributes(settings.resource, sidecar_env.resource_defaults(env))
     fields = line_fields(settings)
     line_filter = make_filter(settings, snapshots, resource, fields)
     tune_gc()

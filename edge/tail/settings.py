@@ -4,8 +4,8 @@ Every option is declared once, as a field of `TailSettings` (default, kind, help
 `OPTIONS` lists them, and the command line, the `-c` file, the environment and the
 supervisor's `tail` config section are all read through it, so a value is validated the
 same way wherever it comes from and an error names where the bad value came from
-(`--poll-ms`, `TERO_POLL_MS`, `config key poll_ms`). Precedence: command line >
-environment > file > defaults.
+(`--poll-ms`, `TERO_POLL_MS`, `config key poll_ms`, `BATCH_SIZE`). Precedence: command line >
+`TERO_*` > the sidecar collector's variables (`edge.tail.sidecar_env`) > file > defaults.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ import orjson
 
 from edge import __version__
 from edge.formats.lines.records import FieldNames
+from edge.tail import sidecar_env
 
 STDIO = "-"
 _OPTION = "edge.tail.option"  # the TailSettings field metadata that makes a field an option
@@ -105,17 +106,22 @@ class TailSettings:
     retry_backoff_ms: int = _option(100, "count", "first retry delay; doubles up to 30 s, with jitter")
     max_retries: int | None = _option(None, "natural", "retries before a failing batch goes to the dead-letter "
                                       "directory of the state dir (default: retry forever)")
+    max_buffer_records: int = _option(4000, "count", "forwarded records waiting for the target before reading "
+                                      "pauses (whole batches)")
+    no_trace_correlation: bool = _option(False, "flag", "leave trace and span id fields as attributes")
     batch_lines: int = _option(1000, "count", "log records per forwarded request")
     batch_interval_ms: int = _option(1000, "count", "send a partial forward batch after this long")
     resource: tuple[tuple[str, str], ...] = _option(
         (), "pairs", "resource attribute key=value for forwarded logs (repeatable)")
     verbose: bool = _option(False, "flag", "log at debug level", short="-v")
     explicit_output: bool = field(default=False, compare=False)
+    unknown_config_keys: tuple[str, ...] = field(default=(), compare=False)  # warned about, as `edge` does
 
     @property
     def field_names(self) -> FieldNames:
-        return FieldNames.overridden(time=self.time_key, level=self.level_key, message=self.message_key,
-                                     trace_id=self.trace_id_key, span_id=self.span_id_key)
+        names = FieldNames.overridden(time=self.time_key, level=self.level_key, message=self.message_key,
+                                      trace_id=self.trace_id_key, span_id=self.span_id_key)
+        return replace(names, trace_id=(), span_id=()) if self.no_trace_correlation else names
 
     @property
     def stdin_mode(self) -> bool:
@@ -316,10 +322,16 @@ def from_command_line(argv: Sequence[str] | None, env: Mapping[str, str] | None 
     if "config" in args:
         values, paths = _file_values(read_config_file(args["config"]),
                                      lambda k: f"config key {k}" if k else f"config {args['config']}")
+    values.update(sidecar_env.values(env))
+    paths = sidecar_env.paths(env) or paths
     values.update(_env_values(env, "TERO_"))
     for option in OPTIONS:
         if option.name in args:
             values[option.name] = (args[option.name], option.flag)
     if args.get("paths"):
         paths = (args["paths"], "paths")
-    return validate(values, paths)
+    settings = validate(values, paths)
+    if "config" in args:
+        doc = read_config_file(args["config"])
+        settings = replace(settings, unknown_config_keys=tuple(unknown_keys(doc)) if isinstance(doc, dict) else ())
+    return settings
