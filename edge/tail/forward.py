@@ -35,9 +35,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from edge.logs import redact
 from edge.tail.otlp import ENCODERS, Parser, record_parser
 from edge.tail.output import Delivered, Position
 from edge.tail.reader import display
@@ -50,6 +52,7 @@ RETRY_AFTER_MAX_S = 300.0
 DRAIN_S = 1.0  # SIGTERM with the target down still exits within 2 s (the rest of shutdown included)
 EOF_DRAIN_S = 10.0
 DEAD_LETTER_DIR = "dead-letter"
+CONNECT_CHECK_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +209,27 @@ class ForwardSink:
     def _thread_main(self) -> None:
         asyncio.run(self._send_loop())
 
+    async def check_connectivity(self) -> None:
+        """One TCP connection to the target at start-up, its outcome logged (a warning, never an exit).
+
+        A plain connect, not a request: it sends the target nothing, so it counts no request
+        and needs no credentials, yet tells a wrong host or port from the start.
+        """
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        where = f"{parts.hostname}:{port}"
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port),
+                                               min(CONNECT_CHECK_S, self.delivery.http_timeout_s))
+        except (OSError, TimeoutError) as exc:
+            log.warning("forward target %s is not reachable at start-up (%s: %s); lines wait until it is",
+                        redact(self.url), type(exc).__name__, exc)
+            return
+        writer.close()
+        log.info("forward target %s reachable at %s", redact(self.url), where)
+
     async def _send_loop(self) -> None:
+        await self.check_connectivity()
         timeout = aiohttp.ClientTimeout(total=self.delivery.http_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:

@@ -92,3 +92,20 @@ def test_sigterm_with_a_request_in_flight_exits_promptly_and_keeps_the_checkpoin
     with Tailer(tmp_path, forward_args(src, upstream)) as again:
         assert wait_until(lambda: [r.body.string_value for r in records(upstream)] == ["one", "two"]), again.stderr()
         again.stop()
+
+
+def test_startup_connectivity_check_is_logged_not_fatal(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    src = tmp_path / "app.log"
+    write_lines(src, ["x"])
+    url = f"{upstream.url}/v1/logs"
+    with Tailer(tmp_path, forward_args(src, upstream)) as tailer:
+        assert wait_until(lambda: f"forward target {url} reachable at 127.0.0.1:{upstream.port}" in tailer.stderr())
+        assert wait_until(lambda: records(upstream)), tailer.stderr()
+        tailer.stop()
+    upstream.stop()
+    (tmp_path / "state").rename(tmp_path / "old-state")
+    with Tailer(tmp_path, forward_args(src, upstream)) as tailer:
+        needle = f"forward target {url} is not reachable at start-up (ConnectionRefusedError: "
+        assert wait_until(lambda: needle in tailer.stderr()), tailer.stderr()
+        assert tailer.proc is not None and tailer.proc.poll() is None  # still running, waiting for the target
+        tailer.stop()
