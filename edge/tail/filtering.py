@@ -3,8 +3,9 @@
 The policy file goes through the proxy's loader and compiler into a `Snapshot`, and
 each block through the proxy's `Engine` as one `LineBatch`. Kept lines are cut out of
 the block with one `compress` and one `join`; a block where everything is kept is
-returned as the same bytes object. Lines longer than `max_line` are not evaluated and
-always kept. Any internal error keeps the whole block (fail-open).
+returned as the same bytes object. The reader already cuts lines to `max_line`; a longer
+line handed in by another caller is kept without evaluation. Any internal error keeps the
+whole block (fail-open). Only imported when there are policies (`edge.tail.keeping`).
 """
 
 from __future__ import annotations
