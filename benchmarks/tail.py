@@ -23,6 +23,13 @@ input) and the size of the output. Reported per case, as the median of --runs (h
 - MB per CPU-second of the process (user + system, startup included), i.e. per core;
 - lines/s: the steady rate in lines, at the input's mean line length.
 
+Then two more tables. Parse to OTLP (one core, in process): the cost of turning lines into
+OTLP records as `--forward-url` does, per format, in MB of input per CPU-second: `-f json`
+(JSON lines with time, level, message, trace context and attributes) and `-f regex` (the
+default text patterns), each batch of 1,000 lines parsed and encoded to protobuf; targets
+json >= 60 MB/s, regex >= 40 MB/s. Start-up: from exec of `edge-tail --read-from head FILE -o
+OUT` to the first line in OUT (median and best of --runs x 5).
+
 Everything stays in a temporary directory on the local disk; nothing is left behind.
 An input too small for samples inside the window shows "-" as its steady rate.
 """
@@ -37,6 +44,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -213,9 +221,78 @@ def main() -> int:
               f"{'lines/s (steady)':>17}")
         for name, case in cases:
             report(name, [case() for _ in range(args.runs)], size, lines)
+        parse_to_otlp(args.mb, args.runs)
+        startup(work, args.runs * 5)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def structured_lines(fmt: str, count: int, seed: int = 11) -> list[bytes]:
+    """Lines as a service would log them in `fmt`: json objects, or text in the default patterns' layouts."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        level, service, path = rng.choice(LEVELS), rng.choice(SERVICES), rng.choice(PATHS)
+        trace, span = f"{rng.getrandbits(128):032x}", f"{rng.getrandbits(64):016x}"
+        if fmt == "json":
+            out.append(json.dumps({"timestamp": f"2024-05-01T12:00:{i % 60:02d}.123Z", "level": level,
+                                   "message": f"GET {path} done", "service": service, "status": 200,
+                                   "took_ms": rng.randrange(999), "trace_id": trace, "span_id": span}).encode())
+        elif i % 2:
+            out.append(f"2024-05-01 12:00:{i % 60:02d}.123 {level} [{trace},{span}] --- GET {path} done "
+                       f"service={service}".encode())
+        else:
+            out.append(f"[2024-05-01T12:00:{i % 60:02d}Z] {level}: GET {path} done service={service}".encode())
+    return out
+
+
+def parse_to_otlp(megabytes: int, runs: int) -> None:
+    """MB of input per CPU-second turned into OTLP protobuf records, per format (one core, in process)."""
+    from edge.formats.lines.patterns import fields_parser
+    from edge.tail.otlp import encode_protobuf, record_parser
+
+    print(f"\n{'parse to OTLP (1 core)':24} {'MB/CPU-s':>12} {'(best)':>12} {'records/s':>12}")
+    for fmt in ("raw", "json", "regex"):
+        lines = structured_lines(fmt if fmt != "raw" else "regex", 100_000)
+        size = sum(len(line) + 1 for line in lines)
+        repeat = max(1, megabytes * 1_000_000 // 4 // size)
+        parse = record_parser(fmt, fields=fields_parser(fmt) if fmt == "regex" else None)
+        rates = []
+        for _ in range(runs):
+            start = time.process_time()
+            for _ in range(repeat):
+                for at in range(0, len(lines), 1000):
+                    encode_protobuf([("/var/log/app.log", lines[at:at + 1000])], parse, {"service.name": "x"}, 1)
+            rates.append(size * repeat / 1e6 / (time.process_time() - start))
+        median, best = median_best(rates)
+        print(f"{'-f ' + fmt:24} {median:12,.1f} {best:12,.1f} {median * 1e6 / (size / len(lines)):12,.0f}")
+        sys.stdout.flush()
+
+
+def startup(work: Path, runs: int) -> None:
+    """Milliseconds from exec to the first line in the output."""
+    src, out = work / "one.log", work / "one.out"
+    src.write_bytes(b"first line\n")
+    times = []
+    for _ in range(runs):
+        out.unlink(missing_ok=True)
+        shutil.rmtree(work / "state", ignore_errors=True)
+        args = [*COMMAND, "--read-from", "head", str(src), "-o", str(out), "--flush-interval-ms", "1",
+                "--state-dir", str(work / "state")]
+        start = time.monotonic()
+        proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+        try:
+            while not (out.exists() and out.stat().st_size):
+                if proc.poll() is not None or time.monotonic() - start > 30:
+                    raise RuntimeError("edge-tail delivered nothing within 30 s")
+                time.sleep(POLL_S)
+            times.append((time.monotonic() - start) * 1000)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    median, best = statistics.median(times), min(times)
+    print(f"\nstart-up, exec to first line delivered: {median:.0f} ms median, {best:.0f} ms best ({runs} runs)")
 
 
 if __name__ == "__main__":

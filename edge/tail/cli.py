@@ -9,6 +9,7 @@ stderr and exit status 2. See `edge-tail -h` and docs/configuration.md for every
 from __future__ import annotations
 
 import faulthandler
+import logging
 import signal
 import sys
 import threading
@@ -53,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         return _fail(str(exc))
     faulthandler.enable()
-    logs.configure("debug" if settings.verbose else "warn")
+    logs.configure("debug" if settings.verbose else "info")
+    for key in settings.unknown_config_keys:
+        logging.getLogger("edge.tail").warning("config key %s: unknown, ignored", key)
     stop, wakeup = threading.Event(), threading.Event()
     install_stop_handlers(stop, wakeup)
     try:

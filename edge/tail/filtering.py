@@ -3,25 +3,28 @@
 The policy file goes through the proxy's loader and compiler into a `Snapshot`, and
 each block through the proxy's `Engine` as one `LineBatch`. Kept lines are cut out of
 the block with one `compress` and one `join`; a block where everything is kept is
-returned as the same bytes object. Lines longer than `max_line` are not evaluated and
-always kept. Any internal error keeps the whole block (fail-open).
+returned as the same bytes object. The reader already cuts lines to `max_line`; a longer
+line handed in by another caller is kept without evaluation. Any internal error keeps the
+whole block (fail-open). Only imported when there are policies (`edge.tail.keeping`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from itertools import compress
 
 from edge.engine import bits
 from edge.engine.engine import Engine
 from edge.engine.holder import EngineHolder, SnapshotSource
 from edge.formats.lines.batch import LineBatch, decode_lines
+from edge.formats.lines.patterns import Fields
+from edge.formats.lines.records import DEFAULT_NAMES, FieldNames
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import PolicyFileError, load_file
 from edge.policy.model import LOG
 from edge.policy.snapshot import Snapshot, empty_snapshot
+from edge.tail.keeping import Kept
 
 log = logging.getLogger("edge.tail")
 
@@ -46,14 +49,6 @@ def load_snapshot(path: str) -> Snapshot:
     for pid, errors in snapshot.errors().items():
         log.warning("%s: policy %s is inert: %s", path, pid, "; ".join(errors))
     return snapshot
-
-
-@dataclass(slots=True)
-class Kept:
-    """What survives a block: the bytes to deliver and how many lines they hold."""
-
-    data: bytes
-    lines: int
 
 
 class LastGoodSnapshot:
@@ -89,9 +84,12 @@ class LineFilter:
     """
 
     def __init__(self, source: SnapshotSource, fmt: str, max_line: int,
-                 resource: Mapping[str, str] | None = None) -> None:
+                 resource: Mapping[str, str] | None = None, names: FieldNames = DEFAULT_NAMES,
+                 fields: Fields | None = None) -> None:
         self._engines = EngineHolder(LastGoodSnapshot(source), wanted=has_log_policies)
         self.format = fmt
+        self.names = names
+        self.fields = fields
         self.max_line = max_line
         self.resource = dict(resource or {})
 
@@ -134,6 +132,7 @@ class LineFilter:
         return alive
 
     def _evaluate(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str) -> int:
-        batch = LineBatch(lines, decode_lines(block), self.format, file_path, self.resource)
+        batch = LineBatch(lines, decode_lines(block), self.format, file_path, self.resource, self.names,
+                          self.fields)
         engine.evaluate(LOG, batch)
         return batch.alive

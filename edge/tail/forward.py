@@ -4,13 +4,20 @@ Lines accumulate into a batch of at most `batch_lines` records (or `batch_interv
 after its first record); each sealed batch is encoded (protobuf or JSON), gzipped and
 POSTed by one aiohttp session running in a background thread. Batches are sent one at
 a time, in order, and a batch is retried until the target answers 2xx: exponential
-backoff with jitter, or the target's `Retry-After` when it gives one. Nothing is
-dropped. While `MAX_QUEUED` batches wait, `ready()` is false and the tailer stops
+backoff with jitter from `--retry-backoff-ms`, or the target's `Retry-After` when it gives
+one, each attempt bounded by `--http-timeout-s`. A batch the target refuses for good (a 4xx
+other than 408 and 429), or one still failing after `--max-retries` retries, is written to
+the dead-letter directory in the state dir and logged once: it is set aside, not dropped,
+and reading goes on. On SIGTERM, batches still failing are given up after `DRAIN_S`
+(their checkpoints stay behind them, so they are sent again on the next start); at the
+end of stdin, which has no checkpoint, after `EOF_DRAIN_S`.
+While `max_queued` batches (`--max-buffer-records` in whole batches) wait, `ready()` is false and the tailer stops
 reading (backpressure); positions are reported delivered only when the batch holding
-their lines is acknowledged, so checkpoints never pass unsent lines.
+their lines is acknowledged (or set aside), so checkpoints never pass unsent lines.
 
-Every record's body is its line (a string; bytes when the line is not valid UTF-8) with
-the attribute `log.file.path`; the resource carries `--resource` pairs and the
+Each line becomes one record as `edge.tail.otlp` encodes it for the line format (raw: the
+line as body; json/logfmt: parsed time, severity, body, trace context and attributes),
+with the attribute `log.file.path`; the resource carries `--resource` pairs and the
 Kubernetes downward-API variables (`POD_NAME`, `NAMESPACE`, `SERVICE_NAME`).
 """
 
@@ -21,29 +28,46 @@ import collections
 import email.utils
 import gzip
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from edge import __version__
-from edge.formats.lines.batch import FILE_PATH_ATTRIBUTE
+from edge.logs import redact
+from edge.tail.otlp import ENCODERS, Parser, record_parser
 from edge.tail.output import Delivered, Position
 from edge.tail.reader import display
 
 log = logging.getLogger("edge.tail")
 
-MAX_QUEUED = 4  # sealed batches waiting or in flight before reading pauses
-BACKOFF_FIRST_S = 0.1
+MAX_QUEUED = 4  # sealed batches waiting or in flight before reading pauses, by default
 BACKOFF_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 300.0
-REQUEST_TIMEOUT_S = 30.0
-SCOPE_NAME = "edge-tail"
+DRAIN_S = 1.0  # SIGTERM with the target down still exits within 2 s (the rest of shutdown included)
+EOF_DRAIN_S = 10.0
+DEAD_LETTER_DIR = "dead-letter"
+CONNECT_CHECK_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How hard a batch is pushed: per-request timeout, first backoff, retries (None = forever), dead letters."""
+
+    http_timeout_s: float = 30.0
+    retry_backoff_s: float = 0.1
+    max_retries: int | None = None
+    dead_letter_dir: str = ""
+
+
+def retryable(status: int) -> bool:
+    """Whether a non-2xx answer may succeed later: 5xx, 408 and 429 yes, other 4xx never."""
+    return status >= 500 or status in (408, 429) or status < 400
 
 
 @dataclass(slots=True)
@@ -63,53 +87,6 @@ class Batch:
         self.count += len(lines)
 
 
-def _any_value(line: bytes) -> tuple[str, str | bytes]:
-    try:
-        return "string_value", line.decode()
-    except UnicodeDecodeError:
-        return "bytes_value", line
-
-
-def encode_protobuf(batch: Batch, resource: Mapping[str, str], observed_ns: int) -> bytes:
-    request = ExportLogsServiceRequest()
-    resource_logs = request.resource_logs.add()
-    for key, value in resource.items():
-        kv = resource_logs.resource.attributes.add()
-        kv.key = key
-        kv.value.string_value = value
-    scope_logs = resource_logs.scope_logs.add()
-    scope_logs.scope.name = SCOPE_NAME
-    scope_logs.scope.version = __version__
-    records = scope_logs.log_records
-    for source, lines in batch.groups:
-        for line in lines:
-            record = records.add()
-            record.observed_time_unix_nano = observed_ns
-            kind, value = _any_value(line)
-            setattr(record.body, kind, value)
-            attribute = record.attributes.add()
-            attribute.key = FILE_PATH_ATTRIBUTE
-            attribute.value.string_value = source
-    return request.SerializeToString()
-
-
-def encode_json(batch: Batch, resource: Mapping[str, str], observed_ns: int) -> bytes:
-    observed = str(observed_ns)
-    records = []
-    for source, lines in batch.groups:
-        path = [{"key": FILE_PATH_ATTRIBUTE, "value": {"stringValue": source}}]
-        for text in (line.decode("utf-8", "replace") for line in lines):
-            records.append({"observedTimeUnixNano": observed, "body": {"stringValue": text}, "attributes": path})
-    doc = {"resourceLogs": [{
-        "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]},
-        "scopeLogs": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "logRecords": records}],
-    }]}
-    return orjson.dumps(doc)
-
-
-ENCODERS = {"protobuf": (encode_protobuf, "application/x-protobuf"), "json": (encode_json, "application/json")}
-
-
 def retry_after_seconds(value: str | None) -> float | None:
     """A Retry-After header (seconds or an HTTP date) as seconds from now, capped."""
     if not value:
@@ -124,19 +101,37 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), RETRY_AFTER_MAX_S))
 
 
-def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff with jitter: a random delay in [d/2, d], d doubling from BACKOFF_FIRST_S."""
-    delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (2 ** min(attempt, 20)))
+def backoff_seconds(attempt: int, first: float = 0.1) -> float:
+    """Exponential backoff with jitter: a random delay in [d/2, d], d doubling from `first`."""
+    delay = min(BACKOFF_MAX_S, first * (2 ** min(attempt, 20)))
     return random.uniform(delay / 2, delay)
+
+
+def write_dead_letter(directory: str, body: bytes, reason: str, content_type: str) -> str:
+    """The gzipped request body as one file (the name says when and why); returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    suffix = "json.gz" if content_type == "application/json" else "pb.gz"
+    path = os.path.join(directory, f"{time.time_ns()}-{reason.replace(' ', '-')}.otlp.{suffix}")
+    with open(path, "xb") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 class ForwardSink:
     """The `Sink` that POSTs OTLP log batches (see the module doc)."""
 
     def __init__(self, url: str, *, fmt: str, batch_lines: int, batch_interval_ms: int,
-                 resource: Mapping[str, str], on_delivered: Delivered, wakeup: threading.Event) -> None:
+                 resource: Mapping[str, str], on_delivered: Delivered, wakeup: threading.Event,
+                 parse: Parser | None = None, delivery: Delivery | None = None,
+                 stop: threading.Event | None = None, max_queued: int = MAX_QUEUED) -> None:
         self.url = url
+        self.max_queued = max_queued
+        self.stop = stop or threading.Event()
+        self.delivery = delivery or Delivery()
         self.encode, self.content_type = ENCODERS[fmt]
+        self.parse = parse or record_parser("raw")
         self.batch_lines = batch_lines
         self.interval = batch_interval_ms / 1000
         self.resource = {display(k): display(v) for k, v in resource.items()}  # environment values may not be UTF-8
@@ -183,14 +178,16 @@ class ForwardSink:
 
     def ready(self) -> bool:
         with self.lock:
-            return len(self.sealed) < MAX_QUEUED
+            return len(self.sealed) < self.max_queued
 
     def pending(self) -> int:
         with self.lock:
             return len(self.sealed)
 
-    def close(self, drain_s: float = 10.0) -> None:
-        """Seal what is open and wait up to `drain_s` for every batch to be acknowledged."""
+    def close(self, drain_s: float | None = None) -> None:
+        """Seal what is open and wait up to `drain_s` (by default as the module doc says) for every batch."""
+        if drain_s is None:
+            drain_s = DRAIN_S if self.stop.is_set() else EOF_DRAIN_S
         self.flush()
         self.give_up_at = time.monotonic() + drain_s
         self.stopping.set()
@@ -212,8 +209,28 @@ class ForwardSink:
     def _thread_main(self) -> None:
         asyncio.run(self._send_loop())
 
+    async def check_connectivity(self) -> None:
+        """One TCP connection to the target at start-up, its outcome logged (a warning, never an exit).
+
+        A plain connect, not a request: it sends the target nothing, so it counts no request
+        and needs no credentials, yet tells a wrong host or port from the start.
+        """
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        where = f"{parts.hostname}:{port}"
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port),
+                                               min(CONNECT_CHECK_S, self.delivery.http_timeout_s))
+        except (OSError, TimeoutError) as exc:
+            log.warning("forward target %s is not reachable at start-up (%s: %s); lines wait until it is",
+                        redact(self.url), type(exc).__name__, exc)
+            return
+        writer.close()
+        log.info("forward target %s reachable at %s", redact(self.url), where)
+
     async def _send_loop(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        await self.check_connectivity()
+        timeout = aiohttp.ClientTimeout(total=self.delivery.http_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 with self.lock:
@@ -233,35 +250,66 @@ class ForwardSink:
                 self.wakeup.set()
 
     async def _deliver(self, session: aiohttp.ClientSession, batch: Batch) -> bool:
-        """Send until acknowledged; False only when shutdown's drain time ran out first."""
+        """Send until acknowledged or set aside; False only when shutdown's drain time ran out first."""
         if not batch.count:
             return True
-        body = gzip.compress(self.encode(batch, self.resource, time.time_ns()), compresslevel=5)
+        body = gzip.compress(self.encode(batch.groups, self.parse, self.resource, time.time_ns()), compresslevel=5)
         headers = {"Content-Type": self.content_type, "Content-Encoding": "gzip"}
         attempt = 0
         while True:
-            delay = await self._attempt(session, body, headers, batch.count, attempt)
+            outcome = await self._bounded(self._attempt(session, body, headers, batch.count, attempt))
+            if outcome is None:
+                return False
+            delay, reason, final = outcome
             if delay is None:
+                return True
+            retries = self.delivery.max_retries
+            exhausted = retries is not None and attempt >= retries
+            if (final or exhausted) and self._set_aside(body, batch.count, reason, final):
                 return True
             attempt += 1
             if self.give_up_at is not None and time.monotonic() + delay > self.give_up_at:
                 return False
             await asyncio.sleep(delay)
 
+    async def _bounded(self, attempt: Any) -> Any:
+        """The attempt's outcome, or None when shutdown's drain time ends while it is in flight."""
+        task = asyncio.ensure_future(attempt)
+        while not task.done():
+            await asyncio.wait([task], timeout=0.1)
+            if not task.done() and self.give_up_at is not None and time.monotonic() > self.give_up_at:
+                task.cancel()
+                return None
+        return task.result()
+
+    def _set_aside(self, body: bytes, count: int, reason: str, final: bool) -> bool:
+        """Write a batch that will not be accepted to the dead-letter directory; True when it is safely there."""
+        why = "the target refused it" if final else f"still failing after {self.delivery.max_retries} retries"
+        try:
+            path = write_dead_letter(self.delivery.dead_letter_dir, body, reason, self.content_type)
+        except OSError as exc:
+            log.error("cannot write the dead-letter file for %d lines (%s): %s; retrying the batch",
+                      count, reason, exc.strerror or exc)
+            return False
+        log.error("%d lines not delivered to %s (%s, %s); the batch is in %s", count, self.url, reason, why, path)
+        return True
+
     async def _attempt(self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str],
-                       count: int, attempt: int) -> float | None:
-        """One POST: None when acknowledged, else how long to wait before the next try."""
+                       count: int, attempt: int) -> tuple[float | None, str, bool]:
+        """One POST: (None, "", False) when acknowledged, else (wait before the next try, reason, refused for good)."""
         try:
             async with session.post(self.url, data=body, headers=headers) as response:
                 await response.read()
                 if 200 <= response.status < 300:
                     if attempt:
                         log.info("forward target %s accepts again after %d retries", self.url, attempt)
-                    return None
+                    return None, "", False
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
                 reason = f"HTTP {response.status}"
+                if not retryable(response.status):
+                    return 0.0, reason, True
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             wait, reason = None, f"{type(exc).__name__}: {exc}"
-        delay = wait if wait is not None else backoff_seconds(attempt)
+        delay = wait if wait is not None else backoff_seconds(attempt, self.delivery.retry_backoff_s)
         log.warning("forwarding %d lines to %s failed (%s); retrying in %.2f s", count, self.url, reason, delay)
-        return delay
+        return delay, reason, False

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from edge.tail.checkpoint import CheckpointStore, FileIdentity
 from edge.tail.discovery import Watcher, directories, expand, is_glob
-from edge.tail.filtering import LineFilter
+from edge.tail.keeping import Filter
 from edge.tail.output import Position, Sink
 from edge.tail.reader import Block, FileKey, LineCutter, TailedFile, display, file_kind
 from edge.tail.settings import TailSettings
@@ -45,21 +45,17 @@ class StartupError(ValueError):
     """Input that cannot be tailed at startup (one line for the operator)."""
 
 
-def deliver(block: Block, line_filter: LineFilter, sink: Sink, source: str, identity: FileIdentity | None) -> None:
+def deliver(block: Block, line_filter: Filter, sink: Sink, source: str, identity: FileIdentity | None) -> None:
     """Filter one block and hand what is kept to the sink with the position it reaches."""
-    if block.passthrough:
-        kept_data, kept_lines = block.data, block.data.count(b"\n")
-    else:
-        kept = line_filter.apply(block.data, source)
-        kept_data, kept_lines = kept.data, kept.lines
+    kept = line_filter.apply(block.data, source)
     position: Position | None = (identity, block.end_offset) if identity is not None else None
-    sink.write(kept_data, kept_lines, source, position)
+    sink.write(kept.data, kept.lines, source, position)
 
 
 # ── stdin ──
 
 
-def run_stdin(settings: TailSettings, line_filter: LineFilter, sink: Sink, stop: threading.Event,
+def run_stdin(settings: TailSettings, line_filter: Filter, sink: Sink, stop: threading.Event,
               fd: int = 0) -> None:
     """Read `fd` to EOF (or until `stop`), delivering complete lines; the last partial line too."""
     cutter = LineCutter(settings.max_line)
@@ -88,21 +84,37 @@ def run_stdin(settings: TailSettings, line_filter: LineFilter, sink: Sink, stop:
 # ── files ──
 
 
-def check_inputs(patterns: tuple[str, ...]) -> None:
-    """Literal paths must be readable regular files at startup; globs may match nothing yet."""
+def check_inputs(patterns: tuple[str, ...], *, exit_on_missing: bool = False) -> list[str]:
+    """What is missing among the inputs, as reasons; StartupError for an input that can never be tailed.
+
+    A missing file or glob directory is waited for (like Fluent Bit and Vector do), unless
+    `exit_on_missing`; a path that is not a regular file, or that cannot be read, is an error.
+    """
+    missing = []
     for pattern in patterns:
-        if is_glob(pattern):
-            if not os.path.isdir(os.path.dirname(os.path.abspath(pattern))):
-                raise StartupError(f"{pattern}: no such directory")
+        reason = _missing(pattern)
+        if reason:
+            if exit_on_missing and not reason.endswith("no file matches yet"):
+                raise StartupError(f"{pattern}: {reason}")
+            missing.append(f"{display(pattern)}: {reason}")
             continue
-        if not os.path.exists(pattern):
-            raise StartupError(f"{pattern}: no such file")
+        if is_glob(pattern):
+            continue
         if not os.path.isfile(pattern):
             raise StartupError(f"{pattern}: not a regular file")
         try:
             os.close(os.open(pattern, os.O_RDONLY))
         except OSError as exc:
             raise StartupError(f"{pattern}: {exc.strerror or exc}") from None
+    return missing
+
+
+def _missing(pattern: str) -> str:
+    if is_glob(pattern):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(pattern))):
+            return "no such directory"
+        return "" if expand([pattern]) else "no file matches yet"
+    return "" if os.path.exists(pattern) else "no such file"
 
 
 @dataclass(slots=True)
@@ -116,7 +128,7 @@ class Expiring:
 class FileTailer:
     """Tails the settings' paths until `stop` is set."""
 
-    def __init__(self, settings: TailSettings, line_filter: LineFilter, sink: Sink, store: CheckpointStore,
+    def __init__(self, settings: TailSettings, line_filter: Filter, sink: Sink, store: CheckpointStore,
                  stop: threading.Event, wakeup: threading.Event) -> None:
         self.settings = settings
         self.filter = line_filter
@@ -134,13 +146,16 @@ class FileTailer:
 
     # ── startup ──
 
-    def open_initial(self) -> None:
-        """Open every file the patterns name now (`check_inputs` has vetted the literal paths)."""
+    def open_initial(self, missing: list[str] | None = None) -> None:
+        """Open every file the patterns name now (`check_inputs` has vetted the literal paths).
+
+        `missing` inputs get one warning together; they are picked up when they appear.
+        """
         for path in expand(self.settings.paths):
             if not self._is_excluded(path):
                 self._track(path, initial=True)
-        if not self.files:
-            log.warning("no file matches %s yet; waiting for one to appear", display(", ".join(self.settings.paths)))
+        if missing:
+            log.warning("waiting for inputs to appear: %s", "; ".join(missing))
 
     def _is_excluded(self, path: str) -> bool:
         try:

@@ -2,8 +2,8 @@
 
 Reads are `pread`s of `read_buf` bytes at an explicit offset, cut at the last newline:
 what comes back is a block of complete lines (the unit the policy engine evaluates) and
-the partial last line is held until its newline arrives. A partial line that grows past
-`max_line` is streamed out unevaluated, and so is the rest of that line.
+the partial last line is held until its newline arrives. A line longer than `max_line`
+is cut to its first `max_line` bytes and the rest of it skipped.
 
 A file is identified by (device, inode) plus a fingerprint of its first bytes
 (`edge.tail.checkpoint`), which is what tells a truncated or rewritten file (start
@@ -23,11 +23,10 @@ FileKey = tuple[int, int]  # (device, inode)
 
 @dataclass(slots=True)
 class Block:
-    """Bytes read from a file: complete lines, or (passthrough) a piece of an over-long line."""
+    """Complete lines read from a file (possibly none: skipped bytes still move the position)."""
 
     data: bytes
     end_offset: int  # file offset just after `data`: where the next undelivered byte starts
-    passthrough: bool = False
 
 
 def display(path: str) -> str:
@@ -59,49 +58,63 @@ def identity_of(fd: int, st: os.stat_result) -> FileIdentity:
 
 
 class LineCutter:
-    """Cuts a byte stream into blocks of complete lines, holding the partial last line."""
+    """Cuts a byte stream into blocks of complete lines, holding the partial last line.
+
+    A line longer than `max_line` bytes is cut to its first `max_line` bytes (as Tero's
+    edge-tail does) and the rest of it is skipped up to its newline; the cut line is then
+    evaluated and delivered like any other.
+    """
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
         self.pending = b""  # the partial last line read so far
-        self.in_long_line = False  # streaming an over-long line until its newline
+        self.in_long_line = False  # skipping the rest of an over-long line until its newline
 
     def feed(self, data: bytes, end_offset: int) -> list[Block]:
         """Blocks ready for delivery from `data` (which ends at stream offset `end_offset`)."""
         blocks: list[Block] = []
         if self.in_long_line:
-            data = self._continue_long_line(data, end_offset, blocks)
+            data = self._skip_rest(data, end_offset, blocks)
             if not data:
                 return blocks
         buf = self.pending + data if self.pending else data
         cut = buf.rfind(b"\n") + 1
         self.pending = buf[cut:]
         if cut:
-            blocks.append(Block(buf[:cut], end_offset - len(self.pending)))
+            blocks.append(Block(self._truncated(buf[:cut]), end_offset - len(self.pending)))
         if len(self.pending) > self.max_line:
-            blocks.append(Block(self.pending, end_offset, passthrough=True))
+            blocks.append(Block(self.pending[:self.max_line] + b"\n", end_offset))
             self.pending = b""
             self.in_long_line = True
         return blocks
 
-    def _continue_long_line(self, data: bytes, end_offset: int, blocks: list[Block]) -> bytes:
-        """Pass the rest of an over-long line through; return what follows its newline."""
+    def _truncated(self, block: bytes) -> bytes:
+        """`block` with every line cut to `max_line` bytes (the common case returns it untouched)."""
+        if len(block) <= self.max_line + 1:
+            return block
+        lines = block.split(b"\n")
+        if max(map(len, lines)) <= self.max_line:
+            return block
+        return b"\n".join([line[:self.max_line] for line in lines])
+
+    def _skip_rest(self, data: bytes, end_offset: int, blocks: list[Block]) -> bytes:
+        """Skip the rest of an over-long line (its position still advances); return what follows its newline."""
         newline = data.find(b"\n")
         if newline < 0:
-            blocks.append(Block(data, end_offset, passthrough=True))
+            blocks.append(Block(b"", end_offset))
             return b""
         self.in_long_line = False
         rest = data[newline + 1:]
-        blocks.append(Block(data[:newline + 1], end_offset - len(rest), passthrough=True))
+        blocks.append(Block(b"", end_offset - len(rest)))
         return rest
 
     def take_partial(self, end_offset: int) -> Block | None:
         """The held partial line completed with a newline: its stream is ending (stdin EOF, abandoned file)."""
         if not self.pending and not self.in_long_line:
             return None
-        data, passthrough = self.pending, self.in_long_line
+        data = self.pending[:self.max_line] + b"\n" if self.pending else b""
         self.reset()
-        return Block(data + b"\n", end_offset, passthrough=passthrough)
+        return Block(data, end_offset)
 
     def reset(self) -> None:
         self.pending = b""

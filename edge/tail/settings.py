@@ -4,8 +4,8 @@ Every option is declared once, as a field of `TailSettings` (default, kind, help
 `OPTIONS` lists them, and the command line, the `-c` file, the environment and the
 supervisor's `tail` config section are all read through it, so a value is validated the
 same way wherever it comes from and an error names where the bad value came from
-(`--poll-ms`, `TERO_POLL_MS`, `config key poll_ms`). Precedence: command line >
-environment > file > defaults.
+(`--poll-ms`, `TERO_POLL_MS`, `config key poll_ms`, `BATCH_SIZE`). Precedence: command line >
+`TERO_*` > the sidecar collector's variables (`edge.tail.sidecar_env`) > file > defaults.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from edge import __version__
+from edge.formats.lines.records import FieldNames
+from edge.tail import sidecar_env
 
 STDIO = "-"
 _OPTION = "edge.tail.option"  # the TailSettings field metadata that makes a field an option
@@ -70,8 +72,17 @@ class TailSettings:
     read_from: str = _option("tail", "choice", "start position of files present at startup",
                              choices=("head", "tail", "checkpoint"))
     format: str = _option("raw", "choice", "how lines map to policy fields", short="-f",
-                          choices=("raw", "json", "logfmt"))
+                          choices=("raw", "json", "logfmt", "regex", "auto"))
+    patterns: str = _option("", "text", "file of RE2 patterns with named groups, one per line, tried before the "
+                            "defaults (-f regex|auto)")
+    time_key: str = _option("", "text", "json/logfmt time key (default timestamp|time|ts|@timestamp)")
+    level_key: str = _option("", "text", "json/logfmt severity key (default level|severity|lvl|severity_text)")
+    message_key: str = _option("", "text", "json/logfmt body key (default message|msg|log|body)")
+    trace_id_key: str = _option("", "text", "json/logfmt hex trace id key (default trace_id|traceId|trace.id)")
+    span_id_key: str = _option("", "text", "json/logfmt hex span id key (default span_id|spanId|span.id)")
     policy: str = _option("", "text", "policy file (JSON or YAML)", short="-p")
+    exit_on_missing: bool = _option(False, "flag", "exit 2 when a named file or a glob's directory does not exist "
+                                    "at start-up, instead of waiting for it")
     io_engine: str = _option("auto", "choice", "file watcher backend", choices=("auto", "inotify", "poll"))
     poll_ms: int = _option(200, "count", "poll interval")
     glob_interval_ms: int = _option(5000, "count", "glob re-expansion interval")
@@ -84,19 +95,33 @@ class TailSettings:
     checkpoint_max_slots: int = _option(256, "count", "tracked files in the checkpoint store; oldest evicted")
     state_dir: str = _option(".tero", "text", "checkpoint directory")
     read_buf: int = _option(65536, "count", "bytes per read() call")
-    max_line: int = _option(262144, "count", "longer lines pass through unevaluated")
+    max_line: int = _option(262144, "count", "longer lines are cut to their first N bytes")
     write_buf: int = _option(65536, "count", "output buffer bytes")
     flush_interval_ms: int = _option(100, "count", "output flush cadence")
     flush_lines: int = _option(1024, "count", "flush after this many lines")
     forward_url: str = _option("", "url", "send lines as OTLP/HTTP logs to this URL instead of --output")
     forward_format: str = _option("protobuf", "choice", "OTLP encoding when forwarding",
                                   choices=("protobuf", "json"))
+    http_timeout_s: int = _option(30, "count", "seconds before a forward request is abandoned and retried")
+    retry_backoff_ms: int = _option(100, "count", "first retry delay; doubles up to 30 s, with jitter")
+    max_retries: int | None = _option(None, "natural", "retries before a failing batch goes to the dead-letter "
+                                      "directory of the state dir (default: retry forever)")
+    max_buffer_records: int = _option(4000, "count", "forwarded records waiting for the target before reading "
+                                      "pauses (whole batches)")
+    no_trace_correlation: bool = _option(False, "flag", "leave trace and span id fields as attributes")
     batch_lines: int = _option(1000, "count", "log records per forwarded request")
     batch_interval_ms: int = _option(1000, "count", "send a partial forward batch after this long")
     resource: tuple[tuple[str, str], ...] = _option(
         (), "pairs", "resource attribute key=value for forwarded logs (repeatable)")
     verbose: bool = _option(False, "flag", "log at debug level", short="-v")
     explicit_output: bool = field(default=False, compare=False)
+    unknown_config_keys: tuple[str, ...] = field(default=(), compare=False)  # warned about, as `edge` does
+
+    @property
+    def field_names(self) -> FieldNames:
+        names = FieldNames.overridden(time=self.time_key, level=self.level_key, message=self.message_key,
+                                      trace_id=self.trace_id_key, span_id=self.span_id_key)
+        return replace(names, trace_id=(), span_id=()) if self.no_trace_correlation else names
 
     @property
     def stdin_mode(self) -> bool:
@@ -121,6 +146,14 @@ def _count(where: str, value: Any) -> int:
     if value <= 0:
         raise SettingsError(f"{where}: must be a positive integer, got {value}")
     return value
+
+
+def _natural(where: str, value: Any) -> int:
+    """A non-negative integer (0 allowed: no retry at all)."""
+    zero = re.fullmatch(r"\s*0+\s*", value) is not None if isinstance(value, str) else value == 0
+    if zero and not isinstance(value, bool):
+        return 0
+    return _count(where, value)
 
 
 def _text(where: str, value: Any) -> str:
@@ -182,7 +215,8 @@ def _pairs(where: str, value: Any) -> tuple[tuple[str, str], ...]:
 def _checker(option: Option) -> Callable[[str, Any], Any]:
     if option.kind == "choice":
         return _choice(option)
-    return {"count": _count, "text": _text, "url": _url, "flag": _flag, "pairs": _pairs}[option.kind]
+    checks = {"count": _count, "natural": _natural, "text": _text, "url": _url, "flag": _flag, "pairs": _pairs}
+    return checks[option.kind]
 
 
 def _paths(where: str, value: Any) -> tuple[str, ...]:
@@ -251,7 +285,8 @@ def from_mapping(doc: Mapping[str, Any], env: Mapping[str, str] | None = None, *
     return validate(values, paths)
 
 
-_METAVARS = {"count": "N", "text": "PATH", "url": "URL"}
+_METAVARS = {"count": "N", "natural": "N", "text": "PATH", "url": "URL"}
+_KEY_SUFFIX = "_key"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,8 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(*flags, dest=option.name, action="append", metavar="KEY=VALUE", help=option.help)
         else:
             metavar = "|".join(option.choices) if option.choices else _METAVARS[option.kind]
-            parser.add_argument(*flags, dest=option.name, metavar=metavar,
-                                help=f"{option.help} (default {option.default})")
+            if option.name.endswith(_KEY_SUFFIX):
+                metavar = "KEY"
+            shown = f" (default {option.default})" if option.default not in ("", None) else ""
+            parser.add_argument(*flags, dest=option.name, metavar=metavar, help=f"{option.help}{shown}")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="files or globs (* and ? in the file name); "
                         "none or - reads stdin")
     parser.add_argument("--version", action="version", version=f"edge-tail {__version__}")
@@ -285,10 +322,16 @@ def from_command_line(argv: Sequence[str] | None, env: Mapping[str, str] | None 
     if "config" in args:
         values, paths = _file_values(read_config_file(args["config"]),
                                      lambda k: f"config key {k}" if k else f"config {args['config']}")
+    values.update(sidecar_env.values(env))
+    paths = sidecar_env.paths(env) or paths
     values.update(_env_values(env, "TERO_"))
     for option in OPTIONS:
         if option.name in args:
             values[option.name] = (args[option.name], option.flag)
     if args.get("paths"):
         paths = (args["paths"], "paths")
-    return validate(values, paths)
+    settings = validate(values, paths)
+    if "config" in args:
+        doc = read_config_file(args["config"])
+        settings = replace(settings, unknown_config_keys=tuple(unknown_keys(doc)) if isinstance(doc, dict) else ())
+    return settings

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import __version__
 from tests.tail.tail_helpers import clean_env, drop_policy, run_cli, write_policy
 
 
@@ -69,16 +70,16 @@ def test_stdin_dash_mixed_with_paths(input_file: Path) -> None:
     _assert_usage_error(run_cli(["-", str(input_file)]), "'-' (stdin) cannot be mixed with file paths")
 
 
-def test_missing_input(tmp_path: Path) -> None:
-    _assert_usage_error(run_cli([str(tmp_path / "missing.log")]), "missing.log: no such file")
+def test_missing_input_with_exit_on_missing(tmp_path: Path) -> None:
+    _assert_usage_error(run_cli([str(tmp_path / "missing.log"), "--exit-on-missing"]), "missing.log: no such file")
 
 
 def test_directory_as_input(tmp_path: Path) -> None:
     _assert_usage_error(run_cli([str(tmp_path)]), "not a regular file")
 
 
-def test_glob_in_missing_directory(tmp_path: Path) -> None:
-    _assert_usage_error(run_cli([str(tmp_path / "nodir" / "*.log")]), "no such directory")
+def test_glob_in_missing_directory_with_exit_on_missing(tmp_path: Path) -> None:
+    _assert_usage_error(run_cli([str(tmp_path / "nodir" / "*.log"), "--exit-on-missing"]), "no such directory")
 
 
 def test_unwritable_output(input_file: Path, tmp_path: Path) -> None:
@@ -133,6 +134,14 @@ def test_help_exits_0() -> None:
     assert result.returncode == 0
     for flag in ("--read-from", "--io-engine", "--checkpoint-max-slots", "--state-dir", "--forward-url"):
         assert flag.encode() in result.stdout
+    text = b" ".join(result.stdout.split())
+    assert b"(default )" not in text  # options without a default say nothing about one
+    assert b"(default tail)" in text
+
+
+def test_version() -> None:
+    result = run_cli(["--version"])
+    assert (result.returncode, result.stdout) == (0, f"edge-tail {__version__}\n".encode())
 
 
 def test_precedence_cli_over_env_over_file_over_defaults(tmp_path: Path) -> None:

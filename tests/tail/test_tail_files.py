@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -13,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.tail.tail_helpers import Tailer, drop_policy, lines_of, wait_until, write_lines, write_policy
+from edge import __version__
+from tests.tail.tail_helpers import (
+    COMMAND,
+    Tailer,
+    clean_env,
+    drop_policy,
+    lines_of,
+    wait_until,
+    write_lines,
+    write_policy,
+)
 
 
 def numbered(prefix: str, start: int, count: int) -> list[str]:
@@ -248,3 +259,61 @@ def test_sigterm_at_any_moment_stops_the_tailer(tmp_path: Path) -> None:
                 assert tailer.proc.wait(5) == 0, tailer.stderr()
             except subprocess.TimeoutExpired:
                 pytest.fail(f"edge-tail ignored SIGTERM (attempt {attempt})")
+
+
+def test_over_long_line_written_in_pieces_is_truncated_and_checkpointed_past(tmp_path: Path) -> None:
+    """A line that grows past --max-line across reads (64-byte reads) is cut once; a restart resumes after it."""
+    src, out = tmp_path / "app.log", tmp_path / "out.log"
+    src.write_bytes(b"")
+    args = [str(src), "-o", str(out), "--read-from", "checkpoint", "--max-line", "100", "--read-buf", "64"]
+    with Tailer(tmp_path, args) as tailer:
+        tailer.wait_tailing(src)
+        with open(src, "ab") as f:
+            for piece in (b"L" * 90, b"M" * 90, b"N" * 90, b"\nafter\n"):
+                f.write(piece)
+                f.flush()
+        assert wait_until(lambda: lines_of(out) == [b"L" * 90 + b"M" * 10, b"after"]), tailer.stderr()
+        tailer.stop()
+    write_lines(src, ["next"])
+    with Tailer(tmp_path, args) as tailer:
+        assert wait_until(lambda: len(lines_of(out)) == 3), tailer.stderr()
+        tailer.stop()
+    assert lines_of(out) == [b"L" * 90 + b"M" * 10, b"after", b"next"]
+
+
+def test_missing_file_missing_glob_directory_and_unmatched_glob_are_waited_for(tmp_path: Path) -> None:
+    """One warning naming all three, then each is tailed from its first byte once it appears."""
+    out = tmp_path / "out.log"
+    missing, in_new_dir, unmatched = tmp_path / "a.log", tmp_path / "nodir" / "*.log", tmp_path / "*.txt"
+    with Tailer(tmp_path, [str(missing), str(in_new_dir), str(unmatched), "-o", str(out)]) as tailer:
+        expected = (f"waiting for inputs to appear: {missing}: no such file; {in_new_dir}: no such directory; "
+                    f"{unmatched}: no file matches yet")
+        assert wait_until(lambda: expected in tailer.stderr()), tailer.stderr()
+        write_lines(missing, ["from a"])
+        (tmp_path / "nodir").mkdir()
+        write_lines(tmp_path / "nodir" / "b.log", ["from b"])
+        write_lines(tmp_path / "c.txt", ["from c"])
+        assert wait_until(lambda: sorted(lines_of(out)) == [b"from a", b"from b", b"from c"]), tailer.stderr()
+        tailer.stop()
+    warnings = [line for line in tailer.stderr().splitlines() if '"level":"warn"' in line]
+    assert len(warnings) == 1, warnings
+
+
+def test_one_line_startup_summary_at_the_default_level(tmp_path: Path) -> None:
+    src, out = tmp_path / "app.log", tmp_path / "out.log"
+    write_lines(src, ["one", "two"])
+    args = [*COMMAND, str(src), "-o", str(out), "--state-dir", str(tmp_path / "state"), "-f", "json"]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        expected = (f"edge-tail {__version__}: format json, writing to {out}, tailing 1 file(s) of {src} "
+                    f"(read-from tail), state dir {tmp_path / 'state'}, start offsets: {src}@8")
+        assert proc.stderr is not None
+        messages = []
+        for line in proc.stderr:
+            messages.append(json.loads(line)["msg"])
+            if messages[-1].startswith("edge-tail "):
+                break
+        assert messages[-1] == expected
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -80,7 +80,7 @@ def test_forward_json_from_stdin(upstream: RecordingUpstream) -> None:
                       "--batch-lines", "7"], stdin="\n".join(lines).encode() + b"\n")
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == b""  # forwarding replaces the output
-    assert bodies(upstream) == lines  # body = the line, unchanged
+    assert bodies(upstream) == [f"m{i}" for i in range(40)]  # body = the message field
     assert len(upstream.received()) == 6
 
 

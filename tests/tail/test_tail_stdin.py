@@ -49,12 +49,18 @@ def test_raw_policy_matches_across_many_blocks(tmp_path: Path) -> None:
     assert out.decode().split("\n")[:-1] == [line for line in lines if "DROP" not in line]
 
 
-def test_over_long_lines_pass_through_unevaluated(tmp_path: Path) -> None:
-    long_drop = "DROP " + "y" * 5000
-    lines = ["DROP short", long_drop, "kept", "DROP " + "z" * 100]
-    out = run_stdin(tmp_path, [drop_policy("drop", {"log_field": "body", "starts_with": "DROP"})],
-                    "\n".join(lines).encode() + b"\n", "--max-line", "1000", "--read-buf", "512")
-    assert out.decode().split("\n")[:-1] == [long_drop, "kept"]
+def test_over_long_lines_are_truncated_then_evaluated(tmp_path: Path) -> None:
+    """--max-line N keeps the first N bytes of a longer line (Tero's edge-tail does the same), whatever the reads."""
+    lines = ["DROP short", "DROP " + "y" * 5000, "keep " + "k" * 3000, "kept", "keep " + "z" * 100, "last " + "w" * 999]
+    for read_buf in ("512", "65536"):
+        out = run_stdin(tmp_path, [drop_policy("drop", {"log_field": "body", "starts_with": "DROP"})],
+                        "\n".join(lines).encode(), "--max-line", "1000", "--read-buf", read_buf)
+        assert out.decode().split("\n")[:-1] == [lines[2][:1000], "kept", lines[4], lines[5][:1000]]
+
+
+def test_max_line_one_byte(tmp_path: Path) -> None:
+    out = run_stdin(tmp_path, [], b"abc\n\nxyz\n", "--max-line", "1")
+    assert out == b"a\n\nx\n"
 
 
 def test_json_format_maps_message_severity_and_attributes(tmp_path: Path) -> None:

@@ -9,8 +9,12 @@ maps to fields depends on the format (docs/configuration.md "Formats"):
 - logfmt: `k=v` pairs (values may be double-quoted) are log attributes.
 - json: top-level fields of an object line (and those of its `attributes` object) are
   log attributes; a line that is not a JSON object has no attributes.
-- logfmt and json: body = `message` | `body`, else the line; severity_text =
-  `severity_text` | `severity` | `level`.
+- regex, auto: the fields of `edge.formats.lines.patterns` (named groups of the first
+  matching pattern) are log attributes.
+- every format but raw: body, severity_text (and severity_number), trace_id and span_id
+  come from the keys of `edge.formats.lines.records.FieldNames` (`message|msg|log|body`,
+  `level|severity|lvl|severity_text`, ...; body is the whole line when none is present),
+  the same keys that make the record edge-tail forwards.
 
 Every line also has the log attribute `log.file.path` (unless the line defines it) and
 the resource attributes of `--resource`. Transforms are evaluated (policies see their
@@ -19,33 +23,27 @@ effect on later stages) but never rewrite the line: kept lines are written byte-
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from edge.engine import bits
 from edge.engine.values import MISSING, OTHER, Column, PlainStringValues
-from edge.policy.fields import LOG_BODY, LOG_SEVERITY_TEXT
+from edge.formats.lines.patterns import Fields, fields_parser
+from edge.formats.lines.records import (
+    DEFAULT_NAMES,
+    FILE_PATH_ATTRIBUTE,
+    HEX16,
+    HEX32,
+    FieldNames,
+    first,
+    hex_id,
+    severity_number,
+)
+from edge.policy.fields import LOG_BODY, LOG_SEVERITY_NUMBER, LOG_SEVERITY_TEXT, LOG_SPAN_ID, LOG_TRACE_ID
 from edge.policy.model import FieldKey
 
-FILE_PATH_ATTRIBUTE = "log.file.path"
 _DELETED = object()
-_BODY_KEYS = ("message", "body")
-_SEVERITY_KEYS = ("severity_text", "severity", "level")
-_LOGFMT_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
-_LOGFMT_ESCAPE = re.compile(r"\\(.)")
-K8S_ENVIRONMENT = {"POD_NAME": "k8s.pod.name", "NAMESPACE": "k8s.namespace.name", "SERVICE_NAME": "service.name"}
-
-
-def resource_attributes(pairs: tuple[tuple[str, str], ...], env: Mapping[str, str]) -> dict[str, str]:
-    """The resource of every line: the Kubernetes downward-API variables, then `--resource` pairs (which win)."""
-    attributes = {key: env[name] for name, key in K8S_ENVIRONMENT.items() if env.get(name)}
-    attributes.update(pairs)
-    return attributes
-
-
+_ID_KEYS = (LOG_TRACE_ID, LOG_SPAN_ID)
 def decode_lines(block: bytes) -> list[str]:
     """The lines of a block of complete lines as text (invalid UTF-8 replaced, `\\r\\n` ends stripped).
 
@@ -79,45 +77,29 @@ def _walk(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _logfmt_value(raw: str) -> str:
-    if raw.startswith('"') and len(raw) >= 2:
-        return _LOGFMT_ESCAPE.sub(r"\1", raw[1:-1])
-    return raw
-
-
-def parse_logfmt(line: str) -> dict[str, Any]:
-    return {k: _logfmt_value(v) for k, v in _LOGFMT_PAIR.findall(line)}
-
-
-def parse_json(line: bytes) -> dict[str, Any]:
-    """The object on a JSON line; {} when the line is not a JSON object (it still has a body)."""
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return {}
-    return doc if doc.__class__ is dict else {}
-
-
 class _Structured:
     """Parsed records of a logfmt or json block: attributes, body and severity per line."""
 
-    __slots__ = ("records", "bodies", "severities")
+    __slots__ = ("records", "names", "bodies", "severities")
 
-    def __init__(self, fmt: str, lines: list[bytes], texts: list[str]) -> None:
-        if fmt == "json":
-            self.records = [parse_json(line) for line in lines]
-        else:
-            self.records = [parse_logfmt(text) for text in texts]
-        self.bodies = [self._first(r, _BODY_KEYS, text) for r, text in zip(self.records, texts, strict=True)]
-        self.severities = [self._first(r, _SEVERITY_KEYS, MISSING) for r in self.records]
+    def __init__(self, fields: Fields, lines: list[bytes], texts: list[str], names: FieldNames) -> None:
+        self.records = list(map(fields, lines, texts))
+        self.names = names
+        self.bodies = [self._first(r, names.message, text) for r, text in zip(self.records, texts, strict=True)]
+        self.severities = [self._first(r, names.level, MISSING) for r in self.records]
 
     @staticmethod
     def _first(record: dict[str, Any], keys: tuple[str, ...], default: Any) -> Any:
-        for key in keys:
-            value = record.get(key)
-            if value is not None:
-                return _typed(value)
-        return default
+        key, value = first(record, keys)
+        return _typed(value) if key else default
+
+    def severity_numbers(self) -> list[Any]:
+        return [severity_number(v) or MISSING if v.__class__ is str else MISSING for v in self.severities]
+
+    def ids(self, key: FieldKey) -> list[Any]:
+        """Trace or span ids as bytes (MISSING unless valid hex of the right length)."""
+        keys, pattern = (self.names.trace_id, HEX32) if key == LOG_TRACE_ID else (self.names.span_id, HEX16)
+        return [hex_id(first(r, keys)[1], pattern) or MISSING for r in self.records]
 
     def attribute(self, i: int, path: tuple[str, ...]) -> Any:
         record = self.records[i]
@@ -133,8 +115,11 @@ class LineBatch(PlainStringValues):
     """One block of lines as log records (a `LogBatch`)."""
 
     def __init__(self, lines: list[bytes], texts: list[str], fmt: str, file_path: str = "",
-                 resource: Mapping[str, str] | None = None) -> None:
+                 resource: Mapping[str, str] | None = None, names: FieldNames = DEFAULT_NAMES,
+                 fields: Fields | None = None) -> None:
         self.lines = lines
+        self.names = names
+        self.fields = fields
         self.texts = texts
         self.format = fmt
         self.file_path = file_path
@@ -149,7 +134,8 @@ class LineBatch(PlainStringValues):
 
     def structured(self) -> _Structured:
         if self._structured is None:
-            self._structured = _Structured(self.format, self.lines, self.texts)
+            fields = self.fields or fields_parser(self.format)
+            self._structured = _Structured(fields, self.lines, self.texts, self.names)
         return self._structured
 
     # ── columns ──
@@ -160,6 +146,10 @@ class LineBatch(PlainStringValues):
             return self.texts if self.format == "raw" else self.structured().bodies
         if key == LOG_SEVERITY_TEXT and self.format != "raw":
             return self.structured().severities
+        if key == LOG_SEVERITY_NUMBER and self.format != "raw":
+            return self.structured().severity_numbers()
+        if key in _ID_KEYS and self.format != "raw":
+            return self.structured().ids(key)
         if head == "log_attribute":
             return self._attributes(key[1])
         return [MISSING] * self.n
@@ -193,6 +183,8 @@ class LineBatch(PlainStringValues):
         if key == LOG_BODY and self.format == "raw":
             return Column(self.texts)
         typed = self.column(key)
+        if key in _ID_KEYS:
+            return Column([v.hex() if v.__class__ is bytes else "" for v in typed.values])
         return Column([v if v.__class__ is str else "" for v in typed.values], typed.owners)
 
     # ── outcome ──
