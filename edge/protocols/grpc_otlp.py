@@ -6,8 +6,9 @@ re-encode), through the very `OtlpRoute.filter` the HTTP route uses, and what is
 forwarded as OTLP/HTTP protobuf to the signal's URL + `/v1/logs|metrics|traces`. grpcio
 has already undone the client's gzip compression, so the body is plain protobuf.
 
-Status mapping (the OTLP specification's): an upstream 2xx relays its
-`Export*ServiceResponse` body (partial success included); 429, 502, 503 and 504 are
+Status mapping (the OTLP specification's): an upstream 2xx relays its protobuf
+`Export*ServiceResponse` body (partial success included; an answer in another format is
+an empty response); 429, 502, 503 and 504 are
 `UNAVAILABLE` with a `google.rpc.RetryInfo` (the upstream's `Retry-After`, else 1 s), so
 SDKs retry; 400 is `INVALID_ARGUMENT`; an unreachable or too slow upstream is
 `UNAVAILABLE`. A message that is not OTLP is `INVALID_ARGUMENT` whatever `unfiltered`
@@ -104,6 +105,15 @@ def upstream_failure(status: int, headers: list[tuple[bytes, bytes]]) -> Failure
     return Failure(UPSTREAM_CODES.get(status, grpc.StatusCode.UNKNOWN), details)
 
 
+def relayed(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """The upstream's `Export*ServiceResponse` (partial success) when it answered protobuf; an answer in
+    another format (a JSON `{}`) cannot be a gRPC message, and a 2xx means success: the empty response."""
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return body if value.split(b";")[0].strip().lower() == PROTOBUF.encode() else EMPTY_RESPONSE
+    return EMPTY_RESPONSE
+
+
 def forwarded_metadata(metadata: Any) -> list[tuple[bytes, bytes]]:
     """The call's metadata as HTTP headers (API keys such as `authorization` go on, like HTTP headers do)."""
     headers = [(b"content-type", PROTOBUF.encode())]
@@ -161,7 +171,7 @@ class GrpcRoute(OtlpRoute):
             what = "timed out" if exc.status == 504 else "unreachable"
             return Failure(grpc.StatusCode.UNAVAILABLE, f"upstream {what}", DEFAULT_RETRY_SECONDS)
         if 200 <= response.status < 300:
-            return response.body
+            return relayed(response.headers, response.body)
         return upstream_failure(response.status, response.headers)
 
 
