@@ -10,7 +10,9 @@ the retry information SDKs read. Processes are killed and stopped for real.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
 import os
 import signal
 import socket
@@ -25,6 +27,10 @@ import grpc
 import orjson
 import psutil
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
@@ -49,6 +55,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from edge.config import ConfigError, build
 from tests.proxy_fixtures import RecordingUpstream, Reply, free_port, request
 from tests.reliability.harness import EDGE_SCRIPT, EdgeProcess
 from tests.waiting import wait_for
@@ -82,8 +89,7 @@ class GrpcEdge(EdgeProcess):
 
     def start(self, timeout: float = 30.0) -> GrpcEdge:
         super().start(timeout)
-        with grpc.insecure_channel(self.target) as channel:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
+        assert wait_for(lambda: accepts(self.grpc_port), timeout, 0.05), self.log()
         return self
 
     def grpc_pids(self) -> set[int]:
@@ -440,3 +446,60 @@ def test_grpc_can_be_disabled(tmp_path: Path, upstream: RecordingUpstream) -> No
         assert edge.proc is not None
         edge.proc.send_signal(signal.SIGTERM)
         assert edge.proc.wait(30) == 0
+
+
+# ── configuration ──
+
+
+def test_grpc_settings_come_from_tero_variables() -> None:
+    config = build({}, env={"TERO_GRPC_LISTEN_PORT": "14317", "TERO_GRPC_ENABLED": "false",
+                            "TERO_GRPC_MAX_RECV_MSG_SIZE": "1000"})
+    assert (config.grpc.listen_port, config.grpc.enabled, config.grpc.max_recv_msg_size) == (14317, False, 1000)
+    assert build({"max_body_size": 5000}, env={}).grpc.message_limit(5000) == 5000  # 0: max_body_size
+
+
+@pytest.mark.parametrize(("grpc_section", "message"), [
+    ({"tls_cert_file": "cert.pem"}, "config key grpc: tls_cert_file and tls_key_file must be set together"),
+    ({"tls_cert_file": "/nonexistent/cert.pem", "tls_key_file": "/nonexistent/key.pem"},
+     "config key grpc.tls_cert_file: cannot read '/nonexistent/cert.pem'"),
+    ({"listen_port": 70000}, "config key grpc.listen_port: expected 0..65535, got 70000"),
+])
+def test_bad_grpc_settings_are_one_config_error(grpc_section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build({"grpc": grpc_section}, env={})
+    assert str(info.value) == message
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_grpc_over_tls(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    cert, key = self_signed(tmp_path)
+    edge = GrpcEdge(tmp_path, upstream.url, POLICIES, workers=1,
+                    grpc={"tls_cert_file": str(cert), "tls_key_file": str(key)})
+    edge.start()
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(edge.target, credentials) as channel:
+            stub = channel.unary_unary(LOGS, request_serializer=None, response_deserializer=None)
+            assert stub(logs_request(("INFO", "over tls"), ("DEBUG", "no")), timeout=30) == b""
+        assert [log_bodies(r.body) for r in upstream.received()] == [["over tls"]]
+        assert failed_call(edge.target, LOGS, logs_request(("INFO", "plaintext"))).code() == \
+            grpc.StatusCode.UNAVAILABLE  # a plaintext client cannot talk to it
+    finally:
+        assert edge.stop() == 0
