@@ -45,6 +45,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk._logs import LoggerProvider
@@ -57,7 +58,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from edge.config import ConfigError, build
 from tests.proxy_fixtures import RecordingUpstream, Reply, free_port, request
-from tests.reliability.harness import EDGE_SCRIPT, EdgeProcess
+from tests.reliability.harness import EDGE_SCRIPT, EdgeProcess, PolicyServer
 from tests.waiting import wait_for
 
 POLICIES: list[dict[str, Any]] = [
@@ -73,6 +74,7 @@ POLICIES: list[dict[str, Any]] = [
 ]
 LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+METRICS = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 PROTOBUF_ANSWER = {"Content-Type": "application/x-protobuf"}  # what an OTLP/HTTP protobuf upstream answers
 MESSAGE_LIMIT = 64 << 10
@@ -157,6 +159,12 @@ def traces_request(count: int) -> bytes:
         resource=resource, scope_spans=[ScopeSpans(spans=spans)])]).SerializeToString()
 
 
+def metrics_request(*names: str) -> bytes:
+    metrics = [Metric(name=name, gauge=Gauge(data_points=[NumberDataPoint(as_int=1)])) for name in names]
+    return ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics(
+        scope_metrics=[ScopeMetrics(metrics=metrics)])]).SerializeToString()
+
+
 def log_bodies(data: bytes) -> list[str]:
     message = ExportLogsServiceRequest.FromString(data)
     return [r.body.string_value for rl in message.resource_logs for sl in rl.scope_logs for r in sl.log_records]
@@ -237,7 +245,8 @@ def test_sdk_metrics_over_grpc_arrive_filtered(edge: GrpcEdge, upstream: Recordi
 @pytest.mark.parametrize(("method", "path", "body"), [
     (LOGS, "/v1/logs", logs_request(("INFO", "a secret-1x b"), ("DEBUG", "gone"), ("WARN", "plain"))),
     (TRACES, "/v1/traces", traces_request(200)),
-], ids=["logs", "traces"])
+    (METRICS, "/v1/metrics", metrics_request("drop.a", "kept.b", "drop.c")),
+], ids=["logs", "traces", "metrics"])
 def test_grpc_forwards_the_same_bytes_as_otlp_http(edge: GrpcEdge, upstream: RecordingUpstream, method: str,
                                                    path: str, body: bytes) -> None:
     """Drop, redact and sample: what leaves edge for a gRPC call is what leaves it for the same HTTP request."""
@@ -363,6 +372,24 @@ def test_grpc_calls_are_counted_per_service_and_status(edge: GrpcEdge) -> None:
 # ── processes ──
 
 
+def test_match_statistics_of_grpc_calls_reach_the_policy_server(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    """The gRPC workers hand their match counts to the supervisor as the HTTP workers do."""
+    server = PolicyServer(free_port(), POLICIES[:1]).start()
+    edge = GrpcEdge(tmp_path, upstream.url, POLICIES[:1], workers=1, policy_providers=[
+        {"id": "tero", "type": "http", "url": server.url, "poll_interval": 1}]).start()
+    try:
+        call(edge.target, LOGS, logs_request(("DEBUG", "a"), ("DEBUG", "b"), ("INFO", "c")))
+
+        def hits() -> int:
+            reported = [orjson.loads(body).get("policyStatuses") or [] for _, _, body in list(server.seen)]
+            return sum(int(s.get("matchHits", 0)) for statuses in reported for s in statuses
+                       if s["id"] == "drop-debug")
+        assert wait_for(lambda: hits() == 2, 30, 0.2), (hits(), edge.log())
+    finally:
+        assert edge.stop() == 0
+        server.stop()
+
+
 def test_unreachable_upstream_is_unavailable_with_retry_info(tmp_path: Path) -> None:
     edge = GrpcEdge(tmp_path, f"http://127.0.0.1:{free_port()}", POLICIES, workers=1).start()
     try:
@@ -411,6 +438,24 @@ def test_sigterm_under_load_answers_the_calls_in_flight(tmp_path: Path, upstream
     finally:
         release.set()
         edge.stop()
+
+
+def test_calls_beyond_max_connections_are_resource_exhausted(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    release = threading.Event()
+    upstream.reset(headers=PROTOBUF_ANSWER, body=b"", hold=release)
+    edge = GrpcEdge(tmp_path, upstream.url, POLICIES, workers=1, max_connections=2).start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(call, edge.target, LOGS, logs_request(("INFO", f"held {n}"))) for n in range(2)]
+            assert wait_for(lambda: len(upstream.received()) == 2, 30, 0.05)
+            error = failed_call(edge.target, LOGS, logs_request(("INFO", "one too many")))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            release.set()
+            assert [f.result(30) for f in held] == [b"", b""]
+        assert len(upstream.received()) == 2
+    finally:
+        release.set()
+        assert edge.stop() == 0
 
 
 def accepts(port: int) -> bool:

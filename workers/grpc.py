@@ -24,7 +24,7 @@ import grpc
 from edge import logs
 from edge.config import Config
 from edge.lifecycle import die_with_parent
-from edge.protocols.app import Lifespan
+from edge.protocols.app import Lifespan, worker_share
 from edge.protocols.grpc_otlp import otlp_services
 from edge.protocols.self_metrics import get_metrics
 from edge.protocols.upstream import Upstream
@@ -59,7 +59,9 @@ async def serve(runtime: WorkerRuntime) -> int:
     metrics = get_metrics()
     upstream = Upstream(config, metrics)
     lifespan = Lifespan(runtime, upstream, metrics)
-    server = grpc.aio.server(options=server_options(config))
+    # Beyond its share of `max_connections` a worker answers RESOURCE_EXHAUSTED, as HTTP workers answer 503.
+    server = grpc.aio.server(options=server_options(config),
+                             maximum_concurrent_rpcs=worker_share(config.max_connections, config.workers))
     server.add_generic_rpc_handlers((otlp_services(runtime, upstream, metrics),))
     address = display_address(config.grpc.listen_address, config.grpc.listen_port)
     tls = credentials(config)
