@@ -40,6 +40,7 @@ SERVICES = {
     "trace": "opentelemetry.proto.collector.trace.v1.TraceService",
 }
 UPSTREAM_PATHS = {"log": "/v1/logs", "metric": "/v1/metrics", "trace": "/v1/traces"}
+PROTOBUF_TYPE = PROTOBUF.encode()
 EMPTY_RESPONSE = b""  # an Export*ServiceResponse with no field set: full success
 DEFAULT_RETRY_SECONDS = 1
 RETRYABLE_UPSTREAM = frozenset({429, 502, 503, 504})
@@ -110,13 +111,13 @@ def relayed(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     another format (a JSON `{}`) cannot be a gRPC message, and a 2xx means success: the empty response."""
     for name, value in headers:
         if name.lower() == b"content-type":
-            return body if value.split(b";")[0].strip().lower() == PROTOBUF.encode() else EMPTY_RESPONSE
+            return body if value.split(b";")[0].strip().lower() == PROTOBUF_TYPE else EMPTY_RESPONSE
     return EMPTY_RESPONSE
 
 
 def forwarded_metadata(metadata: Any) -> list[tuple[bytes, bytes]]:
     """The call's metadata as HTTP headers (API keys such as `authorization` go on, like HTTP headers do)."""
-    headers = [(b"content-type", PROTOBUF.encode())]
+    headers = [(b"content-type", PROTOBUF_TYPE)]
     for key, value in metadata or ():
         if key.startswith((":", "grpc-")) or key.endswith("-bin") or key in SKIPPED_METADATA:
             continue
