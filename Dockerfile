@@ -2,12 +2,12 @@
 #
 #   docker build -t tero-edge .                                     # runs `edge` (all routes)
 #   docker build --build-arg DISTRIBUTION=otlp -t tero-edge-otlp .  # edge-otlp; also datadog, prometheus, tail
-#   docker run -p 8080:8080 -e TERO_UPSTREAM_URL=http://collector:4318 tero-edge
+#   docker run -p 8080:8080 -p 4317:4317 -e TERO_UPSTREAM_URL=http://collector:4318 tero-edge
 #
 # Config: `edge` with no argument reads ./config.json, /app/config.json, /etc/edge/config.json, the first
 # that exists. The working directory is /app, so /app/config.json (where Tero Edge's image reads it) wins
 # over /etc/edge/config.json, where the image ships its default (edge/examples/container-config.json:
-# 0.0.0.0:8080, no policies, so nothing is dropped or sampled until a config names policies). Mount your
+# 0.0.0.0:8080 and OTLP/gRPC on 0.0.0.0:4317, no policies, so nothing is dropped or sampled until a config names policies). Mount your
 # config at /app/config.json, or your own /etc/edge (the Helm chart mounts a ConfigMap there and passes
 # /etc/edge/config.json as the argument). Every image holds every console script: only the entrypoint
 # differs, so `--entrypoint edge-tail` works on any of them.
@@ -51,7 +51,8 @@ COPY edge/examples/container-config.json /etc/edge/config.json
 # `edge` with no argument reads ./config.json first: /app/config.json, as in Tero Edge's image.
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8080
+# 8080: HTTP (OTLP/HTTP, Datadog, Prometheus, admin); 4317: OTLP/gRPC (distributions edge and otlp)
+EXPOSE 8080 4317
 # edge-healthcheck asks GET /_health on the port the config names (the slim image has no curl);
 # edge-tail serves no HTTP, so the tail image is healthy while it runs.
 ENV EDGE_IMAGE_DISTRIBUTION=$DISTRIBUTION

@@ -422,6 +422,39 @@ def _tail(key: str, raw: Any, env: Mapping[str, str]) -> tuple[Mapping[str, Any]
     return raw, [f"config key {key}.{k}: unknown, ignored" for k in unknown_keys(raw)]
 
 
+@dataclass(frozen=True)
+class GrpcConfig:
+    """The OTLP/gRPC receiver (`grpc`), served by its own worker processes next to the HTTP workers."""
+
+    enabled: bool = setting(True, "serve OTLP/gRPC (distributions `edge` and `otlp`)")
+    listen_address: str = setting("127.0.0.1", "address the gRPC receiver listens on")
+    listen_port: int = setting(4317, "port the gRPC receiver listens on", check=_port)
+    max_recv_msg_size: int = setting(0, "bytes of one request message; more is RESOURCE_EXHAUSTED; 0 = "
+                                     "`max_body_size`", check=_zero_or_more, default_text="`max_body_size`")
+    tls_cert_file: str = setting("", "PEM certificate (chain) for server TLS; with `tls_key_file`, else plaintext",
+                                 default_text="none")
+    tls_key_file: str = setting("", "PEM private key for server TLS", default_text="none")
+
+    def message_limit(self, max_body_size: int) -> int:
+        """The largest request message accepted: the key, else the HTTP body limit."""
+        return self.max_recv_msg_size or max_body_size
+
+
+def _grpc(key: str, raw: Any, env: Mapping[str, str]) -> tuple[GrpcConfig, list[str]]:
+    """The grpc section: TLS needs both files, and both readable (checked here, not in every worker)."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected an object")
+    config, warnings = _read(GrpcConfig, raw, f"{key}.", env)
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError(f"config key {key}: tls_cert_file and tls_key_file must be set together")
+    for name in ("tls_cert_file", "tls_key_file"):
+        path = getattr(config, name)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"config key {key}.{name}: cannot read {path!r}")
+    return config, warnings
+
+
 # ── the whole configuration (field order = the README reference's row order) ──
 
 
@@ -476,6 +509,10 @@ class Config:
     s3_dump: S3DumpConfig = section(
         S3DumpConfig, "`targets: [{name, bucket, endpoint, region, prefix}]`; see "
         "[s3-dump](#the-s3-dump-extension)", read=_s3_dump)
+    grpc: GrpcConfig = section(
+        GrpcConfig, "the OTLP/gRPC receiver (distributions `edge` and `otlp`): one process per HTTP worker, "
+        "sharing the port; a message over `max_recv_msg_size` (0 = `max_body_size`) is RESOURCE_EXHAUSTED; server "
+        "TLS when both PEM files are set; see [OTLP/gRPC](#otlpgrpc)", read=_grpc)
     tail: Mapping[str, Any] = section(
         dict, "edge-tail's options (long flag names with `_`) plus `paths: [...]`: the supervisor runs the tail "
         "pipeline as a child process, restarts it if it dies and stops it with SIGTERM; it uses the section's "

@@ -24,24 +24,24 @@ def display_address(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def resolve(address: str, port: int) -> tuple[int, tuple]:
+def resolve(address: str, port: int, section: str = "") -> tuple[int, tuple]:
     """The family and socket address `listen_address` names (a host name resolves to its first address)."""
     try:
         infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise ListenError(f"config key listen_address: cannot listen on {address!r}: {reason}") from None
+        raise ListenError(f"config key {section}listen_address: cannot listen on {address!r}: {reason}") from None
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
 
 
-def _bind_failure(exc: OSError, address: str, port: int) -> ListenError:
+def _bind_failure(exc: OSError, address: str, port: int, section: str = "") -> ListenError:
     where = display_address(address, port)
     if exc.errno == errno.EADDRINUSE:
-        return ListenError(f"cannot listen on {where}: the port is already in use (config key listen_port)")
+        return ListenError(f"cannot listen on {where}: the port is already in use (config key {section}listen_port)")
     if exc.errno == errno.EADDRNOTAVAIL:
         return ListenError(f"cannot listen on {where}: {address} is not an address of this host "
-                           "(config key listen_address)")
+                           f"(config key {section}listen_address)")
     return ListenError(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
@@ -57,4 +57,18 @@ def bind_listener(address: str, port: int) -> socket.socket:
         sock.close()
         raise _bind_failure(exc, address, port) from None
     sock.set_inheritable(True)
+    return sock
+
+
+def reserve_port(address: str, port: int, section: str) -> socket.socket:
+    """A bound socket, never listening, holding `address:port` for worker processes that bind it too with
+    SO_REUSEPORT (the gRPC workers): a port in use fails here, once, and port 0 becomes one port for all."""
+    family, sockaddr = resolve(address, port, section)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise _bind_failure(exc, address, port, section) from None
     return sock

@@ -34,7 +34,8 @@ from edge.control.builder import build_control_plane
 from edge.engine.extensions import S3_DUMP
 from edge.lifecycle import child_preexec
 from supervisor.cli import parse
-from supervisor.listener import ListenError, bind_listener
+from supervisor.grpc_children import GrpcWorkers, serves_grpc
+from supervisor.listener import ListenError, bind_listener, reserve_port
 from supervisor.ready import HEALTH_TIMEOUT_S, health_host, ready_message, wait_healthy
 from supervisor.tail_child import TailWorkerProcess
 from supervisor.validate import validate
@@ -78,8 +79,10 @@ def _config_path(argument: str | None, search: tuple[Path, ...] = CONFIG_SEARCH)
 
 
 class Supervisor:
-    def __init__(self, config: Config, distribution: str, stopping: threading.Event | None = None) -> None:
+    def __init__(self, config: Config, distribution: str, stopping: threading.Event | None = None,
+                 grpc_port: socket.socket | None = None) -> None:
         self.config = config
+        self.grpc_port = grpc_port  # held (bound, not listening) while the gRPC workers serve on it
         self.distribution = distribution
         stale = remove_stale_segments()
         if stale:
@@ -96,6 +99,7 @@ class Supervisor:
                                            extensions=[S3_DUMP] if config.s3_dump.enabled else [])
         self.gunicorn: subprocess.Popen | None = None
         self.tail_worker: TailWorkerProcess | None = None
+        self.grpc_workers: GrpcWorkers | None = None
         self.stopping = stopping or threading.Event()
         self._shut_down = False
 
@@ -106,10 +110,14 @@ class Supervisor:
         Path(self.paths.prometheus_dir).mkdir()
         self.paths.write(self.run_dir)
 
+    def _worker_env(self) -> dict[str, str]:
+        """What every serving process needs to attach to the instance (gunicorn's and the gRPC workers)."""
+        return {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": self.paths.prometheus_dir,
+                DISTRIBUTION_ENV: self.distribution}
+
     def _start_gunicorn(self, listener: socket.socket) -> None:
         """gunicorn on the supervisor's bound socket; the supervisor's copy is closed once gunicorn has it."""
-        env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": self.paths.prometheus_dir,
-               DISTRIBUTION_ENV: self.distribution}
+        env = self._worker_env()
         try:
             self.gunicorn = subprocess.Popen(gunicorn_argv(self.config, listener.fileno()), env=env,
                                              pass_fds=(listener.fileno(),), preexec_fn=child_preexec())
@@ -137,9 +145,17 @@ class Supervisor:
         self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
         self.tail_worker.start()
 
+    def _start_grpc_workers(self) -> None:
+        """OTLP/gRPC workers (workers/grpc.py), as many as the HTTP workers, on the port reserved for them."""
+        if self.grpc_port is None:
+            return
+        self.grpc_workers = GrpcWorkers(self.config.workers, self._worker_env())
+        self.grpc_workers.start()
+
     def run(self, listener: socket.socket) -> int:
         self._write_runtime()
         self._start_gunicorn(listener)
+        self._start_grpc_workers()
         self._start_tail_worker()
         self.control.start()
         self._announce_ready()
@@ -147,6 +163,8 @@ class Supervisor:
             self.control.tick()
             if self.tail_worker is not None:
                 self.tail_worker.watch()
+            if self.grpc_workers is not None:
+                self.grpc_workers.watch()
             if self.gunicorn.poll() is not None:
                 log.error("gunicorn exited with status %s; shutting down", self.gunicorn.returncode)
                 return 1
@@ -158,6 +176,8 @@ class Supervisor:
             return
         self._shut_down = True
         self.control.stop()
+        if self.grpc_workers is not None:
+            self.grpc_workers.terminate()  # they drain while the tail worker and gunicorn stop
         if self.tail_worker is not None:
             self.tail_worker.stop()
         if self.gunicorn is not None and self.gunicorn.poll() is None:
@@ -168,6 +188,10 @@ class Supervisor:
                 log.warning("workers did not drain in %d s; killing them", DRAIN_SECONDS)
                 self.gunicorn.kill()
                 self.gunicorn.wait()
+        if self.grpc_workers is not None:
+            self.grpc_workers.wait()
+        if self.grpc_port is not None:
+            self.grpc_port.close()
         self.control.final_sync()
         self.publisher.close()
         self.rate_table.close()
@@ -207,11 +231,14 @@ def _stop_on_signals() -> threading.Event:
     return stopping
 
 
-def _serve(config: Config, distribution: str, listener: socket.socket, stopping: threading.Event) -> int:
+def _serve(config: Config, distribution: str, listener: socket.socket, stopping: threading.Event,
+           grpc_port: socket.socket | None) -> int:
     if stopping.is_set():  # stopped while starting: nothing was created yet
         listener.close()
+        if grpc_port is not None:
+            grpc_port.close()
         return 0
-    supervisor = Supervisor(config, distribution, stopping)
+    supervisor = Supervisor(config, distribution, stopping, grpc_port)
     try:
         status = supervisor.run(listener)
     finally:
@@ -238,8 +265,18 @@ def run(distribution: str, argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     config = dataclasses.replace(config, listen_port=listener.getsockname()[1])  # port 0: the one the OS chose
+    grpc_port = None
+    if serves_grpc(config, distribution):
+        try:
+            grpc_port = reserve_port(config.grpc.listen_address, config.grpc.listen_port, "grpc.")
+        except ListenError as exc:
+            listener.close()
+            log.error("%s", exc)
+            return 2
+        config = dataclasses.replace(config, grpc=dataclasses.replace(config.grpc,
+                                                                      listen_port=grpc_port.getsockname()[1]))
     _log_start(config, path)
-    return _serve(config, distribution, listener, stopping)
+    return _serve(config, distribution, listener, stopping, grpc_port)
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 The supervisor polls its own health route after starting gunicorn (bounded in time, and
 given up at once when gunicorn exits or a stop is requested), then logs one line naming
-what an operator checks first: where edge listens, with how many workers and which
+what an operator checks first: where edge listens (HTTP, and OTLP/gRPC when served), with how many workers and which
 distribution, where each signal goes, and which policies are in force.
 """
 
@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from edge.config import Config, ProviderConfig
+from supervisor.grpc_children import serves_grpc
 from supervisor.listener import display_address
 
 HEALTH_TIMEOUT_S = 60.0  # a hang bound: workers import Hyperscan and friends, slowly on a loaded host
@@ -71,8 +72,11 @@ def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:
 
 
 def ready_message(config: Config, distribution: str, version: str, policies: int | None) -> str:
-    """The ready line: address, workers, distribution, upstreams per signal, policies in force."""
+    """The ready line: address (and OTLP/gRPC's), workers, distribution, upstreams per signal, policies in force."""
+    grpc = config.grpc
+    grpc_text = (f", OTLP/gRPC on {display_address(grpc.listen_address, grpc.listen_port)}"
+                 if serves_grpc(config, distribution) else "")
     return (f"edge {version} ready on {display_address(config.listen_address, config.listen_port)}: "
-            f"{config.workers} worker{'' if config.workers == 1 else 's'}, distribution {distribution}; "
+            f"{config.workers} worker{'' if config.workers == 1 else 's'}, distribution {distribution}{grpc_text}; "
             f"upstreams: {upstreams(config)}; "
             f"policies: {_policies(policies, config.policy_providers)}")

@@ -124,8 +124,8 @@ def test_runtime_runs_as_a_numeric_non_root_user() -> None:
     assert chart_values["podSecurityContext"]["runAsUser"] == uid
 
 
-def test_exposes_8080_with_an_exec_form_entrypoint() -> None:
-    assert in_stage(RUNTIME, "EXPOSE") == ["8080"]
+def test_exposes_8080_and_otlp_grpc_4317_with_an_exec_form_entrypoint() -> None:
+    assert in_stage(RUNTIME, "EXPOSE") == ["8080 4317"]
     (entrypoint,) = in_stage(RUNTIME, "ENTRYPOINT")
     assert json.loads(entrypoint) == ["/opt/edge/bin/edge-entrypoint"]
     assert in_stage(RUNTIME, "CMD") == []  # edge with no argument reads ./config.json in the WORKDIR

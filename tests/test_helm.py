@@ -208,8 +208,9 @@ def test_default_install_is_a_daemonset(default: Rendered) -> None:
 
 
 def test_daemonset_listens_on_a_host_port(default: Rendered) -> None:
-    (port,) = default.container()["ports"]
+    port, grpc = default.container()["ports"]
     assert port["name"] == "http" and port["containerPort"] == 8080 and port["hostPort"] == 8080
+    assert grpc == {"name": "grpc", "containerPort": 4317, "hostPort": 4317, "protocol": "TCP"}
     assert "hostNetwork" not in default.pod()["spec"]
 
 
@@ -346,7 +347,8 @@ def test_gateway_service_hpa_and_pdb_select_the_edge_pods(gateway: Rendered) -> 
     assert "tolerations" not in gateway.pod()["spec"]
     service = gateway.one("Service")
     assert selects(service["spec"]["selector"], labels)
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+                                        {"name": "grpc", "port": 4317, "targetPort": "grpc", "protocol": "TCP"}]
     assert "internalTrafficPolicy" not in service["spec"]
     hpa = gateway.one("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -357,6 +359,12 @@ def test_gateway_service_hpa_and_pdb_select_the_edge_pods(gateway: Rendered) -> 
                        "memory": {"type": "Utilization", "averageUtilization": 80}}
     pdb = gateway.one("PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1 and selects(pdb["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_otlp_grpc_disabled_has_no_grpc_port(render: Callable[[dict[str, Any]], Rendered]) -> None:
+    rendered = render({"mode": "gateway", "config": {"grpc": {"enabled": False}}})
+    assert [p["name"] for p in rendered.container()["ports"]] == ["http"]
+    assert [p["name"] for p in rendered.one("Service")["spec"]["ports"]] == ["http"]
 
 
 def test_gateway_with_fixed_replicas(render: Callable[[dict[str, Any]], Rendered]) -> None:

@@ -149,12 +149,14 @@ def test_invalid_listen_address_is_one_error_line_and_exit_2(tmp_path: Path, add
 def test_ready_line_names_address_workers_upstreams_and_policies(tmp_path: Path, started: list[Edge]) -> None:
     policy_file = tmp_path / "policies.json"
     policy_file.write_text(json.dumps({"policies": SUITE_POLICIES}))
+    grpc_port = free_port()
     edge = Edge(tmp_path, {"workers": 2, "upstream_url": "http://127.0.0.1:9", "logs_url": "http://127.0.0.1:10",
-                           "metrics_url": "http://127.0.0.1:11/prom",
+                           "metrics_url": "http://127.0.0.1:11/prom", "grpc": {"listen_port": grpc_port},
                            "policy_providers": [{"id": "suite", "type": "file", "path": str(policy_file)}]})
     started.append(edge)
     line = edge.wait_ready()
-    assert line == (f"edge {__version__} ready on 127.0.0.1:{edge.port}: 2 workers, distribution edge; "
+    assert line == (f"edge {__version__} ready on 127.0.0.1:{edge.port}: 2 workers, distribution edge, "
+                    f"OTLP/gRPC on 127.0.0.1:{grpc_port}; "
                     "upstreams: logs http://127.0.0.1:10, metrics http://127.0.0.1:11/prom, traces http://127.0.0.1:9, "
                     "prometheus scrapes http://127.0.0.1:11/prom/metrics; policies: 3 in force from suite (file)")
     assert request(edge.port, "GET", "/_health").status == 200

@@ -66,7 +66,12 @@ class Metrics:
                                            "signal and reason", ("route", "signal", "reason"), registry=registry)
         self.scrapes_truncated = Counter("edge_prometheus_scrapes_truncated", "Prometheus scrapes ended early at a "
                                          "byte limit, by limit (input or output)", ("limit",), registry=registry)
+        self.grpc_requests = Counter("edge_grpc_requests", "OTLP/gRPC calls answered, by service and status code "
+                                     "(every code but OK is an error)", ("service", "code"), registry=registry)
+        self.grpc_latency = Histogram("edge_grpc_request_duration_seconds", "Time to answer an OTLP/gRPC call",
+                                      ("service",), buckets=LATENCY_BUCKETS, registry=registry)
         self._requests: dict[tuple[str, int], Counter] = {}
+        self._grpc: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._latency: dict[str, Histogram] = {}
         self._records = {s: (self.evaluated.labels(s), self.kept.labels(s), self.dropped.labels(s))
                          for s in SIGNALS}
@@ -89,6 +94,14 @@ class Metrics:
         if hist is None:
             hist = self._latency[route] = self.latency.labels(route)
         hist.observe(seconds)
+
+    def grpc_request(self, service: str, code: str, seconds: float) -> None:
+        children = self._grpc.get((service, code))
+        if children is None:
+            children = self._grpc[(service, code)] = (self.grpc_requests.labels(service, code),
+                                                      self.grpc_latency.labels(service))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def records(self, signal: str, total: int, kept: int) -> None:
         evaluated, kept_c, dropped = self._records[signal]

@@ -71,6 +71,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- int (default 8080 .Values.config.listen_port) }}
 {{- end }}
 
+{{/* The OTLP/gRPC port; empty when config.grpc.enabled is false. */}}
+{{- define "edge.grpcPort" -}}
+{{- $grpc := .Values.config.grpc | default dict }}
+{{- if ne (toString (index $grpc "enabled")) "false" }}{{ int (default 4317 (index $grpc "listen_port")) }}{{ end }}
+{{- end }}
+
 {{/* The Service exists in gateway mode, and in daemonset mode when asked for or scraped through a ServiceMonitor. */}}
 {{- define "edge.serviceEnabled" -}}
 {{- if or (eq (include "edge.mode" .) "gateway") .Values.service.enabled .Values.serviceMonitor.enabled }}true{{ end }}
@@ -153,6 +159,14 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha25
       hostPort: {{ int .Values.daemonset.hostPort.port }}
       {{- end }}
       protocol: TCP
+    {{- with include "edge.grpcPort" . }}
+    - name: grpc
+      containerPort: {{ . }}
+      {{- if and (eq (include "edge.mode" $) "daemonset") $.Values.daemonset.hostPort.enabled }}
+      hostPort: {{ int $.Values.daemonset.hostPort.grpcPort }}
+      {{- end }}
+      protocol: TCP
+    {{- end }}
   env:
     {{- if not (hasKey .Values.config "workers") }}
     # One gunicorn worker per CPU of the limit (rounded up), not per CPU of the node.
