@@ -321,7 +321,11 @@ class PolicyServer:
 
 
 class EdgeProcess:
-    """The real `edge` command on a free loopback port, with a file policy provider."""
+    """The real `edge` command on a free loopback port, with a file policy provider.
+
+    Its gRPC receiver is off unless a test passes a `grpc` section: otherwise every edge of
+    the suite would start gRPC workers, all on the default port.
+    """
 
     def __init__(self, tmp: Path, upstream_url: str, policies: list[dict[str, Any]] | None = None,
                  env: dict[str, str] | None = None, **config: Any) -> None:
@@ -332,7 +336,8 @@ class EdgeProcess:
         self.log_path = tmp / "edge.log"
         self.config: dict[str, Any] = {"listen_port": self.port, "workers": 2, "upstream_url": upstream_url,
                                        "policy_providers": [{"id": "suite", "type": "file",
-                                                             "path": str(self.policy_file)}], **config}
+                                                             "path": str(self.policy_file)}],
+                                       "grpc": {"enabled": False}, **config}
         self.policies = SUITE_POLICIES if policies is None else policies
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
