@@ -868,3 +868,16 @@ def test_caseless_follows_re2_unicode_folding(matcher):
     """§3 (RE2): under case folding U+017F (ſ) is an `s` and U+212A (K) a `k`; Hyperscan alone folds ASCII only."""
     bodies = ["ſB", "xx", "\u212aelvin sb", "plain"]
     assert _body_dropped(matcher, bodies) == {0, 2}
+
+
+@pytest.mark.parametrize("op", ["exact", "equals"])
+def test_caseless_exact_values_fold_long_s_as_re2_does(op):
+    """§3 (RE2): a case-insensitive exact value matches with ſ (U+017F) read as s, in any position."""
+    bodies = ["ſun", "SUN", "sun", "Sun ", "ſuſ", "\u212aun", "xun"]
+    assert _body_dropped({op: "sun", "case_insensitive": True}, bodies) == {0, 1, 2}
+    assert _body_dropped({op: "SUS", "case_insensitive": True}, bodies) == {4}
+
+
+def test_regex_match_in_the_first_record_counts_when_another_spans_two_records():
+    """A regex that can cross the separator (here `\\s`) sends the batch to per-match mapping; record 0 is a record."""
+    assert _body_dropped({"regex": r"x\s+y"}, ["x y", "x", "y", "a x  y"]) == {0, 3}

@@ -6,9 +6,11 @@ killed tailer would.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from edge.tail.checkpoint import (
     CheckpointStore,
     FileIdentity,
     StateDirInUse,
+    decode_snapshot,
     encode_record,
     fingerprint,
     scan_wal,
@@ -116,7 +119,8 @@ def test_flipped_bit_mid_wal_costs_only_that_record(tmp_path: Path, caplog: pyte
     wal.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
         assert offsets(store, range(1, 4)) == {1: 10, 2: 21, 3: 30}  # file 1 falls back, never ahead
-    assert "skipped 1 corrupt stretch(es), 56 bytes" in caplog.text
+    assert caplog.messages == [f"checkpoint WAL {wal}: skipped 1 corrupt stretch(es), 56 bytes; files they covered "
+                               "resume from an earlier checkpoint"]
 
 
 def test_torn_trailing_record_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -157,7 +161,8 @@ def test_corrupt_snapshot_is_set_aside_and_the_wal_still_replayed(tmp_path: Path
     with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
         assert offsets(store, range(1, 4)) == {1: None, 2: None, 3: 30}  # those files restart, none skipped
     assert (tmp_path / (SNAPSHOT_NAME + ".corrupt")).read_bytes() == bytes(data)
-    assert "is corrupt: set aside" in caplog.text
+    assert caplog.messages == [f"checkpoint snapshot {snapshot} is corrupt: set aside as {SNAPSHOT_NAME}.corrupt, "
+                               "replaying the WAL alone"]
     with CheckpointStore(tmp_path, **QUIET) as store:  # the fresh snapshot is good
         assert offsets(store, range(1, 4)) == {1: None, 2: None, 3: 30}
 
@@ -368,3 +373,154 @@ def test_out_of_range_offset_raises_in_the_caller(tmp_path: Path) -> None:
         store.update(identity(1), 5)  # the store still works
     with CheckpointStore(tmp_path, **QUIET) as store:
         assert store.lookup(7, 1, head_of(1)).offset == 5
+
+
+def test_a_forget_survives_a_crash_as_a_tombstone(tmp_path: Path) -> None:
+    """Replayed from the WAL alone (no snapshot at close), a forgotten file has no checkpoint, not offset 0."""
+    crash_after(tmp_path, [("update", 1, 10), ("update", 2, 20), ("forget", 1, 0)])
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 3)) == {1: None, 2: 20}
+
+
+def test_an_update_after_a_forget_in_one_batch_wins_after_a_crash(tmp_path: Path) -> None:
+    """Updates, a forget and a new update of one file coalesce before the WAL write: the newest record wins."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from edge.tail.checkpoint import CheckpointStore, FileIdentity, fingerprint
+        store = CheckpointStore({str(tmp_path)!r}, interval_ms=3_600_000, snapshot_interval_ms=3_600_000)
+        head = b"first line of file 1\\n"
+        ident = FileIdentity(7, 1, fingerprint(head), len(head))
+        store.update(ident, 10)
+        store.forget(ident)
+        store.update(ident, 20)
+        store.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 2)) == {1: 20}
+
+
+def test_after_a_periodic_snapshot_the_writer_goes_on_and_idles(tmp_path: Path) -> None:
+    """A snapshot leaves nothing dirty: no snapshot is rewritten until an update, and later updates still reach
+    the WAL."""
+    with CheckpointStore(tmp_path, sync_batch=1000, interval_ms=3_600_000, snapshot_interval_ms=100) as store:
+        store.update(identity(1), 10)
+        snapshot = tmp_path / SNAPSHOT_NAME
+
+        def snapshotted() -> bool:
+            found = decode_snapshot(snapshot.read_bytes()) or []
+            return [(c.identity, c.offset) for c in found] == [(identity(1), 10)]
+
+        assert wait_until(snapshotted)
+
+        def version() -> tuple[int, int]:  # each snapshot is a new file renamed into place
+            st = snapshot.stat()
+            return st.st_ino, st.st_mtime_ns
+
+        written = version()
+        assert not wait_until(lambda: version() != written, 0.5), "an unchanged table was snapshotted again"
+        store.update(identity(2), 20)
+        store.flush()
+        assert wal_records(tmp_path) == 1
+
+
+def test_sync_batch_counts_again_from_zero_after_each_write(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, sync_batch=3, **QUIET) as store:
+        for inode in range(3):
+            store.update(identity(inode), 1)
+        assert wait_until(lambda: wal_records(tmp_path) == 3)
+        for inode in range(3, 5):
+            store.update(identity(inode), 1)
+        assert not wait_until(lambda: wal_records(tmp_path) > 3, 0.3), "written before the second batch was full"
+        store.update(identity(5), 1)
+        assert wait_until(lambda: wal_records(tmp_path) == 6)
+
+
+# -- write failures ---------------------------------------------------------------------------------
+# Real failures: the child process may not grow a file past a size (RLIMIT_FSIZE, SIGXFSZ ignored), so
+# writes past it fail with EFBIG, as they would with ENOSPC on a full disk.
+
+FAILING_WRITES = """
+import json, logging, resource, signal, sys, time
+from edge.tail.checkpoint import CheckpointStore, FileIdentity
+
+messages = []
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        messages.append(record.getMessage())
+
+logging.getLogger("edge.tail.checkpoint").addHandler(Keep())
+logging.getLogger("edge.tail.checkpoint").setLevel(logging.INFO)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+def limit(size):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+def until(condition):
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out; log: {messages}")
+        time.sleep(0.01)
+
+def count(text):
+    return sum(text in m for m in messages)
+
+def update(inode):
+    store.update(FileIdentity(7, inode, 0, 0), inode * 10)
+"""
+
+
+def run_failing_writes(state_dir: Path, steps: str) -> list[str]:
+    """Run FAILING_WRITES + `steps` in a child; its checkpoint log lines."""
+    script = FAILING_WRITES + textwrap.dedent(steps) + "\nprint(json.dumps(messages))\n"
+    proc = subprocess.run([sys.executable, "-c", script, str(state_dir)], cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def failed(state_dir: Path, error: str = "[Errno 27] File too large") -> str:
+    return (f"checkpoint write in {state_dir} failed: {error}; tailing goes on, checkpoints are kept in memory "
+            "and retried with the next snapshot")
+
+
+def test_wal_writes_that_work_again_are_not_a_recovery_until_a_snapshot_lands(tmp_path: Path) -> None:
+    """Only a snapshot puts the whole table back on disk: a WAL append that works proves nothing yet."""
+    messages = run_failing_writes(tmp_path, f"""
+        store = CheckpointStore({str(tmp_path)!r}, interval_ms=3_600_000, snapshot_interval_ms=3_600_000)
+        limit(20)  # the 16-byte startup snapshot is written; a 48-byte WAL record is not
+        update(1)
+        store.flush()
+        limit(resource.RLIM_INFINITY)
+        update(2)
+        store.flush()
+        messages.append("WAL written")
+        store.close()
+    """)
+    assert messages == [failed(tmp_path), "WAL written",
+                        f"checkpoint writes in {tmp_path} work again after 1 failure(s)"]
+
+
+def test_a_failed_snapshot_is_retried_and_each_failure_streak_is_logged(tmp_path: Path) -> None:
+    messages = run_failing_writes(tmp_path, f"""
+        store = CheckpointStore({str(tmp_path)!r}, sync_batch=1000, interval_ms=3_600_000, snapshot_interval_ms=50)
+        limit(40)  # a snapshot of one checkpoint (64 bytes) fails
+        update(1)
+        until(lambda: count(" failed: ") == 1)
+        limit(resource.RLIM_INFINITY)  # no update needed: the failed snapshot is retried
+        until(lambda: count(" work again ") == 1)
+        limit(40)
+        update(2)
+        until(lambda: count(" failed: ") == 2)
+        limit(resource.RLIM_INFINITY)
+        store.close()
+    """)
+    assert [m for m in messages if " failed: " in m] == [failed(tmp_path)] * 2
+    recovered = [m for m in messages if " work again " in m]
+    assert len(recovered) == 2
+    assert all(re.fullmatch(rf"checkpoint writes in {re.escape(str(tmp_path))} work again after [1-9][0-9]* "
+                            r"failure\(s\)", m) for m in recovered), recovered
