@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.tail import checkpoint as checkpoint_module
 from edge.tail.checkpoint import (
     RECORD_SIZE,
     SNAPSHOT_NAME,
@@ -505,22 +506,34 @@ def test_wal_writes_that_work_again_are_not_a_recovery_until_a_snapshot_lands(tm
                         f"checkpoint writes in {tmp_path} work again after 1 failure(s)"]
 
 
-def test_a_failed_snapshot_is_retried_and_each_failure_streak_is_logged(tmp_path: Path) -> None:
-    messages = run_failing_writes(tmp_path, f"""
-        store = CheckpointStore({str(tmp_path)!r}, sync_batch=1000, interval_ms=3_600_000, snapshot_interval_ms=50)
-        limit(40)  # a snapshot of one checkpoint (64 bytes) fails
-        update(1)
-        until(lambda: count(" failed: ") == 1)
-        limit(resource.RLIM_INFINITY)  # no update needed: the failed snapshot is retried
-        until(lambda: count(" work again ") == 1)
-        limit(40)
-        update(2)
-        until(lambda: count(" failed: ") == 2)
-        limit(resource.RLIM_INFINITY)
-        store.close()
-    """)
-    assert [m for m in messages if " failed: " in m] == [failed(tmp_path)] * 2
-    recovered = [m for m in messages if " work again " in m]
-    assert len(recovered) == 2
-    assert all(re.fullmatch(rf"checkpoint writes in {re.escape(str(tmp_path))} work again after [1-9][0-9]* "
-                            r"failure\(s\)", m) for m in recovered), recovered
+def test_a_failing_snapshot_is_retried_logged_by_streak_and_its_recovery_told(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: a directory in the way of the snapshot's temp file makes every snapshot fail (EISDIR)."""
+    monkeypatch.setattr(checkpoint_module, "FAILURE_LOG_INTERVAL_S", 0.2)  # the 5-minute reminder, shortened
+    blocker = tmp_path / (SNAPSHOT_NAME + ".tmp")
+    blocker.mkdir()
+    error = f"[Errno 21] Is a directory: '{blocker}'"
+
+    def lines(text: str) -> list[str]:
+        return [m for m in caplog.messages if text in m]
+
+    with caplog.at_level(logging.INFO, LOGGER), CheckpointStore(tmp_path, sync_batch=1000, interval_ms=3_600_000,
+                                                                snapshot_interval_ms=50) as store:
+        assert caplog.messages == [failed(tmp_path, error)]  # the startup snapshot
+        store.update(identity(1), 10)
+        store.flush()
+        assert wal_records(tmp_path) == 1 and lines(" work again ") == []  # a WAL append is no recovery
+        assert wait_until(lambda: lines(" still failing "))
+        assert re.fullmatch(rf"checkpoint writes in {re.escape(str(tmp_path))} still failing \(\d+ failures so far\): "
+                            + re.escape(error), lines(" still failing ")[0])
+        blocker.rmdir()  # no update needed: the failed snapshot is retried
+        assert wait_until(lambda: lines(" work again "))
+        assert re.fullmatch(rf"checkpoint writes in {re.escape(str(tmp_path))} work again after \d+ failure\(s\)",
+                            lines(" work again ")[0])
+        blocker.mkdir()
+        store.update(identity(2), 20)  # a new streak of failures is logged as one again
+        assert wait_until(lambda: len(lines(" failed: ")) == 2)
+        assert lines(" failed: ") == [failed(tmp_path, error)] * 2
+        blocker.rmdir()
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 3)) == {1: 10, 2: 20}

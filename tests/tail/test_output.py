@@ -158,6 +158,21 @@ def test_close_flushes_and_closes_the_descriptor(tmp_path: Path) -> None:
         os.fstat(fd)
 
 
+def test_descriptor_3_the_first_after_the_standard_ones_is_closed(tmp_path: Path) -> None:
+    """In edge-tail the output file is usually descriptor 3: only 0, 1 and 2 are the standard streams."""
+    saved = os.dup(3)
+    os.close(3)  # free the lowest descriptor after the standard ones, as in a fresh process
+    try:
+        s = sink(tmp_path / "out.log", Recorder())
+        assert s.fd == 3
+        s.close()
+        with pytest.raises(OSError):
+            os.fstat(3)
+    finally:
+        os.dup2(saved, 3)
+        os.close(saved)
+
+
 def test_stdout_is_written_but_never_closed() -> None:
     saved = os.dup(1)
     read_end, write_end = os.pipe()

@@ -90,6 +90,12 @@ def test_the_end_of_a_long_line_alone_returns_only_its_passthrough_block() -> No
     assert cutter.pending == b"x"
 
 
+def test_a_long_line_ending_at_the_start_of_a_read_ends_there() -> None:
+    cutter = LineCutter(max_line=2)
+    assert blocks(cutter, b"abcd", b"\nnext\n") == [(b"abcd", 4, True), (b"\n", 5, True), (b"next\n", 10, False)]
+    assert not cutter.in_long_line
+
+
 def test_take_partial_completes_the_held_line_with_a_newline() -> None:
     cutter = LineCutter(max_line=100)
     assert cutter.take_partial(0) is None
@@ -255,7 +261,8 @@ def test_a_growing_short_file_extends_its_fingerprint(tmp_path: Path) -> None:
             f.write(b"cd\n")
         assert tailed.restart_if_replaced() == ""
         assert tailed.offset == 3
-        assert tailed.identity.fingerprint == fingerprint(b"ab\ncd\n") and tailed.identity.fingerprint_len == 6
+        st = os.stat(path)
+        assert tailed.identity == FileIdentity(st.st_dev, st.st_ino, fingerprint(b"ab\ncd\n"), 6)
     finally:
         tailed.close()
 
