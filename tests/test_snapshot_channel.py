@@ -157,3 +157,30 @@ def test_segments_of_init_are_kept() -> None:
         assert (SHM / name).exists()
     finally:
         (SHM / name).unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_segments_of_a_pid_this_user_may_not_signal_are_kept() -> None:
+    """To an unprivileged edge, a pid owned by another user (init here) answers EPERM: alive, not stale."""
+    nobody = 65534
+    name = f"edge-1-{uuid.uuid4().hex[:6]}-ctl"
+    (SHM / name).write_bytes(b"x")
+    os.chown(SHM / name, nobody, nobody)  # so that the unprivileged process could remove it
+    try:
+        assert name not in remove_stale_segments()
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child process only reports through the pipe and exits
+            try:
+                os.setgid(nobody)
+                os.setuid(nobody)
+                os.write(write_end, "\n".join(remove_stale_segments()).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            removed = pipe.read().decode().splitlines()
+        assert os.waitpid(child, 0)[1] == 0
+        assert name not in removed and (SHM / name).exists()
+    finally:
+        (SHM / name).unlink(missing_ok=True)

@@ -57,6 +57,10 @@ def test_lines_are_buffered_until_flush_then_positions_are_reported(tmp_path: Pa
         assert (s.size, s.lines, s.deadline()) == (0, 0, None)
         s.flush()
         assert len(recorder.reports) == 1  # nothing new: nothing reported
+        s.write(b"d\n", 1, "src", (ident(1), 8))  # the sink goes on after a flush
+        s.flush()
+        assert out.read_bytes() == b"a\nb\nc\nd\n"
+        assert recorder.reports[1:] == [[(ident(1), 8)]]
     finally:
         s.close()
 
@@ -242,10 +246,15 @@ def test_an_output_that_cannot_be_opened_is_one_clear_error(tmp_path: Path) -> N
 
 def test_open_output_creates_the_file_for_appending(tmp_path: Path) -> None:
     path = tmp_path / "new.log"
-    fd = open_output(str(path))
+    umask = os.umask(0o022)
+    try:
+        fd = open_output(str(path))
+    finally:
+        os.umask(umask)
     try:
         os.write(fd, b"x")
     finally:
         os.close(fd)
     assert path.read_bytes() == b"x"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert open_output("-") == 1
