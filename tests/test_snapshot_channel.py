@@ -184,3 +184,21 @@ def test_segments_of_a_pid_this_user_may_not_signal_are_kept() -> None:
         assert name not in removed and (SHM / name).exists()
     finally:
         (SHM / name).unlink(missing_ok=True)
+
+
+def test_a_reader_keeps_its_snapshot_when_the_new_segment_is_gone(publisher: SnapshotPublisher) -> None:
+    """A publish whose data segment vanished before a reader mapped it (a supervisor shutting down unlinks
+    everything) leaves the reader on its last snapshot, and it looks again at its next call."""
+    reader = SnapshotReader(publisher.control_name)
+    try:
+        publisher.publish(compile_snapshot([log_drop("a")], version="v1"))
+        assert reader.current().version == "v1"
+        publisher.publish(compile_snapshot([log_drop("b")], version="v2"))
+        moved = SHM / f"{publisher.prefix}-g2"
+        data = moved.read_bytes()
+        moved.unlink()
+        assert (reader.current().version, reader.generation) == ("v1", 1)
+        moved.write_bytes(data)
+        assert (reader.current().version, reader.generation) == ("v2", 2)
+    finally:
+        reader.close()
