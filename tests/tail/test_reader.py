@@ -299,3 +299,18 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
 
 def test_block_defaults_to_evaluated_lines() -> None:
     assert Block(b"a\n", 2).passthrough is False
+
+
+def test_a_file_on_descriptor_0_is_closed_too(tmp_path: Path) -> None:
+    """edge-tail started with stdin closed gets descriptor 0 for the first file it opens."""
+    saved = os.dup(0)
+    os.close(0)
+    try:
+        tailed = open_file(tmp_path / "a.log", b"a\n")
+        assert tailed.fd == 0
+        tailed.close()
+        with pytest.raises(OSError):
+            os.fstat(0)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
