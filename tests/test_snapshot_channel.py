@@ -7,8 +7,10 @@ without adopting a segment, finding segments of a supervisor that is gone).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.channels import snapshots
 from edge.channels.snapshots import CONTROL_SIZE, SnapshotPublisher, SnapshotReader, attach, remove_stale_segments
 from tests.proxy_fixtures import compile_snapshot
 from tests.waiting import wait_for
@@ -132,58 +135,62 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_segments_of_a_supervisor_that_is_gone_are_removed() -> None:
+@pytest.fixture
+def shm_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory standing for /dev/shm, as open to every user: the real one holds other processes' segments,
+    which a test (or a mutant of the code under test) must never remove."""
+    directory = Path(tempfile.mkdtemp(prefix="shm-"))
+    directory.chmod(0o1777)
+    monkeypatch.setattr(snapshots, "_SHM_DIR", str(directory))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_segments_of_a_supervisor_that_is_gone_are_removed(shm_dir: Path) -> None:
     dead, alive = dead_pid(), os.getpid()
-    names = [f"edge-{dead}-{uuid.uuid4().hex[:6]}-ctl", f"edge-{alive}-{uuid.uuid4().hex[:6]}-ctl",
-             f"edge-x{dead}-{uuid.uuid4().hex[:6]}", f"other-{dead}-{uuid.uuid4().hex[:6]}"]
+    names = [f"edge-{dead}-a-ctl", f"edge-{alive}-b-ctl", f"edge-x{dead}-c", f"other-{dead}-d"]
     for name in names:
-        (SHM / name).write_bytes(b"x")
-    try:
-        removed = remove_stale_segments()
-        assert names[0] in removed
-        assert [name for name in names if (SHM / name).exists()] == names[1:]
-        assert not set(names[1:]) & set(removed)
-    finally:
-        for name in names:
-            (SHM / name).unlink(missing_ok=True)
+        (shm_dir / name).write_bytes(b"x")
+    assert remove_stale_segments() == names[:1]
+    assert sorted(p.name for p in shm_dir.iterdir()) == sorted(names[1:])
 
 
-def test_segments_of_init_are_kept() -> None:
+def test_segments_of_init_are_kept(shm_dir: Path) -> None:
     """pid 1 exists in every pid namespace: its segments are never stale."""
-    name = f"edge-1-{uuid.uuid4().hex[:6]}-ctl"
-    (SHM / name).write_bytes(b"x")
-    try:
-        assert name not in remove_stale_segments()
-        assert (SHM / name).exists()
-    finally:
-        (SHM / name).unlink(missing_ok=True)
+    (shm_dir / "edge-1-a-ctl").write_bytes(b"x")
+    assert remove_stale_segments() == []
+    assert (shm_dir / "edge-1-a-ctl").exists()
+
+
+def test_a_missing_segment_directory_removes_nothing(shm_dir: Path) -> None:
+    shm_dir.rmdir()
+    assert remove_stale_segments() == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
-def test_segments_of_a_pid_this_user_may_not_signal_are_kept() -> None:
+def test_segments_of_a_pid_this_user_may_not_signal_are_kept(shm_dir: Path) -> None:
     """To an unprivileged edge, a pid owned by another user (init here) answers EPERM: alive, not stale."""
     nobody = 65534
-    name = f"edge-1-{uuid.uuid4().hex[:6]}-ctl"
-    (SHM / name).write_bytes(b"x")
-    os.chown(SHM / name, nobody, nobody)  # so that the unprivileged process could remove it
-    try:
-        assert name not in remove_stale_segments()
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:  # the child process only reports through the pipe and exits
-            try:
-                os.setgid(nobody)
-                os.setuid(nobody)
-                os.write(write_end, "\n".join(remove_stale_segments()).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            removed = pipe.read().decode().splitlines()
-        assert os.waitpid(child, 0)[1] == 0
-        assert name not in removed and (SHM / name).exists()
-    finally:
-        (SHM / name).unlink(missing_ok=True)
+    segment = shm_dir / "edge-1-a-ctl"
+    segment.write_bytes(b"x")
+    os.chown(segment, nobody, nobody)  # so that the unprivileged process could remove it
+    assert remove_stale_segments() == []
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child process only reports through the pipe and exits
+        try:
+            os.setgid(nobody)
+            os.setuid(nobody)
+            os.write(write_end, "\n".join(remove_stale_segments()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        removed = pipe.read().decode()
+    assert os.waitpid(child, 0)[1] == 0
+    assert removed == "" and segment.exists()
 
 
 def test_a_reader_keeps_its_snapshot_when_the_new_segment_is_gone(publisher: SnapshotPublisher) -> None:
