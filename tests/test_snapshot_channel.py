@@ -150,11 +150,13 @@ def shm_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def test_segments_of_a_supervisor_that_is_gone_are_removed(shm_dir: Path) -> None:
     dead, alive = dead_pid(), os.getpid()
-    names = [f"edge-{dead}-a-ctl", f"edge-{alive}-b-ctl", f"edge-x{dead}-c", f"other-{dead}-d"]
-    for name in names:
+    stale = [f"edge-{dead}-{i}-ctl" for i in range(10)]
+    kept = [f"edge-{alive}-{i}-ctl" for i in range(5)] + [f"edge-x{dead}-{i}" for i in range(5)] + \
+        [f"other-{dead}-{i}" for i in range(5)]
+    for name in stale + kept:  # interleaved in directory order: whatever comes first, all stale ones go
         (shm_dir / name).write_bytes(b"x")
-    assert remove_stale_segments() == names[:1]
-    assert sorted(p.name for p in shm_dir.iterdir()) == sorted(names[1:])
+    assert sorted(remove_stale_segments()) == sorted(stale)
+    assert sorted(p.name for p in shm_dir.iterdir()) == sorted(kept)
 
 
 def test_segments_of_init_are_kept(shm_dir: Path) -> None:
