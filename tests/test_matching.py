@@ -881,3 +881,24 @@ def test_caseless_exact_values_fold_long_s_as_re2_does(op):
 def test_regex_match_in_the_first_record_counts_when_another_spans_two_records():
     """A regex that can cross the separator (here `\\s`) sends the batch to per-match mapping; record 0 is a record."""
     assert _body_dropped({"regex": r"x\s+y"}, ["x y", "x", "y", "a x  y"]) == {0, 3}
+
+
+@pytest.mark.parametrize(
+    "matcher",
+    [
+        {"regex": "[[:alpha:]]b", "case_insensitive": True},
+        {"regex": "(?i)sb"},
+        {"contains": "sB", "case_insensitive": True},
+        {"regex": "s[b]", "case_insensitive": True},
+    ],
+)
+def test_caseless_folds_long_s_in_a_batch_without_kelvin(matcher):
+    """§3 (RE2): ſ folds to s also when no record of the batch holds K (U+212A)."""
+    assert _body_dropped(matcher, ["xx", "ſB", "plain", "sb"]) == {1, 3}
+
+
+@pytest.mark.parametrize("matcher", [{"regex": "(?i)kb"}, {"contains": "Kb", "case_insensitive": True},
+                                     {"regex": "k[b]", "case_insensitive": True}])
+def test_caseless_folds_kelvin_in_a_batch_without_long_s(matcher):
+    """§3 (RE2): K (U+212A) folds to k also when no record of the batch holds ſ."""
+    assert _body_dropped(matcher, ["xx", "\u212ab", "plain", "kB"]) == {1, 3}
