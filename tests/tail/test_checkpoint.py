@@ -376,30 +376,36 @@ def test_out_of_range_offset_raises_in_the_caller(tmp_path: Path) -> None:
         assert store.lookup(7, 1, head_of(1)).offset == 5
 
 
+def files_at_crash(state_dir: Path, copy: Path) -> Path:
+    """The state dir's files as a crash would leave them now (no snapshot at close): copied aside."""
+    copy.mkdir()
+    for name in (SNAPSHOT_NAME, WAL_NAME):
+        (copy / name).write_bytes((state_dir / name).read_bytes())
+    return copy
+
+
 def test_a_forget_survives_a_crash_as_a_tombstone(tmp_path: Path) -> None:
-    """Replayed from the WAL alone (no snapshot at close), a forgotten file has no checkpoint, not offset 0."""
-    crash_after(tmp_path, [("update", 1, 10), ("update", 2, 20), ("forget", 1, 0)])
-    with CheckpointStore(tmp_path, **QUIET) as store:
+    """Replayed from the WAL (no snapshot at close), a forgotten file has no checkpoint, not offset 0."""
+    with CheckpointStore(tmp_path / "state", **QUIET) as store:
+        store.update(identity(1), 10)
+        store.update(identity(2), 20)
+        store.flush()
+        store.forget(identity(1))
+        store.flush()
+        crashed = files_at_crash(tmp_path / "state", tmp_path / "crashed")
+    with CheckpointStore(crashed, **QUIET) as store:
         assert offsets(store, range(1, 3)) == {1: None, 2: 20}
 
 
 def test_an_update_after_a_forget_in_one_batch_wins_after_a_crash(tmp_path: Path) -> None:
     """Updates, a forget and a new update of one file coalesce before the WAL write: the newest record wins."""
-    script = textwrap.dedent(f"""
-        import os, signal
-        from edge.tail.checkpoint import CheckpointStore, FileIdentity, fingerprint
-        store = CheckpointStore({str(tmp_path)!r}, interval_ms=3_600_000, snapshot_interval_ms=3_600_000)
-        head = b"first line of file 1\\n"
-        ident = FileIdentity(7, 1, fingerprint(head), len(head))
-        store.update(ident, 10)
-        store.forget(ident)
-        store.update(ident, 20)
+    with CheckpointStore(tmp_path / "state", **QUIET) as store:
+        store.update(identity(1), 10)
+        store.forget(identity(1))
+        store.update(identity(1), 20)
         store.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    with CheckpointStore(tmp_path, **QUIET) as store:
+        crashed = files_at_crash(tmp_path / "state", tmp_path / "crashed")
+    with CheckpointStore(crashed, **QUIET) as store:
         assert offsets(store, range(1, 2)) == {1: 20}
 
 
