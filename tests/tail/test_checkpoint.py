@@ -391,10 +391,12 @@ def test_a_forget_survives_a_crash_as_a_tombstone(tmp_path: Path) -> None:
         store.update(identity(2), 20)
         store.flush()
         store.forget(identity(1))
+        store.update(identity(3), 30)  # file 3 comes and goes within one batch: only its tombstone is written
+        store.forget(identity(3))
         store.flush()
         crashed = files_at_crash(tmp_path / "state", tmp_path / "crashed")
     with CheckpointStore(crashed, **QUIET) as store:
-        assert offsets(store, range(1, 3)) == {1: None, 2: 20}
+        assert offsets(store, range(1, 4)) == {1: None, 2: 20, 3: None}
 
 
 def test_an_update_after_a_forget_in_one_batch_wins_after_a_crash(tmp_path: Path) -> None:
@@ -543,3 +545,18 @@ def test_a_failing_snapshot_is_retried_logged_by_streak_and_its_recovery_told(
         blocker.rmdir()
     with CheckpointStore(tmp_path, **QUIET) as store:
         assert offsets(store, range(1, 3)) == {1: 10, 2: 20}
+
+
+def test_a_state_dir_is_created_with_its_parents(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "var" / "lib" / "edge-tail", **QUIET) as store:
+        store.update(identity(1), 10)
+    assert (tmp_path / "var" / "lib" / "edge-tail" / SNAPSHOT_NAME).exists()
+
+
+def test_a_state_dir_that_cannot_be_read_raises_and_leaves_no_lock(tmp_path: Path) -> None:
+    (tmp_path / WAL_NAME).mkdir()  # the WAL cannot be read
+    with pytest.raises(IsADirectoryError):
+        CheckpointStore(tmp_path, **QUIET)
+    (tmp_path / WAL_NAME).rmdir()
+    with CheckpointStore(tmp_path, **QUIET) as store:  # not "in use": the failed store released its lock
+        store.update(identity(1), 10)

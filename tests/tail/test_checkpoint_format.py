@@ -20,6 +20,7 @@ import pytest
 from edge.tail.checkpoint import (
     LOCK_NAME,
     RECORD_SIZE,
+    SNAPSHOT_NAME,
     Checkpoint,
     CheckpointStore,
     FileIdentity,
@@ -113,16 +114,16 @@ def test_the_refusal_names_the_holder_as_its_lock_file_does(tmp_path: Path, cont
                                   "give each tailer its own --state-dir")
 
 
-def test_the_lock_file_holds_the_pid_and_is_not_executable(tmp_path: Path) -> None:
+def test_the_lock_and_snapshot_files_are_not_executable_and_the_lock_holds_the_pid(tmp_path: Path) -> None:
     (tmp_path / LOCK_NAME).write_bytes(b"a much longer previous content\n")
     umask = os.umask(0o022)
     try:
         with CheckpointStore(tmp_path / "new", **QUIET), CheckpointStore(tmp_path, **QUIET):
-            mode = (tmp_path / "new" / LOCK_NAME).stat().st_mode & 0o777
+            modes = [(tmp_path / "new" / name).stat().st_mode & 0o777 for name in (LOCK_NAME, SNAPSHOT_NAME)]
             assert (tmp_path / LOCK_NAME).read_bytes() == f"{os.getpid()}\n".encode()
     finally:
         os.umask(umask)
-    assert oct(mode) == "0o644"
+    assert [oct(mode) for mode in modes] == ["0o644", "0o644"]
 
 
 def test_a_lock_file_that_cannot_hold_the_pid_only_costs_a_debug_line(tmp_path: Path,
