@@ -517,7 +517,7 @@ def test_wal_writes_that_work_again_are_not_a_recovery_until_a_snapshot_lands(tm
 def test_a_failing_snapshot_is_retried_logged_by_streak_and_its_recovery_told(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """In process: a directory in the way of the snapshot's temp file makes every snapshot fail (EISDIR)."""
-    monkeypatch.setattr(checkpoint_module, "FAILURE_LOG_INTERVAL_S", 0.2)  # the 5-minute reminder, shortened
+    monkeypatch.setattr(checkpoint_module, "FAILURE_LOG_INTERVAL_S", 2.0)  # the 5-minute reminder, shortened
     blocker = tmp_path / (SNAPSHOT_NAME + ".tmp")
     blocker.mkdir()
     error = f"[Errno 21] Is a directory: '{blocker}'"
@@ -532,8 +532,10 @@ def test_a_failing_snapshot_is_retried_logged_by_streak_and_its_recovery_told(
         store.flush()
         assert wal_records(tmp_path) == 1 and lines(" work again ") == []  # a WAL append is no recovery
         assert wait_until(lambda: lines(" still failing "))
-        assert re.fullmatch(rf"checkpoint writes in {re.escape(str(tmp_path))} still failing \(\d+ failures so far\): "
-                            + re.escape(error), lines(" still failing ")[0])
+        prefix = f"checkpoint writes in {tmp_path} still failing ("
+        reminder = re.fullmatch(re.escape(prefix) + r"(\d+) failures so far\): " + re.escape(error),
+                                lines(" still failing ")[0])
+        assert reminder and int(reminder.group(1)) > 2  # retried every 50 ms, reminded only after 2 s
         blocker.rmdir()  # no update needed: the failed snapshot is retried
         assert wait_until(lambda: lines(" work again "))
         assert re.fullmatch(rf"checkpoint writes in {re.escape(str(tmp_path))} work again after \d+ failure\(s\)",
