@@ -902,3 +902,22 @@ def test_caseless_folds_long_s_in_a_batch_without_kelvin(matcher):
 def test_caseless_folds_kelvin_in_a_batch_without_long_s(matcher):
     """§3 (RE2): K (U+212A) folds to k also when no record of the batch holds ſ."""
     assert _body_dropped(matcher, ["xx", "\u212ab", "plain", "kB"]) == {1, 3}
+
+
+@pytest.mark.parametrize(
+    "matcher,expected",
+    [
+        ({"datapoint_attribute": "n", "gt": 3}, {1}),
+        ({"datapoint_attribute": "n", "equals": 2}, {0}),
+        ({"datapoint_attribute": "n", "lte": 2}, {0}),
+    ],
+)
+def test_numeric_datapoint_conditions_fold_to_their_metric(matcher, expected):
+    """§3: a metric matches when any of its data points does; values are per data point, records per metric."""
+    def point(n: int) -> dict:
+        return {"attributes": [kv("n", {"intValue": str(n)})], "asInt": "1"}
+
+    metrics = [{"name": "two_points", "gauge": {"dataPoints": [point(1), point(2)]}},
+               {"name": "one_point", "gauge": {"dataPoints": [point(5)]}}]
+    doc = {"resourceMetrics": [{"resource": {}, "scopeMetrics": [{"scope": {}, "metrics": metrics}]}]}
+    assert _dropped("metric", [matcher], doc) == expected
