@@ -30,6 +30,7 @@ from edge.tail.checkpoint import (
     encode_record,
     encode_snapshot,
     fingerprint,
+    scan_wal,
 )
 
 CHECKPOINT = Checkpoint(FileIdentity(7, 42, fingerprint(b"head\n"), 5), 1234, 1_700_000_000_000)
@@ -133,3 +134,20 @@ def test_a_lock_file_that_cannot_hold_the_pid_only_costs_a_debug_line(tmp_path: 
         store.update(CHECKPOINT.identity, 10)
     assert [r.getMessage() for r in caplog.records if "pid" in r.getMessage()] == [
         f"cannot write the pid into {tmp_path / LOCK_NAME}: [Errno 22] Invalid argument"]
+
+
+def test_a_wal_starting_with_garbage_counts_that_stretch() -> None:
+    record = encode_record(CHECKPOINT)
+    scan = scan_wal(b"junk" + record)
+    assert (len(scan.records), scan.corrupt_stretches, scan.corrupt_bytes) == (1, 1, 4)
+
+
+def test_a_record_right_after_one_stray_byte_is_found() -> None:
+    record = encode_record(CHECKPOINT)
+    assert scan_wal(b"E" + record).records == [((7, 42), CHECKPOINT)]
+
+
+def test_corrupt_bytes_add_up_over_stretches() -> None:
+    record = encode_record(CHECKPOINT)
+    scan = scan_wal(record + b"xx" + record + b"yyy" + record)
+    assert (len(scan.records), scan.corrupt_stretches, scan.corrupt_bytes) == (3, 2, 5)
