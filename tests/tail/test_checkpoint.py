@@ -557,8 +557,26 @@ def test_a_state_dir_is_created_with_its_parents(tmp_path: Path) -> None:
 
 def test_a_state_dir_that_cannot_be_read_raises_and_leaves_no_lock(tmp_path: Path) -> None:
     (tmp_path / WAL_NAME).mkdir()  # the WAL cannot be read
+    descriptors = sorted(os.listdir("/proc/self/fd"))
     with pytest.raises(IsADirectoryError):
         CheckpointStore(tmp_path, **QUIET)
+    assert sorted(os.listdir("/proc/self/fd")) == descriptors  # its own closed, no other one
     (tmp_path / WAL_NAME).rmdir()
     with CheckpointStore(tmp_path, **QUIET) as store:  # not "in use": the failed store released its lock
         store.update(identity(1), 10)
+
+
+def test_flush_of_a_fresh_store_returns_at_once(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        store.flush()
+        assert wal_records(tmp_path) == 0
+
+
+def test_a_failed_startup_snapshot_is_retried_without_any_update(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / (SNAPSHOT_NAME + ".tmp")
+    blocker.mkdir()
+    with caplog.at_level(logging.INFO, LOGGER), CheckpointStore(tmp_path, sync_batch=1000, interval_ms=3_600_000,
+                                                                snapshot_interval_ms=50):
+        blocker.rmdir()
+        assert wait_until(lambda: any(" work again " in m for m in caplog.messages))

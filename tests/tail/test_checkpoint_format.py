@@ -21,6 +21,7 @@ from edge.tail.checkpoint import (
     LOCK_NAME,
     RECORD_SIZE,
     SNAPSHOT_NAME,
+    WAL_NAME,
     Checkpoint,
     CheckpointStore,
     FileIdentity,
@@ -120,11 +121,11 @@ def test_the_lock_and_snapshot_files_are_not_executable_and_the_lock_holds_the_p
     umask = os.umask(0o022)
     try:
         with CheckpointStore(tmp_path / "new", **QUIET), CheckpointStore(tmp_path, **QUIET):
-            modes = [(tmp_path / "new" / name).stat().st_mode & 0o777 for name in (LOCK_NAME, SNAPSHOT_NAME)]
+            modes = [(tmp_path / "new" / name).stat().st_mode & 0o777 for name in (LOCK_NAME, SNAPSHOT_NAME, WAL_NAME)]
             assert (tmp_path / LOCK_NAME).read_bytes() == f"{os.getpid()}\n".encode()
     finally:
         os.umask(umask)
-    assert [oct(mode) for mode in modes] == ["0o644", "0o644"]
+    assert [oct(mode) for mode in modes] == ["0o644", "0o644", "0o644"]
 
 
 def test_a_lock_file_that_cannot_hold_the_pid_only_costs_a_debug_line(tmp_path: Path,
