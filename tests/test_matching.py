@@ -868,3 +868,56 @@ def test_caseless_follows_re2_unicode_folding(matcher):
     """§3 (RE2): under case folding U+017F (ſ) is an `s` and U+212A (K) a `k`; Hyperscan alone folds ASCII only."""
     bodies = ["ſB", "xx", "\u212aelvin sb", "plain"]
     assert _body_dropped(matcher, bodies) == {0, 2}
+
+
+@pytest.mark.parametrize("op", ["exact", "equals"])
+def test_caseless_exact_values_fold_long_s_as_re2_does(op):
+    """§3 (RE2): a case-insensitive exact value matches with ſ (U+017F) read as s, in any position."""
+    bodies = ["ſun", "SUN", "sun", "Sun ", "ſuſ", "\u212aun", "xun"]
+    assert _body_dropped({op: "sun", "case_insensitive": True}, bodies) == {0, 1, 2}
+    assert _body_dropped({op: "SUS", "case_insensitive": True}, bodies) == {4}
+
+
+def test_regex_match_in_the_first_record_counts_when_another_spans_two_records():
+    """A regex that can cross the separator (here `\\s`) sends the batch to per-match mapping; record 0 is a record."""
+    assert _body_dropped({"regex": r"x\s+y"}, ["x y", "x", "y", "a x  y"]) == {0, 3}
+
+
+@pytest.mark.parametrize(
+    "matcher",
+    [
+        {"regex": "[[:alpha:]]b", "case_insensitive": True},
+        {"regex": "(?i)sb"},
+        {"contains": "sB", "case_insensitive": True},
+        {"regex": "s[b]", "case_insensitive": True},
+    ],
+)
+def test_caseless_folds_long_s_in_a_batch_without_kelvin(matcher):
+    """§3 (RE2): ſ folds to s also when no record of the batch holds K (U+212A)."""
+    assert _body_dropped(matcher, ["xx", "ſB", "plain", "sb"]) == {1, 3}
+
+
+@pytest.mark.parametrize("matcher", [{"regex": "(?i)kb"}, {"contains": "Kb", "case_insensitive": True},
+                                     {"regex": "k[b]", "case_insensitive": True}])
+def test_caseless_folds_kelvin_in_a_batch_without_long_s(matcher):
+    """§3 (RE2): K (U+212A) folds to k also when no record of the batch holds ſ."""
+    assert _body_dropped(matcher, ["xx", "\u212ab", "plain", "kB"]) == {1, 3}
+
+
+@pytest.mark.parametrize(
+    "matcher,expected",
+    [
+        ({"datapoint_attribute": "n", "gt": 3}, {1}),
+        ({"datapoint_attribute": "n", "equals": 2}, {0}),
+        ({"datapoint_attribute": "n", "lte": 2}, {0}),
+    ],
+)
+def test_numeric_datapoint_conditions_fold_to_their_metric(matcher, expected):
+    """§3: a metric matches when any of its data points does; values are per data point, records per metric."""
+    def point(n: int) -> dict:
+        return {"attributes": [kv("n", {"intValue": str(n)})], "asInt": "1"}
+
+    metrics = [{"name": "two_points", "gauge": {"dataPoints": [point(1), point(2)]}},
+               {"name": "one_point", "gauge": {"dataPoints": [point(5)]}}]
+    doc = {"resourceMetrics": [{"resource": {}, "scopeMetrics": [{"scope": {}, "metrics": metrics}]}]}
+    assert _dropped("metric", [matcher], doc) == expected

@@ -349,3 +349,51 @@ def test_engine_fail_open_span_without_trace_id():
     assert evaluated.outcome.kept == 1
     span = orjson.loads(evaluated.body)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert span["traceState"] == "vendor=z"
+
+
+# ── boundaries (each pins one comparison of decide_span) ────────────────────
+
+
+def test_percentage_zero_drops_even_a_span_an_upstream_sampler_kept():
+    """§6: percentage <= 0 drops before anything else: no rv/th inconsistency or fail-open keeps it."""
+    assert sampling.decide_span(keep(0), tid(0), "ot=rv:00000000000001;th:8") == sampling.TraceDecision(False, None)
+    assert sampling.decide_span(keep(0, fail_closed=False), None, "") == sampling.TraceDecision(False, None)
+
+
+def test_percentage_one_is_sampled_not_dropped():
+    decision = sampling.decide_span(keep(1), tid(SPACE - 1), "")
+    assert decision.keep and decision.tracestate == "ot=th:fd7"
+
+
+@pytest.mark.parametrize("mode", [HASH_SEED, PROPORTIONAL, EQUALIZING])
+def test_percentage_hundred_keeps_whatever_the_incoming_threshold_or_trace_id(mode):
+    """§6: >= 100 keeps and writes th:0, also over an incoming threshold and without a trace id."""
+    assert sampling.decide_span(keep(100, mode), tid(0), "ot=th:8") == sampling.TraceDecision(True, "ot=th:0")
+    assert sampling.decide_span(keep(100, mode), None, "") == sampling.TraceDecision(True, "ot=th:0")
+    assert sampling.decide_span(keep(100, mode, precision=14), tid(0), "") == sampling.TraceDecision(True, "ot=th:0")
+
+
+def test_rv_equal_to_th_is_consistent():
+    """§6: only rv < th is inconsistent; rv == th is decided normally with R = rv."""
+    assert not sampling.decide_span(keep(25), tid(SPACE - 1), "ot=rv:80000000000000;th:8").keep
+    assert sampling.decide_span(keep(50), tid(0), "ot=rv:80000000000000;th:8").keep
+
+
+def test_equalizing_incoming_threshold_equal_to_target_is_decided_by_r():
+    """§6: only an incoming threshold above the target keeps unconditionally."""
+    assert not sampling.decide_span(keep(50, EQUALIZING), tid(0), "ot=th:8").keep
+    decision = sampling.decide_span(keep(50, EQUALIZING), tid(SPACE - 1), "ot=th:8")
+    assert decision.keep and decision.tracestate == "ot=th:8"
+
+
+def test_equalizing_writes_the_incoming_threshold_at_the_policy_precision():
+    decision = sampling.decide_span(keep(50, EQUALIZING, precision=4), tid(0), "ot=th:c123456")
+    assert decision == sampling.TraceDecision(True, "ot=th:c123")
+
+
+def test_tracestate_parse_skips_empty_entries_and_splits_sub_keys_at_the_first_colon():
+    state = sampling.TraceState.parse(", x=1,, ot=p:a:b;;th:8 ,y=2,")
+    assert state.others == ["x=1", "y=2"]
+    assert state.ot == [("p", "a:b"), ("th", "8")]
+    assert state.with_threshold(None) == "ot=p:a:b,x=1,y=2"
+    assert sampling.TraceState.parse("x=1").with_threshold(None) == "x=1"

@@ -296,6 +296,15 @@ def test_rename_target_exists_with_upsert_overwrites():
 
 
 @pytest.mark.parametrize("upsert", [False, True])
+def test_rename_to_itself_is_a_noop(upsert):
+    """§5: a rename whose target is its source changes nothing (a stage miss)."""
+    rename = {"from_log_attribute": "user", "to": "user", "upsert": upsert}
+    _, engine, body, raw = _apply([_policy({"rename": [rename]})])
+    assert raw == body
+    assert _stages(engine)["rename"] == [0, 1]
+
+
+@pytest.mark.parametrize("upsert", [False, True])
 def test_rename_absent_source_is_a_noop(upsert):
     """§5: source absent -> no-op, with or without upsert."""
     _, engine, body, raw = _apply(

@@ -6,9 +6,11 @@ killed tailer would.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.tail import checkpoint as checkpoint_module
 from edge.tail.checkpoint import (
     RECORD_SIZE,
     SNAPSHOT_NAME,
@@ -28,6 +31,7 @@ from edge.tail.checkpoint import (
     CheckpointStore,
     FileIdentity,
     StateDirInUse,
+    decode_snapshot,
     encode_record,
     fingerprint,
     scan_wal,
@@ -116,7 +120,8 @@ def test_flipped_bit_mid_wal_costs_only_that_record(tmp_path: Path, caplog: pyte
     wal.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
         assert offsets(store, range(1, 4)) == {1: 10, 2: 21, 3: 30}  # file 1 falls back, never ahead
-    assert "skipped 1 corrupt stretch(es), 56 bytes" in caplog.text
+    assert caplog.messages == [f"checkpoint WAL {wal}: skipped 1 corrupt stretch(es), 56 bytes; files they covered "
+                               "resume from an earlier checkpoint"]
 
 
 def test_torn_trailing_record_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -157,7 +162,8 @@ def test_corrupt_snapshot_is_set_aside_and_the_wal_still_replayed(tmp_path: Path
     with caplog.at_level(logging.WARNING, LOGGER), CheckpointStore(tmp_path, **QUIET) as store:
         assert offsets(store, range(1, 4)) == {1: None, 2: None, 3: 30}  # those files restart, none skipped
     assert (tmp_path / (SNAPSHOT_NAME + ".corrupt")).read_bytes() == bytes(data)
-    assert "is corrupt: set aside" in caplog.text
+    assert caplog.messages == [f"checkpoint snapshot {snapshot} is corrupt: set aside as {SNAPSHOT_NAME}.corrupt, "
+                               "replaying the WAL alone"]
     with CheckpointStore(tmp_path, **QUIET) as store:  # the fresh snapshot is good
         assert offsets(store, range(1, 4)) == {1: None, 2: None, 3: 30}
 
@@ -368,3 +374,209 @@ def test_out_of_range_offset_raises_in_the_caller(tmp_path: Path) -> None:
         store.update(identity(1), 5)  # the store still works
     with CheckpointStore(tmp_path, **QUIET) as store:
         assert store.lookup(7, 1, head_of(1)).offset == 5
+
+
+def files_at_crash(state_dir: Path, copy: Path) -> Path:
+    """The state dir's files as a crash would leave them now (no snapshot at close): copied aside."""
+    copy.mkdir()
+    for name in (SNAPSHOT_NAME, WAL_NAME):
+        (copy / name).write_bytes((state_dir / name).read_bytes())
+    return copy
+
+
+def test_a_forget_survives_a_crash_as_a_tombstone(tmp_path: Path) -> None:
+    """Replayed from the WAL (no snapshot at close), a forgotten file has no checkpoint, not offset 0."""
+    with CheckpointStore(tmp_path / "state", **QUIET) as store:
+        store.update(identity(1), 10)
+        store.update(identity(2), 20)
+        store.flush()
+        store.forget(identity(1))
+        store.update(identity(3), 30)  # file 3 comes and goes within one batch: only its tombstone is written
+        store.forget(identity(3))
+        store.flush()
+        crashed = files_at_crash(tmp_path / "state", tmp_path / "crashed")
+    with CheckpointStore(crashed, **QUIET) as store:
+        assert offsets(store, range(1, 4)) == {1: None, 2: 20, 3: None}
+
+
+def test_an_update_after_a_forget_in_one_batch_wins_after_a_crash(tmp_path: Path) -> None:
+    """Updates, a forget and a new update of one file coalesce before the WAL write: the newest record wins."""
+    with CheckpointStore(tmp_path / "state", **QUIET) as store:
+        store.update(identity(1), 10)
+        store.forget(identity(1))
+        store.update(identity(1), 20)
+        store.flush()
+        crashed = files_at_crash(tmp_path / "state", tmp_path / "crashed")
+    with CheckpointStore(crashed, **QUIET) as store:
+        assert offsets(store, range(1, 2)) == {1: 20}
+
+
+def test_after_a_periodic_snapshot_the_writer_goes_on_and_idles(tmp_path: Path) -> None:
+    """A snapshot leaves nothing dirty: no snapshot is rewritten until an update, and later updates still reach
+    the WAL."""
+    with CheckpointStore(tmp_path, sync_batch=1000, interval_ms=3_600_000, snapshot_interval_ms=100) as store:
+        store.update(identity(1), 10)
+        snapshot = tmp_path / SNAPSHOT_NAME
+
+        def snapshotted() -> bool:
+            found = decode_snapshot(snapshot.read_bytes()) or []
+            return [(c.identity, c.offset) for c in found] == [(identity(1), 10)]
+
+        assert wait_until(snapshotted)
+
+        def version() -> tuple[int, int]:  # each snapshot is a new file renamed into place
+            st = snapshot.stat()
+            return st.st_ino, st.st_mtime_ns
+
+        written = version()
+        assert not wait_until(lambda: version() != written, 0.5), "an unchanged table was snapshotted again"
+        store.update(identity(2), 20)
+        store.flush()
+        assert wal_records(tmp_path) == 1
+
+
+def test_sync_batch_counts_again_from_zero_after_each_write(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, sync_batch=3, **QUIET) as store:
+        for inode in range(3):
+            store.update(identity(inode), 1)
+        assert wait_until(lambda: wal_records(tmp_path) == 3)
+        for inode in range(3, 5):
+            store.update(identity(inode), 1)
+        assert not wait_until(lambda: wal_records(tmp_path) > 3, 0.3), "written before the second batch was full"
+        store.update(identity(5), 1)
+        assert wait_until(lambda: wal_records(tmp_path) == 6)
+
+
+# -- write failures ---------------------------------------------------------------------------------
+# Real failures: the child process may not grow a file past a size (RLIMIT_FSIZE, SIGXFSZ ignored), so
+# writes past it fail with EFBIG, as they would with ENOSPC on a full disk.
+
+FAILING_WRITES = """
+import json, logging, resource, signal, sys, time
+from edge.tail.checkpoint import CheckpointStore, FileIdentity
+
+messages = []
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        messages.append(record.getMessage())
+
+logging.getLogger("edge.tail.checkpoint").addHandler(Keep())
+logging.getLogger("edge.tail.checkpoint").setLevel(logging.INFO)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+def limit(size):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+def until(condition):
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out; log: {messages}")
+        time.sleep(0.01)
+
+def count(text):
+    return sum(text in m for m in messages)
+
+def update(inode):
+    store.update(FileIdentity(7, inode, 0, 0), inode * 10)
+"""
+
+
+def run_failing_writes(state_dir: Path, steps: str) -> list[str]:
+    """Run FAILING_WRITES + `steps` in a child; its checkpoint log lines."""
+    script = FAILING_WRITES + textwrap.dedent(steps) + "\nprint(json.dumps(messages))\n"
+    proc = subprocess.run([sys.executable, "-c", script, str(state_dir)], cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def failed(state_dir: Path, error: str = "[Errno 27] File too large") -> str:
+    return (f"checkpoint write in {state_dir} failed: {error}; tailing goes on, checkpoints are kept in memory "
+            "and retried with the next snapshot")
+
+
+def test_wal_writes_that_work_again_are_not_a_recovery_until_a_snapshot_lands(tmp_path: Path) -> None:
+    """Only a snapshot puts the whole table back on disk: a WAL append that works proves nothing yet."""
+    messages = run_failing_writes(tmp_path, f"""
+        store = CheckpointStore({str(tmp_path)!r}, interval_ms=3_600_000, snapshot_interval_ms=3_600_000)
+        limit(20)  # the 16-byte startup snapshot is written; a 48-byte WAL record is not
+        update(1)
+        store.flush()
+        limit(resource.RLIM_INFINITY)
+        update(2)
+        store.flush()
+        messages.append("WAL written")
+        store.close()
+    """)
+    assert messages == [failed(tmp_path), "WAL written",
+                        f"checkpoint writes in {tmp_path} work again after 1 failure(s)"]
+
+
+def test_a_failing_snapshot_is_retried_logged_by_streak_and_its_recovery_told(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: a directory in the way of the snapshot's temp file makes every snapshot fail (EISDIR)."""
+    monkeypatch.setattr(checkpoint_module, "FAILURE_LOG_INTERVAL_S", 2.0)  # the 5-minute reminder, shortened
+    blocker = tmp_path / (SNAPSHOT_NAME + ".tmp")
+    blocker.mkdir()
+    error = f"[Errno 21] Is a directory: '{blocker}'"
+
+    def lines(text: str) -> list[str]:
+        return [m for m in caplog.messages if text in m]
+
+    with caplog.at_level(logging.INFO, LOGGER), CheckpointStore(tmp_path, sync_batch=1000, interval_ms=3_600_000,
+                                                                snapshot_interval_ms=50) as store:
+        assert caplog.messages == [failed(tmp_path, error)]  # the startup snapshot
+        store.update(identity(1), 10)
+        store.flush()
+        assert wal_records(tmp_path) == 1 and lines(" work again ") == []  # a WAL append is no recovery
+        assert wait_until(lambda: lines(" still failing "))
+        prefix = f"checkpoint writes in {tmp_path} still failing ("
+        reminder = re.fullmatch(re.escape(prefix) + r"(\d+) failures so far\): " + re.escape(error),
+                                lines(" still failing ")[0])
+        assert reminder and int(reminder.group(1)) > 2  # retried every 50 ms, reminded only after 2 s
+        blocker.rmdir()  # no update needed: the failed snapshot is retried
+        assert wait_until(lambda: lines(" work again "))
+        assert re.fullmatch(rf"checkpoint writes in {re.escape(str(tmp_path))} work again after \d+ failure\(s\)",
+                            lines(" work again ")[0])
+        blocker.mkdir()
+        store.update(identity(2), 20)  # a new streak of failures is logged as one again
+        assert wait_until(lambda: len(lines(" failed: ")) == 2)
+        assert lines(" failed: ") == [failed(tmp_path, error)] * 2
+        blocker.rmdir()
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        assert offsets(store, range(1, 3)) == {1: 10, 2: 20}
+
+
+def test_a_state_dir_is_created_with_its_parents(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "var" / "lib" / "edge-tail", **QUIET) as store:
+        store.update(identity(1), 10)
+    assert (tmp_path / "var" / "lib" / "edge-tail" / SNAPSHOT_NAME).exists()
+
+
+def test_a_state_dir_that_cannot_be_read_raises_and_leaves_no_lock(tmp_path: Path) -> None:
+    (tmp_path / WAL_NAME).mkdir()  # the WAL cannot be read
+    descriptors = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(IsADirectoryError):
+        CheckpointStore(tmp_path, **QUIET)
+    assert sorted(os.listdir("/proc/self/fd")) == descriptors  # its own closed, no other one
+    (tmp_path / WAL_NAME).rmdir()
+    with CheckpointStore(tmp_path, **QUIET) as store:  # not "in use": the failed store released its lock
+        store.update(identity(1), 10)
+
+
+def test_flush_of_a_fresh_store_returns_at_once(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path, **QUIET) as store:
+        store.flush()
+        assert wal_records(tmp_path) == 0
+
+
+def test_a_failed_startup_snapshot_is_retried_without_any_update(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / (SNAPSHOT_NAME + ".tmp")
+    blocker.mkdir()
+    with caplog.at_level(logging.INFO, LOGGER), CheckpointStore(tmp_path, sync_batch=1000, interval_ms=3_600_000,
+                                                                snapshot_interval_ms=50):
+        blocker.rmdir()
+        assert wait_until(lambda: any(" work again " in m for m in caplog.messages))
