@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from edge.tail.checkpoint import FINGERPRINT_BYTES, FileIdentity, fingerprint
-from edge.tail.reader import Block, LineCutter, TailedFile, display, file_kind, identity_of
+from edge.tail.reader import LineCutter, TailedFile, display, file_kind, identity_of
 
 
-def blocks(cutter: LineCutter, *chunks: bytes) -> list[tuple[bytes, int, bool]]:
-    """Feed `chunks` as one stream; every block delivered, as (data, end offset, passthrough)."""
-    out: list[tuple[bytes, int, bool]] = []
+def blocks(cutter: LineCutter, *chunks: bytes) -> list[tuple[bytes, int]]:
+    """Feed `chunks` as one stream; every block delivered, as (data, end offset)."""
+    out: list[tuple[bytes, int]] = []
     offset = 0
     for chunk in chunks:
         offset += len(chunk)
-        out += [(b.data, b.end_offset, b.passthrough) for b in cutter.feed(chunk, offset)]
+        out += [(b.data, b.end_offset) for b in cutter.feed(chunk, offset)]
     return out
 
 
@@ -58,7 +58,7 @@ def test_block_devices_and_other_modes_are_named() -> None:
 
 def test_complete_lines_are_delivered_and_the_partial_last_line_is_held() -> None:
     cutter = LineCutter(max_line=100)
-    assert blocks(cutter, b"one\ntwo\nthr") == [(b"one\ntwo\n", 8, False)]
+    assert blocks(cutter, b"one\ntwo\nthr") == [(b"one\ntwo\n", 8)]
     assert cutter.pending == b"thr"
     assert cutter.feed(b"ee", 13) == []
     assert [(b.data, b.end_offset) for b in cutter.feed(b"\nfour\n", 19)] == [(b"three\nfour\n", 19)]
@@ -67,32 +67,38 @@ def test_complete_lines_are_delivered_and_the_partial_last_line_is_held() -> Non
 
 def test_a_partial_line_of_exactly_max_line_bytes_is_still_held() -> None:
     cutter = LineCutter(max_line=5)
-    assert blocks(cutter, b"a\n12345") == [(b"a\n", 2, False)]
+    assert blocks(cutter, b"a\n12345") == [(b"a\n", 2)]
     assert cutter.pending == b"12345" and not cutter.in_long_line
 
 
-def test_a_partial_line_past_max_line_streams_out_unevaluated_to_its_newline() -> None:
+def test_complete_lines_over_max_line_are_cut_to_their_first_bytes() -> None:
+    cutter = LineCutter(max_line=3)
+    assert blocks(cutter, b"abcdef\nxy\nlonger\n") == [(b"abc\nxy\nlon\n", 17)]
+
+
+def test_a_partial_line_past_max_line_is_cut_and_its_rest_skipped_to_its_newline() -> None:
+    """The cut line is delivered at once; the skipped rest still moves the position (empty blocks)."""
     cutter = LineCutter(max_line=5)
     assert blocks(cutter, b"ok\n123456", b"789", b"0\nnext\n") == [
-        (b"ok\n", 3, False),
-        (b"123456", 9, True),
-        (b"789", 12, True),
-        (b"0\n", 14, True),
-        (b"next\n", 19, False),
+        (b"ok\n", 3),
+        (b"12345\n", 9),
+        (b"", 12),
+        (b"", 14),
+        (b"next\n", 19),
     ]
     assert cutter.pending == b"" and not cutter.in_long_line
 
 
-def test_the_end_of_a_long_line_alone_returns_only_its_passthrough_block() -> None:
+def test_the_end_of_a_long_line_alone_returns_only_its_skip() -> None:
     cutter = LineCutter(max_line=2)
-    assert blocks(cutter, b"abcd", b"e\n") == [(b"abcd", 4, True), (b"e\n", 6, True)]
+    assert blocks(cutter, b"abcd", b"e\n") == [(b"ab\n", 4), (b"", 6)]
     assert cutter.feed(b"x", 7) == []
     assert cutter.pending == b"x"
 
 
 def test_a_long_line_ending_at_the_start_of_a_read_ends_there() -> None:
     cutter = LineCutter(max_line=2)
-    assert blocks(cutter, b"abcd", b"\nnext\n") == [(b"abcd", 4, True), (b"\n", 5, True), (b"next\n", 10, False)]
+    assert blocks(cutter, b"abcd", b"\nnx\n") == [(b"ab\n", 4), (b"", 5), (b"nx\n", 8)]
     assert not cutter.in_long_line
 
 
@@ -101,15 +107,16 @@ def test_take_partial_completes_the_held_line_with_a_newline() -> None:
     assert cutter.take_partial(0) is None
     cutter.feed(b"a\nbc", 4)
     block = cutter.take_partial(4)
-    assert (block.data, block.end_offset, block.passthrough) == (b"bc\n", 4, False)
+    assert (block.data, block.end_offset) == (b"bc\n", 4)
     assert cutter.take_partial(4) is None
 
 
-def test_take_partial_of_an_over_long_line_is_passthrough() -> None:
+def test_take_partial_of_an_over_long_line_only_ends_the_skip() -> None:
+    """Its cut head was delivered already: what is left is the position, nothing more."""
     cutter = LineCutter(max_line=2)
-    cutter.feed(b"abcdef", 6)
+    assert blocks(cutter, b"abcdef") == [(b"ab\n", 6)]
     block = cutter.take_partial(6)
-    assert (block.data, block.end_offset, block.passthrough) == (b"\n", 6, True)
+    assert (block.data, block.end_offset) == (b"", 6)
     assert not cutter.in_long_line
     assert cutter.take_partial(6) is None
 
@@ -119,7 +126,7 @@ def test_reset_forgets_the_partial_line_and_the_long_line_state() -> None:
     cutter.feed(b"abcdef", 6)
     cutter.reset()
     assert (cutter.pending, cutter.in_long_line) == (b"", False)
-    assert blocks(cutter, b"x\n") == [(b"x\n", 2, False)]
+    assert blocks(cutter, b"x\n") == [(b"x\n", 2)]
 
 
 # -- one tailed file ----------------------------------------------------------------------------------
@@ -295,10 +302,6 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         os.fstat(fd)
     tailed.close()
-
-
-def test_block_defaults_to_evaluated_lines() -> None:
-    assert Block(b"a\n", 2).passthrough is False
 
 
 def test_a_file_on_descriptor_0_is_closed_too(tmp_path: Path) -> None:
