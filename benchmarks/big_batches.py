@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BenchmarkError, CountingUpstream, free_port, wait_policies  # noqa: E402
+from benchmarks.common import BenchmarkError, CountingUpstream, free_port, stop_process, wait_policies  # noqa: E402
 
 EDGE = Path(sys.executable).parent / "edge"
 RECORD_BYTES = 3000
@@ -77,12 +76,7 @@ def running_edge(upstream_url: str) -> Iterator[tuple[int, psutil.Process]]:
                 raise BenchmarkError(f"expected one gunicorn worker, found {len(workers)}")
             yield port, workers[0]
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
 
 
 def post(port: int, body: bytes, content_type: str) -> float:

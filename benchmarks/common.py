@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -99,6 +100,16 @@ def wait_policies(base_url: str, ids: Iterable[str], timeout: float = 30.0,
 
 
 # ── memory ──
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM, as edge is stopped in production; SIGKILL when it has not exited within `timeout`."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -26,7 +26,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,15 @@ import aiohttp  # noqa: E402
 import grpc  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from benchmarks.common import ROOT, BenchmarkError, LoopbackUpstream, free_port, median_best, wait_policies  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    BenchmarkError,
+    LoopbackUpstream,
+    free_port,
+    median_best,
+    stop_process,
+    wait_policies,
+)
 from benchmarks.engine import CORE_POLICIES, SERVICES, _protobuf_body, make_request  # noqa: E402
 
 LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
@@ -209,11 +216,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         asyncio.run(measure(args, edge, edge_port, grpc_port, echo, echo_port))
     finally:
         for process in (edge, echo):
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process, 20)
         upstream.stop()
 
 

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import signal
 import socket
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BenchmarkError, LoopbackUpstream, free_port, wait_policies  # noqa: E402
+from benchmarks.common import BenchmarkError, LoopbackUpstream, free_port, stop_process, wait_policies  # noqa: E402
 
 EDGE = Path(sys.executable).parent / "edge"
 RELOAD_PROMISE_S = 2.0  # README: a file provider's policies are reloaded within 2 s of a change
@@ -112,12 +111,7 @@ def running_edge(upstream: HoldingUpstream, policies: list[dict[str, Any]],
             log = (tmp / "edge.log").read_text(errors="replace")[-3000:]
             raise BenchmarkError(f"{exc}; edge's log:\n{log}") from None
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
 
 
 def timed_request(port: int, method: str, path: str, body: bytes | None = None,

@@ -24,7 +24,6 @@ import gzip
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from benchmarks.common import (  # noqa: E402
     CountingUpstream,
     free_port,
     median_best,
+    stop_process,
     tree_rss_mb,
     wait_policies,
 )
@@ -241,11 +241,7 @@ def run(duration: float, interval: float, concurrency: int, workers: int, slope_
         elapsed = time.monotonic() - started  # the load alone, not the shutdown below
         time.sleep(0.5)  # the last answers are in; let the upstream finish counting
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         upstream.stop()
     summary.requests_per_s = round(summary.requests / elapsed, 1)
     if summary.interval_rates:
