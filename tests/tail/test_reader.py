@@ -76,6 +76,12 @@ def test_complete_lines_over_max_line_are_cut_to_their_first_bytes() -> None:
     assert blocks(cutter, b"abcdef\nxy\nlonger\n") == [(b"abc\nxy\nlon\n", 17)]
 
 
+def test_a_line_one_byte_over_max_line_is_cut_and_one_of_max_line_is_not() -> None:
+    """The edges of the fast path that returns a block untouched when no line can be too long."""
+    assert blocks(LineCutter(max_line=3), b"abcd\n") == [(b"abc\n", 5)]
+    assert blocks(LineCutter(max_line=3), b"abc\n") == [(b"abc\n", 4)]
+
+
 def test_a_partial_line_past_max_line_is_cut_and_its_rest_skipped_to_its_newline() -> None:
     """The cut line is delivered at once; the skipped rest still moves the position (empty blocks)."""
     cutter = LineCutter(max_line=5)
