@@ -10,9 +10,13 @@ closing gunicorn's copy really stops accepting while the workers drain.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
+from pathlib import Path
 
 BACKLOG = 2048  # gunicorn's default: connections arriving while workers boot wait here
+TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+LISTEN = "0A"  # the state column of a listening socket in those tables
 
 
 class ListenError(Exception):
@@ -66,9 +70,43 @@ def reserve_port(address: str, port: int, section: str) -> socket.socket:
     family, sockaddr = resolve(address, port, section)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if port and _listened_on(ipaddress.ip_address(sockaddr[0]), port):
+            raise OSError(errno.EADDRINUSE, "in use")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
     except OSError as exc:
         sock.close()
         raise _bind_failure(exc, address, port, section) from None
     return sock
+
+
+def _listened_on(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    """Whether a socket already listens on `port` at `address`, the wildcard, or any address if ours is it.
+
+    SO_REUSEPORT lets every process of the same user bind a port that is in use: a second edge
+    (another team's, another config) would silently share the gRPC port and take half of the
+    calls. The bind alone cannot tell, so the kernel's socket tables are asked first (a probe bind
+    without SO_REUSEPORT would also fail on the TIME_WAIT connections of our own last run).
+    """
+    for table in TCP_TABLES:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            hex_address, hex_port = local.rsplit(":", 1)
+            if state != LISTEN or int(hex_port, 16) != port:
+                continue
+            other = _table_address(hex_address)
+            if other.is_unspecified or address.is_unspecified or other == address:
+                return True
+    return False
+
+
+def _table_address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp* writes it: 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    return address.ipv4_mapped or address if isinstance(address, ipaddress.IPv6Address) else address

@@ -481,6 +481,19 @@ def test_grpc_port_in_use_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
         f"cannot listen on 127.0.0.1:{port}: the port is already in use (config key grpc.listen_port)")
 
 
+def test_a_second_edge_on_the_same_grpc_port_is_refused_not_sharing_it(edge: GrpcEdge, tmp_path: Path) -> None:
+    """SO_REUSEPORT would let it bind and take half of the first edge's calls: it exits 2 instead."""
+    config = tmp_path / "second.json"
+    config.write_text(orjson.dumps({"listen_port": free_port(), "workers": 1,
+                                    "grpc": {"listen_port": edge.grpc_port}}).decode())
+    result = subprocess.run([str(EDGE_SCRIPT), str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    (line,) = (result.stdout + result.stderr).splitlines()
+    assert orjson.loads(line)["msg"] == (f"cannot listen on 127.0.0.1:{edge.grpc_port}: the port is already "
+                                         "in use (config key grpc.listen_port)")
+    assert edge.proc is not None and edge.proc.poll() is None
+
+
 def test_grpc_can_be_disabled(tmp_path: Path, upstream: RecordingUpstream) -> None:
     edge = EdgeProcess(tmp_path, upstream.url, POLICIES, workers=1, grpc={"enabled": False}).start()
     try:
