@@ -32,7 +32,7 @@ class UpstreamBody:
 
     async def __anext__(self) -> bytes:
         try:
-            chunk = await self.response.content.readany()
+            chunk = await self.upstream.read(self.response)
         except Exception as exc:  # noqa: BLE001 - headers are gone: abort the client connection
             raise self.upstream.failed(exc, self.response.url) from exc
         if not chunk:

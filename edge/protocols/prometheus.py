@@ -265,14 +265,13 @@ class FilteredScrape:
 
     async def _reads(self) -> AsyncIterator[bytes]:
         """The upstream body in pieces of at least READ_SIZE bytes (except the last)."""
-        content = self.response.content
         parts: list[bytes] = []
         size = 0
         while True:
             deadline = asyncio.timeout_at(self.deadline)
             try:
                 async with deadline:
-                    chunk = await content.readany()
+                    chunk = await self.upstream.read(self.response)
             except Exception as exc:  # noqa: BLE001 - the headers are out: abort the client connection
                 if not deadline.expired():  # the upstream failed or was silent for upstream_timeout
                     raise self.upstream.failed(exc) from exc

@@ -16,6 +16,7 @@ verifies TLS certificates unless `tls_insecure_skip_verify` is set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -154,8 +155,12 @@ class Upstream:
         self.session: aiohttp.ClientSession | None = None
         t = config.upstream_timeout
         self.timeout = aiohttp.ClientTimeout(total=t)
-        # Streamed bodies may take long as a whole: bound connecting and every read instead.
-        self.stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+        # Streamed bodies may take long as a whole: connecting is bounded here, the wait for the
+        # headers and every read of the body in `open` and `read`. Not with aiohttp's sock_read: its
+        # timer restarts when reading resumes after a pause, even once the body has ended, so it can
+        # outlive the response and fail the next request on the pooled connection at once
+        # ("Timeout on reading data from socket", answered 504 in a millisecond).
+        self.stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t)
 
     async def start(self) -> None:
         if self.session is not None:
@@ -195,14 +200,21 @@ class Upstream:
             await self.start()
         assert self.session is not None
         try:
-            response = await self.session.request(method, target, headers=headers, data=data,
-                                                  allow_redirects=False, compress=None,
-                                                  timeout=self.stream_timeout if streaming else self.timeout)
+            async with asyncio.timeout(self.config.upstream_timeout if streaming else None):
+                response = await self.session.request(method, target, headers=headers, data=data,
+                                                      allow_redirects=False, compress=None,
+                                                      timeout=self.stream_timeout if streaming else self.timeout)
         except Exception as exc:  # noqa: BLE001
             raise self.failed(exc, target) from None
         if response.status >= 500 or response.status == 413:
             answered(target, response.status)
         return response
+
+    async def read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The next piece of a streamed body (b"" at its end); TimeoutError when the upstream is silent
+        for `upstream_timeout`."""
+        async with asyncio.timeout(self.config.upstream_timeout):
+            return await response.content.readany()
 
     def failed(self, exc: BaseException, target: URL | None = None) -> UpstreamError:
         """Count and log (rate-limited, per upstream) a request that got no usable answer."""
