@@ -20,8 +20,9 @@ from edge.formats.lines.patterns import Fields, fields_parser
 from edge.formats.lines.records import DEFAULT_NAMES, FILE_PATH_ATTRIBUTE, FieldNames, Record, from_fields
 
 SCOPE_NAME = "edge-tail"
-Groups = Iterable[tuple[str, list[bytes]]]
-Parser = Callable[[bytes], Record]
+Groups = Iterable[tuple[str, list[Record]]]  # (source file, its records)
+Parser = Callable[[list[bytes]], list[Record]]  # a block's lines (or multi-line records) → records
+Encoder = Callable[[Groups, Mapping[str, str], int], bytes]
 
 
 def _raw(line: bytes) -> Record:
@@ -32,16 +33,16 @@ def _raw(line: bytes) -> Record:
 
 
 def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES, fields: Fields | None = None) -> Parser:
-    """How one line of `fmt` becomes a record; a line without fields is a raw record (never lost)."""
+    """How the lines of `fmt` become records; a line without fields is a raw record (never lost)."""
     if fmt == "raw":
-        return _raw
+        return lambda lines: list(map(_raw, lines))
     fields = fields or fields_parser(fmt)
 
-    def parse(line: bytes) -> Record:
+    def one(line: bytes) -> Record:
         text = line.decode("utf-8", "replace")
         doc = fields(line, text)
         return from_fields(doc, text, names) if doc else _raw(line)
-    return parse
+    return lambda lines: list(map(one, lines))
 
 
 # ── protobuf ──
@@ -78,7 +79,7 @@ def set_any(target: AnyValue, value: Any) -> None:
     # None: an empty AnyValue
 
 
-def encode_protobuf(groups: Groups, parse: Parser, resource: Mapping[str, str], observed_ns: int) -> bytes:
+def encode_protobuf(groups: Groups, resource: Mapping[str, str], observed_ns: int) -> bytes:
     request = ExportLogsServiceRequest()
     resource_logs = request.resource_logs.add()
     for key, value in resource.items():
@@ -89,9 +90,8 @@ def encode_protobuf(groups: Groups, parse: Parser, resource: Mapping[str, str], 
     scope_logs.scope.name = SCOPE_NAME
     scope_logs.scope.version = __version__
     records = scope_logs.log_records
-    for source, lines in groups:
-        for line in lines:
-            parsed = parse(line)
+    for source, parsed_records in groups:
+        for parsed in parsed_records:
             record = records.add()
             record.observed_time_unix_nano = observed_ns
             record.time_unix_nano = parsed.time_ns
@@ -154,9 +154,9 @@ def _json_record(parsed: Record, source: str, observed: str) -> dict[str, Any]:
     return record
 
 
-def encode_json(groups: Groups, parse: Parser, resource: Mapping[str, str], observed_ns: int) -> bytes:
+def encode_json(groups: Groups, resource: Mapping[str, str], observed_ns: int) -> bytes:
     observed = str(observed_ns)
-    records = [_json_record(parse(line), source, observed) for source, lines in groups for line in lines]
+    records = [_json_record(record, source, observed) for source, parsed in groups for record in parsed]
     doc = {"resourceLogs": [{
         "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]},
         "scopeLogs": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "logRecords": records}],
@@ -164,4 +164,5 @@ def encode_json(groups: Groups, parse: Parser, resource: Mapping[str, str], obse
     return orjson.dumps(doc)
 
 
-ENCODERS = {"protobuf": (encode_protobuf, "application/x-protobuf"), "json": (encode_json, "application/json")}
+ENCODERS: dict[str, tuple[Encoder, str]] = {"protobuf": (encode_protobuf, "application/x-protobuf"),
+                                            "json": (encode_json, "application/json")}

@@ -6,6 +6,8 @@ severity, body, time and trace context (`edge.formats.lines.records`), any other
 an attribute. The four default patterns cover the text layouts of common frameworks;
 `--patterns FILE` puts the user's patterns (one per line, `#` comments) before them.
 `auto` tries a JSON object, then a line made only of logfmt pairs, then the patterns.
+The defaults' message takes the rest of the record, line breaks included, so a multi-line
+record (`--multiline-start`) keeps its continuation lines in its body.
 A line nothing matches has no fields: it is forwarded whole, never dropped.
 Patterns are RE2 (linear time whatever the line), the engine the policies use too.
 """
@@ -23,15 +25,15 @@ import re2
 _LEVEL = r"(?P<level>[A-Za-z]+)"
 DEFAULT_PATTERNS = (
     # [2023-12-01T10:30:45Z] ERROR: message
-    r"^\[(?P<timestamp>[^\]]+)\]\s+" + _LEVEL + r":?\s+(?P<message>.*)$",
+    r"^\[(?P<timestamp>[^\]]+)\]\s+" + _LEVEL + r":?\s+(?P<message>(?s:.*))$",
     # 2023/12/01 10:30:45 [error] message
-    r"^(?P<timestamp>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?)\s+\[" + _LEVEL + r"\]\s+(?P<message>.*)$",
+    r"^(?P<timestamp>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?)\s+\[" + _LEVEL + r"\]\s+(?P<message>(?s:.*))$",
     # 2023-12-01 10:30:45.123 ERROR [trace-id,span-id] --- message
     r"^(?P<timestamp>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)\s+" + _LEVEL
-    + r"\s+\[(?P<trace_id>[^,\]]*),(?P<span_id>[^,\]]*)\]\s+---\s+(?P<message>.*)$",
+    + r"\s+\[(?P<trace_id>[^,\]]*),(?P<span_id>[^,\]]*)\]\s+---\s+(?P<message>(?s:.*))$",
     # ERROR: message
     r"^(?P<level>(?i:trace|debug|info|notice|warn|warning|error|err|critical|crit|fatal|panic)):\s+"
-    r"(?P<message>.*)$",
+    r"(?P<message>(?s:.*))$",
 )
 _LOGFMT_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
 _LOGFMT_LINE = re.compile(r'\s*(?:[^\s=]+=(?:"(?:[^"\\]|\\.)*"|[^\s"]*)\s*)+')
