@@ -65,8 +65,10 @@ def _joined(joiner: RecordJoiner | None, blocks: list[Block]) -> list[Block]:
 
 
 def run_stdin(settings: TailSettings, line_filter: Filter, sink: Sink, stop: threading.Event,
-              fd: int = 0, multiline: Multiline | None = None) -> None:
-    """Read `fd` to EOF (or until `stop`), delivering complete lines (or records); the last partial one too."""
+              fd: int = 0, multiline: Multiline | None = None) -> int:
+    """Read `fd` to EOF (or until `stop`), delivering complete lines (or records); the last partial one too.
+
+    Returns how many bytes were read."""
     joiner = multiline.joiner(settings.max_line) if multiline is not None else None
     cutter = LineCutter(settings.max_line, cut_lines=joiner is None)
     offset = 0
@@ -90,6 +92,7 @@ def run_stdin(settings: TailSettings, line_filter: Filter, sink: Sink, stop: thr
         pending = joiner.take_pending() if joiner is not None else None
         for block in rest + ([pending] if pending is not None else []):
             deliver(block, line_filter, sink, "", None)
+    return offset
 
 
 def _flush_due(joiner: RecordJoiner | None, line_filter: Filter, sink: Sink) -> None:

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge.tail")
 
 
+# A container started without its paths reads a closed stdin: say why nothing happened.
+EMPTY_STDIN = ("stdin ended before any input: without a PATH argument or LOG_PATHS, edge-tail reads stdin; "
+               "give the files to tail as arguments or in LOG_PATHS (or pipe the logs in)")
+
+
 class TailStartupError(ValueError):
     """Something named in the settings cannot be used (one line for the operator)."""
 
@@ -141,7 +146,8 @@ def _run_stdin(settings: TailSettings, line_filter: Filter, resource: Mapping[st
     sink = make_sink(settings, resource, lambda positions, ahead=None: None, wakeup, fields, stop)
     log.info("%s", summary(settings))
     try:
-        run_stdin(settings, line_filter, sink, stop, multiline=joins)
+        if not run_stdin(settings, line_filter, sink, stop, multiline=joins) and not stop.is_set():
+            log.warning("%s", EMPTY_STDIN)
     except OutputError as exc:
         log.error("%s", exc.strerror)
         return 1
