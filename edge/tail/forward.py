@@ -50,7 +50,7 @@ import aiohttp
 from edge.formats.lines.records import Record
 from edge.logs import redact
 from edge.tail.ledger import AheadDelivered, Ledger, Ticket
-from edge.tail.otlp import ENCODERS, Parser, record_parser
+from edge.tail.otlp import Parser, encoder, record_parser
 from edge.tail.output import Position
 from edge.tail.priority import is_urgent
 from edge.tail.reader import FileKey, display
@@ -154,7 +154,7 @@ class ForwardSink:
         self.max_queued = max_queued
         self.stop = stop or threading.Event()
         self.delivery = delivery or Delivery()
-        self.encode, self.content_type = ENCODERS[fmt]
+        self.encode, self.content_type = encoder(fmt)
         self.parse = parse or record_parser("raw")
         self.batch_lines = batch_lines
         self.interval = batch_interval_ms / 1000
