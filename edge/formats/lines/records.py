@@ -9,7 +9,6 @@ libraries; each may be replaced by one name (`--time-key`, `--level-key`, ...).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ SEVERITY_NUMBERS = {
 HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _SPACE_DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})[ T](.*)")
-_CANONICAL_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?",
+_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?",
                              re.ASCII)
 _ID_BYTES = {id(HEX32): 16, id(HEX16): 8}
 
@@ -105,20 +104,28 @@ def time_ns(value: Any) -> int:
         return 0
     match = _CANONICAL_TIME.fullmatch(value)
     if match:
-        ns = _canonical_ns(match)
+        ns = _canonical_ns(value, match)
         if ns:
             return ns
     return text_time_ns(value)
 
 
-def _canonical_ns(match: re.Match[str]) -> int:
+_MINUTES: dict[str, int] = {}  # "YYYY-MM-DD?HH:MM" → its Unix ns (0: not a valid time), bounded
+
+
+def _canonical_ns(text: str, match: re.Match[str]) -> int:
     """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]` (most log lines) without datetime: the minute is
-    looked up once (`_minute_ns`), seconds, fraction and offset are added. 0 leaves it to `text_time_ns`."""
-    minute = _minute_ns(match[1], match[2])
-    seconds = int(match[3])
+    worked out once, seconds, fraction and offset are added. 0 leaves it to `text_time_ns`."""
+    prefix = text[:16]
+    minute = _MINUTES.get(prefix)
+    if minute is None:
+        if len(_MINUTES) >= 4096:
+            _MINUTES.clear()
+        minute = _MINUTES[prefix] = text_time_ns(f"{text[:10]}T{text[11:16]}:00+00:00")
+    seconds = int(text[17:19])
     if minute <= 0 or seconds > 59:
         return 0
-    fraction, zone = match[4], match[5]
+    fraction, zone = match.group(1, 2)
     offset = 0
     if zone and zone not in "Zz":
         hours, minutes = int(zone[1:3]), int(zone[4:6])
@@ -129,11 +136,6 @@ def _canonical_ns(match: re.Match[str]) -> int:
     if whole < 0:
         return 0  # before 1970 datetime's truncation toward zero applies
     return whole + (int(fraction[:6].ljust(6, "0")) * 1000 if fraction else 0)
-
-
-@functools.lru_cache(maxsize=4096)
-def _minute_ns(date: str, hours_minutes: str) -> int:
-    return text_time_ns(f"{date}T{hours_minutes}:00+00:00")
 
 
 def text_time_ns(value: str) -> int:
@@ -220,8 +222,9 @@ class RecordBuilder:
 
     def __call__(self, doc: Mapping[str, Any], line: bytes | str) -> Record:
         """The record of one line's fields; `line` (its text, or bytes decoded when needed) is the
-        body when no message field is present."""
-        layout = self.layout(doc)
+        body when no message field is present. (The per-field lookups are written out: this runs
+        once per forwarded line.)"""
+        layout = self.layouts.get(tuple(doc)) or self.layout(doc)
         attributes = dict(doc)
         if layout.nested:
             nested = attributes.pop(ATTRIBUTES_KEY)
@@ -229,31 +232,44 @@ class RecordBuilder:
                 attributes = {**nested, **attributes}
             elif nested is not None:
                 attributes[ATTRIBUTES_KEY] = nested
-        message_key, body = first(doc, layout.message)
-        if not message_key:
-            body = line.decode("utf-8", "replace") if line.__class__ is bytes else line
-        record = Record(body=body, attributes=attributes)
-        attributes.pop(message_key, None)
-        level_key, level = first(doc, layout.level)
-        if level_key:
-            attributes.pop(level_key)
-            record.severity_text = level if level.__class__ is str else str(level)
-            record.severity_number = severity_number(record.severity_text) if level.__class__ is str else (
-                level if level.__class__ is int and 0 < level <= 24 else 0)
-        time_key, when = first(doc, layout.time)
-        if time_key and (ns := time_ns(when)) > 0:  # a time before 1970 has no OTLP form: it stays an attribute
-            attributes.pop(time_key)
-            record.time_ns = ns
-        record.trace_id = _take_id(doc, attributes, layout.trace_id, HEX32)
-        record.span_id = _take_id(doc, attributes, layout.span_id, HEX16)
+        record = Record(body=None, attributes=attributes)
+        for key in layout.message:
+            if doc[key] is not None:
+                record.body = attributes.pop(key)
+                break
+        else:
+            record.body = line.decode("utf-8", "replace") if line.__class__ is bytes else line
+            attributes.pop("", None)  # as first() answers "" when no key is present
+        for key in layout.level:
+            if (level := doc[key]) is not None:
+                attributes.pop(key, None)  # (None: one key named for two fields is taken once)
+                self._severity(record, level)
+                break
+        for key in layout.time:
+            if (when := doc[key]) is not None:
+                if (ns := time_ns(when)) > 0:  # a time before 1970 has no OTLP form: it stays an attribute
+                    attributes.pop(key, None)
+                    record.time_ns = ns
+                break
+        for key in layout.trace_id:
+            if (value := doc[key]) is not None:
+                if ident := hex_id(value, HEX32):  # an invalid id stays an attribute as it was written
+                    attributes.pop(key, None)
+                    record.trace_id = ident
+                break
+        for key in layout.span_id:
+            if (value := doc[key]) is not None:
+                if ident := hex_id(value, HEX16):
+                    attributes.pop(key, None)
+                    record.span_id = ident
+                break
         return record
 
-
-def _take_id(doc: Mapping[str, Any], attributes: dict[str, Any], keys: tuple[str, ...],
-             pattern: re.Pattern[str]) -> bytes:
-    """A valid id is moved out of the attributes; an invalid one stays there as it was written."""
-    key, value = first(doc, keys)
-    ident = hex_id(value, pattern) if key else b""
-    if ident:
-        attributes.pop(key)
-    return ident
+    @staticmethod
+    def _severity(record: Record, level: Any) -> None:
+        if level.__class__ is str:
+            record.severity_text = level
+            record.severity_number = SEVERITY_NUMBERS.get(level) or severity_number(level)
+        else:
+            record.severity_text = str(level)
+            record.severity_number = level if level.__class__ is int and 0 < level <= 24 else 0
