@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from edge import __version__
-from edge.formats.lines.patterns import Fields, fields_parser
+from edge.formats.lines.patterns import Fields, fields_parser, parse_json
 from edge.formats.lines.records import DEFAULT_NAMES, FILE_PATH_ATTRIBUTE, FieldNames, Record, RecordBuilder
 from edge.tail.otlp_protobuf import SCOPE_NAME, Groups, ProtobufEncoder
 
@@ -35,12 +35,17 @@ def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES, fields: Fields | 
     if fmt == "raw":
         return lambda lines: list(map(_raw, lines))
     build = RecordBuilder(names)
+    if fmt == "json":  # its fields need no text: lines are decoded only when a body needs it
+        def from_json(line: bytes) -> Record:
+            doc = parse_json(line)
+            return build(doc, line) if doc else _raw(line)
+        return lambda lines: list(map(from_json, lines))
     fields = fields or fields_parser(fmt)
-    if fmt in ("json", "regex"):  # their fields need no text: lines are decoded only when a body needs it
-        def from_bytes(line: bytes) -> Record:
+    if fmt == "regex":  # nor do the patterns' (they match the bytes)
+        def from_groups(line: bytes) -> Record:
             doc = fields(line, "")
             return build(doc, line) if doc else _raw(line)
-        return lambda lines: list(map(from_bytes, lines))
+        return lambda lines: list(map(from_groups, lines))
 
     def one(line: bytes) -> Record:
         text = line.decode("utf-8", "replace")

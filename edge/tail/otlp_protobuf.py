@@ -101,12 +101,11 @@ class FieldCache:
         kind = value.__class__
         if (kind is not str or len(value) > _CACHED_VALUE_LEN) and kind is not int:  # bool is no int here
             return delimited(_LOG_ATTRIBUTE, key_value(key, value))
-        cache_key = (key, value) if kind is str else (key, str(value), 0)  # 1 and "1" stay apart
-        found = self.attributes.get(cache_key)
+        found = self.attributes.get((key, value))  # 1 and "1" differ; True (== 1) never gets here
         if found is None:
             if len(self.attributes) >= _CACHE_ENTRIES:
                 self.attributes.clear()
-            found = self.attributes[cache_key] = delimited(_LOG_ATTRIBUTE, key_value(key, value))
+            found = self.attributes[(key, value)] = delimited(_LOG_ATTRIBUTE, key_value(key, value))
         return found
 
     def severity(self, text: str) -> bytes:

@@ -206,6 +206,7 @@ class RecordBuilder:
     def __init__(self, names: FieldNames = DEFAULT_NAMES) -> None:
         self.names = names
         self.layouts: dict[tuple[str, ...], _Layout] = {}
+        self.severities: dict[str, int] = {}  # level text → its number, as written (bounded like the layouts)
 
     def layout(self, doc: Mapping[str, Any]) -> _Layout:
         keys = tuple(doc)
@@ -265,11 +266,15 @@ class RecordBuilder:
                 break
         return record
 
-    @staticmethod
-    def _severity(record: Record, level: Any) -> None:
+    def _severity(self, record: Record, level: Any) -> None:
         if level.__class__ is str:
             record.severity_text = level
-            record.severity_number = SEVERITY_NUMBERS.get(level) or severity_number(level)
+            number = self.severities.get(level)
+            if number is None:
+                if len(self.severities) >= self.MAX_LAYOUTS:
+                    self.severities.clear()
+                number = self.severities[level] = severity_number(level)  # "INFO", "Error ": one lookup each
+            record.severity_number = number
         else:
             record.severity_text = str(level)
             record.severity_number = level if level.__class__ is int and 0 < level <= 24 else 0
