@@ -92,6 +92,16 @@ class RecordJoiner:
         self.last_at = time.monotonic()
         return [_records_block(done, done_end)] if done else []
 
+    def feed_all(self, blocks: list[Block]) -> list[Block]:
+        return [out for block in blocks for out in self.feed(block)]
+
+    def finish(self, last: Block | None) -> list[Block]:
+        """The rest of a stream that ends (stdin's EOF, an abandoned file): the records its partial
+        last line completes (`last`, from the line cutter), then the pending record."""
+        blocks = self.feed(last) if last is not None else []
+        pending = self.take_pending()
+        return blocks + [pending] if pending is not None else blocks
+
     def deadline(self) -> float | None:
         return self.last_at + self.timeout_s if self.lines else None
 

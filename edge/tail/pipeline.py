@@ -57,10 +57,6 @@ def deliver(block: Block, line_filter: Filter, sink: Sink, source: str, identity
     sink.write(kept.data, kept.lines, source, position, kept.records)
 
 
-def _joined(joiner: RecordJoiner | None, blocks: list[Block]) -> list[Block]:
-    return blocks if joiner is None else [out for block in blocks for out in joiner.feed(block)]
-
-
 # ── stdin ──
 
 
@@ -84,13 +80,12 @@ def run_stdin(settings: TailSettings, line_filter: Filter, sink: Sink, stop: thr
         if not data:
             break
         offset += len(data)
-        for block in _joined(joiner, cutter.feed(data, offset)):
+        blocks = cutter.feed(data, offset)
+        for block in blocks if joiner is None else joiner.feed_all(blocks):
             deliver(block, line_filter, sink, "", None)
     if not stop.is_set():
         last = cutter.take_partial(offset)
-        rest = _joined(joiner, [last] if last is not None else [])
-        pending = joiner.take_pending() if joiner is not None else None
-        for block in rest + ([pending] if pending is not None else []):
+        for block in joiner.finish(last) if joiner is not None else [last] if last is not None else []:
             deliver(block, line_filter, sink, "", None)
     return offset
 

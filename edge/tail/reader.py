@@ -191,7 +191,7 @@ class TailedFile:
         self.offset += len(data)
         self.size_seen = max(self.size_seen, self.offset)
         blocks = self.cutter.feed(data, self.offset)
-        return blocks if self.joiner is None else [out for b in blocks for out in self.joiner.feed(b)]
+        return blocks if self.joiner is None else self.joiner.feed_all(blocks)
 
     def take_partial(self) -> Block | None:
         return self.cutter.take_partial(self.offset)
@@ -201,9 +201,7 @@ class TailedFile:
         last = self.take_partial()
         if self.joiner is None:
             return [last] if last is not None else []
-        blocks = self.joiner.feed(last) if last is not None else []
-        pending = self.joiner.take_pending()
-        return blocks + [pending] if pending is not None else blocks
+        return self.joiner.finish(last)
 
     def expired(self, now: float) -> Block | None:
         """A multi-line record whose flush timeout has passed."""

@@ -161,3 +161,22 @@ def test_multiline_options_come_from_the_environment_and_a_bad_pattern_exits_2(t
     result = run_cli(["-c", str(config)])
     assert result.returncode == 2
     assert re.fullmatch(r"edge-tail: --multiline-start: RE2 does not accept '\(\?<': .*\n", result.stderr.decode())
+
+
+def test_a_record_pending_when_its_file_is_rotated_or_truncated_is_delivered(tmp_path: Path) -> None:
+    src, out = tmp_path / "app.log", tmp_path / "out.log"
+    args = [str(src), "--read-from", "head", "-o", str(out), "--multiline-start", START,
+            "--multiline-timeout-ms", "60000"]
+    write_lines(src, TRACE)
+    with Tailer(tmp_path, args) as tailer:
+        tailer.wait_tailing(src)
+        src.rename(tmp_path / "app.log.1")  # rotated: drained, then abandoned with the trace pending
+        write_lines(src, ["2024-05-01 12:00:05.000 INFO [,] --- after rotation", "  continued"])
+        assert wait_until(lambda: len(lines_of(out)) == 4), tailer.stderr()
+        with open(src, "r+b") as f:  # copytruncate: the pending record was read whole before the cut
+            f.truncate(0)
+        write_lines(src, [NEXT])
+        assert wait_until(lambda: len(lines_of(out)) == 6), tailer.stderr()
+        tailer.stop()
+    assert lines_of(out) == [*(line.encode() for line in TRACE), b"2024-05-01 12:00:05.000 INFO [,] --- after rotation",
+                             b"  continued"]
