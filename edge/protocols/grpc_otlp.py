@@ -1,6 +1,6 @@
 """OTLP/gRPC: `LogsService`, `MetricsService` and `TraceService` `Export`, filtered as OTLP/HTTP is.
 
-The services are registered as generic handlers on raw bytes: the request message goes
+The services are registered methods on raw bytes: the request message goes
 straight into the protobuf batch views (no generated message classes, no decode and
 re-encode), through the very `OtlpRoute.filter` the HTTP route uses, and what is left goes
 to the signal's `UpstreamClient` (`edge.protocols.otlp_upstream`): as OTLP/HTTP protobuf to
@@ -79,23 +79,16 @@ class GrpcRoute(OtlpRoute):
         return await self.client.forward_grpc(forward, metadata)
 
 
-def _identity(message: bytes) -> bytes:
-    return message
+Handlers = dict[str, dict[str, grpc.RpcMethodHandler]]
 
 
-class OtlpServices(grpc.GenericRpcHandler):
-    """The three OTLP services on raw bytes; any other method is left to grpcio (UNIMPLEMENTED)."""
+def otlp_services(runtime: Runtime, upstream: Upstream, metrics: Metrics) -> Handlers:
+    """Service name -> its `Export` on raw bytes, forwarding to the signal's upstream as the HTTP routes do.
 
-    def __init__(self, routes: list[GrpcRoute]) -> None:
-        self.methods = {f"/{route.service}/Export": grpc.unary_unary_rpc_method_handler(
-            route.export, request_deserializer=_identity, response_serializer=_identity) for route in routes}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        return self.methods.get(handler_call_details.method)
-
-
-def otlp_services(runtime: Runtime, upstream: Upstream, metrics: Metrics) -> OtlpServices:
-    """Every signal's service, forwarding to the signal's upstream as the HTTP routes do."""
+    For `add_registered_method_handlers`: grpc-core matches registered methods itself, where a
+    generic handler costs a Python lookup per call; no (de)serializer passes the bytes through
+    without a call either. Any other method is UNIMPLEMENTED (grpcio's own answer)."""
     config = runtime.config
-    return OtlpServices([GrpcRoute(signal, otlp_client(config, signal, url, upstream), runtime, upstream, metrics)
-                         for signal, url in config.otlp_urls().items()])
+    routes = [GrpcRoute(signal, otlp_client(config, signal, url, upstream), runtime, upstream, metrics)
+              for signal, url in config.otlp_urls().items()]
+    return {route.service: {"Export": grpc.unary_unary_rpc_method_handler(route.export)} for route in routes}

@@ -19,12 +19,13 @@ from edge.formats.otlp.services import HTTP_PATHS
 from edge.protocols.grpc_channels import grpc_target
 from edge.protocols.grpc_status import DEFAULT_RETRY_SECONDS, Failure, http_failure, retryable
 from edge.protocols.grpc_upstream import CallMetadata, GrpcClient
-from edge.protocols.upstream import HOP_BY_HOP, PROTOBUF, RequestHead, Response, Upstream, UpstreamError
+from edge.protocols.upstream import HOP_BY_HOP, PROTOBUF, RequestHead, Response, Upstream, UpstreamError, url
 
 PROTOBUF_TYPE = PROTOBUF.encode()
 EMPTY_RESPONSE = b""  # an Export*ServiceResponse with no field set: full success
 # gRPC's own metadata, and what describes the gRPC message rather than the forwarded HTTP body
 SKIPPED_METADATA = frozenset({"content-type", "content-encoding", "accept-encoding", "user-agent"})
+HOP_BY_HOP_TEXT = frozenset(name.decode("latin-1") for name in HOP_BY_HOP)
 
 
 class UpstreamClient(Protocol):
@@ -52,17 +53,15 @@ class HttpClient:
     def __init__(self, upstream: Upstream, base_url: str, signal: str) -> None:
         self.upstream = upstream
         self.base_url = base_url
-        path = HTTP_PATHS.get(signal, "/")
-        self.grpc_scope = {"path": path, "raw_path": path.encode(), "query_string": b""}
+        self.grpc_url = url(base_url, HTTP_PATHS.get(signal, "/").encode())  # made once: the same for every call
 
     async def forward_http(self, scope: dict[str, Any], head: RequestHead, body: bytes) -> Response:
         return await self.upstream.exchange(self.base_url, "POST", scope, head, body)
 
     async def forward_grpc(self, message: bytes, metadata: CallMetadata) -> bytes | Failure:
         """As OTLP/HTTP protobuf; the upstream's HTTP answer as its gRPC equivalent."""
-        head = RequestHead(forwarded_metadata(metadata), len(message), PROTOBUF, None, False)
         try:
-            response = await self.upstream.exchange(self.base_url, "POST", self.grpc_scope, head, message)
+            response = await self.upstream.exchange_at(self.grpc_url, "POST", forwarded_headers(metadata), message)
         except UpstreamError as exc:
             what = "timed out" if exc.status == 504 else "unreachable"
             return retryable(grpc.StatusCode.UNAVAILABLE, f"upstream {what}", DEFAULT_RETRY_SECONDS)
@@ -80,13 +79,12 @@ def relayed(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     return EMPTY_RESPONSE
 
 
-def forwarded_metadata(metadata: CallMetadata) -> list[tuple[bytes, bytes]]:
-    """The call's metadata as HTTP headers (API keys such as `authorization` go on, like HTTP headers do)."""
-    headers = [(b"content-type", PROTOBUF_TYPE)]
+def forwarded_headers(metadata: CallMetadata) -> list[tuple[str, str]]:
+    """The call's metadata as HTTP headers (API keys such as `authorization` go on, like HTTP headers do).
+    Text metadata is already `str`, as the HTTP client takes it: nothing to encode or decode per call."""
+    headers = [("content-type", PROTOBUF)]
     for key, value in metadata or ():
-        if key.startswith((":", "grpc-")) or key.endswith("-bin") or key in SKIPPED_METADATA:
+        if key.startswith((":", "grpc-")) or key.endswith("-bin") or key in SKIPPED_METADATA or key in HOP_BY_HOP_TEXT:
             continue
-        name = key.encode("latin-1")
-        if name not in HOP_BY_HOP:
-            headers.append((name, value.encode("utf-8") if isinstance(value, str) else value))
+        headers.append((key, value))
     return headers

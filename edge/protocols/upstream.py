@@ -198,9 +198,12 @@ class Upstream:
     async def exchange(self, base_url: str, method: str, scope: dict[str, Any], head: RequestHead,
                        body: bytes) -> Response:
         """A buffered request/response (the whole response body is read)."""
-        target = url(base_url, request_target(scope))
+        return await self.exchange_at(url(base_url, request_target(scope)), method, head.pairs(), body)
+
+    async def exchange_at(self, target: URL, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+        """`exchange` to a URL and with headers already made (a caller that sends many to the same one)."""
         try:
-            response = await self.open(method, target, head.pairs(), body)
+            response = await self.open(method, target, headers, body)
             try:
                 data = await response.read()
             finally:
