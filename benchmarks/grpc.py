@@ -5,8 +5,9 @@
 Starts (all on loopback, all stopped at the end) a loopback upstream answering every
 request 200 with an empty protobuf body, edge (`python -m supervisor.main`) with the ten
 core policies of benchmarks/engine.py plus a 25% trace sampling policy (loaded before any
-load starts), and a bare grpcio asyncio server answering every call with an empty message
-(the floor: what gRPC framing alone costs a Python process). Then, in each of `--windows`
+load starts), and a bare grpcio asyncio server on uvloop, as edge's gRPC workers are,
+answering every call with an empty message (the floor: what gRPC framing alone costs a
+Python process). Then, in each of `--windows`
 windows, it sends the same logs and spans requests (`--batches` records each) with
 `--concurrency` calls in flight, for `--seconds` each: to edge over gRPC, to edge over
 OTLP/HTTP protobuf (`/v1/logs`, `/v1/traces`), and to the bare server.
@@ -58,7 +59,7 @@ TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE_POLICY = {"id": "sample-checkout-traces", "trace": {
     "match": [{"resource_attribute": "service.name", "exact": "checkout"}], "keep": {"percentage": 25}}}
 ECHO_SERVER = """
-import asyncio, sys, grpc
+import sys, grpc, uvloop
 class Echo(grpc.GenericRpcHandler):
     def service(self, details):
         async def answer(request, context):
@@ -70,7 +71,7 @@ async def main():
     server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
     await server.start()
     await server.wait_for_termination()
-asyncio.run(main())
+uvloop.run(main())
 """
 Send = Callable[[bytes], Awaitable[None]]
 

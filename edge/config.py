@@ -169,6 +169,31 @@ def _optional_url(key: str, value: str) -> str:
     return _url(key, value) if value else value
 
 
+GRPC_SCHEMES = ("grpc", "grpcs")  # a signal URL with one of these forwards that signal's OTLP over gRPC
+UPSTREAM_PROTOCOLS = ("http", "grpc")
+
+
+def _signal_url(key: str, value: str) -> str:
+    """An OTLP signal's URL: http(s), or grpc(s) (a gRPC endpoint: host and port, no path)."""
+    if not value or urlsplit(value).scheme not in GRPC_SCHEMES:
+        return _optional_url(key, value)
+    parts = urlsplit(value.rstrip("/"))
+    if not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise ConfigError(f"config key {key}: expected grpc(s)://host:port without a path, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port number
+    except ValueError:
+        raise ConfigError(f"config key {key}: bad port in {value!r}") from None
+    return value.rstrip("/")
+
+
+def _upstream_protocol(key: str, value: str) -> str:
+    protocol = value.strip().lower()
+    if protocol not in UPSTREAM_PROTOCOLS:
+        raise ConfigError(f"config key {key}: expected http or grpc, got {value!r}")
+    return protocol
+
+
 def _coerce(key: str, value: Any, kind: type) -> Any:
     """Accept the JSON type or, for env overrides, its text; anything else is a ConfigError."""
     if kind is bool:
@@ -464,11 +489,17 @@ class Config:
 
     listen_address: str = setting("127.0.0.1", "address the proxy listens on")
     listen_port: int = setting(8080, "port the proxy listens on", check=_port)
-    upstream_url: str = setting("http://127.0.0.1:80", "passthrough and traces", check=_url)
-    logs_url: str = setting("", "OTLP logs and Datadog logs", check=_optional_url,
-                            derive=itemgetter("upstream_url"), default_text="`upstream_url`")
-    metrics_url: str = setting("", "OTLP metrics, Datadog series, Prometheus scrapes", check=_optional_url,
-                               derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    upstream_url: str = setting("http://127.0.0.1:80", "passthrough, and the signal URLs' default", check=_url)
+    logs_url: str = setting("", "OTLP logs and Datadog logs; `grpc(s)://host:port`: OTLP logs over gRPC",
+                            check=_signal_url, derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    metrics_url: str = setting("", "OTLP metrics, Datadog series, Prometheus scrapes; `grpc(s)://host:port`: "
+                               "OTLP metrics over gRPC", check=_signal_url, derive=itemgetter("upstream_url"),
+                               default_text="`upstream_url`")
+    traces_url: str = setting("", "OTLP traces; `grpc(s)://host:port`: over gRPC", check=_signal_url,
+                              derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    upstream_protocol: str = setting(
+        "http", "how OTLP leaves edge: `http` (OTLP/HTTP) or `grpc` (OTLP/gRPC); a `grpc://` or `grpcs://` "
+        "signal URL is gRPC whatever this says; see [gRPC upstreams](#grpc-upstreams)", check=_upstream_protocol)
     log_level: str = setting("info", "trace, debug, info, warn, err; JSON lines on stderr", check=_log_level)
     max_body_size: int = setting(MAX_BODY_DEFAULT, "raw request bytes; more is 413", check=_positive)
     max_decoded_bytes: int = setting(
@@ -518,6 +549,19 @@ class Config:
         "pipeline as a child process, restarts it if it dies and stops it with SIGTERM; it uses the section's "
         "`policy` file, else the proxy's policies", read=_tail, default_text="none")
     warnings: tuple[str, ...] = ()
+
+    def otlp_urls(self) -> dict[str, str]:
+        """Signal -> where its OTLP goes (both receivers, HTTP and gRPC)."""
+        return {"log": self.logs_url, "metric": self.metrics_url, "trace": self.traces_url}
+
+    def over_grpc(self, url: str) -> bool:
+        """Whether OTLP sent to this URL goes over gRPC: a grpc(s) scheme, or `upstream_protocol: grpc`."""
+        return self.upstream_protocol == "grpc" or urlsplit(url).scheme in GRPC_SCHEMES
+
+    def http_url(self, url: str) -> str:
+        """The URL for what only speaks HTTP (Datadog intake, Prometheus scrapes): a signal URL that is
+        a gRPC endpoint cannot take it, so `upstream_url` does."""
+        return self.upstream_url if self.over_grpc(url) else url
 
     def to_json(self) -> bytes:
         """The resolved configuration (what workers read); contains no secrets beyond the file's."""
@@ -589,7 +633,19 @@ def build(doc: Any, env: Mapping[str, str] | None = None, overrides: Mapping[str
     doc.update(overrides or {})
     doc = {k: _substitute_all(v, env, k) for k, v in doc.items()}
     config, warnings = _read(Config, doc, "", env)
+    _check_grpc_paths(config)
     return replace(config, warnings=tuple(warnings))
+
+
+def _check_grpc_paths(config: Config) -> None:
+    """A gRPC call has no URL path: under `upstream_protocol: grpc` a signal URL with one is an error,
+    not a path silently ignored."""
+    if config.upstream_protocol != "grpc":
+        return
+    for key in ("logs_url", "metrics_url", "traces_url"):
+        if urlsplit(getattr(config, key)).path not in ("", "/"):
+            raise ConfigError(f"config key {key}: a gRPC upstream (upstream_protocol grpc) takes no path, "
+                              f"got {getattr(config, key)!r}")
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

@@ -58,8 +58,15 @@ def wait_healthy(host: str, port: int, gunicorn: subprocess.Popen, stopping: thr
 
 def upstreams(config: Config) -> str:
     """Where each signal goes, as the ready line and `edge validate` both say it."""
-    return (f"logs {config.logs_url}, metrics {config.metrics_url}, traces {config.upstream_url}, "
-            f"prometheus scrapes {config.prometheus.scrape_url or config.metrics_url}/metrics")
+    urls = config.otlp_urls()
+    scrapes = config.prometheus.scrape_url or config.http_url(config.metrics_url)
+    return (f"logs {_otlp_url(config, urls['log'])}, metrics {_otlp_url(config, urls['metric'])}, "
+            f"traces {_otlp_url(config, urls['trace'])}, prometheus scrapes {scrapes}/metrics")
+
+
+def _otlp_url(config: Config, url: str) -> str:
+    """A signal's URL, marked when OTLP goes there over gRPC though its scheme says http(s)."""
+    return f"{url} (OTLP/gRPC)" if config.over_grpc(url) and url.startswith("http") else url
 
 
 def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:

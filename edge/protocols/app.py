@@ -23,6 +23,7 @@ from edge.protocols.admin import Health, MetricsEndpoint, Policies, update_snaps
 from edge.protocols.body import Admission, BodyState, BodyWatch, body_state
 from edge.protocols.datadog import datadog_routes
 from edge.protocols.otlp import OtlpRoute
+from edge.protocols.otlp_upstream import otlp_client
 from edge.protocols.passthrough import Passthrough
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
@@ -179,12 +180,12 @@ def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
     logs.configure(config.log_level)
     metrics = get_metrics()
     upstream = Upstream(config, metrics)
-    otlp = {"log": config.logs_url, "metric": config.metrics_url, "trace": config.upstream_url}
     routes: dict[str, dict[str, Handler]] = {}
     if "otlp" in protocols:  # on the configured paths; forwarded to the signal's URL + the path received
         paths = config.otlp.paths()
-        routes.update({paths[signal]: {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
-                       for signal, base in otlp.items()})
+        routes.update({paths[signal]: {"POST": OtlpRoute(signal, base, runtime, upstream, metrics,
+                                                         otlp_client(config, signal, base, upstream))}
+                       for signal, base in config.otlp_urls().items()})
     if "datadog" in protocols:
         routes.update(datadog_routes(runtime, upstream, metrics))
     prefixes: dict[str, dict[str, Handler]] = {}

@@ -24,6 +24,7 @@ from edge.formats.evaluated import Evaluated
 from edge.formats.otlp.body import evaluate, is_protobuf
 from edge.protocols.body import client_gone
 from edge.protocols.content_encoding import DecodeFailed, TooLarge, codec_of, decode_or_raise, encode
+from edge.protocols.otlp_upstream import HttpClient, UpstreamClient
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.unfiltered import (
     DECODE_LIMIT,
@@ -38,12 +39,19 @@ from edge.protocols.unfiltered import (
     note,
     refusal,
 )
-from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
+from edge.protocols.upstream import (
+    JSON,
+    PROTOBUF,
+    RequestHead,
+    Upstream,
+    error_response,
+    relay_headers,
+    request_head,
+)
 from edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-PROTOBUF = "application/x-protobuf"
 EMPTY_JSON = b"{}"
 EMPTY_PROTOBUF = b""
 DROPPED = None  # `OtlpRoute.filter` result: every record was dropped
@@ -80,12 +88,14 @@ def decoded_off_loop(body: bytes, head: RequestHead) -> bool:
 class OtlpRoute:
     """One signal's OTLP/HTTP endpoint."""
 
-    def __init__(self, signal: str, base_url: str, runtime: Runtime, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, signal: str, base_url: str, runtime: Runtime, upstream: Upstream, metrics: Metrics,
+                 client: UpstreamClient | None = None) -> None:
         self.signal = signal
         self.route = f"otlp_{signal}s"
-        self.base_url = base_url
         self.runtime = runtime
         self.upstream = upstream
+        # Where what is left goes: OTLP/HTTP to `base_url` unless the signal's client says otherwise.
+        self.client: UpstreamClient = client or HttpClient(upstream, base_url, signal)
         self.metrics = metrics
         self.max_body = runtime.config.max_body_size
         self.max_decoded = runtime.config.max_decoded_bytes
@@ -119,7 +129,7 @@ class OtlpRoute:
                 resp.content_type = JSON
                 resp.data = EMPTY_JSON
             return None
-        response = await self.upstream.exchange(self.base_url, "POST", scope, head, forward)
+        response = await self.client.forward_http(scope, head, forward)
         relay_headers(resp, response.status, response.headers, keep_length=False)
         resp.data = response.body
         return None

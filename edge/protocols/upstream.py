@@ -11,7 +11,9 @@ count (`RateLimitedLog`), so an upstream down never floods the log.
 
 One aiohttp `ClientSession` per worker (`auto_decompress=False`) carries buffered
 exchanges (OTLP batches) and streaming passthrough alike; it keeps connections alive and
-verifies TLS certificates unless `tls_insecure_skip_verify` is set.
+verifies TLS certificates unless `tls_insecure_skip_verify` is set. The channels to gRPC
+upstreams (`edge.protocols.grpc_channels`) belong to the same object, so the worker opens
+and closes all its upstream connections in one place.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from yarl import URL
 from edge.config import Config
 from edge.logs import RateLimitedLog
 from edge.protocols.body import LATE_BODY, BodyTimeout, Busy, ClientGone
+from edge.protocols.grpc_channels import ChannelPool, GrpcTarget
 from edge.protocols.self_metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ RESPONSE_HOP_BY_HOP = frozenset({b"connection", b"transfer-encoding", b"keep-ali
 # Headers aiohttp would invent; the client's own are forwarded, nothing is added.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 JSON = "application/json"
+PROTOBUF = "application/x-protobuf"
 
 ERROR_BODIES = {
     502: b'{"error":"upstream unreachable"}',
@@ -161,6 +165,10 @@ class Upstream:
         # outlive the response and fail the next request on the pooled connection at once
         # ("Timeout on reading data from socket", answered 504 in a millisecond).
         self.stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t)
+        self.pools: dict[GrpcTarget, ChannelPool] = {}
+        # Whatever edge accepts can be sent on: a request body, decoded, or a gRPC message.
+        self.message_limit = max(config.max_body_size, config.max_decoded_bytes,
+                                 config.grpc.message_limit(config.max_body_size))
 
     async def start(self) -> None:
         if self.session is not None:
@@ -176,13 +184,26 @@ class Upstream:
         session, self.session = self.session, None
         if session is not None:
             await session.close()
+        pools, self.pools = list(self.pools.values()), {}
+        for pool in pools:
+            await pool.close()
+
+    def channel_pool(self, target: GrpcTarget) -> ChannelPool:
+        """The worker's channels to a gRPC upstream, opened on first use (inside the event loop)."""
+        pool = self.pools.get(target)
+        if pool is None:
+            pool = self.pools[target] = ChannelPool(target, self.message_limit)
+        return pool
 
     async def exchange(self, base_url: str, method: str, scope: dict[str, Any], head: RequestHead,
                        body: bytes) -> Response:
         """A buffered request/response (the whole response body is read)."""
-        target = url(base_url, request_target(scope))
+        return await self.exchange_at(url(base_url, request_target(scope)), method, head.pairs(), body)
+
+    async def exchange_at(self, target: URL, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+        """`exchange` to a URL and with headers already made (a caller that sends many to the same one)."""
         try:
-            response = await self.open(method, target, head.pairs(), body)
+            response = await self.open(method, target, headers, body)
             try:
                 data = await response.read()
             finally:
