@@ -3,7 +3,8 @@
 Requests keep the method, the path and query exactly as received and every header except
 the hop-by-hop ones (plus any the client named in `Connection`); the upstream's Host and
 the Content-Length of the body actually sent are added. Responses are relayed with their
-status and headers (minus hop-by-hop) and their body as received, never decompressed.
+status and headers (minus hop-by-hop and Date: edge dates its answers) and their body as received,
+never decompressed.
 An unreachable upstream is a 502, one that does not answer within `upstream_timeout` a
 504, both with a short JSON body. Failures (connect error, timeout, reset) and 5xx answers
 are logged at warn, a 413 answer at info: at most one line per upstream per 10 s with a
@@ -34,10 +35,11 @@ _troubles = RateLimitedLog(log)  # keyed by upstream origin (scheme, host, port:
 
 HOP_BY_HOP = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding", b"keep-alive",
                         b"proxy-connection", b"te", b"trailer", b"upgrade",
-                        b"expect"})  # gunicorn already answered the client's 100-continue; the body is in hand
-# Response headers never relayed; content-length is handled separately (kept for streamed bodies).
-RESPONSE_HOP_BY_HOP = frozenset({b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"te",
-                                 b"trailer", b"upgrade", b"content-length"})
+                        b"expect"})  # the HTTP server already answered the client's 100-continue; the body is in hand
+# Response headers never relayed: the hop-by-hop ones, and Date, which edge's HTTP server writes on every
+# response (as nginx replaces the upstream's); content-length is handled separately (kept for streamed bodies).
+RESPONSE_NOT_RELAYED = frozenset({b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"te",
+                                  b"trailer", b"upgrade", b"content-length", b"date"})
 # Headers aiohttp would invent; the client's own are forwarded, nothing is added.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 JSON = "application/json"
@@ -269,7 +271,7 @@ def relay_headers(resp: Any, status: int, raw_headers: Any, keep_length: bool) -
     append = resp.append_header
     for raw_name, raw_value in raw_headers:
         lower = raw_name.lower()
-        if lower in RESPONSE_HOP_BY_HOP and not (keep_length and lower == b"content-length"):
+        if lower in RESPONSE_NOT_RELAYED and not (keep_length and lower == b"content-length"):
             continue
         try:
             append(lower.decode("latin-1"), raw_value.decode("latin-1"))
