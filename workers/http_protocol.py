@@ -57,11 +57,7 @@ class HeadLimits:
 
 
 class HeadTooLarge(Exception):
-    """Raised from a parser callback: httptools stops parsing, the request is refused with `status`."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(HTTPStatus(status).phrase)
-        self.status = status
+    """Raised from a parser callback to stop httptools; the protocol's `refused_status` says the answer."""
 
 
 def refusal(status: int) -> bytes:
@@ -140,7 +136,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int) -> HeadTooLarge:
         self.refused_status = status
-        return HeadTooLarge(status)
+        return HeadTooLarge(HTTPStatus(status).phrase)
 
     def send_400_response(self, msg: str) -> None:
         """The answer to a request that cannot be parsed or breaks a limit (`msg`, uvicorn's text,
