@@ -203,11 +203,14 @@ class Upstream:
         if self.session is None:  # no lifespan (e.g. a server without it): start lazily
             await self.start()
         assert self.session is not None
+        sent = self.session.request(method, target, headers=headers, data=data, allow_redirects=False,
+                                    compress=None, timeout=self.stream_timeout if streaming else self.timeout)
         try:
-            async with asyncio.timeout(self.config.upstream_timeout if streaming else None):
-                response = await self.session.request(method, target, headers=headers, data=data,
-                                                      allow_redirects=False, compress=None,
-                                                      timeout=self.stream_timeout if streaming else self.timeout)
+            if streaming:  # the headers within upstream_timeout (a buffered exchange has aiohttp's total)
+                async with asyncio.timeout(self.config.upstream_timeout):
+                    response = await sent
+            else:
+                response = await sent
         except Exception as exc:  # noqa: BLE001
             raise self.failed(exc, target) from None
         if response.status >= 500 or response.status == 413:
