@@ -256,6 +256,13 @@ def median(windows: list[Window], value: str) -> float:
 def report(label: str, body: bytes, results: dict[str, list[Window]]) -> None:
     total, kept = kept_records(body)
     print(f"\n{label}: nginx and the floors forward all {total} records, edge's policies keep {kept}")
+    report_table(results)
+    report_ratios(results)
+    report_edge(body, total, results["edge"])
+    sys.stdout.flush()
+
+
+def report_table(results: dict[str, list[Window]]) -> None:
     print(f"{'proxy':13} {'req/s':>9} {'(best)':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
           f"{'upstream KB/req':>16} {'upstream MB/s':>14}")
     for name, windows in results.items():
@@ -264,22 +271,28 @@ def report(label: str, body: bytes, results: dict[str, list[Window]]) -> None:
         print(f"{name:13} {rps:9,.0f} {best:9,.0f} {median(windows, 'p50_ms'):8.2f} {median(windows, 'p99_ms'):8.2f} "
               f"{median(windows, 'cpu_us_per_request'):11,.0f} {median(windows, 'upstream_per_request') / 1024:16,.1f} "
               f"{rate / 1e6:14,.1f}")
+
+
+def report_ratios(results: dict[str, list[Window]]) -> None:
+    """Every proxy's req/s against nginx's; edge's req/s, p99 and CPU per request against the floor's."""
     nginx = median(results["nginx"], "rps")
     for name, windows in results.items():
         if name != "nginx":
             print(f"{name}/nginx req/s (medians): {median(windows, 'rps') / nginx:.0%}")
-    edge = results["edge"]
     if FLOOR in results:
-        floor = results[FLOOR]
+        edge, floor = results["edge"], results[FLOOR]
         print(f"edge/{FLOOR}: req/s {median(edge, 'rps') / median(floor, 'rps'):.0%}, "
               f"p99 {median(edge, 'p99_ms') / median(floor, 'p99_ms'):.2f}x, "
               f"CPU per request {median(edge, 'cpu_us_per_request') / median(floor, 'cpu_us_per_request'):.2f}x")
-    records = median(edge, "rps") * total
-    per_cpu = median_best([w.rps * w.seconds * total / w.cpu_seconds for w in edge])[0]
-    print(f"edge: {median(edge, 'rps') * len(body) / 1e6:,.1f} MB/s of bodies in, {records:,.0f} records/s, "
+
+
+def report_edge(body: bytes, records: int, edge: list[Window]) -> None:
+    """edge's throughput in body bytes and records, and records per CPU-second next to the Collector's sizing."""
+    rps = median(edge, "rps")
+    per_cpu = median_best([w.rps * w.seconds * records / w.cpu_seconds for w in edge])[0]
+    print(f"edge: {rps * len(body) / 1e6:,.1f} MB/s of bodies in, {rps * records:,.0f} records/s, "
           f"{per_cpu:,.0f} records per CPU-second of its processes (per core; the OpenTelemetry Collector's "
           f"sizing: ~{COLLECTOR_PER_CORE:,} per core)")
-    sys.stdout.flush()
 
 
 def process_role(root: int, pid: int) -> str:
