@@ -50,14 +50,17 @@ CONFIG_SEARCH = (Path(DEFAULT_CONFIG), Path("/app/config.json"), Path("/etc/edge
 EMBEDDED_CONFIG = Path(__file__).resolve().parent.parent / "edge" / "examples" / "config.json"
 DISTRIBUTION_ENV = "EDGE_DISTRIBUTION"
 DRAIN_SECONDS = 10
+WORKER_CLASS = "workers.http_worker.HttpWorker"  # uvicorn's worker (httptools, uvloop) within gunicorn's limits
 PROVIDERS_READY_S = 10.0  # the ready line waits this long at most for the providers' first load (one sync)
 
 
 def gunicorn_argv(c: Config, listen_fd: int) -> list[str]:
-    """gunicorn serving the workers on the inherited socket, logging JSON through edge's formatter."""
-    return [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop",
+    """gunicorn serving the workers on the inherited socket, logging JSON through edge's formatter.
+
+    No `--worker-connections`: the workers admit requests themselves (`edge.protocols.body.Admission`)."""
+    return [sys.executable, "-m", "gunicorn", "-k", WORKER_CLASS,
             "--workers", str(c.workers), "--bind", f"fd://{listen_fd}",
-            "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
+            "--graceful-timeout", str(DRAIN_SECONDS),
             "--keep-alive", "75", "--log-level", GUNICORN_LEVELS[c.log_level],
             "--logger-class", "workers.gunicorn_logging.JsonLogger",
             "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]

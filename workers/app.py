@@ -1,4 +1,4 @@
-"""The ASGI application gunicorn loads in every worker: `gunicorn -k asgi workers.app:app`.
+"""The ASGI application gunicorn loads in every worker: `gunicorn -k workers.http_worker.HttpWorker workers.app:app`.
 
 The supervisor starts gunicorn with `EDGE_RUN_DIR` (runtime.json: config, shared-memory
 names, spool) and `PROMETHEUS_MULTIPROC_DIR` set; each worker imports this module after

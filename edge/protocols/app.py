@@ -48,7 +48,7 @@ LOCAL_ROUTES = frozenset({"health", "policies", "metrics"})
 class Router:
     """The sink every request goes through: pick the handler, admit or refuse it, answer errors, count.
 
-    Admission: gunicorn's ASGI worker does not enforce `--worker-connections`, so each worker
+    Admission: the HTTP server limits no connections (idle keep-alive ones cost little), so each worker
     counts the requests it is working on and answers 503 with Retry-After beyond its share of
     `max_connections`. A request with a body is counted once the body is complete (see
     `edge.protocols.body`); one without, here. The local admin routes are always served.
