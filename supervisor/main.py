@@ -33,11 +33,12 @@ from edge.config import Config, ConfigError, load
 from edge.control.builder import build_control_plane
 from edge.engine.extensions import S3_DUMP
 from edge.lifecycle import child_preexec
+from supervisor.child import ChildProcess
 from supervisor.cli import parse
 from supervisor.grpc_children import GrpcWorkers, serves_grpc
 from supervisor.listener import ListenError, bind_listener, reserve_port
 from supervisor.ready import HEALTH_TIMEOUT_S, health_host, ready_message, wait_healthy
-from supervisor.tail_child import TailWorkerProcess
+from supervisor.tail_child import tail_worker
 from supervisor.validate import validate
 
 log = logging.getLogger("edge.supervisor")
@@ -98,7 +99,7 @@ class Supervisor:
         self.control = build_control_plane(config, self.publisher, StatsSpool(self.paths.stats_spool),
                                            extensions=[S3_DUMP] if config.s3_dump.enabled else [])
         self.gunicorn: subprocess.Popen | None = None
-        self.tail_worker: TailWorkerProcess | None = None
+        self.tail_worker: ChildProcess | None = None
         self.grpc_workers: GrpcWorkers | None = None
         self.stopping = stopping or threading.Event()
         self._shut_down = False
@@ -142,7 +143,7 @@ class Supervisor:
         """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
         if not self.config.tail:
             return
-        self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
+        self.tail_worker = tail_worker({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
         self.tail_worker.start()
 
     def _start_grpc_workers(self) -> None:
