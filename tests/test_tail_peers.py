@@ -16,10 +16,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiohttp import web
 
+from edge.config import PeersConfig, build
 from edge.tailsampling.interfaces import PeerRouter, TraceFragment
 from edge.tailsampling.membership import DnsMembers, StaticMembers, resolve
 from edge.tailsampling.peers import (
@@ -28,8 +30,7 @@ from edge.tailsampling.peers import (
     FORWARDED_HEADER,
     PEER_PATH,
     Peers,
-    advertised_address,
-    peers_from_settings,
+    peers_from_config,
 )
 from edge.tailsampling.rendezvous import Rendezvous
 from tests.proxy_fixtures import free_port
@@ -44,15 +45,11 @@ def trace_ids(n: int = IDS, seed: int = 7) -> list[bytes]:
     return [rng.randbytes(16) for _ in range(n)]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """`tail_sampling.peers` as the config section holds it."""
-
-    static: tuple[str, ...] = ()
-    dns: str = ""
-    port: int = 8080
-    interval: float = 5.0
-    advertise: str = ""
+def peers_config(peers: dict[str, Any], env: dict[str, str] | None = None,
+                 listen_address: str = "127.0.0.1") -> PeersConfig:
+    """`tail_sampling.peers` as edge's loader reads it (`advertise` resolved)."""
+    doc = {"listen_address": listen_address, "tail_sampling": {"peers": peers}}
+    return build(doc, env=env or {}).tail_sampling.peers
 
 
 def fragment(trace_id: bytes, spans: int = 1, size: int = 10) -> TraceFragment:
@@ -113,23 +110,33 @@ def test_this_instance_owns_its_share_and_forwards_the_rest() -> None:
 
 
 def test_without_peers_every_trace_stays_here() -> None:
-    peers = peers_from_settings(Settings(), "127.0.0.1", 8080, env={})
+    peers = peers_from_config(peers_config({}))
     assert all(peers.owner(t) is None for t in trace_ids(100))
 
 
 def test_an_instance_not_among_the_members_forwards_everything(caplog: pytest.LogCaptureFixture) -> None:
-    peers = peers_from_settings(Settings(static=tuple(MEMBERS)), "127.0.0.1", 8080, env={})
+    peers = peers_from_config(peers_config({"static": MEMBERS}))
     with caplog.at_level(logging.WARNING, "edge.tailsampling.peers"):
         assert all(peers.owner(t) in MEMBERS for t in trace_ids(1000))
     assert "not among the 3 peers" in caplog.text and "tail_sampling.peers.advertise" in caplog.text
     assert peers.stats().is_member is False
 
 
-def test_the_advertised_address() -> None:
-    assert advertised_address(Settings(advertise=" edge-0.edge:9000 "), "0.0.0.0", 8080, {}) == "edge-0.edge:9000"
-    assert advertised_address(Settings(), "0.0.0.0", 8080, {"POD_IP": "10.1.2.3"}) == "10.1.2.3:8080"
-    assert advertised_address(Settings(), "127.0.0.1", 8081, {}) == "127.0.0.1:8081"
-    assert advertised_address(Settings(), "0.0.0.0", 8080, {"POD_IP": "fd00::7"}) == "[fd00::7]:8080"
+def test_this_instance_is_known_by_its_advertised_address() -> None:
+    assert peers_from_config(peers_config({"advertise": "edge-0.edge:9000"})).address == "edge-0.edge:9000"
+    assert peers_from_config(peers_config({}, {"POD_IP": "10.1.2.3"}, "0.0.0.0")).address == "10.1.2.3:8080"
+
+
+def test_a_wildcard_address_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "edge.tailsampling.peers"):
+        peers_from_config(peers_config({"dns": "edge-peers"}, listen_address="0.0.0.0"))
+    assert "0.0.0.0:8080 is no address a peer can reach" in caplog.text
+
+
+def test_dns_settings_give_dns_members() -> None:
+    members = peers_from_config(peers_config({"dns": "edge-peers", "port": 9000, "interval": "250ms"})).membership
+    assert isinstance(members, DnsMembers)
+    assert (members.name, members.port, members.interval) == ("edge-peers", 9000, 0.25)
 
 
 def test_the_router_meets_its_declared_interface() -> None:

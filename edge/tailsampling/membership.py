@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
+from edge.config import member_address
 from edge.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,6 @@ class Membership(Protocol):
     async def close(self) -> None:
         """Stop keeping them current."""
         ...
-
-
-def member_address(host: str, port: int) -> str:
-    """`host:port`, with an IPv6 address in brackets (as it goes into a URL)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def normalised(members: Iterable[str]) -> tuple[str, ...]:

@@ -7,8 +7,9 @@ protobuf to the owner's internal route (`PEER_PATH`), marked with `FORWARDED_HEA
 owner never forwards it again (nor applies edge's policies again: the first instance did).
 Payloads go uncompressed: inside a cluster the bytes are cheaper than the CPU of gzip.
 
-This instance's own address (`advertise`, else `$POD_IP` or `listen_address`, with the
-proxy's port) must be spelled as it appears among the members. An instance that is not
+This instance's own address (`peers.advertise`, which the config resolves to `$POD_IP` or
+`listen_address` with `listen_port` when not set) must be spelled as it appears among the
+members. An instance that is not
 among them (a misspelt `advertise`, a pod not yet in DNS) owns nothing and forwards every
 trace to its owner among the members, and says so in a warning: the other instances hash
 over the same members and never send it a trace, so keeping traces here would split them.
@@ -25,17 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import aiohttp
 
+from edge.config import PeersConfig
 from edge.logs import RateLimitedLog
 from edge.tailsampling.interfaces import TraceFragment, TraceId
-from edge.tailsampling.membership import DnsMembers, Membership, StaticMembers, member_address
+from edge.tailsampling.membership import DnsMembers, Membership, StaticMembers
 from edge.tailsampling.rendezvous import Rendezvous
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ PEER_PATH = "/_edge/tail/v1/traces"
 FORWARDED_HEADER = "X-Edge-Tail-Forwarded"
 PROTOBUF = "application/x-protobuf"
 FORWARD_HEADERS = {"Content-Type": PROTOBUF, FORWARDED_HEADER: "1"}
-POD_IP_ENV = "POD_IP"
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 FORWARD_BUDGET = 2.0  # seconds for every attempt of one forward together, backoff included
@@ -55,25 +55,6 @@ FIRST_BACKOFF = 0.1  # doubled after each failed attempt, with up to 50% jitter
 # Spans for one owner go in requests of at most this many bytes (a single bigger fragment goes alone):
 # well under the owner's `max_decoded_bytes`, which bounds what its internal route accepts.
 FORWARD_CHUNK_BYTES = 4 << 20
-
-
-class PeerSettings(Protocol):
-    """`tail_sampling.peers` as the config declares it (durations in seconds)."""
-
-    @property
-    def static(self) -> Sequence[str]: ...
-
-    @property
-    def dns(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
-
-    @property
-    def interval(self) -> float: ...
-
-    @property
-    def advertise(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,28 +243,17 @@ class Peers:
                          self._received.spans, self._kept.fragments, self._kept.spans)
 
 
-def advertised_address(settings: PeerSettings, listen_address: str, listen_port: int,
-                       env: Mapping[str, str]) -> str:
-    """This instance as the members list it: `advertise`, else `$POD_IP` or `listen_address` with the port."""
-    if settings.advertise.strip():
-        return settings.advertise.strip()
-    host = env.get(POD_IP_ENV, "").strip() or listen_address
+def membership_of(settings: PeersConfig) -> Membership:
+    """The static list, or the DNS name (the config allows one of them), or no members at all."""
+    if settings.dns:
+        return DnsMembers(settings.dns, settings.port, settings.interval)
+    return StaticMembers(settings.static)
+
+
+def peers_from_config(settings: PeersConfig) -> Peers:
+    """The router for `tail_sampling.peers` (its `advertise` already resolved by the config's loader)."""
+    host = settings.advertise.rpartition(":")[0]
     if host in WILDCARD_HOSTS:
-        log.warning("tail sampling: listen_address %r is no peer's address and POD_IP is not set: set "
-                    "tail_sampling.peers.advertise", listen_address)
-    return member_address(host.strip("[]"), listen_port)
-
-
-def membership_of(settings: PeerSettings) -> Membership:
-    """The static list when one is given, else the DNS name, else no members (every trace stays here)."""
-    if settings.static:
-        return StaticMembers(settings.static)
-    if settings.dns.strip():
-        return DnsMembers(settings.dns.strip(), settings.port, settings.interval)
-    return StaticMembers(())
-
-
-def peers_from_settings(settings: PeerSettings, listen_address: str, listen_port: int,
-                        env: Mapping[str, str] = os.environ) -> Peers:
-    """The router for `tail_sampling.peers` of an instance listening on `listen_address:listen_port`."""
-    return Peers(membership_of(settings), advertised_address(settings, listen_address, listen_port, env))
+        log.warning("tail sampling: this instance's address %s is no address a peer can reach (listen_address is "
+                    "a wildcard and POD_IP is not set): set tail_sampling.peers.advertise", settings.advertise)
+    return Peers(membership_of(settings), settings.advertise)
