@@ -253,7 +253,7 @@ def membership_of(settings: PeersConfig) -> Membership:
 def peers_from_config(settings: PeersConfig) -> Peers:
     """The router for `tail_sampling.peers` (its `advertise` already resolved by the config's loader)."""
     host = settings.advertise.rpartition(":")[0]
-    if host in WILDCARD_HOSTS:
+    if (settings.static or settings.dns) and host in WILDCARD_HOSTS:
         log.warning("tail sampling: this instance's address %s is no address a peer can reach (listen_address is "
                     "a wildcard and POD_IP is not set): set tail_sampling.peers.advertise", settings.advertise)
     return Peers(membership_of(settings), settings.advertise)
