@@ -62,7 +62,8 @@ async def serve(runtime: WorkerRuntime) -> int:
     # Beyond its share of `max_connections` a worker answers RESOURCE_EXHAUSTED, as HTTP workers answer 503.
     server = grpc.aio.server(options=server_options(config),
                              maximum_concurrent_rpcs=worker_share(config.max_connections, config.workers))
-    server.add_generic_rpc_handlers((otlp_services(runtime, upstream, metrics),))
+    sampler = runtime.sampler_client()
+    server.add_generic_rpc_handlers((otlp_services(runtime, upstream, metrics, sampler),))
     address = display_address(config.grpc.listen_address, config.grpc.listen_port)
     tls = credentials(config)
     try:
@@ -80,6 +81,8 @@ async def serve(runtime: WorkerRuntime) -> int:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     await server.stop(DRAIN_SECONDS)
+    if sampler is not None:
+        await sampler.close()
     await lifespan.process_shutdown(None, None)
     return 0
 

@@ -28,6 +28,7 @@ from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response, late_body_response
 from edge.runtime import Runtime
+from edge.tailsampling.interfaces import SamplerClient
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,9 @@ DISTRIBUTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
-    """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
+def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerClient | None = None) -> BodyWatch:
+    """The worker's ASGI app with the routes of one distribution (`edge` serves them all); with a
+    `sampler`, the OTLP traces route hands what edge's policies leave to the tail sampler."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
     logs.configure(config.log_level)
@@ -183,8 +185,9 @@ def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
     routes: dict[str, dict[str, Handler]] = {}
     if "otlp" in protocols:  # on the configured paths; forwarded to the signal's URL + the path received
         paths = config.otlp.paths()
-        routes.update({paths[signal]: {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
-                       for signal, base in otlp.items()})
+        otlp_routes = {signal: OtlpRoute(signal, base, runtime, upstream, metrics) for signal, base in otlp.items()}
+        otlp_routes["trace"].sampler = sampler
+        routes.update({paths[signal]: {"POST": route} for signal, route in otlp_routes.items()})
     if "datadog" in protocols:
         routes.update(datadog_routes(runtime, upstream, metrics))
     prefixes: dict[str, dict[str, Handler]] = {}

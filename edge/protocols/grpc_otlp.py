@@ -26,11 +26,12 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from edge.protocols.otlp import DROPPED, PROTOBUF, OtlpRoute
+from edge.protocols.otlp import DROPPED, PROTOBUF, SAMPLER_RETRY_SECONDS, OtlpRoute
 from edge.protocols.self_metrics import Metrics
 from edge.protocols.unfiltered import UNDECODABLE, Reason, Refused, note
 from edge.protocols.upstream import HOP_BY_HOP, RequestHead, Upstream, UpstreamError
 from edge.runtime import Runtime
+from edge.tailsampling.interfaces import Ack, SamplerClient
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,16 @@ class GrpcRoute(OtlpRoute):
         """The response message (the upstream's, or empty when nothing is left to send), or a Failure."""
         head = RequestHead(forwarded_metadata(metadata), len(body), PROTOBUF, None, False)
         try:
-            forward = await self.filter_off_loop(body, head)
+            forward = await (self.filter_off_loop(body, head) if self.sampler is None else self.sample(body, head))
         except Refused as refused:
             reason = refused.reason
             return Failure(REFUSED_CODES.get(reason.status, grpc.StatusCode.INVALID_ARGUMENT),
                            reason.message().decode().strip())
-        if forward is DROPPED:
+        if forward is DROPPED or forward is Ack.ACCEPTED:
             return EMPTY_RESPONSE
+        if isinstance(forward, Ack):
+            what = "unavailable" if forward is Ack.UNAVAILABLE else "full"
+            return Failure(grpc.StatusCode.UNAVAILABLE, f"tail sampler {what}", SAMPLER_RETRY_SECONDS[forward])
         try:
             response = await self.upstream.exchange(self.base_url, "POST", self.scope, head, forward)
         except UpstreamError as exc:
@@ -191,8 +195,14 @@ class OtlpServices(grpc.GenericRpcHandler):
         return self.methods.get(handler_call_details.method)
 
 
-def otlp_services(runtime: Runtime, upstream: Upstream, metrics: Metrics) -> OtlpServices:
-    """Every signal's service, forwarding to the signal's URL as the HTTP routes do."""
+def otlp_services(runtime: Runtime, upstream: Upstream, metrics: Metrics,
+                  sampler: SamplerClient | None = None) -> OtlpServices:
+    """Every signal's service, forwarding to the signal's URL as the HTTP routes do (traces to the
+    tail sampler instead, when there is one)."""
     config = runtime.config
     urls = {"log": config.logs_url, "metric": config.metrics_url, "trace": config.upstream_url}
-    return OtlpServices([GrpcRoute(signal, url, runtime, upstream, metrics) for signal, url in urls.items()])
+    routes = [GrpcRoute(signal, url, runtime, upstream, metrics) for signal, url in urls.items()]
+    for route in routes:
+        if route.signal == "trace":
+            route.sampler = sampler
+    return OtlpServices(routes)
