@@ -301,6 +301,8 @@ def _unknown_keys(path: str, item: Mapping[str, Any]) -> list[str]:
     spec = item.get(kind) or {}
     out += [f"config key {path}.{kind}.{k}: unknown, ignored" for k in spec if k not in FIELDS[kind]]
     for field in ("and_sub_policy", "drop_sub_policy", "composite_sub_policy"):
+        if field not in FIELDS[kind]:
+            continue  # a stray key of another type: warned above, never read, so never validated
         for i, sub in enumerate(spec.get(field) or []):
             out += _unknown_keys(f"{path}.{kind}.{field}[{i}]", sub)
     return out

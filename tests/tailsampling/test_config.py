@@ -99,6 +99,15 @@ def test_static_members_and_unknown_keys() -> None:
                           "config key tail_sampling.decision_cache.size: unknown, ignored",
                           "config key tail_sampling.policies[0].extra: unknown, ignored",
                           "config key tail_sampling.policies[0].status_code.x: unknown, ignored")
+    stray = policy_list_warnings([{"name": "l", "type": "latency", "latency": {
+        "threshold_ms": 1, "and_sub_policy": [5]}}, {"name": "a", "type": "and", "and": {"and_sub_policy": [
+            {"name": "s", "type": "always_sample", "always_sample": {"odd": 1}}]}}])
+    assert stray == ("config key tail_sampling.policies[0].latency.and_sub_policy: unknown, ignored",
+                     "config key tail_sampling.policies[1].and.and_sub_policy[0].always_sample.odd: unknown, ignored")
+
+
+def policy_list_warnings(policies: list[Any]) -> tuple[str, ...]:
+    return cfg.build({"tail_sampling": {"policies": policies}}, env={}).warnings
 
 
 # ── policies ──
