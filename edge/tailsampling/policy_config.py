@@ -11,6 +11,7 @@ drops the wrong traces for as long as nobody looks.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from copy import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,7 +283,7 @@ def _fields(where: str, fields: Mapping[str, Field], spec: Mapping[str, Any]) ->
         elif field.required:
             raise PolicyConfigError(f"{where}.{name}: required")
         else:
-            values[name] = field.default
+            values[name] = copy(field.default)  # a default list is never shared between policies
     return values
 
 
