@@ -29,14 +29,6 @@ class PeerCounts:
     kept_spans: int
 
 
-@dataclass(frozen=True, slots=True)
-class RollupCounts:
-    """The rollup's view of its last collected interval."""
-
-    series: int
-    overflowed: int  # spans folded into the overflow series
-
-
 class SamplerStats:
     """One per sampler process (prometheus-client refuses duplicate names in one registry)."""
 
@@ -52,7 +44,7 @@ class SamplerStats:
         self.bytes = gauge("edge_tail_buffered_bytes", "Protobuf bytes of the spans waiting for their decision")
         self.wal_bytes = gauge("edge_tail_wal_bytes", "Bytes of the write-ahead log on disk")
         self.peers = gauge("edge_tail_peers", "Members of the tail-sampling cluster (0: this instance alone)")
-        self.rollup_series = gauge("edge_tail_rollup_series", "Span metric series in the last rollup sent")
+        self.rollup_series = gauge("edge_tail_rollup_series", "Span metric series of the current rollup interval")
         self.decisions = counter("edge_tail_decisions", "Traces decided, by the policy that decided and outcome",
                                  ("policy", "outcome"))
         self.decided_spans = counter("edge_tail_decided_spans", "Spans of decided traces, by outcome", ("outcome",))
@@ -74,6 +66,7 @@ class SamplerStats:
         self._early = {bound: self.early.labels(bound.value) for bound in Bound}
         self._peer_spans = {d: self.peer_spans.labels(d) for d in ("routed", "received", "kept")}
         self._peers_seen = PeerCounts(0, 0, 0, 0)
+        self._overflowed_seen = 0
 
     # ── events ──
 
@@ -98,10 +91,6 @@ class SamplerStats:
         for state, count in (("undecided", undecided), ("to_export", to_export), ("to_rollup", to_rollup)):
             self.replayed_traces.labels(state).inc(count)
 
-    def rollup_sent(self, counts: RollupCounts) -> None:
-        self.rollup_series.set(counts.series)
-        if counts.overflowed:
-            self.rollup_overflow.inc(counts.overflowed)
 
     # ── state, about once a second ──
 
@@ -118,3 +107,10 @@ class SamplerStats:
                                            ("kept", peers.kept_spans, seen.kept_spans)):
                 if now > before:
                     self._peer_spans[direction].inc(now - before)
+
+    def observe_rollup(self, series: int, overflowed: int) -> None:
+        """The rollup's series now, and the spans it has folded into the overflow series since start."""
+        self.rollup_series.set(series)
+        if overflowed > self._overflowed_seen:
+            self.rollup_overflow.inc(overflowed - self._overflowed_seen)
+        self._overflowed_seen = overflowed
