@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import uvloop
-from edge.tailsampling.assembly import SamplerParts, assemble
 
 from edge import logs
 from edge.channels.run_dir import RuntimePaths
 from edge.config import Config, from_json
 from edge.lifecycle import die_with_parent
+from edge.tailsampling.assembly import SamplerParts, assemble
 from edge.tailsampling.channel import serve_connection
 from edge.tailsampling.sampler import TailSampler
 
