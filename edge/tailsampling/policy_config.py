@@ -11,6 +11,7 @@ drops the wrong traces for as long as nobody looks.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from copy import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ Policy = dict[str, Any]  # {"name": str, "type": str, <type>: {field: value}}
 Checker = Callable[[str, Any], Any]
 
 STATUS_CODES = ("OK", "ERROR", "UNSET")
+MAX_INT64 = (1 << 63) - 1  # the Collector's int64 fields; and orjson writes no larger integer
 DEFAULT_REGEX_CACHE = 128  # the Collector's string_attribute cache size when `cache_max_size` is 0
 OTTL_MESSAGE = ("ottl_condition is not supported; express the condition with the other policy types "
                 "(string_attribute, numeric_attribute, status_code, ...) or as an edge trace policy")
@@ -53,15 +55,15 @@ class Field:
 def _int(where: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PolicyConfigError(f"{where}: expected an integer, got {value!r}")
-    if value < 0:
-        raise PolicyConfigError(f"{where}: must be zero or more, got {value}")
+    if not 0 <= value <= MAX_INT64:
+        raise PolicyConfigError(f"{where}: expected 0..{MAX_INT64}, got {value}")
     return value
 
 
 def _number(where: str, value: Any) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -MAX_INT64 <= value <= MAX_INT64:
         raise PolicyConfigError(f"{where}: expected a number, got {value!r}")
-    return value
+    return value  # NaN fails the range check; the bound keeps the value JSON-serialisable for the workers
 
 
 def _bool(where: str, value: Any) -> bool:
@@ -281,7 +283,7 @@ def _fields(where: str, fields: Mapping[str, Field], spec: Mapping[str, Any]) ->
         elif field.required:
             raise PolicyConfigError(f"{where}.{name}: required")
         else:
-            values[name] = field.default
+            values[name] = copy(field.default)  # a default list is never shared between policies
     return values
 
 
@@ -300,6 +302,8 @@ def _unknown_keys(path: str, item: Mapping[str, Any]) -> list[str]:
     spec = item.get(kind) or {}
     out += [f"config key {path}.{kind}.{k}: unknown, ignored" for k in spec if k not in FIELDS[kind]]
     for field in ("and_sub_policy", "drop_sub_policy", "composite_sub_policy"):
+        if field not in FIELDS[kind]:
+            continue  # a stray key of another type: warned above, never read, so never validated
         for i, sub in enumerate(spec.get(field) or []):
             out += _unknown_keys(f"{path}.{kind}.{field}[{i}]", sub)
     return out

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge import config as cfg
+from edge.tailsampling.decider import compile_decider
 from tests.reliability.harness import EDGE_SCRIPT
 
 ERRORS = {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}
@@ -96,6 +99,15 @@ def test_static_members_and_unknown_keys() -> None:
                           "config key tail_sampling.decision_cache.size: unknown, ignored",
                           "config key tail_sampling.policies[0].extra: unknown, ignored",
                           "config key tail_sampling.policies[0].status_code.x: unknown, ignored")
+    stray = policy_list_warnings([{"name": "l", "type": "latency", "latency": {
+        "threshold_ms": 1, "and_sub_policy": [5]}}, {"name": "a", "type": "and", "and": {"and_sub_policy": [
+            {"name": "s", "type": "always_sample", "always_sample": {"odd": 1}}]}}])
+    assert stray == ("config key tail_sampling.policies[0].latency.and_sub_policy: unknown, ignored",
+                     "config key tail_sampling.policies[1].and.and_sub_policy[0].always_sample.odd: unknown, ignored")
+
+
+def policy_list_warnings(policies: list[Any]) -> tuple[str, ...]:
+    return cfg.build({"tail_sampling": {"policies": policies}}, env={}).warnings
 
 
 # ── policies ──
@@ -243,3 +255,55 @@ def test_edge_refuses_to_start_with_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("edge: config key tail_sampling.")
         assert line in result.stderr and "Traceback" not in result.stderr
+
+
+# ── fuzzing: built or one ConfigError line, never another exception ──
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**64), st.floats(), st.text(max_size=6),
+                     st.sampled_from(["30s", "1m30s", "ERROR", "OK", "(", "^a", "k", "a:1", "x", "interval"]))
+_fields = st.sampled_from(["key", "values", "min_value", "threshold_ms", "upper_threshold_ms", "status_codes",
+                           "max_value", "invert_match", "enabled_regex_matching", "cache_max_size", "value",
+                           "sampling_percentage", "hash_salt", "spans_per_second", "bytes_per_second",
+                           "burst_capacity", "min_spans", "max_spans", "and_sub_policy", "drop_sub_policy",
+                           "max_total_spans_per_second", "policy_order", "composite_sub_policy", "rate_allocation"])
+_types = st.sampled_from(["always_sample", "latency", "status_code", "numeric_attribute", "string_attribute",
+                          "boolean_attribute", "probabilistic", "rate_limiting", "bytes_limiting", "span_count",
+                          "trace_state", "and", "drop", "composite", "ottl_condition", "other"])
+
+
+def _policies(depth: int) -> st.SearchStrategy[Any]:
+    nested = st.lists(_policies(depth - 1), max_size=2) if depth else st.lists(_scalars, max_size=2)
+    values = st.one_of(_scalars, st.lists(_scalars, max_size=3), nested,
+                       st.lists(st.fixed_dictionaries({}, optional={"policy": _scalars, "percent": _scalars}),
+                                max_size=2))
+    spec = st.dictionaries(_fields, values, max_size=4)
+    names = st.sampled_from(["a", "b", "c", ""]) | st.integers(0, 1)
+    policy = st.builds(lambda name, kind, body: {"name": name, "type": kind, kind: body}, names, _types, spec)
+    return st.one_of(policy, policy, policy, st.none())
+
+
+_sections = st.dictionaries(
+    st.sampled_from(["enabled", "decision_wait", "num_traces", "decision_cache", "policies", "wal_fsync", "peers",
+                     "rollup_interval", "metrics_url", "logs", "other"]),
+    st.one_of(_scalars, st.lists(_policies(2), max_size=3),
+              st.dictionaries(st.sampled_from(["static", "dns", "port", "interval", "advertise",
+                                               "sampled_cache_size", "follow_traces"]),
+                              _scalars | st.lists(_scalars, max_size=2), max_size=3)), max_size=5)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_sections)
+def test_any_section_is_built_or_refused_in_one_line(doc: dict[str, Any]) -> None:
+    try:
+        config = cfg.build({"tail_sampling": doc}, env={})
+    except cfg.ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("config key tail_sampling")
+        return
+    assert cfg.from_json(config.to_json()) == config
+    compile_decider(config.tail_sampling)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_policies(2), max_size=3))
+def test_any_policy_list_is_built_or_refused_in_one_line(policies: list[Any]) -> None:
+    test_any_section_is_built_or_refused_in_one_line.hypothesis.inner_test({"policies": policies})
