@@ -24,11 +24,13 @@ from edge.protocols.body import Admission, BodyState, BodyWatch, body_state
 from edge.protocols.datadog import datadog_routes
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.passthrough import Passthrough
+from edge.protocols.peer_traces import PeerTraces
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response, late_body_response
 from edge.runtime import Runtime
 from edge.tailsampling.interfaces import SamplerClient
+from edge.tailsampling.peers import PEER_PATH
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +177,11 @@ DISTRIBUTIONS: dict[str, frozenset[str]] = {
 
 def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerClient | None = None) -> BodyWatch:
     """The worker's ASGI app with the routes of one distribution (`edge` serves them all); with a
-    `sampler`, the OTLP traces route hands what edge's policies leave to the tail sampler."""
+    `sampler`, the OTLP traces route hands what edge's policies leave to the tail sampler.
+
+    The peers' internal route (`PEER_PATH`) exists wherever OTLP is served, so a peer's forward is
+    never passed through to the upstream: without a sampler it is answered 404 and the peer keeps
+    its spans."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
     logs.configure(config.log_level)
@@ -188,6 +194,7 @@ def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerCli
         otlp_routes = {signal: OtlpRoute(signal, base, runtime, upstream, metrics) for signal, base in otlp.items()}
         otlp_routes["trace"].sampler = sampler
         routes.update({paths[signal]: {"POST": route} for signal, route in otlp_routes.items()})
+        routes[PEER_PATH] = {"POST": PeerTraces(sampler, config.max_decoded_bytes)}
     if "datadog" in protocols:
         routes.update(datadog_routes(runtime, upstream, metrics))
     prefixes: dict[str, dict[str, Handler]] = {}
