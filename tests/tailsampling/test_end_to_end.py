@@ -8,11 +8,14 @@ must be exported or counted in a rollup.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 
 from tests.tailsampling.harness import ALWAYS, ERRORS, TailEdge, Upstream, accounted, span, tail_config
 from tests.waiting import wait_for
@@ -175,5 +178,19 @@ def test_a_full_log_answers_503_with_retry_after(tmp_path: Path, upstream: Upstr
                 break
         assert statuses[0] == 200 and statuses[-1] == 503
         assert edge.metric("edge_tail_wal_full_total") >= 1
+    finally:
+        assert edge.stop() == 0
+
+
+def test_otlp_json_is_sampled_like_protobuf_and_answered_in_json(tmp_path: Path, upstream: Upstream) -> None:
+    edge = started(tmp_path, upstream, [ALWAYS])
+    try:
+        spans = [json_format.MessageToDict(span(t, 0)) for t in (1, 2)]
+        for s in spans:  # OTLP/JSON spells ids in hex, not protobuf JSON's base64
+            s["traceId"], s["spanId"] = (base64.b64decode(s[k]).hex() for k in ("traceId", "spanId"))
+        body = {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
+        reply = edge.request("POST", "/v1/traces", json.dumps(body), {"Content-Type": "application/json"})
+        assert (reply.status, reply.body) == (200, b"{}")
+        assert wait_for(lambda: set(upstream.traces()) == {1, 2}, 10, 0.05)
     finally:
         assert edge.stop() == 0
