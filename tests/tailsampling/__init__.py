@@ -1,0 +1,1 @@
+"""Tests of the tail sampler's parts, each against real files and real loopback servers."""
