@@ -23,14 +23,16 @@ decided again or exported again after a restart (a duplicate, never a loss).
 
 Space: a segment whose traces are all done is deleted once it is the oldest (deleting only the
 oldest keeps every done mark behind the fragments it cancels). When the oldest segment holds
-little that is still live (`REWRITE_FRACTION` of it), or the log is half full and mostly
-garbage, the live traces' fragments (and decisions) are rewritten into a new newest segment whose
-first record says it supersedes the old one, and the old one is deleted. The new segment is
-written whole under a temporary name and renamed into place, so a crash leaves either the old
-segment alone or both, and opening the log deletes what a complete rewrite superseded: no
-trace is lost or replayed twice. So disk use follows what is live, not how long the oldest
-straggler lives. `append` raises `WalFull` when its record would take the log past
-`max_bytes`; a rewrite may pass it briefly by at most the live part of one segment.
+little that is still live (`REWRITE_FRACTION` of it), or the log spans more than
+`GARBAGE_FREE_SEGMENTS` segments and less than half of it is live, the live traces' fragments
+(and decisions) are rewritten into a new newest segment whose first record says it supersedes
+the old one, and the old one is deleted. The new segment is written whole under a temporary
+name and renamed into place, so a crash leaves either the old segment alone or both, and
+opening the log deletes what a complete rewrite superseded: no trace is lost or replayed
+twice. So disk use stays within about twice what is live (at least a few segments), not what
+the oldest straggler kept alive, and each byte is rewritten about once on average. `append`
+raises `WalFull` when its record would take the log past `max_bytes`; a rewrite may pass it
+briefly by at most the live part of one segment.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ log = logging.getLogger("edge.tailsampling.wal")
 FSYNC_MODES = ("interval", "always", "never")
 SEGMENT_BYTES = 4 << 20
 REWRITE_FRACTION = 0.125
+GARBAGE_FREE_SEGMENTS = 4  # below this many segments' worth of bytes, garbage is left to the deletions
 LOCK_WAIT_S = 5.0  # a previous sampler still exiting releases the directory within this
 SUFFIX = ".wal"
 PARTIAL = ".tmp"  # a rewritten segment until it is complete
@@ -65,7 +68,7 @@ class _Segment:
     id: int
     path: str
     size: int
-    live_bytes: int = 0  # bytes of fragments of traces not yet done
+    live_bytes: int = 0  # bytes of records that traces not yet done still need
 
 
 @dataclass(slots=True)
@@ -73,7 +76,7 @@ class _Trace:
     since: Position  # its first fragment after its last done mark: older fragments of the same id are dead
     arrived: float
     sampled: bool | None = None
-    bytes_in: dict[int, int] = field(default_factory=dict)  # segment id -> bytes of its fragments there
+    bytes_in: dict[int, int] = field(default_factory=dict)  # segment id -> bytes of its records there
 
 
 class WalLocked(RuntimeError):
@@ -137,8 +140,10 @@ class FileWal:
         self._dir_dirty = False  # segment files were created or deleted since the last sync
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._closed = False
         self._load()
         self._rotate()
+        self._reclaim()
         self._syncer: threading.Thread | None = None
         if fsync == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name="edge-wal-sync", daemon=True)
@@ -158,7 +163,7 @@ class FileWal:
             if self._bytes_used + len(record) > self.max_bytes:
                 raise WalFull(f"the write-ahead log holds {self._bytes_used} of {self.max_bytes} bytes")
             position = self._write(record)
-            self._add_fragments(position, arrived, [(f.trace_id, fmt.fragment_size(f)) for f in fragments])
+            self._add_fragments(position, arrived, fmt.fragment_sizes(fragments))
             if self.fsync == "always":
                 os.fdatasync(self._fd)
                 self._dirty = False
@@ -169,7 +174,8 @@ class FileWal:
             trace = self._traces.get(trace_id)
             if trace is None or trace.sampled is sampled:
                 return
-            self._write(fmt.encode_decided(trace_id, sampled))
+            record = fmt.encode_decided(trace_id, sampled)
+            self._charge(trace, self._write(record)[0], len(record))
             trace.sampled = sampled
 
     def done(self, trace_ids: Sequence[TraceId]) -> None:
@@ -198,8 +204,9 @@ class FileWal:
 
     def close(self) -> None:
         """Sync what was written (unless fsync is `never`) and release the directory."""
-        if self._closing.is_set():
+        if self._closed:
             return
+        self._closed = True
         self._closing.set()
         self._wake.set()
         if self._syncer is not None:
@@ -273,29 +280,42 @@ class FileWal:
     # ── what is live where ──
 
     def _add_fragments(self, position: Position, arrived: float, sizes: list[tuple[TraceId, int]]) -> None:
-        segment = self._segments[position[0]]
         for trace_id, size in sizes:
             trace = self._traces.get(trace_id)
             if trace is None:
                 trace = self._traces[trace_id] = _Trace(position, arrived)
             elif arrived < trace.arrived:
                 trace.arrived = arrived
-            trace.bytes_in[segment.id] = trace.bytes_in.get(segment.id, 0) + size
-            segment.live_bytes += size
-            self._live_bytes += size
+            self._charge(trace, position[0], size)
+
+    def _charge(self, trace: _Trace, segment_id: int, size: int) -> None:
+        """Count `size` bytes of a segment as live until the trace is done (or they are rewritten)."""
+        trace.bytes_in[segment_id] = trace.bytes_in.get(segment_id, 0) + size
+        self._segments[segment_id].live_bytes += size
+        self._live_bytes += size
+
+    def _discharge(self, trace: _Trace, segment_id: int) -> None:
+        size = trace.bytes_in.pop(segment_id, 0)
+        self._segments[segment_id].live_bytes -= size
+        self._live_bytes -= size
 
     def _forget(self, trace_id: TraceId) -> None:
         trace = self._traces.pop(trace_id)
-        for segment_id, size in trace.bytes_in.items():
-            self._segments[segment_id].live_bytes -= size
-            self._live_bytes -= size
+        for segment_id in list(trace.bytes_in):
+            self._discharge(trace, segment_id)
 
     # ── reclaiming space ──
 
     def _reclaim(self) -> None:
-        """Delete or rewrite the oldest segments while that frees space (see the module doc)."""
+        """Delete or rewrite the oldest segments while that frees space (see the module doc).
+
+        Only segments older than the newest one at the start are candidates, so a rewrite never
+        works on its own output."""
+        newest = self._newest().id
         while len(self._segments) > 1:
             oldest = next(iter(self._segments.values()))
+            if oldest.id >= newest:
+                return
             if oldest.live_bytes <= 0:
                 self._delete(oldest)
             elif oldest.live_bytes <= oldest.size * REWRITE_FRACTION or self._mostly_garbage():
@@ -304,7 +324,8 @@ class FileWal:
                 return
 
     def _mostly_garbage(self) -> bool:
-        return self._bytes_used * 2 > self.max_bytes and self._live_bytes * 2 < self._bytes_used
+        return (self._bytes_used > GARBAGE_FREE_SEGMENTS * self.segment_bytes
+                and self._live_bytes * 2 < self._bytes_used)
 
     def _delete(self, segment: _Segment) -> None:
         os.unlink(segment.path)
@@ -313,33 +334,36 @@ class FileWal:
         self._dir_dirty = True
 
     def _rewrite(self, oldest: _Segment) -> None:
-        """Copy the oldest segment's live fragments (and their traces' decisions) into a new newest
-        segment, then delete it."""
+        """Copy what the oldest segment holds for live traces (fragments, and the decisions of every
+        trace with a record there) into a new newest segment, then delete it."""
+        touched = {t: trace for t, trace in self._traces.items() if oldest.id in trace.bytes_in}
         with open(oldest.path, "rb") as f:
             scanned = fmt.scan(f.read())
         segment_id = self._next_id()
         records = [fmt.encode_segment(segment_id, oldest.id)]
         offset = len(records[0])
         added: list[tuple[Position, float, list[tuple[TraceId, int]]]] = []
-        moved: dict[TraceId, bool | None] = {}
         for record in scanned.records:
-            if record.kind is fmt.Kind.FRAGMENTS:
-                arrived, fragments = fmt.decode_fragments(record.body)
-                live = [f for f in fragments if self._is_live(f.trace_id, (oldest.id, record.offset))]
-                if live:
-                    records.append(fmt.encode_fragments(live, arrived))
-                    added.append(((segment_id, offset), arrived, [(f.trace_id, fmt.fragment_size(f)) for f in live]))
-                    offset += len(records[-1])
-                    moved.update((f.trace_id, self._traces[f.trace_id].sampled) for f in live)
-        records += [fmt.encode_decided(t, sampled) for t, sampled in moved.items() if sampled is not None]
+            if record.kind is not fmt.Kind.FRAGMENTS:
+                continue
+            position = (oldest.id, record.offset)
+            arrived, fragments = fmt.decode_fragments(record.body)
+            live = [f for f in fragments if f.trace_id in touched and position >= touched[f.trace_id].since]
+            if live:
+                records.append(fmt.encode_fragments(live, arrived))
+                added.append(((segment_id, offset), arrived, fmt.fragment_sizes(live)))
+                offset += len(records[-1])
+        decisions = [(touched[t], fmt.encode_decided(t, trace.sampled))
+                     for t, trace in touched.items() if trace.sampled is not None]
+        records += [record for _, record in decisions]
         fd = self._write_whole(segment_id, b"".join(records))
         self._adopt(_Segment(segment_id, self._path(segment_id), sum(map(len, records))), fd)
+        for trace in touched.values():
+            self._discharge(trace, oldest.id)
         for position, arrived, sizes in added:
             self._add_fragments(position, arrived, sizes)
-        for trace in self._traces.values():
-            size = trace.bytes_in.pop(oldest.id, 0)
-            oldest.live_bytes -= size
-            self._live_bytes -= size
+        for trace, record in decisions:
+            self._charge(trace, segment_id, len(record))
         self._delete(oldest)
 
     def _write_whole(self, segment_id: int, data: bytes) -> int:
@@ -351,10 +375,6 @@ class FileWal:
             os.fdatasync(fd)
         os.rename(path + PARTIAL, path)
         return fd
-
-    def _is_live(self, trace_id: TraceId, position: Position) -> bool:
-        trace = self._traces.get(trace_id)
-        return trace is not None and position >= trace.since
 
     # ── opening: reading back what a previous run left ──
 
@@ -375,7 +395,6 @@ class FileWal:
         if self.corrupt_records:
             log.warning("the write-ahead log in %s had %d damaged records; they were skipped",
                         self.directory, self.corrupt_records)
-        self._reclaim()
 
     def _supersedes(self, name: str) -> int:
         with open(os.path.join(self.directory, name), "rb") as f:
@@ -402,15 +421,16 @@ class FileWal:
     def _apply(self, segment_id: int, record: fmt.Record) -> None:
         if record.kind is fmt.Kind.FRAGMENTS:
             arrived, fragments = fmt.decode_fragments(record.body)
-            self._add_fragments((segment_id, record.offset), arrived,
-                                [(f.trace_id, fmt.fragment_size(f)) for f in fragments])
+            self._add_fragments((segment_id, record.offset), arrived, fmt.fragment_sizes(fragments))
             assert self._recovered is not None
             for f in fragments:
                 self._recovered.setdefault(f.trace_id, []).append(f.payload)
         elif record.kind is fmt.Kind.DECIDED:
             trace_id, sampled = fmt.decode_decided(record.body)
-            if trace_id in self._traces:
-                self._traces[trace_id].sampled = sampled
+            trace = self._traces.get(trace_id)
+            if trace is not None:
+                trace.sampled = sampled
+                self._charge(trace, segment_id, fmt.HEADER_SIZE + len(record.body))
         elif record.kind is fmt.Kind.DONE:
             assert self._recovered is not None
             for trace_id in fmt.decode_done(record.body):
@@ -422,7 +442,7 @@ class FileWal:
 
     def _sync_loop(self) -> None:
         last = 0.0
-        while True:
+        while not self._closing.is_set():  # checked after each sync: close() may come while one clears `_wake`
             self._wake.wait()
             if self._closing.wait(max(0.0, last + self.fsync_interval - time.monotonic())):
                 return  # close() syncs what is left

@@ -46,9 +46,13 @@ def _frame(kind: Kind, body: bytes) -> bytes:
     return _HEADER.pack(MAGIC, kind, len(body), zlib.crc32(body, zlib.crc32(checked))) + body
 
 
-def fragment_size(fragment: TraceFragment) -> int:
-    """Bytes one fragment takes inside a FRAGMENTS record: what its trace holds on disk."""
-    return _FRAGMENT.size + len(fragment.trace_id) + len(fragment.payload)
+def fragment_sizes(fragments: Sequence[TraceFragment]) -> list[tuple[TraceId, int]]:
+    """The bytes of a FRAGMENTS record each trace holds on disk: its fragment, and the record's
+    framing for the first, so that what is live adds up to what the record takes."""
+    sizes = [(f.trace_id, _FRAGMENT.size + len(f.trace_id) + len(f.payload)) for f in fragments]
+    if sizes:
+        sizes[0] = (sizes[0][0], sizes[0][1] + HEADER_SIZE + _FRAGMENTS.size)
+    return sizes
 
 
 def encode_segment(segment_id: int, supersedes: int) -> bytes:
