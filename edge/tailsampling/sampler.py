@@ -7,8 +7,9 @@ due traces: sampled ones are queued for the traces exporter, the others are adde
 span rollup. A trace leaves the log (`done`) only once the upstream acknowledged its
 export, or once the rollup holding its spans went out.
 
-Everything here runs on the sampler process's one event loop; the log's appends are plain
-writes to the page cache (its fsyncs run in its own thread), so the loop never waits on disk.
+Everything here runs on the sampler process's one event loop. The log's appends are plain
+writes to the page cache whose fsyncs run in the log's own thread (`wal_fsync: interval`,
+`never`); only under `always` does each submission wait for its fsync.
 """
 
 from __future__ import annotations
@@ -68,17 +69,17 @@ class Outbox:
 
     def flush(self, exporter: TraceExporter) -> None:
         while self.traces:
-            count, size = 0, 0
+            batch: list[Decided] = []
+            size = 0
             for trace in self.traces:
-                if count and size + trace.size > EXPORT_BATCH_BYTES:
+                if batch and size + trace.size > EXPORT_BATCH_BYTES:
                     break
-                count += 1
+                batch.append(trace)
                 size += trace.size
-            batch = [self.traces[i] for i in range(count)]
             payload = b"".join(p for trace in batch for p in trace.payloads)
             if not exporter.submit([t.trace_id for t in batch], payload, sum(t.spans for t in batch)):
                 return
-            for _ in range(count):
+            for _ in batch:
                 self.traces.popleft()
 
 
