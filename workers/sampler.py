@@ -35,6 +35,7 @@ from edge.lifecycle import die_with_parent
 from edge.tailsampling.assembly import SamplerParts, assemble
 from edge.tailsampling.channel import serve_connection
 from edge.tailsampling.sampler import TailSampler
+from edge.tailsampling.wal import WalLocked
 
 log = logging.getLogger("edge.sampler")
 
@@ -42,6 +43,7 @@ TICK_SECONDS = 0.05  # due traces are decided within this of their decision_wait
 OBSERVE_SECONDS = 1.0
 FLUSH_SECONDS = 10.0  # exports still in flight at SIGTERM get this long
 SERVER_CLOSE_SECONDS = 2.0
+EXIT_CANNOT_START = 2
 
 
 async def run_loop(sampler: TailSampler, parts: SamplerParts, stopping: asyncio.Event) -> None:
@@ -103,6 +105,10 @@ def main() -> int:
     logs.configure(config.log_level)
     try:
         return uvloop.run(serve(paths, config))
+    except (OSError, WalLocked) as exc:  # the log's directory: one line saying why, not a traceback a second
+        log.error("tail sampler cannot open its write-ahead log in %s (tail_sampling.wal_dir): %s",
+                  config.tail_sampling.wal_dir, exc)
+        return EXIT_CANNOT_START
     except Exception:
         log.exception("tail sampler failed")
         return 1
