@@ -77,7 +77,12 @@ async def shut_down(sampler: TailSampler, parts: SamplerParts, server: asyncio.S
 
 
 async def serve(paths: RuntimePaths, config: Config) -> int:
-    parts = await assemble(config)
+    try:
+        parts = await assemble(config)
+    except (OSError, WalLocked) as exc:  # the log's directory: one line saying why, not a traceback a second
+        log.error("tail sampler cannot open its write-ahead log in %s (tail_sampling.wal_dir): %s",
+                  config.tail_sampling.wal_dir, exc)
+        return EXIT_CANNOT_START
     sampler = parts.sampler(time.time)
     sampler.restore(parts.wal.replay())
     with contextlib.suppress(FileNotFoundError):
@@ -105,10 +110,6 @@ def main() -> int:
     logs.configure(config.log_level)
     try:
         return uvloop.run(serve(paths, config))
-    except (OSError, WalLocked) as exc:  # the log's directory: one line saying why, not a traceback a second
-        log.error("tail sampler cannot open its write-ahead log in %s (tail_sampling.wal_dir): %s",
-                  config.tail_sampling.wal_dir, exc)
-        return EXIT_CANNOT_START
     except Exception:
         log.exception("tail sampler failed")
         return 1
