@@ -37,7 +37,6 @@ briefly by at most the live part of one segment.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -46,10 +45,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from edge.logs import RateLimitedLog
 from edge.tailsampling import wal_format as fmt
 from edge.tailsampling.interfaces import Replayed, ReplayedTrace, TraceFragment, TraceId, WalFull
 
 log = logging.getLogger("edge.tailsampling.wal")
+_failures = RateLimitedLog(log)
 
 FSYNC_MODES = ("interval", "always", "never")
 SEGMENT_BYTES = 4 << 20
@@ -460,12 +461,17 @@ class FileWal:
         if sync_directory:
             _fsync_directory(self.directory)
 
-    @staticmethod
-    def _sync_and_close(fds: list[int], *, sync: bool) -> None:
+    def _sync_and_close(self, fds: list[int], *, sync: bool) -> None:
+        """A failed sync is logged, not raised: raising would stop the syncer for good, and the records
+        are written, so only a power loss or kernel crash could still take them."""
         for fd in fds:
             if fd < 0:
                 continue
-            with contextlib.suppress(OSError):
+            try:
                 if sync:
                     os.fdatasync(fd)
-            os.close(fd)
+            except OSError as exc:
+                _failures.log(logging.ERROR, "fsync", "syncing the write-ahead log in %s failed: %s; acknowledged "
+                              "spans may not survive a power loss", self.directory, exc.strerror or exc)
+            finally:
+                os.close(fd)
