@@ -22,17 +22,19 @@ Decisions and done marks are never synced on their own: losing one only means th
 decided again or exported again after a restart (a duplicate, never a loss).
 
 Space: a segment whose traces are all done is deleted once it is the oldest (deleting only the
-oldest keeps every done mark behind the fragments it cancels). When the oldest segment holds
-little that is still live (`REWRITE_FRACTION` of it), or the log spans more than
-`GARBAGE_FREE_SEGMENTS` segments and less than half of it is live, the live traces' fragments
-(and decisions) are rewritten into a new newest segment whose first record says it supersedes
-the old one, and the old one is deleted. The new segment is written whole under a temporary
-name and renamed into place, so a crash leaves either the old segment alone or both, and
-opening the log deletes what a complete rewrite superseded: no trace is lost or replayed
-twice. So disk use stays within about twice what is live (at least a few segments), not what
-the oldest straggler kept alive, and each byte is rewritten about once on average. `append`
-raises `WalFull` when its record would take the log past `max_bytes`; a rewrite may pass it
-briefly by at most the live part of one segment.
+oldest keeps every done mark behind the fragments it cancels). The oldest segment's live
+traces' fragments (and decisions) are rewritten into a new newest segment, and the oldest
+deleted, in two cases: stragglers, when it holds little that is live (`REWRITE_FRACTION` of
+it) while more than `BLOCKED_SEGMENTS` segments' worth of garbage waits behind it (traces done
+in order never wait for this); and garbage, when the log spans more than
+`GARBAGE_FREE_SEGMENTS` segments and less than half of it is live. The new segment's first
+record says which segment it supersedes; it is written whole under a temporary name and
+renamed into place, so a crash leaves either the old segment alone or both, and opening the
+log deletes what a complete rewrite superseded: no trace is lost or replayed twice. So disk
+use stays within about twice what is live (and at least a few segments), whatever the oldest
+straggler, and a byte is rewritten about once on average at worst. `append` raises `WalFull`
+when its record would take the log past `max_bytes`; a rewrite may pass it briefly by at most
+the live part of one segment.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ _failures = RateLimitedLog(log)
 FSYNC_MODES = ("interval", "always", "never")
 SEGMENT_BYTES = 4 << 20
 REWRITE_FRACTION = 0.125
+BLOCKED_SEGMENTS = 2
 GARBAGE_FREE_SEGMENTS = 4  # below this many segments' worth of bytes, garbage is left to the deletions
 LOCK_WAIT_S = 5.0  # a previous sampler still exiting releases the directory within this
 SUFFIX = ".wal"
@@ -319,10 +322,15 @@ class FileWal:
                 return
             if oldest.live_bytes <= 0:
                 self._delete(oldest)
-            elif oldest.live_bytes <= oldest.size * REWRITE_FRACTION or self._mostly_garbage():
+            elif self._straggling(oldest) or self._mostly_garbage():
                 self._rewrite(oldest)
             else:
                 return
+
+    def _straggling(self, oldest: _Segment) -> bool:
+        """A few live traces in the oldest segment keep garbage behind it from being deleted."""
+        garbage = self._bytes_used - self._live_bytes
+        return oldest.live_bytes <= oldest.size * REWRITE_FRACTION and garbage > BLOCKED_SEGMENTS * self.segment_bytes
 
     def _mostly_garbage(self) -> bool:
         return (self._bytes_used > GARBAGE_FREE_SEGMENTS * self.segment_bytes
