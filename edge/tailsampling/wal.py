@@ -22,22 +22,23 @@ Decisions and done marks are never synced on their own: losing one only means th
 decided again or exported again after a restart (a duplicate, never a loss).
 
 Space: a segment whose traces are all done is deleted once it is the oldest (deleting only the
-oldest keeps every done mark behind the fragments it cancels). When the oldest segment holds
-little that is still live (`REWRITE_FRACTION` of it), or the log spans more than
-`GARBAGE_FREE_SEGMENTS` segments and less than half of it is live, the live traces' fragments
-(and decisions) are rewritten into a new newest segment whose first record says it supersedes
-the old one, and the old one is deleted. The new segment is written whole under a temporary
-name and renamed into place, so a crash leaves either the old segment alone or both, and
-opening the log deletes what a complete rewrite superseded: no trace is lost or replayed
-twice. So disk use stays within about twice what is live (at least a few segments), not what
-the oldest straggler kept alive, and each byte is rewritten about once on average. `append`
-raises `WalFull` when its record would take the log past `max_bytes`; a rewrite may pass it
-briefly by at most the live part of one segment.
+oldest keeps every done mark behind the fragments it cancels). The oldest segment's live
+traces' fragments (and decisions) are rewritten into a new newest segment, and the oldest
+deleted, in two cases: stragglers, when it holds little that is live (`REWRITE_FRACTION` of
+it) while more than `BLOCKED_SEGMENTS` segments' worth of garbage waits behind it (traces done
+in order never wait for this); and garbage, when the log spans more than
+`GARBAGE_FREE_SEGMENTS` segments and less than half of it is live. The new segment's first
+record says which segment it supersedes; it is written whole under a temporary name and
+renamed into place, so a crash leaves either the old segment alone or both, and opening the
+log deletes what a complete rewrite superseded: no trace is lost or replayed twice. So disk
+use stays within about twice what is live (and at least a few segments), whatever the oldest
+straggler, and a byte is rewritten about once on average at worst. `append` raises `WalFull`
+when its record would take the log past `max_bytes`; a rewrite may pass it briefly by at most
+the live part of one segment.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -46,14 +47,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from edge.logs import RateLimitedLog
 from edge.tailsampling import wal_format as fmt
 from edge.tailsampling.interfaces import Replayed, ReplayedTrace, TraceFragment, TraceId, WalFull
 
 log = logging.getLogger("edge.tailsampling.wal")
+_failures = RateLimitedLog(log)
 
 FSYNC_MODES = ("interval", "always", "never")
 SEGMENT_BYTES = 4 << 20
 REWRITE_FRACTION = 0.125
+BLOCKED_SEGMENTS = 2
 GARBAGE_FREE_SEGMENTS = 4  # below this many segments' worth of bytes, garbage is left to the deletions
 LOCK_WAIT_S = 5.0  # a previous sampler still exiting releases the directory within this
 SUFFIX = ".wal"
@@ -318,10 +322,15 @@ class FileWal:
                 return
             if oldest.live_bytes <= 0:
                 self._delete(oldest)
-            elif oldest.live_bytes <= oldest.size * REWRITE_FRACTION or self._mostly_garbage():
+            elif self._straggling(oldest) or self._mostly_garbage():
                 self._rewrite(oldest)
             else:
                 return
+
+    def _straggling(self, oldest: _Segment) -> bool:
+        """A few live traces in the oldest segment keep garbage behind it from being deleted."""
+        garbage = self._bytes_used - self._live_bytes
+        return oldest.live_bytes <= oldest.size * REWRITE_FRACTION and garbage > BLOCKED_SEGMENTS * self.segment_bytes
 
     def _mostly_garbage(self) -> bool:
         return (self._bytes_used > GARBAGE_FREE_SEGMENTS * self.segment_bytes
@@ -460,12 +469,17 @@ class FileWal:
         if sync_directory:
             _fsync_directory(self.directory)
 
-    @staticmethod
-    def _sync_and_close(fds: list[int], *, sync: bool) -> None:
+    def _sync_and_close(self, fds: list[int], *, sync: bool) -> None:
+        """A failed sync is logged, not raised: raising would stop the syncer for good, and the records
+        are written, so only a power loss or kernel crash could still take them."""
         for fd in fds:
             if fd < 0:
                 continue
-            with contextlib.suppress(OSError):
+            try:
                 if sync:
                     os.fdatasync(fd)
-            os.close(fd)
+            except OSError as exc:
+                _failures.log(logging.ERROR, "fsync", "syncing the write-ahead log in %s failed: %s; acknowledged "
+                              "spans may not survive a power loss", self.directory, exc.strerror or exc)
+            finally:
+                os.close(fd)

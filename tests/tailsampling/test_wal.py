@@ -210,11 +210,11 @@ def test_a_rewrite_cut_short_by_a_crash_replays_each_trace_once(tmp_path: Path, 
     log = open_wal(opened, tmp_path, segment_bytes=4096)
     log.append([fragment(0)], T0)
     log.decided(tid(0), True)
-    for n in range(1, 20):
-        log.append([fragment(n)], T0)  # fills the first segment and starts the next
+    for n in range(1, 60):
+        log.append([fragment(n)], T0)  # four segments
     first = segments(tmp_path)[0]
     saved = first.read_bytes()
-    log.done([tid(n) for n in range(1, 20)])  # only trace 0 is left in it: rewritten forward
+    log.done([tid(n) for n in range(1, 60)])  # trace 0 straggles, keeping three segments of garbage: rewritten
     assert not first.exists()
     first.write_bytes(saved)
     replayed = reopen(opened, log, segment_bytes=4096).replay()
