@@ -8,7 +8,7 @@ them once a second.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +16,7 @@ from edge.config import Config, TailSamplingConfig
 from edge.tailsampling.buffer import TraceBuffer
 from edge.tailsampling.decider import compile_decider
 from edge.tailsampling.decisions import DecisionCache
-from edge.tailsampling.export import HttpExporter
+from edge.tailsampling.export import OtlpHttpExporter
 from edge.tailsampling.interfaces import TraceId
 from edge.tailsampling.peers import Peers, peers_from_config
 from edge.tailsampling.rollup import SpanMetricsRollup
@@ -24,8 +24,6 @@ from edge.tailsampling.routing import Routing
 from edge.tailsampling.sampler import TailSampler
 from edge.tailsampling.stats import PeerCounts, SamplerStats
 from edge.tailsampling.wal import FileWal
-
-log = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"
 
@@ -52,8 +50,8 @@ class SamplerParts:
     config: TailSamplingConfig
     wal: FileWal
     rollup: SpanMetricsRollup
-    exporter: HttpExporter
-    rollup_exporter: HttpExporter
+    exporter: OtlpHttpExporter
+    rollup_exporter: OtlpHttpExporter
     peers: Peers | None
     relay: AckRelay
     stats: SamplerStats
@@ -79,11 +77,12 @@ class SamplerParts:
             peers = PeerCounts(p.members, p.routed_spans, p.received_spans, p.kept_spans)
         self.stats.observe(sampler.buffer, self.wal.bytes_used, peers)
         self.stats.observe_rollup(self.rollup.series, self.rollup.overflowed)
+        self.stats.observe_exports("traces", self.exporter.counters, self.exporter.queue_bytes)
+        self.stats.observe_exports("rollup", self.rollup_exporter.counters, self.rollup_exporter.queue_bytes)
 
     async def close(self, flush_seconds: float, sampler: TailSampler) -> None:
         """Exports delivered within `flush_seconds`, then the peers and the log closed."""
-        await self.exporter.close(flush_seconds)
-        await self.rollup_exporter.close(0.0)
+        await asyncio.gather(self.exporter.close(flush_seconds), self.rollup_exporter.close(flush_seconds))
         if self.peers is not None:
             await self.peers.close()
         self.observe(sampler)
@@ -100,8 +99,10 @@ async def assemble(config: Config) -> SamplerParts:
     relay = AckRelay()
     wal = FileWal(tail.wal_dir, fsync=tail.wal_fsync, fsync_interval=tail.wal_fsync_interval,
                   max_bytes=tail.max_wal_bytes)
-    exporter = HttpExporter(config.upstream_url.rstrip("/") + TRACES_PATH, relay.exported, tail.export_queue_bytes)
-    rollup_exporter = HttpExporter(tail.metrics_url, relay.rolled_up, tail.export_queue_bytes)
+    exporter = OtlpHttpExporter(config.upstream_url.rstrip("/") + TRACES_PATH, relay.exported,
+                                queue_bytes=tail.export_queue_bytes)
+    rollup_exporter = OtlpHttpExporter(tail.metrics_url, relay.rolled_up, what="rollup metrics",
+                                       queue_bytes=tail.export_queue_bytes)
     await exporter.start()
     await rollup_exporter.start()
     peers = None

@@ -40,8 +40,6 @@ from edge.tailsampling.stats import SamplerStats
 
 log = logging.getLogger(__name__)
 
-EXPORT_BATCH_BYTES = 1 << 20  # sampled traces leave in payloads of about this size (one bigger trace alone)
-
 
 class Decided(NamedTuple):
     """A trace decided sampled, waiting for the exporter's queue to take it."""
@@ -49,11 +47,10 @@ class Decided(NamedTuple):
     trace_id: TraceId
     payloads: Sequence[bytes]
     spans: int
-    size: int
 
 
 class Outbox:
-    """Sampled traces in order, handed to the exporter in payloads of about EXPORT_BATCH_BYTES.
+    """Sampled traces in order, each handed to the exporter (which batches them) as one payload.
 
     The exporter's queue is bounded and refuses when full: what it refused stays here and is
     offered again at the next tick, still in the log until the upstream has it."""
@@ -62,25 +59,17 @@ class Outbox:
         self.traces: deque[Decided] = deque()
 
     def add(self, trace_id: TraceId, payloads: Sequence[bytes], spans: int) -> None:
-        self.traces.append(Decided(trace_id, payloads, spans, sum(map(len, payloads))))
+        self.traces.append(Decided(trace_id, payloads, spans))
 
     def __len__(self) -> int:
         return len(self.traces)
 
     def flush(self, exporter: TraceExporter) -> None:
         while self.traces:
-            batch: list[Decided] = []
-            size = 0
-            for trace in self.traces:
-                if batch and size + trace.size > EXPORT_BATCH_BYTES:
-                    break
-                batch.append(trace)
-                size += trace.size
-            payload = b"".join(p for trace in batch for p in trace.payloads)
-            if not exporter.submit([t.trace_id for t in batch], payload, sum(t.spans for t in batch)):
+            trace = self.traces[0]
+            if not exporter.submit([trace.trace_id], b"".join(trace.payloads), trace.spans):
                 return
-            for _ in batch:
-                self.traces.popleft()
+            self.traces.popleft()
 
 
 @dataclass

@@ -9,6 +9,7 @@ gauges replace those of the process it replaces; counters add up over both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -17,6 +18,32 @@ from edge.tailsampling.buffer import Arrival, Bound, TraceBuffer
 LATE_OUTCOMES = {Arrival.FOLLOWS_SAMPLED: "sampled", Arrival.FOLLOWS_NOT_SAMPLED: "not_sampled",
                  Arrival.LATE_NEW: "new_trace"}
 GAUGE_MODE = "mostrecent"
+
+
+class ExportCounts(Protocol):
+    """An exporter's cumulative counts, as `edge.tailsampling.export.ExportCounters` has them."""
+
+    @property
+    def exported_traces(self) -> int: ...
+
+    @property
+    def exported_items(self) -> int: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    @property
+    def rejected_traces(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """A copy of an exporter's counts at one moment."""
+
+    exported_traces: int
+    exported_items: int
+    retries: int
+    rejected_traces: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +87,16 @@ class SamplerStats:
                                   "kept here because their owner was unreachable", ("direction",))
         self.rollup_overflow = counter("edge_tail_rollup_overflow_spans", "Spans rolled up into the overflow series "
                                        "(otel.metric.overflow=true) beyond rollup_cardinality_limit")
+        self.exported = counter("edge_tail_exported", "What the sampler's exporters delivered (traces: sampled "
+                                "traces and their spans; rollup: rollup requests and their data points)",
+                                ("exporter", "unit"))
+        self.export_retries = counter("edge_tail_export_retries", "Export requests sent again after a failure",
+                                      ("exporter",))
+        self.export_rejected = counter("edge_tail_export_rejected", "Traces whose export the upstream refused for "
+                                       "good (a 4xx other than 408 and 429)", ("exporter",))
+        self.export_queue = Gauge("edge_tail_export_queue_bytes", "Payload bytes waiting for the upstream's "
+                                  "acknowledgement", ("exporter",), registry=registry, multiprocess_mode=GAUGE_MODE)
+        self._exports_seen: dict[str, Exported] = {}
         self._late = {arrival: self.late_spans.labels(outcome) for arrival, outcome in LATE_OUTCOMES.items()}
         self._decisions: dict[tuple[str, bool], Counter] = {}
         self._decided = {True: self.decided_spans.labels("sampled"), False: self.decided_spans.labels("not_sampled")}
@@ -114,3 +151,20 @@ class SamplerStats:
         if overflowed > self._overflowed_seen:
             self.rollup_overflow.inc(overflowed - self._overflowed_seen)
         self._overflowed_seen = overflowed
+
+    def observe_exports(self, exporter: str, counters: ExportCounts, queued_bytes: int) -> None:
+        """An exporter's cumulative counters (their growth since the last call is added) and its queue."""
+        seen = self._exports_seen.get(exporter)
+        self._exports_seen[exporter] = Exported(counters.exported_traces, counters.exported_items,
+                                                counters.retries, counters.rejected_traces)
+        before = seen or Exported(0, 0, 0, 0)
+        for child, now, then in ((self.exported.labels(exporter, "traces"), counters.exported_traces,
+                                  before.exported_traces),
+                                 (self.exported.labels(exporter, "items"), counters.exported_items,
+                                  before.exported_items),
+                                 (self.export_retries.labels(exporter), counters.retries, before.retries),
+                                 (self.export_rejected.labels(exporter), counters.rejected_traces,
+                                  before.rejected_traces)):
+            if now > then:
+                child.inc(now - then)
+        self.export_queue.labels(exporter).set(queued_bytes)

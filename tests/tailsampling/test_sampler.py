@@ -21,7 +21,7 @@ from edge.tailsampling.interfaces import (
     WalFull,
 )
 from edge.tailsampling.routing import Routing
-from edge.tailsampling.sampler import EXPORT_BATCH_BYTES, TailSampler
+from edge.tailsampling.sampler import TailSampler
 from edge.tailsampling.stats import SamplerStats
 
 WAIT = 10.0
@@ -198,13 +198,16 @@ def test_a_full_export_queue_keeps_the_sampled_traces_for_the_next_tick() -> Non
     assert p.exporter.submitted == [([tid(1)], b"s", 1)]
 
 
-def test_exports_are_batched_by_size() -> None:
+def test_a_refusing_exporter_keeps_the_order_of_the_traces_it_refused() -> None:
     p = parts()
-    big = bytes(EXPORT_BATCH_BYTES // 2 + 1)
-    submit(p, [frag(1, big), frag(3, big), frag(5, b"small")])
+    submit(p, [frag(1, b"a"), frag(3, b"b"), frag(5, b"c")])
     p.clock.now += WAIT
+    p.exporter.refuse = True
     p.sampler.tick()
-    assert [ids for ids, _, _ in p.exporter.submitted] == [[tid(1)], [tid(3), tid(5)]]
+    p.exporter.refuse = False
+    p.sampler.flush()
+    assert [(ids, payload) for ids, payload, _ in p.exporter.submitted] == [
+        ([tid(1)], b"a"), ([tid(3)], b"b"), ([tid(5)], b"c")]
 
 
 def test_bounds_decide_the_oldest_early() -> None:
