@@ -14,6 +14,7 @@ writes to the page cache whose fsyncs run in the log's own thread (`wal_fsync: i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -39,6 +40,28 @@ from edge.tailsampling.spans import span_count
 from edge.tailsampling.stats import SamplerStats
 
 log = logging.getLogger(__name__)
+
+
+# Spans without a trace id share the id UNTRACED; each such fragment is logged under an id of its own
+# (this prefix and a counter), so the log lets go of each one when its own export is acknowledged.
+UNTRACED_PREFIX = b"untraced"
+
+
+class UntracedKeys:
+    """Ids of their own for fragments of spans without a trace id (random trace ids never start so)."""
+
+    def __init__(self) -> None:
+        self.counter = itertools.count(time.time_ns())  # not reused by a restarted sampler
+
+    def key(self, fragment: TraceFragment) -> TraceFragment:
+        if fragment.trace_id != UNTRACED:
+            return fragment
+        return TraceFragment(UNTRACED_PREFIX + (next(self.counter) % (1 << 64)).to_bytes(8, "big"),
+                             fragment.payload, fragment.spans)
+
+
+def is_untraced(trace_id: TraceId) -> bool:
+    return trace_id.startswith(UNTRACED_PREFIX)
 
 
 class Decided(NamedTuple):
@@ -99,6 +122,7 @@ class TailSampler:
         self.clock = clock
         self.outbox = Outbox()
         self.rollups = PendingRollup()
+        self.untraced = UntracedKeys()
         self.accepting = True
 
     # ── submissions ──
@@ -111,6 +135,7 @@ class TailSampler:
             fragments = await self.routing.keep_here(fragments, forwarded, self.buffer)
         if not fragments:
             return Ack.ACCEPTED
+        fragments = [self.untraced.key(f) for f in fragments]
         now = self.clock()
         try:
             self.wal.append(fragments, now)
@@ -123,8 +148,9 @@ class TailSampler:
         return Ack.ACCEPTED
 
     def _take(self, fragment: TraceFragment, now: float) -> None:
-        if fragment.trace_id == UNTRACED:  # nothing to group it with: decided (passed through) at once
-            self._decide(UNTRACED, BufferedTrace(now, [fragment.payload], fragment.spans, len(fragment.payload)))
+        if is_untraced(fragment.trace_id):  # nothing to group it with: decided (passed through) at once
+            self._decide(fragment.trace_id, BufferedTrace(now, [fragment.payload], fragment.spans,
+                                                          len(fragment.payload)))
             return
         arrival = self.buffer.add(fragment, now)
         if arrival is Arrival.BUFFERED:
@@ -153,7 +179,7 @@ class TailSampler:
 
     def _decide(self, trace_id: TraceId, trace: BufferedTrace) -> None:
         try:
-            sampled, policy = self.decider.decide(trace_id, trace.payloads)
+            sampled, policy = self.decider.decide(UNTRACED if is_untraced(trace_id) else trace_id, trace.payloads)
         except Exception:  # noqa: BLE001 - one trace the decider cannot read must not stop the others
             log.exception("deciding a trace failed; it is sampled")
             sampled, policy = True, "(error)"
@@ -161,7 +187,8 @@ class TailSampler:
 
     def _decided(self, trace_id: TraceId, payloads: list[bytes], spans: int, sampled: bool, policy: str) -> None:
         self.wal.decided(trace_id, sampled)
-        self.buffer.cache.record(trace_id, sampled)
+        if not is_untraced(trace_id):  # its id is its own: no span can arrive late for it
+            self.buffer.cache.record(trace_id, sampled)
         self.stats.decision(policy, sampled, spans)
         if sampled:
             self.outbox.add(trace_id, payloads, spans)
@@ -205,7 +232,11 @@ class TailSampler:
         """What the log kept from a previous run: undecided traces back in the buffer (their wait
         counted from their first arrival), decided ones exported or rolled up."""
         for trace in replayed.undecided:
-            self.buffer.restore(trace.trace_id, trace.arrived, trace.payloads, span_count(trace.payloads))
+            spans = span_count(trace.payloads)
+            if is_untraced(trace.trace_id):
+                self._decide(trace.trace_id, BufferedTrace(trace.arrived, trace.payloads, spans))
+            else:
+                self.buffer.restore(trace.trace_id, trace.arrived, trace.payloads, spans)
         for trace in replayed.to_export:
             self.outbox.add(trace.trace_id, trace.payloads, span_count(trace.payloads))
         for trace in replayed.to_rollup:

@@ -21,7 +21,7 @@ from edge.tailsampling.interfaces import (
     WalFull,
 )
 from edge.tailsampling.routing import Routing
-from edge.tailsampling.sampler import TailSampler
+from edge.tailsampling.sampler import TailSampler, is_untraced
 from edge.tailsampling.stats import SamplerStats
 
 WAIT = 10.0
@@ -232,11 +232,17 @@ def test_late_spans_follow_the_cached_decision() -> None:
     assert p.rollup.added == [b"b", b"late-n"]
 
 
-def test_spans_without_a_trace_id_pass_through_at_once() -> None:
+def test_spans_without_a_trace_id_pass_through_at_once_each_fragment_logged_apart() -> None:
     p = parts()
     submit(p, [TraceFragment(UNTRACED, b"u", 3)])
+    submit(p, [TraceFragment(UNTRACED, b"v", 1)])
     p.sampler.flush()
-    assert p.exporter.submitted == [([UNTRACED], b"u", 3)]
+    assert [(payload, spans) for _, payload, spans in p.exporter.submitted] == [(b"u", 3), (b"v", 1)]
+    (first,), (second,) = (ids for ids, _, _ in p.exporter.submitted)
+    assert is_untraced(first) and is_untraced(second) and first != second
+    assert [f.trace_id for fragments, _ in p.wal.appended for f in fragments] == [first, second]
+    p.sampler.exported([first])  # one acknowledged: the log lets go of that fragment only
+    assert p.wal.finished == [first]
     assert len(p.sampler.buffer) == 0
 
 
