@@ -37,7 +37,7 @@ CALLS = "traces.span.metrics.calls"
 
 def tail_config(tmp: Path, policies: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any]:
     """A tail_sampling section with a short wait, a fast rollup and the log in the test's directory."""
-    return {"enabled": True, "decision_wait": "0.5s", "rollup_interval": "1s", "wal_dir": str(tmp / "wal"),
+    return {"enabled": True, "decision_wait": "1s", "rollup_interval": "1s", "wal_dir": str(tmp / "wal"),
             "policies": list(policies), **keys}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,8 @@ def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, u
                       tail_config(tmp_path / f"e{i}", [ERRORS], peers={"static": members}, decision_wait="2s"),
                       listen_port=port)
              for i, port in enumerate(ports)]
-    for edge in edges:
-        edge.start()
+    with ThreadPoolExecutor(3) as starting:  # in parallel: each waits for its own readiness
+        list(starting.map(TailEdge.start, edges))
     try:
         round_robin = itertools.cycle(edges)
         for t in range(1, 61):  # each span of a trace to the next instance: every trace touches all three
@@ -110,6 +111,6 @@ def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, u
         received = "edge_tail_peer_spans_total{direction=received}"
         assert wait_for(lambda: sum(e.metric(routed) for e in edges) == sum(e.metric(received) for e in edges) > 0, 5)
         assert all(e.metric("edge_tail_peers") == 3 for e in edges)
-    finally:
-        for edge in edges:
-            assert edge.stop() == 0
+    finally:  # together: each holds keep-alive connections to the others' workers, which their drain waits for
+        with ThreadPoolExecutor(3) as stopping:
+            assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]

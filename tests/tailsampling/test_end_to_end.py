@@ -1,6 +1,6 @@
 """Tail sampling end to end: a real edge (supervisor, 2 workers, the sampler) and a recording upstream.
 
-Every test uses a short `decision_wait` (0.5 s) and rollup interval (1 s). Spans are sent
+Every test uses a short `decision_wait` (1 s) and rollup interval (1 s). Spans are sent
 one request per span on fresh connections, so one trace's spans go through different
 workers; what the upstream receives must be whole traces, and every acknowledged span
 must be exported or counted in a rollup.
