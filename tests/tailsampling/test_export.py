@@ -8,6 +8,7 @@ first and recover later.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import gzip
 import logging
 import threading
@@ -148,9 +149,11 @@ def test_rollup_metrics_go_out_the_same_way(up: RecordingUpstream) -> None:
     assert ExportMetricsServiceRequest.FromString(gzip.decompress(request.body)) == metrics
 
 
-@pytest.mark.parametrize("status", [503, 429])
-def test_retry_after_is_honoured(up: RecordingUpstream, status: int) -> None:
-    up.reset(status=status, headers={"Retry-After": "1"})
+@pytest.mark.parametrize(("status", "form"), [(503, "seconds"), (429, "seconds"), (503, "date")])
+def test_retry_after_is_honoured(up: RecordingUpstream, status: int, form: str) -> None:
+    # An HTTP date has whole seconds: two seconds ahead is at least one second away.
+    after = "1" if form == "seconds" else email.utils.formatdate(time.time() + 2, usegmt=True)
+    up.reset(status=status, headers={"Retry-After": after})
     acks = Acks()
 
     async def scenario() -> None:
@@ -168,6 +171,22 @@ def test_retry_after_is_honoured(up: RecordingUpstream, status: int) -> None:
     run(scenario)
     [retried] = up.received()
     assert trace_ids_in(retried) == [tid(1)]
+
+
+def test_a_timeout_is_retried(up: RecordingUpstream) -> None:
+    up.reset(delay=1)
+    acks = Acks()
+
+    async def scenario() -> None:
+        ex = exporter(up.url + "/v1/traces", acks, batch_delay=0, timeout=0.3)
+        await ex.start()
+        ex.submit([tid(1)], trace_payload(1))
+        assert await until(lambda: ex.counters.retries >= 1)
+        up.reset()
+        assert await until(lambda: acks.ids == [tid(1)])
+        await ex.close(1)
+
+    run(scenario)
 
 
 def test_a_refused_connection_is_retried_until_the_upstream_starts() -> None:
