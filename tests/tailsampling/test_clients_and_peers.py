@@ -1,5 +1,6 @@
 """Tail sampling with real clients and several instances: the OpenTelemetry SDK over OTLP/HTTP and
-OTLP/gRPC (edge's own trace policies applied first), and three edges sharing traces through static peers."""
+OTLP/gRPC (edge's own trace policies applied first), three edges sharing traces through static peers,
+and what HTTP and gRPC senders are told while the sampler is down."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
@@ -18,7 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
 from tests.proxy_fixtures import free_port
-from tests.tailsampling.harness import ERRORS, TailEdge, Upstream, accounted, span, tail_config
+from tests.tailsampling.harness import ERRORS, TailEdge, Upstream, accounted, request, span, tail_config
 from tests.waiting import wait_for
 
 # edge's own policy, applied before the tail sampler: spans named drop-* never reach it
@@ -114,3 +117,34 @@ def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, u
     finally:  # together: each holds keep-alive connections to the others' workers, which their drain waits for
         with ThreadPoolExecutor(3) as stopping:
             assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
+
+
+class SamplerDown(TailEdge):
+    """An edge whose sampler cannot open its log (its wal_dir is a file), so it never listens."""
+
+    def _ready(self) -> bool:
+        return super(TailEdge, self)._ready()
+
+
+def test_a_sampler_that_is_down_makes_senders_retry(tmp_path: Path, upstream: Upstream) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    grpc_port = free_port()
+    tail = tail_config(tmp_path, [ERRORS], wal_dir=str(tmp_path / "not-a-directory"))
+    edge = SamplerDown(tmp_path, upstream.url, tail, grpc={"enabled": True, "listen_port": grpc_port}).start()
+    try:
+        reply = edge.post_spans([span(1, 0)])
+        assert (reply.status, reply.header("Retry-After")) == (503, "1")
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                       request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub(request([span(1, 0)]).SerializeToString(), timeout=30)
+        error = raised.value
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE, "tail sampler unavailable")
+        rpc_status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+        info = error_details_pb2.RetryInfo()
+        assert rpc_status.details[0].Unpack(info) and info.retry_delay.seconds == 1
+        assert upstream.received() == []
+        assert "tail sampler cannot open its write-ahead log" in edge.log()
+    finally:
+        assert edge.stop() == 0
