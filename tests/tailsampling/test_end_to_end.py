@@ -194,3 +194,12 @@ def test_otlp_json_is_sampled_like_protobuf_and_answered_in_json(tmp_path: Path,
         assert wait_for(lambda: set(upstream.traces()) == {1, 2}, 10, 0.05)
     finally:
         assert edge.stop() == 0
+
+
+def test_the_ready_line_names_tail_sampling(tmp_path: Path, upstream: Upstream) -> None:
+    edge = started(tmp_path, upstream, [ERRORS, ALWAYS])
+    try:
+        assert wait_for(lambda: " ready on " in edge.log(), 10)
+        assert f"; tail sampling: 2 policies, decision_wait 1 s, write-ahead log in {tmp_path / 'wal'}" in edge.log()
+    finally:
+        assert edge.stop() == 0
