@@ -3,8 +3,9 @@
 A fragment whose trace another instance owns goes to that owner, except when it came from
 a peer (it is never routed twice: members may briefly disagree on who owns what) or when
 its trace is already buffered here (after a membership change a buffered trace stays where
-its first spans are, and its late spans join it). Fragments whose owner stayed unreachable
-are kept here; `Peers` counts them.
+its first spans are, and its late spans join it). Spans without a trace id have no owner:
+they pass through where they arrived. Fragments whose owner stayed unreachable are kept
+here; `Peers` counts them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from typing import Protocol
 
+from edge.tailsampling.grouping import UNTRACED
 from edge.tailsampling.interfaces import TraceFragment, TraceId
 
 
@@ -38,8 +40,11 @@ class Routing:
         if forwarded:
             self.router.received(fragments)
             return fragments
-        staying = [f for f in fragments if f.trace_id in buffered]
-        if len(staying) == len(fragments):
+        staying: list[TraceFragment] = []
+        moving: list[TraceFragment] = []
+        for fragment in fragments:
+            here = fragment.trace_id in buffered or fragment.trace_id == UNTRACED
+            (staying if here else moving).append(fragment)
+        if not moving:
             return fragments
-        moving = [f for f in fragments if f.trace_id not in buffered] if staying else fragments
         return staying + await self.router.route(moving)

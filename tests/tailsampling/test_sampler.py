@@ -291,6 +291,15 @@ def test_fragments_owned_elsewhere_are_forwarded_unless_buffered_here_or_forward
     assert p.wal.appended[-1][0] == [frag(102, b"again")]
 
 
+def test_spans_without_a_trace_id_are_never_routed() -> None:
+    router = Router()
+    p = parts(routing=Routing(router))
+    submit(p, [TraceFragment(UNTRACED, b"u", 1), frag(101)])
+    assert router.routed == [[frag(101)]]
+    p.sampler.flush()
+    assert [payload for _, payload, _ in p.exporter.submitted] == [b"u"]
+
+
 def test_fragments_whose_owner_is_unreachable_are_kept_here() -> None:
     p = parts(routing=Routing(Router(unreachable=True)))
     submit(p, [frag(101)])
