@@ -51,6 +51,16 @@ class TailEdge(EdgeProcess):
         self.port = self.config["listen_port"]  # a port chosen by the test (peers must know it beforehand)
         self.base = f"http://127.0.0.1:{self.port}"
 
+    def start(self, timeout: float = 30.0) -> TailEdge:
+        """As `EdgeProcess.start`, and an edge that never became ready is killed, not left running."""
+        try:
+            super().start(timeout)
+        except BaseException:
+            if self.proc is not None and self.proc.poll() is None:
+                self.kill_all()
+            raise
+        return self
+
     def _ready(self) -> bool:
         return super()._ready() and self.sampler_pid() is not None and self.sampler_listening()
 
