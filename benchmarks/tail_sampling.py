@@ -70,7 +70,7 @@ import asyncio, functools, sys
 from edge.tailsampling.channel import serve_connection
 from edge.tailsampling.interfaces import Ack
 
-async def accept(fragments, forwarded):
+async def accept(fragments, kind):
     return Ack.ACCEPTED
 
 async def main():

@@ -83,14 +83,11 @@ async def serve(paths: RuntimePaths, config: Config) -> int:
         log.error("tail sampler cannot open its write-ahead log in %s (tail_sampling.wal_dir): %s",
                   config.tail_sampling.wal_dir, exc)
         return EXIT_CANNOT_START
-    if config.tail_sampling.logs.follow_traces:
-        log.warning("tail_sampling.logs.follow_traces is not implemented yet: logs are forwarded as they are "
-                    "without tail sampling, whatever becomes of their traces")
     sampler = parts.sampler(time.time)
     sampler.restore(parts.wal.replay())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(paths.sampler_socket)  # left by a sampler that was killed
-    server = await asyncio.start_unix_server(functools.partial(serve_connection, submitted=sampler.submit),
+    server = await asyncio.start_unix_server(functools.partial(serve_connection, submitted=sampler.handle),
                                              path=paths.sampler_socket)
     log.info("tail sampler ready: %d traces buffered, write-ahead log at %s (%d bytes)", len(sampler.buffer),
              config.tail_sampling.wal_dir, parts.wal.bytes_used)

@@ -27,9 +27,9 @@ from edge.protocols.passthrough import Passthrough
 from edge.protocols.peer_traces import PeerTraces
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
+from edge.protocols.tail_handoff import SamplerConnection, handoffs
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response, late_body_response
 from edge.runtime import Runtime
-from edge.tailsampling.interfaces import SamplerClient
 from edge.tailsampling.peers import PEER_PATH
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,10 @@ DISTRIBUTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerClient | None = None) -> BodyWatch:
+def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerConnection | None = None) -> BodyWatch:
     """The worker's ASGI app with the routes of one distribution (`edge` serves them all); with a
-    `sampler`, the OTLP traces route hands what edge's policies leave to the tail sampler.
+    `sampler`, the OTLP traces route (and the logs route under `logs.follow_traces`) hands what
+    edge's policies leave to the tail sampler.
 
     The peers' internal route (`PEER_PATH`) exists wherever OTLP is served, so a peer's forward is
     never passed through to the upstream: without a sampler it is answered 404 and the peer keeps
@@ -192,7 +193,8 @@ def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerCli
     if "otlp" in protocols:  # on the configured paths; forwarded to the signal's URL + the path received
         paths = config.otlp.paths()
         otlp_routes = {signal: OtlpRoute(signal, base, runtime, upstream, metrics) for signal, base in otlp.items()}
-        otlp_routes["trace"].sampler = sampler
+        for signal, handoff in handoffs(config, sampler).items():
+            otlp_routes[signal].handoff = handoff
         routes.update({paths[signal]: {"POST": route} for signal, route in otlp_routes.items()})
         routes[PEER_PATH] = {"POST": PeerTraces(sampler, config.max_decoded_bytes)}
     if "datadog" in protocols:

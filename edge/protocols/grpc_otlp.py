@@ -28,10 +28,11 @@ from google.protobuf.duration_pb2 import Duration
 
 from edge.protocols.otlp import DROPPED, PROTOBUF, SAMPLER_RETRY_SECONDS, OtlpRoute
 from edge.protocols.self_metrics import Metrics
+from edge.protocols.tail_handoff import SamplerConnection, handoffs
 from edge.protocols.unfiltered import UNDECODABLE, Reason, Refused, note
 from edge.protocols.upstream import HOP_BY_HOP, RequestHead, Upstream, UpstreamError
 from edge.runtime import Runtime
-from edge.tailsampling.interfaces import Ack, SamplerClient
+from edge.tailsampling.interfaces import Ack
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class GrpcRoute(OtlpRoute):
         """The response message (the upstream's, or empty when nothing is left to send), or a Failure."""
         head = RequestHead(forwarded_metadata(metadata), len(body), PROTOBUF, None, False)
         try:
-            forward = await (self.filter_off_loop(body, head) if self.sampler is None else self.sample(body, head))
+            forward = await (self.filter_off_loop(body, head) if self.handoff is None else self.sample(body, head))
         except Refused as refused:
             reason = refused.reason
             return Failure(REFUSED_CODES.get(reason.status, grpc.StatusCode.INVALID_ARGUMENT),
@@ -196,13 +197,13 @@ class OtlpServices(grpc.GenericRpcHandler):
 
 
 def otlp_services(runtime: Runtime, upstream: Upstream, metrics: Metrics,
-                  sampler: SamplerClient | None = None) -> OtlpServices:
-    """Every signal's service, forwarding to the signal's URL as the HTTP routes do (traces to the
-    tail sampler instead, when there is one)."""
+                  sampler: SamplerConnection | None = None) -> OtlpServices:
+    """Every signal's service, forwarding to the signal's URL as the HTTP routes do (traces, and logs
+    under `logs.follow_traces`, to the tail sampler instead, when there is one)."""
     config = runtime.config
     urls = {"log": config.logs_url, "metric": config.metrics_url, "trace": config.upstream_url}
+    handoff = handoffs(config, sampler)
     routes = [GrpcRoute(signal, url, runtime, upstream, metrics) for signal, url in urls.items()]
     for route in routes:
-        if route.signal == "trace":
-            route.sampler = sampler
+        route.handoff = handoff.get(route.signal)
     return OtlpServices(routes)

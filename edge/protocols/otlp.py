@@ -26,6 +26,7 @@ from edge.formats.otlp.body import evaluate, is_protobuf
 from edge.protocols.body import client_gone
 from edge.protocols.content_encoding import DecodeFailed, TooLarge, codec_of, decode_or_raise, encode
 from edge.protocols.self_metrics import Metrics
+from edge.protocols.tail_handoff import Handoff
 from edge.protocols.unfiltered import (
     DECODE_LIMIT,
     DEPTH_LIMIT,
@@ -41,8 +42,7 @@ from edge.protocols.unfiltered import (
 )
 from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
 from edge.runtime import Runtime
-from edge.tailsampling.grouping import split_by_trace
-from edge.tailsampling.interfaces import Ack, SamplerClient
+from edge.tailsampling.interfaces import Ack
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class OtlpRoute:
         self.max_decoded = runtime.config.max_decoded_bytes
         self.reject = runtime.config.unfiltered == REJECT
         self.all_dropped: bytes | None = None  # sent upstream when every record is dropped; None: answer here
-        self.sampler: SamplerClient | None = None  # set: traces go to the tail sampler instead of the upstream
+        self.handoff: Handoff | None = None  # set: batches go to the tail sampler instead of the upstream
 
     async def __call__(self, req: Any, resp: Any) -> None:
         scope = req.scope
@@ -114,7 +114,7 @@ class OtlpRoute:
         if client_gone(scope) or (head.content_length is not None and len(body) != head.content_length):
             return error_response(resp, 400)  # the client went away mid-body: never forward a part
         try:
-            forward = await (self.filter_off_loop(body, head) if self.sampler is None else self.sample(body, head))
+            forward = await (self.filter_off_loop(body, head) if self.handoff is None else self.sample(body, head))
         except Refused as refused:
             return refusal(resp, refused.reason)
         if forward is DROPPED or forward is Ack.ACCEPTED:
@@ -150,8 +150,8 @@ class OtlpRoute:
     async def sample(self, body: bytes, head: RequestHead) -> Ack | bytes | None:
         """Tail sampling: the batch filtered by edge's policies as always, then split by trace and handed
         to the sampler, whose Ack is the answer; DROPPED when the policies left nothing. A body that
-        cannot be decoded or split is unfiltered as without tail sampling: the original bytes to
-        forward (or Refused under `unfiltered: reject`)."""
+        cannot be decoded or split is unfiltered as without tail sampling, and a logs batch without a
+        trace id is not the sampler's: the bytes to forward (or Refused under `unfiltered: reject`)."""
         codec = codec_of(head.content_encoding)
         if codec is None:
             self.unfiltered(UNKNOWN_CODEC, f"Content-Encoding {head.content_encoding!r}")
@@ -168,14 +168,16 @@ class OtlpRoute:
         kept = self.filter(decoded, plain, decoded)
         if kept is DROPPED:
             return DROPPED
+        assert self.handoff is not None
         try:
-            fragments = split_by_trace(kept, head.content_type or "")
+            fragments = self.handoff.split(kept, head.content_type or "")
         except UndecodableBody as exc:
             if not self.filtered(plain):  # else `filter` has counted it already
                 self.unfiltered(UNDECODABLE, str(exc))
             return body
-        assert self.sampler is not None
-        return await self.sampler.submit(fragments) if fragments else Ack.ACCEPTED
+        if self.handoff.bypasses(fragments):
+            return body if kept is decoded else encode(kept, codec)
+        return await self.handoff.submit(fragments) if fragments else Ack.ACCEPTED
 
     def filtered(self, head: RequestHead) -> bool:
         """Whether this body will be decoded and evaluated at all (else it is forwarded raw)."""

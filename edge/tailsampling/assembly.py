@@ -26,6 +26,7 @@ from edge.tailsampling.stats import PeerCounts, SamplerStats
 from edge.tailsampling.wal import FileWal
 
 TRACES_PATH = "/v1/traces"
+LOGS_PATH = "/v1/logs"
 
 
 class AckRelay:
@@ -42,6 +43,10 @@ class AckRelay:
         if self.sampler is not None:
             self.sampler.rolled_up(trace_ids)
 
+    def logs_exported(self, keys: Sequence[TraceId]) -> None:
+        if self.sampler is not None:
+            self.sampler.logs_exported(keys)
+
 
 @dataclass
 class SamplerParts:
@@ -52,6 +57,7 @@ class SamplerParts:
     rollup: SpanMetricsRollup
     exporter: OtlpHttpExporter
     rollup_exporter: OtlpHttpExporter
+    logs_exporter: OtlpHttpExporter
     peers: Peers | None
     relay: AckRelay
     stats: SamplerStats
@@ -63,6 +69,7 @@ class SamplerParts:
                               c.num_traces)
         sampler = TailSampler(wal=self.wal, decider=compile_decider(c), rollup=self.rollup,
                               exporter=self.exporter, rollup_exporter=self.rollup_exporter,
+                              logs_exporter=self.logs_exporter,
                               buffer=TraceBuffer(c.num_traces, c.max_buffer_bytes, cache),
                               decision_wait=c.decision_wait, stats=self.stats,
                               routing=None if self.peers is None else Routing(self.peers), clock=clock)
@@ -79,10 +86,12 @@ class SamplerParts:
         self.stats.observe_rollup(self.rollup.series, self.rollup.overflowed)
         self.stats.observe_exports("traces", self.exporter.counters, self.exporter.queue_bytes)
         self.stats.observe_exports("rollup", self.rollup_exporter.counters, self.rollup_exporter.queue_bytes)
+        self.stats.observe_exports("logs", self.logs_exporter.counters, self.logs_exporter.queue_bytes)
 
     async def close(self, flush_seconds: float, sampler: TailSampler) -> None:
         """Exports delivered within `flush_seconds`, then the peers and the log closed."""
-        await asyncio.gather(self.exporter.close(flush_seconds), self.rollup_exporter.close(flush_seconds))
+        await asyncio.gather(*(exporter.close(flush_seconds)
+                               for exporter in (self.exporter, self.rollup_exporter, self.logs_exporter)))
         if self.peers is not None:
             await self.peers.close()
         self.observe(sampler)
@@ -103,11 +112,13 @@ async def assemble(config: Config) -> SamplerParts:
                                 queue_bytes=tail.export_queue_bytes)
     rollup_exporter = OtlpHttpExporter(tail.metrics_url, relay.rolled_up, what="rollup metrics",
                                        queue_bytes=tail.export_queue_bytes)
-    await exporter.start()
-    await rollup_exporter.start()
+    logs_exporter = OtlpHttpExporter(config.logs_url.rstrip("/") + LOGS_PATH, relay.logs_exported, what="logs",
+                                     queue_bytes=tail.export_queue_bytes)
+    for started in (exporter, rollup_exporter, logs_exporter):
+        await started.start()
     peers = None
     if has_peers(tail):
         peers = peers_from_config(tail.peers)
         await peers.start()
     return SamplerParts(tail, wal, SpanMetricsRollup(tail.rollup_cardinality_limit), exporter, rollup_exporter,
-                        peers, relay, SamplerStats())
+                        logs_exporter, peers, relay, SamplerStats())

@@ -15,9 +15,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from edge.tailsampling.decisions import DecisionCache
 from edge.tailsampling.interfaces import TraceFragment, TraceId
+
+
+class HeldLogs(NamedTuple):
+    """Log records of a buffered trace (`logs.follow_traces`), held under their own key in the log."""
+
+    key: TraceId
+    payload: bytes  # a serialised ExportLogsServiceRequest
+    records: int
 
 
 @dataclass(slots=True)
@@ -28,11 +37,18 @@ class BufferedTrace:
     payloads: list[bytes] = field(default_factory=list)
     spans: int = 0
     size: int = 0
+    logs: list[HeldLogs] | None = None  # None until a log record follows it: most traces have none
 
     def add(self, payload: bytes, spans: int) -> None:
         self.payloads.append(payload)
         self.spans += spans
         self.size += len(payload)
+
+    def hold(self, logs: HeldLogs) -> None:
+        if self.logs is None:
+            self.logs = []
+        self.logs.append(logs)
+        self.size += len(logs.payload)
 
 
 class Arrival(Enum):
@@ -85,6 +101,11 @@ class TraceBuffer:
         self.spans += fragment.spans
         self.bytes += len(fragment.payload)
         return Arrival.LATE_NEW if late else Arrival.BUFFERED
+
+    def hold(self, trace_id: TraceId, logs: HeldLogs) -> None:
+        """Log records that leave, or are dropped, with this buffered trace."""
+        self.traces[trace_id].hold(logs)
+        self.bytes += len(logs.payload)
 
     def restore(self, trace_id: TraceId, arrived: float, payloads: list[bytes], spans: int) -> None:
         """A trace read back from the write-ahead log (restored oldest first, before new traffic)."""

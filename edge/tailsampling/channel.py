@@ -6,9 +6,10 @@ a stream socket gives that, and pipelining (many requests of one worker in fligh
 one connection, answered in any order, matched by id) keeps it cheap.
 
 A frame is `length:u32 | request id:u64 | kind:u8 | body` (big-endian; `length` counts
-what follows it). A submission's body is its fragments, each `trace id:16 bytes |
-spans:u32 | size:u32 | payload`; the answer's body is one byte, the `Ack`'s code. The
-payloads are serialised `ExportTraceServiceRequest`s and cross the socket untouched.
+what follows it; a submission's kind says what it carries: `Submission`). A submission's
+body is its fragments, each `trace id:16 bytes | spans:u32 | size:u32 | payload`; the
+answer's body is one byte, the `Ack`'s code. The payloads are serialised OTLP requests and
+cross the socket untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
+from enum import Enum
 
 from edge.tailsampling.interfaces import Ack, TraceFragment
 
@@ -28,22 +30,31 @@ FRAGMENT = struct.Struct("!16sII")  # trace id, spans, payload size
 ID_AND_KIND = HEADER.size - 4
 MAX_FRAME = 256 << 20  # a body is at most `max_decoded_bytes` (20 MiB by default); this bounds a broken peer
 
-SUBMIT = 1
-SUBMIT_FORWARDED = 2  # fragments a peer forwarded: never routed again
 ANSWER = 0x80
+
+
+class Submission(Enum):
+    """What a submission frame carries (its kind byte)."""
+
+    TRACES = 1
+    FORWARDED = 2  # fragments a peer forwarded: never routed again
+    LOGS = 3  # log records grouped by trace id (`logs.follow_traces`): `spans` counts records
+
+
+KINDS = {kind.value: kind for kind in Submission}
 
 ACK_CODES = {Ack.ACCEPTED: 0, Ack.WAL_FULL: 1, Ack.UNAVAILABLE: 2}
 ACKS = {code: ack for ack, code in ACK_CODES.items()}
 
-Submitted = Callable[[list[TraceFragment], bool], Awaitable[Ack]]
-"""The sampler's side: fragments in (`True`: forwarded by a peer), its answer out."""
+Submitted = Callable[[list[TraceFragment], Submission], Awaitable[Ack]]
+"""The sampler's side: fragments and what they are in, its answer out."""
 
 
 class FrameError(Exception):
     """Bytes on the socket that are not a frame of this protocol: the connection is closed."""
 
 
-def submission(request_id: int, fragments: Sequence[TraceFragment], forwarded: bool) -> list[bytes]:
+def submission(request_id: int, fragments: Sequence[TraceFragment], kind: Submission) -> list[bytes]:
     """A submission frame as parts to write (the payloads are not copied into one buffer)."""
     parts: list[bytes] = [b""]
     size = ID_AND_KIND
@@ -51,7 +62,7 @@ def submission(request_id: int, fragments: Sequence[TraceFragment], forwarded: b
         parts.append(FRAGMENT.pack(fragment.trace_id, fragment.spans, len(fragment.payload)))
         parts.append(fragment.payload)
         size += FRAGMENT.size + len(fragment.payload)
-    parts[0] = HEADER.pack(size, request_id, SUBMIT_FORWARDED if forwarded else SUBMIT)
+    parts[0] = HEADER.pack(size, request_id, kind.value)
     return parts
 
 
@@ -96,10 +107,9 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     try:
         while True:
             request_id, kind, body = await read_frame(reader)
-            if kind not in (SUBMIT, SUBMIT_FORWARDED):
+            if kind not in KINDS:
                 raise FrameError(f"a frame of unknown kind {kind}")
-            task = asyncio.create_task(_handle(writer, request_id, fragments_of(body), kind == SUBMIT_FORWARDED,
-                                               submitted))
+            task = asyncio.create_task(_handle(writer, request_id, fragments_of(body), KINDS[kind], submitted))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -114,10 +124,10 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             await writer.wait_closed()
 
 
-async def _handle(writer: asyncio.StreamWriter, request_id: int, fragments: list[TraceFragment], forwarded: bool,
+async def _handle(writer: asyncio.StreamWriter, request_id: int, fragments: list[TraceFragment], kind: Submission,
                   submitted: Submitted) -> None:
     try:
-        ack = await submitted(fragments, forwarded)
+        ack = await submitted(fragments, kind)
     except Exception:  # noqa: BLE001 - the worker is answered whatever went wrong here
         log.exception("a submission failed")
         ack = Ack.UNAVAILABLE

@@ -17,7 +17,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 
-from edge.tailsampling.channel import ANSWER, FrameError, ack_of, read_frame, submission
+from edge.tailsampling.channel import ANSWER, FrameError, Submission, ack_of, read_frame, submission
 from edge.tailsampling.interfaces import Ack, TraceFragment
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,13 @@ class SocketSamplerClient:
         self._failed_at = float("-inf")  # loop time at which the last attempt to connect gave up
 
     async def submit(self, fragments: Sequence[TraceFragment], *, forwarded: bool = False) -> Ack:
+        return await self._send(fragments, Submission.FORWARDED if forwarded else Submission.TRACES)
+
+    async def submit_logs(self, fragments: Sequence[TraceFragment]) -> Ack:
+        """Log records grouped by trace id (`logs.follow_traces`); ACCEPTED once the sampler logged them."""
+        return await self._send(fragments, Submission.LOGS)
+
+    async def _send(self, fragments: Sequence[TraceFragment], kind: Submission) -> Ack:
         connection = await self._connected()
         if connection is None:
             return Ack.UNAVAILABLE
@@ -85,7 +92,7 @@ class SocketSamplerClient:
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         connection.waiting[request_id] = future
         try:
-            connection.writer.writelines(submission(request_id, fragments, forwarded))
+            connection.writer.writelines(submission(request_id, fragments, kind))
             await connection.writer.drain()
             return await asyncio.wait_for(future, self.answer_wait)
         except (ConnectionError, TimeoutError):

@@ -97,6 +97,10 @@ class SamplerStats:
         self.export_queue = Gauge("edge_tail_export_queue_bytes", "Payload bytes waiting for the upstream's "
                                   "acknowledgement", ("exporter",), registry=registry, multiprocess_mode=GAUGE_MODE)
         self._exports_seen: dict[str, Exported] = {}
+        self.logs_records = counter("edge_tail_logs", "Log records with a trace id under logs.follow_traces, by "
+                                    "what became of them: held with their buffered trace, then sampled or dropped "
+                                    "with it; passed on at once (no buffered trace); dropped at once (their "
+                                    "trace was decided not sampled)", ("outcome",))
         self._late = {arrival: self.late_spans.labels(outcome) for arrival, outcome in LATE_OUTCOMES.items()}
         self._decisions: dict[tuple[str, bool], Counter] = {}
         self._decided = {True: self.decided_spans.labels("sampled"), False: self.decided_spans.labels("not_sampled")}
@@ -120,6 +124,9 @@ class SamplerStats:
 
     def early_decision(self, bound: Bound) -> None:
         self._early[bound].inc()
+
+    def logs(self, outcome: str, records: int) -> None:
+        self.logs_records.labels(outcome).inc(records)
 
     def wal_full(self) -> None:
         self.wal_full_total.inc()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.tailsampling.channel import FrameError, fragments_of, serve_connection, submission
+from edge.tailsampling.channel import FrameError, Submission, fragments_of, serve_connection, submission
 from edge.tailsampling.client import SocketSamplerClient
 from edge.tailsampling.interfaces import Ack, TraceFragment
 
@@ -24,13 +24,13 @@ class Recorder:
 
     def __init__(self, answer: Ack = Ack.ACCEPTED) -> None:
         self.answer = answer
-        self.got: list[tuple[list[TraceFragment], bool]] = []
+        self.got: list[tuple[list[TraceFragment], Submission]] = []
         self.delays: list[float] = []
 
-    async def __call__(self, fragments: list[TraceFragment], forwarded: bool) -> Ack:
+    async def __call__(self, fragments: list[TraceFragment], kind: Submission) -> Ack:
         if self.delays:
             await asyncio.sleep(self.delays.pop(0))
-        self.got.append((fragments, forwarded))
+        self.got.append((fragments, kind))
         return self.answer
 
 
@@ -40,22 +40,22 @@ async def start(path: Path, submitted: Recorder) -> asyncio.Server:
 
 def test_a_submission_frame_decodes_to_the_same_fragments() -> None:
     sent = fragments(3) + [TraceFragment(bytes(16), b"", 0)]
-    parts = submission(7, sent, forwarded=False)
+    parts = submission(7, sent, Submission.TRACES)
     assert fragments_of(b"".join(parts)[13:]) == sent
     with pytest.raises(FrameError):
         fragments_of(b"".join(parts)[13:-1])
 
 
-def test_pipelined_submissions_are_answered_in_any_order_and_forwarded_is_carried(tmp_path: Path) -> None:
+def test_pipelined_submissions_are_answered_in_any_order_and_their_kind_is_carried(tmp_path: Path) -> None:
     async def scenario() -> None:
         recorder = Recorder()
-        recorder.delays = [0.2, 0.0]  # the first request is answered after the second
+        recorder.delays = [0.2, 0.0, 0.0]  # the first request is answered after the others
         server = await start(tmp_path / "s.sock", recorder)
         client = SocketSamplerClient(str(tmp_path / "s.sock"))
-        slow, fast = fragments(2), fragments(1)
-        acks = await asyncio.gather(client.submit(slow), client.submit(fast, forwarded=True))
-        assert acks == [Ack.ACCEPTED, Ack.ACCEPTED]
-        assert recorder.got == [(fast, True), (slow, False)]
+        slow, fast, logs = fragments(2), fragments(1), fragments(1)
+        acks = await asyncio.gather(client.submit(slow), client.submit(fast, forwarded=True), client.submit_logs(logs))
+        assert acks == [Ack.ACCEPTED] * 3
+        assert recorder.got == [(fast, Submission.FORWARDED), (logs, Submission.LOGS), (slow, Submission.TRACES)]
         await client.close()
         server.close()
 

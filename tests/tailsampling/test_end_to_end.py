@@ -9,6 +9,7 @@ must be exported or counted in a rollup.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import time
 from collections.abc import Iterator
@@ -16,8 +17,21 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 
-from tests.tailsampling.harness import ALWAYS, ERRORS, TailEdge, Upstream, accounted, span, tail_config
+from tests.tailsampling.harness import (
+    ALWAYS,
+    ERRORS,
+    PB,
+    TailEdge,
+    Upstream,
+    accounted,
+    span,
+    tail_config,
+    trace_id,
+)
 from tests.waiting import wait_for
 
 
@@ -201,5 +215,44 @@ def test_the_ready_line_names_tail_sampling(tmp_path: Path, upstream: Upstream) 
     try:
         assert wait_for(lambda: " ready on " in edge.log(), 10)
         assert f"; tail sampling: 2 policies, decision_wait 1 s, write-ahead log in {tmp_path / 'wal'}" in edge.log()
+    finally:
+        assert edge.stop() == 0
+
+
+def log_request(*records: tuple[int, str]) -> bytes:
+    """Log records (trace number, body); trace number 0: no trace id."""
+    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[
+        LogRecord(trace_id=trace_id(t) if t else b"", body=AnyValue(string_value=text)) for t, text in records])])]
+    ).SerializeToString()
+
+
+def log_bodies(upstream: Upstream) -> list[str]:
+    out = []
+    for r in upstream.received("/v1/logs"):
+        body = gzip.decompress(r.body) if r.header("content-encoding") == "gzip" else r.body
+        out += [lr.body.string_value for rl in ExportLogsServiceRequest.FromString(body).resource_logs
+                for sl in rl.scope_logs for lr in sl.log_records]
+    return out
+
+
+def test_logs_follow_their_traces(tmp_path: Path, upstream: Upstream) -> None:
+    edge = started(tmp_path, upstream, [ERRORS], logs={"follow_traces": True}, decision_wait="2s",
+                   decision_cache={"non_sampled_cache_size": 100})
+    try:
+        assert edge.post_spans([span(1, 0, error=True), span(2, 0)]).status == 200
+        reply = edge.request("POST", "/v1/logs", log_request((1, "kept with 1"), (2, "dropped with 2"),
+                                                             (3, "no such trace"), (0, "no trace id")), PB)
+        assert (reply.status, reply.body) == (200, b"")
+        assert wait_for(lambda: sorted(log_bodies(upstream)) == ["no such trace", "no trace id"], 10, 0.05)
+        assert "kept with 1" not in log_bodies(upstream)  # held while trace 1 waits for its decision
+        assert wait_for(lambda: "kept with 1" in log_bodies(upstream), 10, 0.05)
+        edge.request("POST", "/v1/logs", log_request((2, "late for 2")), PB)  # trace 2: decided not sampled
+        reply = edge.request("POST", "/v1/logs", log_request((0, "alone")), PB)  # no trace id: forwarded as usual
+        assert reply.header("X-Upstream") == "recorder"
+        assert wait_for(lambda: "alone" in log_bodies(upstream), 10, 0.05)
+        assert wait_for(lambda: edge.metric("edge_tail_logs_total{outcome=dropped}") == 2, 5)
+        assert sorted(log_bodies(upstream)) == ["alone", "kept with 1", "no such trace", "no trace id"]
+        assert edge.metric("edge_tail_logs_total{outcome=held}") == 2
+        assert edge.metric("edge_tail_logs_total{outcome=sampled}") == 1
     finally:
         assert edge.stop() == 0

@@ -21,7 +21,7 @@ from edge.tailsampling.interfaces import (
     WalFull,
 )
 from edge.tailsampling.routing import Routing
-from edge.tailsampling.sampler import TailSampler, is_untraced
+from edge.tailsampling.sampler import LOGS_PREFIX, TailSampler, is_logs, is_untraced
 from edge.tailsampling.stats import SamplerStats
 
 WAIT = 10.0
@@ -109,17 +109,19 @@ class Parts:
     rollup: Rollup
     exporter: Exporter
     rollup_exporter: Exporter
+    logs_exporter: Exporter
     clock: Clock
 
 
 def parts(num_traces: int = 100, max_bytes: int = 1 << 20, sampled_cache: int = 0, routing: Routing | None = None
           ) -> Parts:
-    wal, rollup, exporter, rollup_exporter, clock = Wal(), Rollup(), Exporter(), Exporter(), Clock()
+    wal, rollup, clock = Wal(), Rollup(), Clock()
+    exporter, rollup_exporter, logs_exporter = Exporter(), Exporter(), Exporter()
     buffer = TraceBuffer(num_traces, max_bytes, DecisionCache(sampled_cache, sampled_cache, num_traces))
     sampler = TailSampler(wal=wal, decider=Decider(), rollup=rollup, exporter=exporter,
-                          rollup_exporter=rollup_exporter, buffer=buffer, decision_wait=WAIT,
-                          stats=SamplerStats(CollectorRegistry()), routing=routing, clock=clock)
-    return Parts(sampler, wal, rollup, exporter, rollup_exporter, clock)
+                          rollup_exporter=rollup_exporter, logs_exporter=logs_exporter, buffer=buffer,
+                          decision_wait=WAIT, stats=SamplerStats(CollectorRegistry()), routing=routing, clock=clock)
+    return Parts(sampler, wal, rollup, exporter, rollup_exporter, logs_exporter, clock)
 
 
 def submit(p: Parts, fragments: list[TraceFragment], forwarded: bool = False) -> Ack:
@@ -304,3 +306,52 @@ def test_fragments_whose_owner_is_unreachable_are_kept_here() -> None:
     p = parts(routing=Routing(Router(unreachable=True)))
     submit(p, [frag(101)])
     assert tid(101) in p.sampler.buffer
+
+
+# ── logs following their traces ──
+
+
+def logs(n: int, payload: bytes = b"L", records: int = 1) -> TraceFragment:
+    return TraceFragment(tid(n) if n else UNTRACED, payload, records)
+
+
+def test_log_records_of_a_buffered_trace_leave_with_it_and_are_dropped_with_it() -> None:
+    p = parts()
+    submit(p, [frag(1), frag(2)])
+    assert p.sampler.submit_logs([logs(1, b"l1"), logs(2, b"l2", 2)]) is Ack.ACCEPTED
+    assert [f.payload for fragments, _ in p.wal.appended[1:] for f in fragments] == [tid(1) + b"l1", tid(2) + b"l2"]
+    p.sampler.flush()
+    assert p.logs_exporter.submitted == []  # held
+    p.clock.now += WAIT
+    p.sampler.tick()
+    (key, ), payload, records = p.logs_exporter.submitted[0]
+    assert (payload, records) == (b"l1", 1) and is_logs(key)
+    assert len(p.logs_exporter.submitted) == 1  # trace 2 was not sampled: its records are gone
+    dropped = [f.trace_id for fragments, _ in p.wal.appended for f in fragments if f.payload == tid(2) + b"l2"]
+    assert dropped[0] in p.wal.finished  # and gone from the log at once
+    p.sampler.logs_exported([key])
+    assert key in p.wal.finished
+
+
+def test_log_records_without_a_buffered_trace_pass_at_once_unless_their_trace_was_dropped() -> None:
+    p = parts(sampled_cache=10)
+    submit(p, [frag(2)])
+    p.clock.now += WAIT
+    p.sampler.tick()  # trace 2: not sampled, remembered
+    assert p.sampler.submit_logs([logs(0, b"untraced"), logs(7, b"unknown"), logs(2, b"late")]) is Ack.ACCEPTED
+    p.sampler.flush()
+    assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"untraced", b"unknown"]
+
+
+def test_held_log_records_come_back_with_their_trace_after_a_restart() -> None:
+    p = parts()
+    key, other = LOGS_PREFIX + bytes(8), LOGS_PREFIX + bytes(7) + b"\x01"
+    p.sampler.restore(Replayed(undecided=[ReplayedTrace(tid(1), 995.0, [b"s"]),
+                                          ReplayedTrace(key, 996.0, [tid(1) + b"held"]),
+                                          ReplayedTrace(other, 996.0, [tid(9) + b"orphan"])],
+                               to_export=[], to_rollup=[]))
+    p.sampler.flush()
+    assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"orphan"]  # its trace is not buffered
+    p.clock.now = 995.0 + WAIT
+    p.sampler.tick()
+    assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"orphan", b"held"]
