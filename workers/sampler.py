@@ -2,7 +2,7 @@
 
 It opens the write-ahead log (which brings back what a previous run left), serves the
 workers' submissions on the Unix socket named in `runtime.json`, and on one asyncio loop
-decides due traces about ten times a second, sends the span rollup every
+decides due traces about twenty times a second, sends the span rollup every
 `rollup_interval` and updates its gauges every second. Its metrics go to the instance's
 `PROMETHEUS_MULTIPROC_DIR`, so every worker's `/_edge/metrics` shows them.
 

@@ -230,7 +230,7 @@ class TailSampler:
     # ── decisions ──
 
     def tick(self) -> None:
-        """Decide every due trace and hand what is decided to the exporters (about ten times a second)."""
+        """Decide every due trace and hand what is decided to the exporters (about twenty times a second)."""
         for trace_id, trace in self.buffer.due(self.clock() - self.decision_wait):
             self._decide(trace_id, trace)
         self._decide_early()
