@@ -16,4 +16,5 @@ from workers.runtime import WorkerRuntime
 
 faulthandler.enable()  # a crashing worker leaves a stack trace in the log
 die_with_parent()  # a worker never outlives its gunicorn master
-app = create_app(WorkerRuntime.from_environment(), os.environ.get("EDGE_DISTRIBUTION", "edge"))
+_runtime = WorkerRuntime.from_environment()
+app = create_app(_runtime, os.environ.get("EDGE_DISTRIBUTION", "edge"), _runtime.sampler_client())

@@ -65,7 +65,8 @@ async def serve(runtime: WorkerRuntime) -> int:
     # Beyond its share of `max_connections` a worker answers RESOURCE_EXHAUSTED, as HTTP workers answer 503.
     server = grpc.aio.server(options=server_options(config),
                              maximum_concurrent_rpcs=worker_share(config.max_connections, config.workers))
-    for service, methods in otlp_services(runtime, upstream, metrics).items():
+    sampler = runtime.sampler_client()
+    for service, methods in otlp_services(runtime, upstream, metrics, sampler).items():
         server.add_registered_method_handlers(service, methods)
     address = display_address(config.grpc.listen_address, config.grpc.listen_port)
     tls = credentials(config)
@@ -84,6 +85,8 @@ async def serve(runtime: WorkerRuntime) -> int:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     await server.stop(DRAIN_SECONDS)
+    if sampler is not None:
+        await sampler.close()
     await lifespan.process_shutdown(None, None)
     return 0
 

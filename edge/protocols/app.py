@@ -25,10 +25,13 @@ from edge.protocols.datadog import datadog_routes
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.otlp_upstream import otlp_client
 from edge.protocols.passthrough import Passthrough
+from edge.protocols.peer_traces import PeerTraces
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
+from edge.protocols.tail_handoff import SamplerConnection, handoffs
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response, late_body_response
 from edge.runtime import Runtime
+from edge.tailsampling.peers import PEER_PATH
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +176,14 @@ DISTRIBUTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
-    """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
+def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerConnection | None = None) -> BodyWatch:
+    """The worker's ASGI app with the routes of one distribution (`edge` serves them all); with a
+    `sampler`, the OTLP traces route (and the logs route under `logs.follow_traces`) hands what
+    edge's policies leave to the tail sampler.
+
+    The peers' internal route (`PEER_PATH`) exists wherever OTLP is served, so a peer's forward is
+    never passed through to the upstream: without a sampler it is answered 404 and the peer keeps
+    its spans."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
     logs.configure(config.log_level)
@@ -183,9 +192,13 @@ def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
     routes: dict[str, dict[str, Handler]] = {}
     if "otlp" in protocols:  # on the configured paths; forwarded to the signal's URL + the path received
         paths = config.otlp.paths()
-        routes.update({paths[signal]: {"POST": OtlpRoute(signal, base, runtime, upstream, metrics,
-                                                         otlp_client(config, signal, base, upstream))}
-                       for signal, base in config.otlp_urls().items()})
+        otlp_routes = {signal: OtlpRoute(signal, base, runtime, upstream, metrics,
+                                         otlp_client(config, signal, base, upstream))
+                       for signal, base in config.otlp_urls().items()}
+        for signal, handoff in handoffs(config, sampler).items():
+            otlp_routes[signal].handoff = handoff
+        routes.update({paths[signal]: {"POST": route} for signal, route in otlp_routes.items()})
+        routes[PEER_PATH] = {"POST": PeerTraces(sampler, config.max_decoded_bytes)}
     if "datadog" in protocols:
         routes.update(datadog_routes(runtime, upstream, metrics))
     prefixes: dict[str, dict[str, Handler]] = {}

@@ -22,14 +22,16 @@ from time import perf_counter
 import grpc
 
 from edge.formats.otlp.services import SERVICES
-from edge.protocols.grpc_status import Failure
+from edge.protocols.grpc_status import Failure, retryable
 from edge.protocols.grpc_upstream import CallMetadata
-from edge.protocols.otlp import DROPPED, PROTOBUF, OtlpRoute
+from edge.protocols.otlp import DROPPED, PROTOBUF, SAMPLER_RETRY_SECONDS, OtlpRoute
 from edge.protocols.otlp_upstream import EMPTY_RESPONSE, UpstreamClient, otlp_client
 from edge.protocols.self_metrics import Metrics
+from edge.protocols.tail_handoff import SamplerConnection, handoffs
 from edge.protocols.unfiltered import UNDECODABLE, Reason, Refused, note
 from edge.protocols.upstream import RequestHead, Upstream
 from edge.runtime import Runtime
+from edge.tailsampling.interfaces import Ack
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +71,35 @@ class GrpcRoute(OtlpRoute):
     async def answer(self, body: bytes, metadata: CallMetadata) -> bytes | Failure:
         """The response message (the upstream's, or empty when nothing is left to send), or a Failure."""
         try:
-            forward = await self.filter_off_loop(body, MESSAGE_HEAD)
+            forward = await (self.filter_off_loop(body, MESSAGE_HEAD) if self.handoff is None
+                             else self.sample(body, MESSAGE_HEAD))
         except Refused as refused:
             reason = refused.reason
             return Failure(REFUSED_CODES.get(reason.status, grpc.StatusCode.INVALID_ARGUMENT),
                            reason.message().decode().strip())
-        if forward is DROPPED:
+        if forward is DROPPED or forward is Ack.ACCEPTED:
             return EMPTY_RESPONSE
+        if isinstance(forward, Ack):
+            what = "unavailable" if forward is Ack.UNAVAILABLE else "full"
+            return retryable(grpc.StatusCode.UNAVAILABLE, f"tail sampler {what}", SAMPLER_RETRY_SECONDS[forward])
         return await self.client.forward_grpc(forward, metadata)
 
 
 Handlers = dict[str, dict[str, grpc.RpcMethodHandler]]
 
 
-def otlp_services(runtime: Runtime, upstream: Upstream, metrics: Metrics) -> Handlers:
+def otlp_services(runtime: Runtime, upstream: Upstream, metrics: Metrics,
+                  sampler: SamplerConnection | None = None) -> Handlers:
     """Service name -> its `Export` on raw bytes, forwarding to the signal's upstream as the HTTP routes do.
 
     For `add_registered_method_handlers`: grpc-core matches registered methods itself, where a
     generic handler costs a Python lookup per call; no (de)serializer passes the bytes through
-    without a call either. Any other method is UNIMPLEMENTED (grpcio's own answer)."""
+    without a call either. Any other method is UNIMPLEMENTED (grpcio's own answer). Traces (and
+    logs under `logs.follow_traces`) go to the tail sampler instead when there is one."""
     config = runtime.config
+    handoff = handoffs(config, sampler)
     routes = [GrpcRoute(signal, otlp_client(config, signal, url, upstream), runtime, upstream, metrics)
               for signal, url in config.otlp_urls().items()]
+    for route in routes:
+        route.handoff = handoff.get(route.signal)
     return {route.service: {"Export": grpc.unary_unary_rpc_method_handler(route.export)} for route in routes}
