@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -78,16 +78,44 @@ class Decided(NamedTuple):
     spans: int
 
 
+class Unsettled:
+    """How many parts of each trace were handed to an exporter (or the rollup) and not acknowledged yet.
+
+    A `done` mark lets the log drop everything it holds for a trace, so it is written only when the
+    last part is acknowledged: a late span can follow its trace while the first export is in flight,
+    and that export's acknowledgement must not let the late span go before it is sent."""
+
+    def __init__(self) -> None:
+        self.parts: Counter[TraceId] = Counter()
+
+    def add(self, trace_id: TraceId) -> None:
+        self.parts[trace_id] += 1
+
+    def settle(self, trace_ids: Sequence[TraceId]) -> list[TraceId]:
+        """The ids among `trace_ids` (one per acknowledged part) with nothing left unacknowledged."""
+        settled = []
+        for trace_id in trace_ids:
+            left = self.parts[trace_id] - 1
+            if left > 0:
+                self.parts[trace_id] = left
+            else:
+                del self.parts[trace_id]
+                settled.append(trace_id)
+        return settled
+
+
 class Outbox:
     """Sampled traces in order, each handed to the exporter (which batches them) as one payload.
 
     The exporter's queue is bounded and refuses when full: what it refused stays here and is
     offered again at the next tick, still in the log until the upstream has it."""
 
-    def __init__(self) -> None:
+    def __init__(self, unsettled: Unsettled) -> None:
         self.traces: deque[Decided] = deque()
+        self.unsettled = unsettled
 
     def add(self, trace_id: TraceId, payloads: Sequence[bytes], spans: int) -> None:
+        self.unsettled.add(trace_id)
         self.traces.append(Decided(trace_id, payloads, spans))
 
     def __len__(self) -> int:
@@ -128,8 +156,9 @@ class TailSampler:
         self.stats = stats
         self.routing = routing
         self.clock = clock
-        self.outbox = Outbox()
-        self.logs_outbox = Outbox()
+        self.unsettled = Unsettled()
+        self.outbox = Outbox(self.unsettled)
+        self.logs_outbox = Outbox(self.unsettled)
         self.rollups = PendingRollup()
         self.untraced_keys = OwnKeys(UNTRACED_PREFIX)
         self.logs_keys = OwnKeys(LOGS_PREFIX)
@@ -262,6 +291,7 @@ class TailSampler:
             self._release_logs(trace.logs, sampled)
 
     def _roll_up(self, trace_id: TraceId, payloads: Sequence[bytes]) -> None:
+        self.unsettled.add(trace_id)
         self.rollup.add(payloads)
         self.rollups.trace_ids.append(trace_id)
 
@@ -275,7 +305,7 @@ class TailSampler:
 
     def exported(self, trace_ids: Sequence[TraceId]) -> None:
         """The traces exporter's acknowledgement: the upstream has these traces."""
-        self.wal.done(trace_ids)
+        self.wal.done(self.unsettled.settle(trace_ids))
 
     def send_rollup(self) -> None:
         """Collect the rollup's delta and hand it to the metrics exporter (every `rollup_interval`)."""
@@ -284,7 +314,7 @@ class TailSampler:
             pending.collected = self.rollup.collect()
             pending.collected_ids, pending.trace_ids = pending.trace_ids, []
             if pending.collected is None:  # traces without a span to count: nothing to wait for
-                self.wal.done(pending.collected_ids)
+                self.wal.done(self.unsettled.settle(pending.collected_ids))
                 pending.collected_ids = []
                 return
         if self.rollup_exporter.submit(pending.collected_ids, pending.collected):
@@ -292,11 +322,11 @@ class TailSampler:
 
     def logs_exported(self, keys: Sequence[TraceId]) -> None:
         """The logs exporter's acknowledgement: the logs upstream has these records."""
-        self.wal.done(keys)
+        self.wal.done(self.unsettled.settle(keys))
 
     def rolled_up(self, trace_ids: Sequence[TraceId]) -> None:
         """The metrics exporter's acknowledgement: the span metrics of these traces went out."""
-        self.wal.done(trace_ids)
+        self.wal.done(self.unsettled.settle(trace_ids))
 
     # ── start and stop ──
 

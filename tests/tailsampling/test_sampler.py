@@ -234,6 +234,24 @@ def test_late_spans_follow_the_cached_decision() -> None:
     assert p.rollup.added == [b"b", b"late-n"]
 
 
+def test_a_late_span_keeps_its_trace_in_the_log_until_its_own_export_is_acknowledged() -> None:
+    """The first export's acknowledgement must not let the log drop a late span still on its way."""
+    p = parts(sampled_cache=10)
+    submit(p, [frag(1, b"a"), frag(2, b"b")])
+    p.clock.now += WAIT
+    p.sampler.tick()
+    submit(p, [frag(1, b"late-s"), frag(2, b"late-n")])
+    p.sampler.flush()
+    p.sampler.exported([tid(1)])  # the first export of trace 1 is acknowledged, the late span's is not
+    assert tid(1) not in p.wal.finished
+    p.sampler.exported([tid(1)])
+    assert p.wal.finished.count(tid(1)) == 1
+    p.sampler.send_rollup()  # both parts of trace 2 are in this rollup
+    assert tid(2) not in p.wal.finished
+    p.sampler.rolled_up(p.rollup_exporter.submitted[-1][0])
+    assert p.wal.finished.count(tid(2)) == 1
+
+
 def test_spans_without_a_trace_id_pass_through_at_once_each_fragment_logged_apart() -> None:
     p = parts()
     submit(p, [TraceFragment(UNTRACED, b"u", 3)])
