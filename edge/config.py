@@ -564,6 +564,14 @@ class PeersConfig:
                              default_text="`$POD_IP` or `listen_address`, with `listen_port`")
 
 
+def _export_headers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+    """`{name: value}` as the Collector's exporters write headers; values are strings (`${VAR}` expanded)."""
+    raw = raw or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and k for k, v in raw.items()):
+        raise ConfigError(f"config key {key}: expected an object of header names to string values")
+    return tuple(raw.items()), []
+
+
 def _peers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[PeersConfig, list[str]]:
     """One way of finding the members: a static list or a DNS name."""
     raw = raw or {}
@@ -625,6 +633,10 @@ class TailSamplingConfig:
                                default_text="`metrics_url` + `/v1/metrics`")
     export_queue_bytes: int = setting(67_108_864, "sampled trace bytes waiting for the traces upstream",
                                       check=_positive)
+    export_headers: tuple[tuple[str, str], ...] = section(
+        tuple, "headers sent with every export (sampled traces, span metrics, held logs), such as the backend's "
+        "API key: `{name: value}`, `${VAR}` expanded; the senders' own headers do not reach these exports",
+        read=_export_headers, default_text="none")
     logs: TailLogsConfig = section(TailLogsConfig, "logs of buffered traces", default_text="off")
 
 

@@ -108,12 +108,13 @@ async def assemble(config: Config) -> SamplerParts:
     relay = AckRelay()
     wal = FileWal(tail.wal_dir, fsync=tail.wal_fsync, fsync_interval=tail.wal_fsync_interval,
                   max_bytes=tail.max_wal_bytes)
+    headers = dict(tail.export_headers)
     exporter = OtlpHttpExporter(config.traces_url.rstrip("/") + TRACES_PATH, relay.exported,
-                                queue_bytes=tail.export_queue_bytes)
+                                queue_bytes=tail.export_queue_bytes, headers=headers)
     rollup_exporter = OtlpHttpExporter(tail.metrics_url, relay.rolled_up, what="rollup metrics",
-                                       queue_bytes=tail.export_queue_bytes)
+                                       queue_bytes=tail.export_queue_bytes, headers=headers)
     logs_exporter = OtlpHttpExporter(config.logs_url.rstrip("/") + LOGS_PATH, relay.logs_exported, what="logs",
-                                     queue_bytes=tail.export_queue_bytes)
+                                     queue_bytes=tail.export_queue_bytes, headers=headers)
     for started in (exporter, rollup_exporter, logs_exporter):
         await started.start()
     peers = None

@@ -210,6 +210,19 @@ def test_otlp_json_is_sampled_like_protobuf_and_answered_in_json(tmp_path: Path,
         assert edge.stop() == 0
 
 
+def test_exports_carry_the_configured_headers(tmp_path: Path, upstream: Upstream) -> None:
+    """The senders' headers stay with their requests; the backend's key for exports is configured."""
+    tail = tail_config(tmp_path, [ERRORS], export_headers={"DD-API-KEY": "${EXPORT_KEY}"})
+    edge = TailEdge(tmp_path, upstream.url, tail, env={"EXPORT_KEY": "k-123"}).start()
+    try:
+        assert edge.post_spans([span(1, 0, error=True), span(2, 0)]).status == 200
+        assert wait_for(lambda: upstream.received("/v1/traces") and upstream.received("/v1/metrics"), 15, 0.05)
+        for path in ("/v1/traces", "/v1/metrics"):
+            assert {r.header("dd-api-key") for r in upstream.received(path)} == {"k-123"}
+    finally:
+        assert edge.stop() == 0
+
+
 def test_the_ready_line_names_tail_sampling(tmp_path: Path, upstream: Upstream) -> None:
     edge = started(tmp_path, upstream, [ERRORS, ALWAYS])
     try:
