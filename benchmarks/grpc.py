@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -50,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     free_port,
     median_best,
     stop_process,
+    tree_cpu_seconds,
     wait_policies,
 )
 from benchmarks.engine import CORE_POLICIES, SERVICES, _protobuf_body, make_request  # noqa: E402
@@ -105,21 +105,6 @@ def spans_request(records: int, seed: int = 7) -> bytes:
             resource=Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service))]),
             scope_spans=[ScopeSpans(spans=spans)]))
     return message.SerializeToString()
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live descendants."""
-    total, todo = 0, [pid]
-    tick = os.sysconf("SC_CLK_TCK")
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-            todo.extend(int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split())
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / tick
 
 
 async def load(send: Send, body: bytes, seconds: float, concurrency: int) -> int:

@@ -54,10 +54,10 @@ from benchmarks.common import (  # noqa: E402
     free_port,
     median_best,
     stop_process,
+    tree_cpu_seconds,
     tree_rss_mb,
     wait_http,
 )
-from benchmarks.grpc import tree_cpu_seconds  # noqa: E402
 from edge.tailsampling.client import SocketSamplerClient  # noqa: E402
 from edge.tailsampling.interfaces import TraceFragment  # noqa: E402
 
