@@ -119,6 +119,38 @@ def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, u
             assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
 
 
+def test_three_instances_keep_every_error_trace_and_ten_percent_of_the_rest(tmp_path: Path,
+                                                                            upstream: Upstream) -> None:
+    """2,000 traces, each span of a trace sent to another instance, in batches as an SDK sends them."""
+    ten_percent = {"name": "ten", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10}}
+    ports = [free_port() for _ in range(3)]
+    members = [f"127.0.0.1:{p}" for p in ports]
+    edges = [TailEdge(tmp_path / f"e{i}", upstream.url,
+                      tail_config(tmp_path / f"e{i}", [ERRORS, ten_percent], peers={"static": members},
+                                  decision_wait="3s"), listen_port=port)
+             for i, port in enumerate(ports)]
+    with ThreadPoolExecutor(3) as starting:
+        list(starting.map(TailEdge.start, edges))
+    try:
+        errors = set(range(1, 2001, 50))
+        for n in range(3):  # span n of trace t goes to instance (t + n) % 3
+            for i, edge in enumerate(edges):
+                mine = [t for t in range(1, 2001) if (t + n) % 3 == i]
+                for first in range(0, len(mine), 250):
+                    batch = [span(t, n, error=(t in errors and n == 2)) for t in mine[first:first + 250]]
+                    assert edge.post_spans(batch).status == 200
+        assert accounted(upstream, sent=2000 * 3, timeout=60)
+        traces = upstream.traces()
+        assert errors <= set(traces)
+        assert all(len(ids) == 3 for ids in traces.values())  # whole: every span of each kept trace
+        assert sum(upstream.spans().values()) == 3 * len(traces)  # and once
+        share = len(set(traces) - errors) / (2000 - len(errors))
+        assert 0.07 <= share <= 0.13, share
+    finally:
+        with ThreadPoolExecutor(3) as stopping:
+            assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
+
+
 class SamplerDown(TailEdge):
     """An edge whose sampler cannot open its log (its wal_dir is a file), so it never listens."""
 
