@@ -23,7 +23,7 @@ from typing import Any
 
 import re2
 
-from edge.tail.reader import Block
+from edge.tail.block import Block
 
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
 _OPTIONS = re2.Options()

@@ -30,11 +30,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edge.tail.block import Block
 from edge.tail.checkpoint import CheckpointStore, FileIdentity
 from edge.tail.discovery import Watcher, directories, expand, is_glob
 from edge.tail.keeping import Filter
 from edge.tail.output import Position, Sink
-from edge.tail.reader import Block, FileKey, LineCutter, TailedFile, display, file_kind
+from edge.tail.reader import FileKey, LineCutter, TailedFile, display, file_kind
 from edge.tail.settings import TailSettings
 
 if TYPE_CHECKING:

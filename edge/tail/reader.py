@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edge.tail.block import Block
 from edge.tail.checkpoint import FINGERPRINT_BYTES, FileIdentity, fingerprint
 
 if TYPE_CHECKING:
     from edge.tail.multiline import RecordJoiner
 
 FileKey = tuple[int, int]  # (device, inode)
-
-
-@dataclass(slots=True)
-class Block:
-    """Complete lines read from a file (possibly none: skipped bytes still move the position)."""
-
-    data: bytes
-    end_offset: int  # file offset just after `data`: where the next undelivered byte starts
-    records: list[bytes] | None = None  # multi-line records (`data` joined), None: one record per line
 
 
 def display(path: str) -> str:

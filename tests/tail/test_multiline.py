@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.tail.block import Block
 from edge.tail.multiline import Multiline, MultilineError, RecordJoiner
-from edge.tail.reader import Block
 from tests.proxy_fixtures import RecordingUpstream
 from tests.tail.tail_helpers import (
     Tailer,
