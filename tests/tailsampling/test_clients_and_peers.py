@@ -21,7 +21,18 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
 from tests.proxy_fixtures import free_port
-from tests.tailsampling.harness import ERRORS, TailEdge, Upstream, accounted, request, span, tail_config
+from tests.tailsampling.harness import (
+    ERRORS,
+    PB,
+    TailEdge,
+    Upstream,
+    accounted,
+    log_bodies,
+    log_request,
+    request,
+    span,
+    tail_config,
+)
 from tests.waiting import wait_for
 
 # edge's own policy, applied before the tail sampler: spans named drop-* never reach it
@@ -115,6 +126,55 @@ def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, u
         assert wait_for(lambda: sum(e.metric(routed) for e in edges) == sum(e.metric(received) for e in edges) > 0, 5)
         assert all(e.metric("edge_tail_peers") == 3 for e in edges)
     finally:  # together: each holds keep-alive connections to the others' workers, which their drain waits for
+        with ThreadPoolExecutor(3) as stopping:
+            assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
+
+
+def test_logs_follow_their_traces_to_the_instance_that_owns_them(tmp_path: Path, upstream: Upstream) -> None:
+    """Spans of every trace reach instance A, their log records B and C: each record must find its
+    trace at the trace's owner, held and then exported or dropped with it, and late records too."""
+    ports = [free_port() for _ in range(3)]
+    members = [f"127.0.0.1:{p}" for p in ports]
+    cache = {"sampled_cache_size": 100, "non_sampled_cache_size": 100}
+    edges = [TailEdge(tmp_path / f"e{i}", upstream.url,
+                      tail_config(tmp_path / f"e{i}", [ERRORS], peers={"static": members}, decision_wait="2s",
+                                  decision_cache=cache, logs={"follow_traces": True}),
+                      listen_port=port)
+             for i, port in enumerate(ports)]
+    with ThreadPoolExecutor(3) as starting:
+        list(starting.map(TailEdge.start, edges))
+    a, b, c = edges
+    traces = range(1, 31)
+    sampled = [t for t in traces if t % 5 == 0]
+
+    def logs_of(which: str, only: list[int] | range = traces) -> list[str]:
+        return [f"{which} {t}" for t in only]
+
+    try:
+        for t in traces:
+            assert a.post_spans([span(t, n, error=(t % 5 == 0 and n == 1)) for n in range(3)]).status == 200
+        for edge, name in ((b, "b"), (c, "c")):
+            reply = edge.request("POST", "/v1/logs", log_request(*((t, f"{name} {t}") for t in traces),
+                                                                  (0, f"untraced in a batch to {name}")), PB)
+            assert (reply.status, reply.body) == (200, b"")
+        alone = b.request("POST", "/v1/logs", log_request((0, "untraced alone")), PB)
+        assert (alone.status, alone.header("X-Upstream")) == (200, "recorder")  # forwarded as usual
+        assert accounted(upstream, sent=30 * 3)  # every trace decided, by its owner
+        assert set(upstream.traces()) == set(sampled)
+        expected = ["untraced alone", "untraced in a batch to b", "untraced in a batch to c",
+                    *logs_of("b", sampled), *logs_of("c", sampled)]
+        assert wait_for(lambda: sorted(log_bodies(upstream)) == sorted(expected), 10, 0.05), log_bodies(upstream)
+        late = c.request("POST", "/v1/logs", log_request(*((t, f"late {t}") for t in traces)), PB)
+        assert late.status == 200  # after the decisions: each owner's decision cache still knows every trace
+        expected += logs_of("late", sampled)
+        dropped = "edge_tail_logs_total{outcome=dropped}"
+        assert wait_for(lambda: sum(e.metric(dropped) for e in edges) == 3 * (30 - len(sampled)), 10, 0.05)
+        assert wait_for(lambda: sorted(log_bodies(upstream)) == sorted(expected), 10, 0.05), log_bodies(upstream)
+        routed = "edge_tail_peer_log_records_total{direction=routed}"
+        received = "edge_tail_peer_log_records_total{direction=received}"
+        assert wait_for(lambda: sum(e.metric(routed) for e in edges) == sum(e.metric(received) for e in edges) > 0, 5)
+        assert sum(e.metric("edge_tail_peer_log_records_total{direction=kept}") for e in edges) == 0
+    finally:
         with ThreadPoolExecutor(3) as stopping:
             assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
 
