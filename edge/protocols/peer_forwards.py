@@ -19,6 +19,7 @@ otherwise keeps what it sent).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import orjson
@@ -114,15 +115,9 @@ def peer_routes(sampler: SamplerConnection | None, follow_traces: bool, max_body
     """Both internal routes by path; they exist wherever OTLP is served, so a peer's forward is never
     passed through to the upstream."""
 
-    async def spans(fragments: list[TraceFragment]) -> Ack:
-        assert sampler is not None
-        return await sampler.submit(fragments, forwarded=True)
-
-    async def records(fragments: list[TraceFragment]) -> Ack:
-        assert sampler is not None
-        return await sampler.submit_logs(fragments, forwarded=True)
-
-    logs_taken = sampler is not None and follow_traces
-    return {PEER_PATH: PeerForwards(Signal.TRACES, spans if sampler is not None else None, max_body),
-            PEER_LOGS_PATH: PeerForwards(Signal.LOGS, records if logs_taken else None, max_body,
-                                         LOGS_NOT_FOLLOWING if sampler is not None else NOT_ENABLED)}
+    if sampler is None:
+        return {PEER_PATH: PeerForwards(Signal.TRACES, None, max_body),
+                PEER_LOGS_PATH: PeerForwards(Signal.LOGS, None, max_body)}
+    records = partial(sampler.submit_logs, forwarded=True) if follow_traces else None
+    return {PEER_PATH: PeerForwards(Signal.TRACES, partial(sampler.submit, forwarded=True), max_body),
+            PEER_LOGS_PATH: PeerForwards(Signal.LOGS, records, max_body, LOGS_NOT_FOLLOWING)}
