@@ -1,4 +1,4 @@
-"""The peers' internal route, POST /_edge/tail/v1/traces, in the real app served on loopback.
+"""The peers' internal routes, POST /_edge/tail/v1/traces and /_edge/tail/v1/logs, in the real app on loopback.
 
 The app is edge's own (`create_app` on a `LocalRuntime`, served by uvicorn in a thread); the
 sampler behind it is a recording `SamplerClient` that answers a chosen `Ack`, so each answer
@@ -17,17 +17,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 
+import orjson
 import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from edge.config import build
 from edge.lambda_extension.runtime import LocalRuntime
 from edge.lambda_extension.server import ProxyServer
 from edge.protocols.app import create_app
-from edge.tailsampling.interfaces import Ack, SamplerClient, TraceFragment
+from edge.tailsampling.interfaces import Ack, SamplerClient, Signal, TraceFragment
 from edge.tailsampling.membership import StaticMembers
-from edge.tailsampling.peers import FORWARDED_HEADER, PEER_PATH, Peers
+from edge.tailsampling.peers import FORWARDED_HEADER, PEER_LOGS_PATH, PEER_PATH, Peers
 from tests.proxy_fixtures import RecordingUpstream, compile_snapshot, free_port
 from tests.test_declared_interfaces import assert_implements
 
@@ -45,9 +48,14 @@ class RecordingSampler:
 
     ack: Ack = Ack.ACCEPTED
     submissions: list[tuple[list[TraceFragment], bool]] = field(default_factory=list)
+    log_submissions: list[tuple[list[TraceFragment], bool]] = field(default_factory=list)
 
     async def submit(self, fragments: Sequence[TraceFragment], *, forwarded: bool = False) -> Ack:
         self.submissions.append((list(fragments), forwarded))
+        return self.ack
+
+    async def submit_logs(self, fragments: Sequence[TraceFragment], *, forwarded: bool = False) -> Ack:
+        self.log_submissions.append((list(fragments), forwarded))
         return self.ack
 
 
@@ -65,6 +73,20 @@ def span_names(payload: bytes) -> list[str]:
 BODY = spans_request((TRACE_A, "debug"), (TRACE_B, "checkout"), (TRACE_A, "db"))
 
 
+def logs_request(*records: tuple[bytes, str]) -> bytes:
+    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[
+        LogRecord(trace_id=trace_id, severity_text=text) for trace_id, text in records])])])
+    return request.SerializeToString()
+
+
+def log_texts(payload: bytes) -> list[str]:
+    request = ExportLogsServiceRequest.FromString(payload)
+    return [r.severity_text for rl in request.resource_logs for sl in rl.scope_logs for r in sl.log_records]
+
+
+LOGS_BODY = logs_request((TRACE_A, "a1"), (TRACE_B, "b1"), (TRACE_A, "a2"), (b"", "untraced"))
+
+
 @dataclass
 class Served:
     """An app on loopback, its sampler (None: tail sampling off) and its upstream."""
@@ -73,9 +95,9 @@ class Served:
     sampler: RecordingSampler | None
     upstream: RecordingUpstream
 
-    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, Message, bytes]:
-        """Status, headers (looked up in any case) and body of a POST to the internal route."""
-        request = urllib.request.Request(self.url + PEER_PATH, data=body, headers=headers, method="POST")
+    def post(self, body: bytes, headers: dict[str, str], path: str = PEER_PATH) -> tuple[int, Message, bytes]:
+        """Status, headers (looked up in any case) and body of a POST to an internal route."""
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.headers, response.read()
@@ -83,9 +105,11 @@ class Served:
             return error.code, error.headers, error.read()
 
 
-def serve(upstream: RecordingUpstream, sampler: RecordingSampler | None) -> Iterator[Served]:
+def serve(upstream: RecordingUpstream, sampler: RecordingSampler | None, follow_traces: bool = True
+          ) -> Iterator[Served]:
     port = free_port()
-    config = build({"listen_port": port, "upstream_url": upstream.url, "max_decoded_bytes": MAX_DECODED}, env={})
+    config = build({"listen_port": port, "upstream_url": upstream.url, "max_decoded_bytes": MAX_DECODED,
+                    "tail_sampling": {"logs": {"follow_traces": follow_traces}}}, env={})
     runtime = LocalRuntime(config)
     runtime.snapshots.publish(compile_snapshot([DROP_DEBUG_SPANS]))
     server = ProxyServer(create_app(runtime, "edge", sampler), "127.0.0.1", port, config.max_connections)
@@ -106,6 +130,7 @@ def app(served: Served) -> Served:
     assert served.sampler is not None
     served.sampler.ack = Ack.ACCEPTED
     served.sampler.submissions.clear()
+    served.sampler.log_submissions.clear()
     served.upstream.reset()
     return served
 
@@ -196,3 +221,78 @@ def test_a_router_delivers_to_the_owners_route(app: Served) -> None:
     assert forwarded is True
     assert [(f.trace_id, f.spans, sorted(span_names(f.payload))) for f in received] == [
         (TRACE_A, 2, ["a1", "a2"]), (TRACE_B, 1, ["b1"])]
+
+
+# ── the logs route (`logs.follow_traces`) ──
+
+
+def test_a_logs_forward_goes_to_the_sampler_as_log_records_marked(app: Served) -> None:
+    status, headers, body = app.post(LOGS_BODY, PEER_HEADERS, PEER_LOGS_PATH)
+    assert (status, body) == (200, b"") and headers["Content-Type"] == "application/x-protobuf"
+    assert app.sampler is not None and app.sampler.submissions == []
+    ((fragments, forwarded),) = app.sampler.log_submissions
+    assert forwarded is True
+    assert [(f.trace_id, f.spans, log_texts(f.payload)) for f in fragments] == [
+        (TRACE_A, 2, ["a1", "a2"]), (TRACE_B, 1, ["b1"]), (bytes(16), 1, ["untraced"])]
+    assert app.upstream.requests == []
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ({"Content-Type": "application/x-protobuf"}, "this route takes only log records forwarded by a tail-sampling "
+     "peer (X-Edge-Tail-Forwarded: 1); send logs to /v1/logs"),
+    ({FORWARDED_HEADER: "1", "Content-Type": "application/json"},
+     "a peer's forward is application/x-protobuf, not application/json"),
+    ({FORWARDED_HEADER: "1", "Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"},
+     "a peer's forward is not compressed, got Content-Encoding gzip"),
+], ids=["unmarked", "json", "gzip"])
+def test_anything_but_a_peers_logs_forward_is_refused(app: Served, headers: dict[str, str], message: str) -> None:
+    status, _, body = app.post(LOGS_BODY, headers, PEER_LOGS_PATH)
+    assert (status, orjson.loads(body)) == (400, {"error": message})
+    assert app.sampler is not None and app.sampler.log_submissions == []
+    assert app.upstream.requests == []
+
+
+def test_a_logs_forward_that_is_not_otlp_logs_is_refused(app: Served) -> None:
+    status, _, body = app.post(b"\x0a\xff\xff\xff", PEER_HEADERS, PEER_LOGS_PATH)
+    assert status == 400 and orjson.loads(body)["error"].startswith("not an OTLP logs request: ")
+    assert app.sampler is not None and app.sampler.log_submissions == []
+
+
+def test_a_sampler_that_cannot_take_the_records_gives_503(app: Served) -> None:
+    assert app.sampler is not None
+    app.sampler.ack = Ack.WAL_FULL
+    status, headers, _ = app.post(LOGS_BODY, PEER_HEADERS, PEER_LOGS_PATH)
+    assert status == 503 and headers["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize(("sampler", "message"), [
+    (RecordingSampler(), "tail sampling's logs.follow_traces is not enabled on this instance"),
+    (None, "tail sampling is not enabled on this instance")], ids=["logs-not-following", "tail-sampling-off"])
+def test_where_logs_do_not_follow_traces_a_logs_forward_is_404(upstream: RecordingUpstream,
+                                                              sampler: RecordingSampler | None, message: str) -> None:
+    upstream.reset()
+    for off in serve(upstream, sampler, follow_traces=False):
+        status, _, body = off.post(LOGS_BODY, PEER_HEADERS, PEER_LOGS_PATH)
+        assert (status, orjson.loads(body)) == (404, {"error": message})
+    assert upstream.requests == [] and (sampler is None or sampler.log_submissions == [])
+
+
+def test_a_router_delivers_log_records_to_the_owners_logs_route(app: Served) -> None:
+    owner = app.url.removeprefix("http://")
+    fragments = [TraceFragment(TRACE_A, logs_request((TRACE_A, "a1")), 1),
+                 TraceFragment(TRACE_B, logs_request((TRACE_B, "b1"), (TRACE_B, "b2")), 2)]
+
+    async def forward() -> list[TraceFragment]:
+        peers = Peers(StaticMembers([owner]), "127.0.0.1:1")
+        await peers.start()
+        try:
+            return await peers.route(fragments, Signal.LOGS)
+        finally:
+            await peers.close()
+
+    assert asyncio.run(forward()) == []
+    assert app.sampler is not None and app.sampler.submissions == []
+    ((received, forwarded),) = app.sampler.log_submissions
+    assert forwarded is True
+    assert [(f.trace_id, f.spans, log_texts(f.payload)) for f in received] == [
+        (TRACE_A, 1, ["a1"]), (TRACE_B, 2, ["b1", "b2"])]

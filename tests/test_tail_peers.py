@@ -28,8 +28,10 @@ from edge.tailsampling.peers import (
     FORWARD_BUDGET,
     FORWARD_CHUNK_BYTES,
     FORWARDED_HEADER,
+    PEER_LOGS_PATH,
     PEER_PATH,
     Peers,
+    Signal,
     peers_from_config,
 )
 from edge.tailsampling.rendezvous import Rendezvous
@@ -235,7 +237,8 @@ class PeerServer:
 @asynccontextmanager
 async def serving(peer: PeerServer) -> AsyncIterator[str]:
     app = web.Application(client_max_size=FORWARD_CHUNK_BYTES * 2)
-    app.router.add_post(PEER_PATH, peer.handle)
+    for path in (PEER_PATH, PEER_LOGS_PATH):
+        app.router.add_post(path, peer.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     port = free_port()
@@ -337,6 +340,32 @@ def test_route_sends_each_owner_its_fragments_and_keeps_the_rest() -> None:
         unreachable = sum(1 for o in owners.values() if o == closed)
         assert unreachable > 50 and (stats.kept_fragments, stats.kept_spans) == (unreachable, 2 * unreachable)
     asyncio.run(scenario())
+
+
+def test_log_records_go_to_their_owners_logs_route_and_are_counted_apart_from_spans(
+        caplog: pytest.LogCaptureFixture) -> None:
+    owner = PeerServer()
+    here, closed = "127.0.0.1:1", f"127.0.0.1:{free_port()}"
+    records = [fragment(t, spans=3) for t in trace_ids(200, seed=11)]
+
+    async def scenario() -> None:
+        async with serving(owner) as address, router([here, address, closed], here) as peers:
+            owners = {f.trace_id: peers.owner(f.trace_id) for f in records}
+            with caplog.at_level(logging.WARNING, "edge.tailsampling.peers"):
+                kept = await peers.route(records, Signal.LOGS)
+            peers.received(records[:2], Signal.LOGS)
+            stats = peers.stats()
+        to_owner = [f for f in records if owners[f.trace_id] == address]
+        ((path, headers, body),) = owner.requests
+        assert (path, body) == (PEER_LOGS_PATH, b"".join(f.payload for f in to_owner))
+        assert headers[FORWARDED_HEADER] == "1" and headers["Content-Type"] == "application/x-protobuf"
+        unreachable = [f for f in records if owners[f.trace_id] == closed]
+        assert kept == [f for f in records if owners[f.trace_id] is None] + unreachable
+        assert (stats.routed_records, stats.received_records, stats.kept_records) == \
+            (3 * len(to_owner), 6, 3 * len(unreachable))
+        assert (stats.routed_spans, stats.received_spans, stats.kept_spans) == (0, 0, 0)
+    asyncio.run(scenario())
+    assert f"forwarding log records to peer {closed} failed" in caplog.text
 
 
 def test_route_splits_big_batches_for_one_owner() -> None:

@@ -25,13 +25,12 @@ from edge.protocols.datadog import datadog_routes
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.otlp_upstream import otlp_client
 from edge.protocols.passthrough import Passthrough
-from edge.protocols.peer_traces import PeerTraces
+from edge.protocols.peer_forwards import peer_routes
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
 from edge.protocols.tail_handoff import SamplerConnection, handoffs
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response, late_body_response
 from edge.runtime import Runtime
-from edge.tailsampling.peers import PEER_PATH
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +180,9 @@ def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerCon
     `sampler`, the OTLP traces route (and the logs route under `logs.follow_traces`) hands what
     edge's policies leave to the tail sampler.
 
-    The peers' internal route (`PEER_PATH`) exists wherever OTLP is served, so a peer's forward is
-    never passed through to the upstream: without a sampler it is answered 404 and the peer keeps
-    its spans."""
+    The peers' internal routes (`peer_routes`: spans, and log records under `logs.follow_traces`) exist
+    wherever OTLP is served, so a peer's forward is never passed through to the upstream: without a
+    sampler it is answered 404 and the peer keeps what it sent."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
     logs.configure(config.log_level)
@@ -198,7 +197,9 @@ def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerCon
         for signal, handoff in handoffs(config, sampler).items():
             otlp_routes[signal].handoff = handoff
         routes.update({paths[signal]: {"POST": route} for signal, route in otlp_routes.items()})
-        routes[PEER_PATH] = {"POST": PeerTraces(sampler, config.max_decoded_bytes)}
+        for path, forwards in peer_routes(sampler, config.tail_sampling.logs.follow_traces,
+                                          config.max_decoded_bytes).items():
+            routes[path] = {"POST": forwards}
     if "datadog" in protocols:
         routes.update(datadog_routes(runtime, upstream, metrics))
     prefixes: dict[str, dict[str, Handler]] = {}

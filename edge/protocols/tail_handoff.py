@@ -20,8 +20,9 @@ from edge.tailsampling.interfaces import Ack, SamplerClient, TraceFragment
 class SamplerConnection(SamplerClient, Protocol):
     """A `SamplerClient` that also takes log records (`edge.tailsampling.client.SocketSamplerClient`)."""
 
-    async def submit_logs(self, fragments: Sequence[TraceFragment]) -> Ack:
-        """Log records grouped by trace id; returns once they are in the sampler's log."""
+    async def submit_logs(self, fragments: Sequence[TraceFragment], *, forwarded: bool = False) -> Ack:
+        """Log records grouped by trace id; returns once they are in the sampler's log.
+        `forwarded`: they came from a peer."""
         ...
 
 

@@ -81,7 +81,8 @@ class SamplerParts:
         peers = None
         if self.peers is not None:
             p = self.peers.stats()
-            peers = PeerCounts(p.members, p.routed_spans, p.received_spans, p.kept_spans)
+            peers = PeerCounts(p.members, p.routed_spans, p.received_spans, p.kept_spans,
+                               p.routed_records, p.received_records, p.kept_records)
         self.stats.observe(sampler.buffer, self.wal.bytes_used, peers)
         self.stats.observe_rollup(self.rollup.series, self.rollup.overflowed)
         self.stats.observe_exports("traces", self.exporter.counters, self.exporter.queue_bytes)

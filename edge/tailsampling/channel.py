@@ -39,6 +39,7 @@ class Submission(Enum):
     TRACES = 1
     FORWARDED = 2  # fragments a peer forwarded: never routed again
     LOGS = 3  # log records grouped by trace id (`logs.follow_traces`): `spans` counts records
+    FORWARDED_LOGS = 4  # log records a peer forwarded: never routed again
 
 
 KINDS = {kind.value: kind for kind in Submission}

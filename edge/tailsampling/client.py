@@ -80,9 +80,10 @@ class SocketSamplerClient:
     async def submit(self, fragments: Sequence[TraceFragment], *, forwarded: bool = False) -> Ack:
         return await self._send(fragments, Submission.FORWARDED if forwarded else Submission.TRACES)
 
-    async def submit_logs(self, fragments: Sequence[TraceFragment]) -> Ack:
-        """Log records grouped by trace id (`logs.follow_traces`); ACCEPTED once the sampler logged them."""
-        return await self._send(fragments, Submission.LOGS)
+    async def submit_logs(self, fragments: Sequence[TraceFragment], *, forwarded: bool = False) -> Ack:
+        """Log records grouped by trace id (`logs.follow_traces`); ACCEPTED once the sampler logged them.
+        `forwarded`: they came from a peer."""
+        return await self._send(fragments, Submission.FORWARDED_LOGS if forwarded else Submission.LOGS)
 
     async def _send(self, fragments: Sequence[TraceFragment], kind: Submission) -> Ack:
         connection = await self._connected()

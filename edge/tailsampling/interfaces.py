@@ -120,6 +120,13 @@ class TraceExporter(Protocol):
 AckCallback = Callable[[Sequence[TraceId]], None]  # the exporter calls it once the upstream acknowledged
 
 
+class Signal(Enum):
+    """What goes to a trace's owner: spans, or log records following their trace (`logs.follow_traces`)."""
+
+    TRACES = "traces"
+    LOGS = "logs"
+
+
 class PeerRouter(Protocol):
     """Which instance owns a trace (consistent hashing over the member list) and delivery to it."""
 
@@ -127,10 +134,10 @@ class PeerRouter(Protocol):
         """The owner's `host:port`, or None when this instance owns the trace."""
         ...
 
-    async def forward(self, peer: str, payload: bytes) -> bool:
-        """Deliver to the owner's internal route, marked never to be forwarded again, with retries.
+    async def forward(self, peer: str, payload: bytes, signal: Signal = Signal.TRACES) -> bool:
+        """Deliver to the owner's internal route for `signal`, marked never to be forwarded again, with retries.
 
-        False when the owner stayed unreachable: the caller keeps the spans locally and counts them."""
+        False when the owner stayed unreachable: the caller keeps the spans (or records) locally and counts them."""
         ...
 
 

@@ -2,8 +2,10 @@
 
 Any instance accepts any span; each trace id has one owner, chosen by rendezvous hashing
 over the members (`rendezvous`, `membership`), and spans that arrive elsewhere are
-forwarded to it, so every span of a trace is judged together. Forwarding is OTLP/HTTP
-protobuf to the owner's internal route (`PEER_PATH`), marked with `FORWARDED_HEADER` so the
+forwarded to it, so every span of a trace is judged together; under `logs.follow_traces` log
+records carrying a trace id go to the same owner, so they meet their trace where it is
+buffered. Forwarding is OTLP/HTTP protobuf to the owner's internal route for the signal
+(`PEER_PATHS`: `PEER_PATH` for spans, `PEER_LOGS_PATH` for log records), marked with `FORWARDED_HEADER` so the
 owner never forwards it again (nor applies edge's policies again: the first instance did).
 Payloads go uncompressed: inside a cluster the bytes are cheaper than the CPU of gzip.
 
@@ -35,14 +37,15 @@ import aiohttp
 
 from edge.config import PeersConfig
 from edge.logs import RateLimitedLog
-from edge.tailsampling.interfaces import TraceFragment, TraceId
+from edge.tailsampling.interfaces import Signal, TraceFragment, TraceId
 from edge.tailsampling.membership import DnsMembers, Membership, StaticMembers
 from edge.tailsampling.rendezvous import Rendezvous
 
 log = logging.getLogger(__name__)
-_troubles = RateLimitedLog(log)  # keyed by peer
+_troubles = RateLimitedLog(log)  # keyed by peer (and signal, for logs)
 
 PEER_PATH = "/_edge/tail/v1/traces"
+PEER_LOGS_PATH = "/_edge/tail/v1/logs"
 FORWARDED_HEADER = "X-Edge-Tail-Forwarded"
 PROTOBUF = "application/x-protobuf"
 FORWARD_HEADERS = {"Content-Type": PROTOBUF, FORWARDED_HEADER: "1"}
@@ -57,6 +60,9 @@ FIRST_BACKOFF = 0.1  # doubled after each failed attempt, with up to 50% jitter
 FORWARD_CHUNK_BYTES = 4 << 20
 
 
+PEER_PATHS = {Signal.TRACES: PEER_PATH, Signal.LOGS: PEER_LOGS_PATH}
+
+
 @dataclass(frozen=True, slots=True)
 class PeerStats:
     """The counters `/_edge/metrics` shows, as of one moment."""
@@ -69,6 +75,9 @@ class PeerStats:
     received_spans: int
     kept_fragments: int  # owner unreachable: kept here instead
     kept_spans: int
+    routed_records: int = 0  # log records (`logs.follow_traces`), likewise
+    received_records: int = 0
+    kept_records: int = 0
 
 
 class Tally:
@@ -128,9 +137,8 @@ class Peers:
         self.budget = budget
         self._hash = Rendezvous(())
         self._session: aiohttp.ClientSession | None = None
-        self._routed = Tally()
-        self._received = Tally()
-        self._kept = Tally()
+        # per signal: (routed, received, kept); a log fragment's `spans` counts its records
+        self._tallies = {signal: (Tally(), Tally(), Tally()) for signal in Signal}
 
     async def start(self) -> None:
         """Learn the members (and keep them current); run on the loop that will forward."""
@@ -163,9 +171,10 @@ class Peers:
 
     # ── delivery ──
 
-    async def route(self, fragments: Sequence[TraceFragment]) -> list[TraceFragment]:
+    async def route(self, fragments: Sequence[TraceFragment], signal: Signal = Signal.TRACES) -> list[TraceFragment]:
         """Forward every fragment this instance does not own, all of an owner's in few requests,
-        concurrently; returns the fragments to keep here (owned, or their owner unreachable)."""
+        concurrently, to the owner's route for `signal`; returns the fragments to keep here (owned,
+        or their owner unreachable)."""
         local: list[TraceFragment] = []
         remote: dict[str, list[TraceFragment]] = {}
         for fragment in fragments:
@@ -177,17 +186,18 @@ class Peers:
         if not remote:
             return local
         sends = [(peer, batch) for peer, group in remote.items() for batch in batches(group, FORWARD_CHUNK_BYTES)]
-        delivered = await asyncio.gather(*(self.forward(peer, b"".join(f.payload for f in batch))
+        delivered = await asyncio.gather(*(self.forward(peer, b"".join(f.payload for f in batch), signal)
                                            for peer, batch in sends))
+        routed, _, kept = self._tallies[signal]
         for (_, batch), ok in zip(sends, delivered, strict=True):
             if ok:
-                self._routed.add(batch)
+                routed.add(batch)
             else:
-                self._kept.add(batch)
+                kept.add(batch)
                 local.extend(batch)
         return local
 
-    async def forward(self, peer: str, payload: bytes) -> bool:
+    async def forward(self, peer: str, payload: bytes, signal: Signal = Signal.TRACES) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget
         backoff = FIRST_BACKOFF
@@ -196,7 +206,7 @@ class Peers:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            attempt = await self._post(peer, payload, min(ATTEMPT_TIMEOUT, remaining))
+            attempt = await self._post(peer, PEER_PATHS[signal], payload, min(ATTEMPT_TIMEOUT, remaining))
             if attempt.delivered:
                 return True
             if not attempt.retry or tries == ATTEMPTS:
@@ -206,13 +216,15 @@ class Peers:
                 break
             await asyncio.sleep(wait)
             backoff *= 2
-        _troubles.log(logging.WARNING, peer, "tail sampling: forwarding spans to peer %s failed (%s); they are "
-                      "kept on this instance", peer, attempt.reason)
+        what = "spans" if signal is Signal.TRACES else "log records"
+        key = peer if signal is Signal.TRACES else f"{peer} {signal.value}"
+        _troubles.log(logging.WARNING, key, "tail sampling: forwarding %s to peer %s failed (%s); they "
+                      "are kept on this instance", what, peer, attempt.reason)
         return False
 
-    async def _post(self, peer: str, payload: bytes, timeout: float) -> Attempt:
+    async def _post(self, peer: str, path: str, payload: bytes, timeout: float) -> Attempt:
         try:
-            async with self._client().post(f"http://{peer}{PEER_PATH}", data=payload, headers=FORWARD_HEADERS,
+            async with self._client().post(f"http://{peer}{path}", data=payload, headers=FORWARD_HEADERS,
                                            timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 await response.read()  # the whole answer, so the connection goes back to the pool
         except TimeoutError:
@@ -232,15 +244,17 @@ class Peers:
 
     # ── counters ──
 
-    def received(self, fragments: Sequence[TraceFragment]) -> None:
+    def received(self, fragments: Sequence[TraceFragment], signal: Signal = Signal.TRACES) -> None:
         """Count fragments a peer forwarded here (the sampler calls it for `forwarded` submissions)."""
-        self._received.add(fragments)
+        self._tallies[signal][1].add(fragments)
 
     def stats(self) -> PeerStats:
         members = self.membership.members()
+        routed, received, kept = self._tallies[Signal.TRACES]
+        logs = self._tallies[Signal.LOGS]
         return PeerStats(len(members), not members or self.address in members,
-                         self._routed.fragments, self._routed.spans, self._received.fragments,
-                         self._received.spans, self._kept.fragments, self._kept.spans)
+                         routed.fragments, routed.spans, received.fragments, received.spans,
+                         kept.fragments, kept.spans, *(tally.spans for tally in logs))
 
 
 def membership_of(settings: PeersConfig) -> Membership:

@@ -6,6 +6,9 @@ its trace is already buffered here (after a membership change a buffered trace s
 its first spans are, and its late spans join it). Spans without a trace id have no owner:
 they pass through where they arrived. Fragments whose owner stayed unreachable are kept
 here; `Peers` counts them.
+
+Log records following their traces (`logs.follow_traces`) are routed by the same rule, to
+the owner's logs route, so that they meet their trace where it is buffered and decided.
 """
 
 from __future__ import annotations
@@ -14,17 +17,17 @@ from collections.abc import Container, Sequence
 from typing import Protocol
 
 from edge.tailsampling.grouping import UNTRACED
-from edge.tailsampling.interfaces import TraceFragment, TraceId
+from edge.tailsampling.interfaces import Signal, TraceFragment, TraceId
 
 
 class Router(Protocol):
     """What the sampler needs of `edge.tailsampling.peers.Peers`."""
 
-    async def route(self, fragments: Sequence[TraceFragment]) -> list[TraceFragment]:
+    async def route(self, fragments: Sequence[TraceFragment], signal: Signal = Signal.TRACES) -> list[TraceFragment]:
         """Forward what others own; the fragments to keep here."""
         ...
 
-    def received(self, fragments: Sequence[TraceFragment]) -> None:
+    def received(self, fragments: Sequence[TraceFragment], signal: Signal = Signal.TRACES) -> None:
         """Count fragments a peer forwarded here."""
         ...
 
@@ -35,10 +38,12 @@ class Routing:
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    async def keep_here(self, fragments: list[TraceFragment], forwarded: bool,
-                        buffered: Container[TraceId]) -> list[TraceFragment]:
+    async def keep_here(self, fragments: list[TraceFragment], forwarded: bool, buffered: Container[TraceId],
+                        signal: Signal = Signal.TRACES) -> list[TraceFragment]:
+        """The fragments to keep here: forwarded ones, untraced ones, those of a trace buffered here,
+        and those this instance owns or whose owner stayed unreachable; the others go to their owner."""
         if forwarded:
-            self.router.received(fragments)
+            self.router.received(fragments, signal)
             return fragments
         staying: list[TraceFragment] = []
         moving: list[TraceFragment] = []
@@ -47,4 +52,4 @@ class Routing:
             (staying if here else moving).append(fragment)
         if not moving:
             return fragments
-        return staying + await self.router.route(moving)
+        return staying + await self.router.route(moving, signal)

@@ -28,6 +28,7 @@ from edge.tailsampling.grouping import UNTRACED
 from edge.tailsampling.interfaces import (
     Ack,
     Replayed,
+    Signal,
     SpanRollup,
     TraceDecider,
     TraceExporter,
@@ -168,8 +169,8 @@ class TailSampler:
 
     async def handle(self, fragments: list[TraceFragment], kind: Submission) -> Ack:
         """A worker's submission, as the channel hands it over."""
-        if kind is Submission.LOGS:
-            return self.submit_logs(fragments)
+        if kind in (Submission.LOGS, Submission.FORWARDED_LOGS):
+            return await self.route_logs(fragments, kind is Submission.FORWARDED_LOGS)
         return await self.submit(fragments, kind is Submission.FORWARDED)
 
     async def submit(self, fragments: list[TraceFragment], forwarded: bool) -> Ack:
@@ -196,6 +197,15 @@ class TailSampler:
         if fragment.trace_id != UNTRACED:
             return fragment
         return TraceFragment(self.untraced_keys.next(), fragment.payload, fragment.spans)
+
+    async def route_logs(self, fragments: list[TraceFragment], forwarded: bool) -> Ack:
+        """Log records by trace id, routed as spans are (those of a trace another instance owns and this one
+        does not buffer go to the owner, which holds them with the trace), then `submit_logs` for the rest."""
+        if not self.accepting:
+            return Ack.UNAVAILABLE
+        if self.routing is not None:
+            fragments = await self.routing.keep_here(fragments, forwarded, self.buffer, Signal.LOGS)
+        return self.submit_logs(fragments) if fragments else Ack.ACCEPTED
 
     def submit_logs(self, fragments: list[TraceFragment]) -> Ack:
         """Log records by trace id: held with their trace while it is buffered, dropped when it was decided

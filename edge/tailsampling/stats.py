@@ -54,6 +54,9 @@ class PeerCounts:
     routed_spans: int
     received_spans: int
     kept_spans: int
+    routed_records: int = 0  # log records under logs.follow_traces, likewise
+    received_records: int = 0
+    kept_records: int = 0
 
 
 class SamplerStats:
@@ -85,6 +88,9 @@ class SamplerStats:
                                        "start, by state", ("state",))
         self.peer_spans = counter("edge_tail_peer_spans", "Spans routed to their owner, received from a peer, or "
                                   "kept here because their owner was unreachable", ("direction",))
+        self.peer_log_records = counter("edge_tail_peer_log_records", "Log records (logs.follow_traces) routed to "
+                                        "their trace's owner, received from a peer, or kept here because their "
+                                        "owner was unreachable", ("direction",))
         self.rollup_overflow = counter("edge_tail_rollup_overflow_spans", "Spans rolled up into the overflow series "
                                        "(otel.metric.overflow=true) beyond rollup_cardinality_limit")
         self.exported = counter("edge_tail_exported", "What the sampler's exporters delivered (traces: sampled "
@@ -106,6 +112,7 @@ class SamplerStats:
         self._decided = {True: self.decided_spans.labels("sampled"), False: self.decided_spans.labels("not_sampled")}
         self._early = {bound: self.early.labels(bound.value) for bound in Bound}
         self._peer_spans = {d: self.peer_spans.labels(d) for d in ("routed", "received", "kept")}
+        self._peer_records = {d: self.peer_log_records.labels(d) for d in ("routed", "received", "kept")}
         self._peers_seen = PeerCounts(0, 0, 0, 0)
         self._overflowed_seen = 0
 
@@ -146,11 +153,15 @@ class SamplerStats:
         if peers is not None:
             seen, self._peers_seen = self._peers_seen, peers
             self.peers.set(peers.members)
-            for direction, now, before in (("routed", peers.routed_spans, seen.routed_spans),
-                                           ("received", peers.received_spans, seen.received_spans),
-                                           ("kept", peers.kept_spans, seen.kept_spans)):
+            for child, now, before in (
+                    (self._peer_spans["routed"], peers.routed_spans, seen.routed_spans),
+                    (self._peer_spans["received"], peers.received_spans, seen.received_spans),
+                    (self._peer_spans["kept"], peers.kept_spans, seen.kept_spans),
+                    (self._peer_records["routed"], peers.routed_records, seen.routed_records),
+                    (self._peer_records["received"], peers.received_records, seen.received_records),
+                    (self._peer_records["kept"], peers.kept_records, seen.kept_records)):
                 if now > before:
-                    self._peer_spans[direction].inc(now - before)
+                    child.inc(now - before)
 
     def observe_rollup(self, series: int, overflowed: int) -> None:
         """The rollup's series now, and the spans it has folded into the overflow series since start."""

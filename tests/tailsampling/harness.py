@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
@@ -127,6 +129,25 @@ def request(spans: Iterable[Span], service: str = "shop") -> ExportTraceServiceR
 
 def trace_of(span_id: bytes) -> int:
     return int.from_bytes(span_id, "big") // 1000
+
+
+# ── log records ──
+
+
+def log_request(*records: tuple[int, str]) -> bytes:
+    """Log records (trace number, body); trace number 0: no trace id."""
+    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[
+        LogRecord(trace_id=trace_id(t) if t else b"", body=AnyValue(string_value=text)) for t, text in records])])]
+    ).SerializeToString()
+
+
+def log_bodies(upstream: Upstream) -> list[str]:
+    out = []
+    for r in upstream.received("/v1/logs"):
+        body = gzip.decompress(r.body) if r.header("content-encoding") == "gzip" else r.body
+        out += [lr.body.string_value for rl in ExportLogsServiceRequest.FromString(body).resource_logs
+                for sl in rl.scope_logs for lr in sl.log_records]
+    return out
 
 
 # ── the upstream ──

@@ -49,13 +49,15 @@ def test_a_submission_frame_decodes_to_the_same_fragments() -> None:
 def test_pipelined_submissions_are_answered_in_any_order_and_their_kind_is_carried(tmp_path: Path) -> None:
     async def scenario() -> None:
         recorder = Recorder()
-        recorder.delays = [0.2, 0.0, 0.0]  # the first request is answered after the others
+        recorder.delays = [0.2, 0.0, 0.0, 0.0]  # the first request is answered after the others
         server = await start(tmp_path / "s.sock", recorder)
         client = SocketSamplerClient(str(tmp_path / "s.sock"))
-        slow, fast, logs = fragments(2), fragments(1), fragments(1)
-        acks = await asyncio.gather(client.submit(slow), client.submit(fast, forwarded=True), client.submit_logs(logs))
-        assert acks == [Ack.ACCEPTED] * 3
-        assert recorder.got == [(fast, Submission.FORWARDED), (logs, Submission.LOGS), (slow, Submission.TRACES)]
+        slow, fast, logs, peer_logs = fragments(2), fragments(1), fragments(1), fragments(1)
+        acks = await asyncio.gather(client.submit(slow), client.submit(fast, forwarded=True), client.submit_logs(logs),
+                                    client.submit_logs(peer_logs, forwarded=True))
+        assert acks == [Ack.ACCEPTED] * 4
+        assert recorder.got == [(fast, Submission.FORWARDED), (logs, Submission.LOGS),
+                                (peer_logs, Submission.FORWARDED_LOGS), (slow, Submission.TRACES)]
         await client.close()
         server.close()
 

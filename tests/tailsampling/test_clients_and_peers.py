@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,18 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
 from tests.proxy_fixtures import free_port
-from tests.tailsampling.harness import ERRORS, TailEdge, Upstream, accounted, request, span, tail_config
+from tests.tailsampling.harness import (
+    ERRORS,
+    PB,
+    TailEdge,
+    Upstream,
+    accounted,
+    log_bodies,
+    log_request,
+    request,
+    span,
+    tail_config,
+)
 from tests.waiting import wait_for
 
 # edge's own policy, applied before the tail sampler: spans named drop-* never reach it
@@ -89,16 +101,27 @@ def test_sdk_traces_are_filtered_by_edge_then_sampled_whole(tmp_path: Path, upst
         assert edge.stop() == 0
 
 
-def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, upstream: Upstream) -> None:
+@contextmanager
+def three_instances(tmp_path: Path, upstream: Upstream, policies: list[dict],
+                    **keys: object) -> Iterator[list[TailEdge]]:
+    """Three edges sharing traces through static peers, started and stopped together (each holds
+    keep-alive connections to the others' workers, which their drain waits for)."""
     ports = [free_port() for _ in range(3)]
     members = [f"127.0.0.1:{p}" for p in ports]
     edges = [TailEdge(tmp_path / f"e{i}", upstream.url,
-                      tail_config(tmp_path / f"e{i}", [ERRORS], peers={"static": members}, decision_wait="2s"),
-                      listen_port=port)
+                      tail_config(tmp_path / f"e{i}", policies, peers={"static": members}, **keys), listen_port=port)
              for i, port in enumerate(ports)]
     with ThreadPoolExecutor(3) as starting:  # in parallel: each waits for its own readiness
         list(starting.map(TailEdge.start, edges))
     try:
+        yield edges
+    finally:
+        with ThreadPoolExecutor(3) as stopping:
+            assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
+
+
+def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, upstream: Upstream) -> None:
+    with three_instances(tmp_path, upstream, [ERRORS], decision_wait="2s") as edges:
         round_robin = itertools.cycle(edges)
         for t in range(1, 61):  # each span of a trace to the next instance: every trace touches all three
             for n in range(6):
@@ -114,24 +137,13 @@ def test_three_instances_with_static_peers_export_whole_traces(tmp_path: Path, u
         received = "edge_tail_peer_spans_total{direction=received}"
         assert wait_for(lambda: sum(e.metric(routed) for e in edges) == sum(e.metric(received) for e in edges) > 0, 5)
         assert all(e.metric("edge_tail_peers") == 3 for e in edges)
-    finally:  # together: each holds keep-alive connections to the others' workers, which their drain waits for
-        with ThreadPoolExecutor(3) as stopping:
-            assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
 
 
 def test_three_instances_keep_every_error_trace_and_ten_percent_of_the_rest(tmp_path: Path,
                                                                             upstream: Upstream) -> None:
     """2,000 traces, each span of a trace sent to another instance, in batches as an SDK sends them."""
     ten_percent = {"name": "ten", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10}}
-    ports = [free_port() for _ in range(3)]
-    members = [f"127.0.0.1:{p}" for p in ports]
-    edges = [TailEdge(tmp_path / f"e{i}", upstream.url,
-                      tail_config(tmp_path / f"e{i}", [ERRORS, ten_percent], peers={"static": members},
-                                  decision_wait="3s"), listen_port=port)
-             for i, port in enumerate(ports)]
-    with ThreadPoolExecutor(3) as starting:
-        list(starting.map(TailEdge.start, edges))
-    try:
+    with three_instances(tmp_path, upstream, [ERRORS, ten_percent], decision_wait="3s") as edges:
         errors = set(range(1, 2001, 50))
         for n in range(3):  # span n of trace t goes to instance (t + n) % 3
             for i, edge in enumerate(edges):
@@ -146,9 +158,44 @@ def test_three_instances_keep_every_error_trace_and_ten_percent_of_the_rest(tmp_
         assert sum(upstream.spans().values()) == 3 * len(traces)  # and once
         share = len(set(traces) - errors) / (2000 - len(errors))
         assert 0.07 <= share <= 0.13, share
-    finally:
-        with ThreadPoolExecutor(3) as stopping:
-            assert list(stopping.map(TailEdge.stop, edges)) == [0, 0, 0]
+
+
+def test_logs_follow_their_traces_to_the_instance_that_owns_them(tmp_path: Path, upstream: Upstream) -> None:
+    """Spans of every trace reach instance A, their log records B and C: each record must find its
+    trace at the trace's owner, held and then exported or dropped with it, and late records too."""
+    cache = {"sampled_cache_size": 100, "non_sampled_cache_size": 100}
+    traces = range(1, 31)
+    sampled = [t for t in traces if t % 5 == 0]
+
+    def logs_of(which: str, only: list[int] | range = traces) -> list[str]:
+        return [f"{which} {t}" for t in only]
+
+    with three_instances(tmp_path, upstream, [ERRORS], decision_wait="2s", decision_cache=cache,
+                         logs={"follow_traces": True}) as edges:
+        a, b, c = edges
+        for t in traces:
+            assert a.post_spans([span(t, n, error=(t % 5 == 0 and n == 1)) for n in range(3)]).status == 200
+        for edge, name in ((b, "b"), (c, "c")):
+            reply = edge.request("POST", "/v1/logs", log_request(*((t, f"{name} {t}") for t in traces),
+                                                                  (0, f"untraced in a batch to {name}")), PB)
+            assert (reply.status, reply.body) == (200, b"")
+        alone = b.request("POST", "/v1/logs", log_request((0, "untraced alone")), PB)
+        assert (alone.status, alone.header("X-Upstream")) == (200, "recorder")  # forwarded as usual
+        assert accounted(upstream, sent=30 * 3)  # every trace decided, by its owner
+        assert set(upstream.traces()) == set(sampled)
+        expected = ["untraced alone", "untraced in a batch to b", "untraced in a batch to c",
+                    *logs_of("b", sampled), *logs_of("c", sampled)]
+        assert wait_for(lambda: sorted(log_bodies(upstream)) == sorted(expected), 10, 0.05), log_bodies(upstream)
+        late = c.request("POST", "/v1/logs", log_request(*((t, f"late {t}") for t in traces)), PB)
+        assert late.status == 200  # after the decisions: each owner's decision cache still knows every trace
+        expected += logs_of("late", sampled)
+        dropped = "edge_tail_logs_total{outcome=dropped}"
+        assert wait_for(lambda: sum(e.metric(dropped) for e in edges) == 3 * (30 - len(sampled)), 10, 0.05)
+        assert wait_for(lambda: sorted(log_bodies(upstream)) == sorted(expected), 10, 0.05), log_bodies(upstream)
+        routed = "edge_tail_peer_log_records_total{direction=routed}"
+        received = "edge_tail_peer_log_records_total{direction=received}"
+        assert wait_for(lambda: sum(e.metric(routed) for e in edges) == sum(e.metric(received) for e in edges) > 0, 5)
+        assert sum(e.metric("edge_tail_peer_log_records_total{direction=kept}") for e in edges) == 0
 
 
 class SamplerDown(TailEdge):

@@ -9,7 +9,6 @@ must be exported or counted in a rollup.
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import time
 from collections.abc import Iterator
@@ -17,9 +16,6 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 
 from tests.tailsampling.harness import (
     ALWAYS,
@@ -28,9 +24,10 @@ from tests.tailsampling.harness import (
     TailEdge,
     Upstream,
     accounted,
+    log_bodies,
+    log_request,
     span,
     tail_config,
-    trace_id,
 )
 from tests.waiting import wait_for
 
@@ -230,22 +227,6 @@ def test_the_ready_line_names_tail_sampling(tmp_path: Path, upstream: Upstream) 
         assert f"; tail sampling: 2 policies, decision_wait 1 s, write-ahead log in {tmp_path / 'wal'}" in edge.log()
     finally:
         assert edge.stop() == 0
-
-
-def log_request(*records: tuple[int, str]) -> bytes:
-    """Log records (trace number, body); trace number 0: no trace id."""
-    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[
-        LogRecord(trace_id=trace_id(t) if t else b"", body=AnyValue(string_value=text)) for t, text in records])])]
-    ).SerializeToString()
-
-
-def log_bodies(upstream: Upstream) -> list[str]:
-    out = []
-    for r in upstream.received("/v1/logs"):
-        body = gzip.decompress(r.body) if r.header("content-encoding") == "gzip" else r.body
-        out += [lr.body.string_value for rl in ExportLogsServiceRequest.FromString(body).resource_logs
-                for sl in rl.scope_logs for lr in sl.log_records]
-    return out
 
 
 def test_logs_follow_their_traces(tmp_path: Path, upstream: Upstream) -> None:

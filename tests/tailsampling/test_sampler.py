@@ -16,6 +16,7 @@ from edge.tailsampling.interfaces import (
     Decision,
     Replayed,
     ReplayedTrace,
+    Signal,
     TraceFragment,
     TraceId,
     WalFull,
@@ -286,17 +287,20 @@ class Router:
     def __init__(self, unreachable: bool = False) -> None:
         self.routed: list[list[TraceFragment]] = []
         self.got: list[TraceFragment] = []
+        self.signals: list[Signal] = []
         self.unreachable = unreachable
 
-    async def route(self, fragments: Sequence[TraceFragment]) -> list[TraceFragment]:
+    async def route(self, fragments: Sequence[TraceFragment], signal: Signal = Signal.TRACES) -> list[TraceFragment]:
         """Trace ids above 100 belong to a peer."""
         local = [f for f in fragments if f.trace_id[-1] <= 100]
         remote = [f for f in fragments if f.trace_id[-1] > 100]
         self.routed.append(remote)
+        self.signals.append(signal)
         return local + remote if self.unreachable else local
 
-    def received(self, fragments: Sequence[TraceFragment]) -> None:
+    def received(self, fragments: Sequence[TraceFragment], signal: Signal = Signal.TRACES) -> None:
         self.got.extend(fragments)
+        self.signals.append(signal)
 
 
 def test_fragments_owned_elsewhere_are_forwarded_unless_buffered_here_or_forwarded_already() -> None:
@@ -359,6 +363,43 @@ def test_log_records_without_a_buffered_trace_pass_at_once_unless_their_trace_wa
     assert p.sampler.submit_logs([logs(0, b"untraced"), logs(7, b"unknown"), logs(2, b"late")]) is Ack.ACCEPTED
     p.sampler.flush()
     assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"untraced", b"unknown"]
+
+
+def route_logs(p: Parts, fragments: list[TraceFragment], forwarded: bool = False) -> Ack:
+    return asyncio.run(p.sampler.route_logs(fragments, forwarded))
+
+
+def test_log_records_owned_elsewhere_go_to_the_owner_unless_their_trace_is_buffered_here() -> None:
+    router = Router()
+    p = parts(routing=Routing(router))
+    submit(p, [frag(1), frag(104)], forwarded=True)  # both traces buffered here, 104 though a peer owns it
+    router.signals.clear()
+    assert route_logs(p, [logs(1, b"l1"), logs(104, b"l104"), logs(102, b"l102"), logs(0, b"u")]) is Ack.ACCEPTED
+    assert (router.routed[-1], router.signals) == ([logs(102, b"l102")], [Signal.LOGS])  # only 102 moves
+    p.sampler.flush()
+    assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"u"]  # no trace id: passed at once
+    p.clock.now += WAIT
+    p.sampler.tick()
+    assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"u", b"l1"]  # held with 1, dropped with 104
+
+
+def test_log_records_a_peer_forwarded_are_never_routed_again() -> None:
+    router = Router()
+    p = parts(routing=Routing(router))
+    submit(p, [frag(102)], forwarded=True)
+    router.signals.clear()
+    assert route_logs(p, [logs(102, b"held"), logs(103, b"passed")], forwarded=True) is Ack.ACCEPTED
+    assert router.routed == [] and router.got[-2:] == [logs(102, b"held"), logs(103, b"passed")]
+    assert router.signals == [Signal.LOGS]
+    p.sampler.flush()
+    assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"passed"]
+
+
+def test_log_records_whose_owner_is_unreachable_pass_here() -> None:
+    p = parts(routing=Routing(Router(unreachable=True)))
+    assert route_logs(p, [logs(101, b"l101")]) is Ack.ACCEPTED
+    p.sampler.flush()
+    assert [payload for _, payload, _ in p.logs_exporter.submitted] == [b"l101"]
 
 
 def test_held_log_records_come_back_with_their_trace_after_a_restart() -> None:
