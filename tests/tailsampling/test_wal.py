@@ -144,7 +144,8 @@ def test_interval_syncs_in_the_background_at_most_every_interval(
     last_append = time.monotonic()
     assert wait_for(lambda: syncs and syncs[-1] >= last_append)  # what was written last is synced too
     during = [t for t in syncs if start <= t <= last_append]
-    assert 2 <= len(during) <= (last_append - start) / 0.05 + 2  # one sync may be late, not more often
+    # synced while appends went on (a starved syncer may manage only one), and never more often than the interval
+    assert 1 <= len(during) <= (last_append - start) / 0.05 + 2
 
 
 def test_never_does_not_sync(tmp_path: Path, opened: list[FileWal], syncs: list[float]) -> None:
