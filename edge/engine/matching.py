@@ -41,7 +41,7 @@ def _fold(matched_values: list[int], owners: list[int] | None) -> int:
 
 
 def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Column,
-                masks: list[int]) -> None:
+                hits: dict[int, int]) -> None:
     """String conditions of one field: one Hyperscan scan plus RE2 for the rest.
 
     `column.values` are string views: "" where the field is absent or not a string,
@@ -64,11 +64,11 @@ def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Col
                     table[j] = 49  # "1"
                 flags = codes.translate(table)
                 mask = int(flags[::-1], 2)
-                masks[ci] |= mask if column.owners is None else _fold(bits.indices(mask), column.owners)
+                hits[ci] = mask if column.owners is None else _fold(bits.indices(mask), column.owners)
         return
     for ci, positions in _match_values(snapshot, plan, fp, values).items():
         if positions:
-            masks[ci] |= _fold(sorted(positions), column.owners)
+            hits[ci] = _fold(sorted(positions), column.owners)
 
 
 def _match_values(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str]
@@ -282,16 +282,26 @@ def _typed_mask(condition: Condition, column: Column) -> int:
     return _fold(hits, column.owners) if hits else 0
 
 
-def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> list[int]:
-    """One record mask per condition of the plan, negation applied."""
-    masks = [0] * len(plan.conditions)
+def condition_hits(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> dict[int, int]:
+    """condition index -> mask of the records it holds on, for the conditions that hold somewhere;
+    before negation (`negate` is applied by the caller)."""
+    hits: dict[int, int] = {}
     for key, fp in plan.fields.items():
         if fp.scanned or fp.re2_only or fp.exact or fp.exact_caseless:
-            _scan_field(snapshot, plan, fp, batch.strings(key), masks)
+            _scan_field(snapshot, plan, fp, batch.strings(key), hits)
         if fp.typed:
             column = batch.column(key)
             for ci in fp.typed:
-                masks[ci] = _typed_mask(plan.conditions[ci], column)
+                mask = _typed_mask(plan.conditions[ci], column)
+                if mask:
+                    hits[ci] = mask
+    return hits
+
+
+def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> list[int]:
+    """One record mask per condition of the plan, negation applied."""
+    hits = condition_hits(snapshot, plan, batch)
+    masks = [hits.get(ci, 0) for ci in range(len(plan.conditions))]
     for condition in plan.conditions:
         if condition.negate:
             masks[condition.index] ^= batch.full
