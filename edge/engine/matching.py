@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from itertools import accumulate, compress, repeat
 from typing import Any
 
@@ -28,10 +28,13 @@ from edge.policy.model import Condition, FieldPlan, Op, SignalPlan
 from edge.policy.snapshot import Snapshot
 
 _SOM = hyperscan.HS_FLAG_SOM_LEFTMOST
+# Below this many values a field is matched value by value: probing a small batch for repeated
+# values costs more than the matching it could save.
+_PROBE_MIN = 64
 
 
-def _fold(matched_values: list[int], owners: list[int] | None) -> int:
-    """Value positions -> record mask."""
+def _fold(matched_values: Collection[int], owners: list[int] | None) -> int:
+    """Value positions (in any order) -> record mask."""
     if owners is None:
         return bits.from_indices(matched_values, max(matched_values) + 1)
     mask = 0
@@ -46,29 +49,36 @@ def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Col
 
     `column.values` are string views: "" where the field is absent or not a string,
     which no string condition matches. Low-cardinality fields (severity, method,
-    service) are scanned once per distinct value and mapped back without a per-record
-    Python loop; others (told by a probe of the first values) are scanned as one
-    joined buffer.
+    service) of a big batch are scanned once per distinct value and mapped back without
+    a per-record Python loop; others (told by a probe of the first values), and every
+    field of a small batch, are scanned as one joined buffer.
     """
     values = column.values
     if not values:
         return
-    distinct = list(dict.fromkeys(values)) if len(set(values[:256])) <= 64 else values
-    if len(distinct) <= min(255, len(values) // 4):
-        matched = _match_values(snapshot, plan, fp, distinct)
-        codes = bytes(map({v: j for j, v in enumerate(distinct)}.__getitem__, values))
-        for ci, positions in matched.items():
-            if positions:
-                table = bytearray(b"0" * 256)
-                for j in positions:
-                    table[j] = 49  # "1"
-                flags = codes.translate(table)
-                mask = int(flags[::-1], 2)
-                hits[ci] = mask if column.owners is None else _fold(bits.indices(mask), column.owners)
-        return
+    if len(values) >= _PROBE_MIN and len(set(values[:256])) <= 64:
+        distinct = list(dict.fromkeys(values))
+        if len(distinct) <= min(255, len(values) // 4):
+            _scan_distinct(snapshot, plan, fp, column, distinct, hits)
+            return
     for ci, positions in _match_values(snapshot, plan, fp, values).items():
         if positions:
-            hits[ci] = _fold(sorted(positions), column.owners)
+            hits[ci] = _fold(positions, column.owners)
+
+
+def _scan_distinct(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Column, distinct: list[str],
+                   hits: dict[int, int]) -> None:
+    """Match the distinct values only, then spread each condition's verdicts over the records in C."""
+    matched = _match_values(snapshot, plan, fp, distinct)
+    codes = bytes(map({v: j for j, v in enumerate(distinct)}.__getitem__, column.values))
+    for ci, positions in matched.items():
+        if positions:
+            table = bytearray(b"0" * 256)
+            for j in positions:
+                table[j] = 49  # "1"
+            flags = codes.translate(table)
+            mask = int(flags[::-1], 2)
+            hits[ci] = mask if column.owners is None else _fold(bits.indices(mask), column.owners)
 
 
 def _match_values(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str]
@@ -134,20 +144,30 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
 
     for db, scratch in snapshot.databases(plan.signal, fp.key):
         db.scan(buffer, match_event_handler=on_match, scratch=scratch)
-    dirty = _values_with_newlines(values) if ends else set()
-    for ci, found in ends.items():
-        condition = plan.conditions[ci]
-        hits, doubtful = _map_matches(condition, begins[ci], found, starts)
-        doubtful |= hits & dirty
-        hits -= doubtful
-        search = snapshot.regex(condition.re2_pattern).search
-        hits.update(k for k in doubtful if values[k] and search(values[k]) is not None)
-        matched[ci] |= hits
+    if ends:
+        _settle(snapshot, plan, values, starts, begins, ends, matched)
     _refold_caseless(snapshot, plan, fp, values, text, matched)
     if fp.aliases:  # conditions compiled once under the first one's id
         for ci in [ci for ci in matched if ci in fp.aliases]:
             for other in fp.aliases[ci]:
                 matched[other] = set(matched[ci])
+
+
+def _settle(snapshot: Snapshot, plan: SignalPlan, values: list[str], starts: list[int],
+            begins: dict[int, list[int]], ends: dict[int, list[int]], matched: dict[int, set[int]]) -> None:
+    """Hyperscan's reports (match starts and ends per condition) -> records, RE2 deciding the doubtful ones."""
+    bounds = starts + [0]  # a match ending in the padding fails the `end < next start` test
+    dirty = _values_with_newlines(values)
+    for ci, found in ends.items():
+        condition = plan.conditions[ci]
+        hits, doubtful = _map_matches(condition, begins[ci], found, starts, bounds)
+        if dirty:
+            doubtful |= hits & dirty
+            hits -= doubtful
+        if doubtful:
+            search = snapshot.regex(condition.re2_pattern).search
+            hits.update(k for k in doubtful if values[k] and search(values[k]) is not None)
+        matched[ci] |= hits
 
 
 def _values_with_newlines(values: list[str]) -> set[int]:
@@ -157,21 +177,21 @@ def _values_with_newlines(values: list[str]) -> set[int]:
     return {k for k, v in enumerate(values) if "\n" in v}
 
 
-def _map_matches(condition: Condition, begins: list[int], ends: list[int], starts: list[int]
-                 ) -> tuple[set[int], set[int]]:
+def _map_matches(condition: Condition, begins: list[int], ends: list[int], starts: list[int],
+                 bounds: list[int]) -> tuple[set[int], set[int]]:
     """(records a condition's matches lie in, records where RE2 must settle a match).
 
     Record k spans `starts[k]` up to its separator at `starts[k + 1] - 1`; each is found
-    for all matches in one C-level pass. A literal's match ends inside its record or, for
-    a suffix literal, just after the separator: it lies in the last record starting
-    before its end. A regex match (reported with its leftmost start) that begins in an
-    earlier record, takes in the separator or ends in the padding belongs to no single
-    record, and its record is checked with RE2 instead.
+    for all matches in one C-level pass (`bounds` is `starts` and a 0: no match ends
+    before it, so a match in the padding belongs to no record). A literal's
+    match ends inside its record or, for a suffix literal, just after the separator: it
+    lies in the last record starting before its end. A regex match (reported with its
+    leftmost start) that begins in an earlier record, takes in the separator or ends in
+    the padding belongs to no single record, and its record is checked with RE2 instead.
     """
     records_after = list(map(bisect_left, repeat(starts), ends))  # record index + 1
     if not condition.hs_flags & _SOM:
         return set(map(_MINUS_ONE, records_after)), set()
-    bounds = starts + [0]  # a match ending in the padding fails the `end < next start` test
     inside = all(map(operator.ge, begins, map(bounds.__getitem__, map(_MINUS_ONE, records_after)))) and \
         all(map(operator.lt, ends, map(bounds.__getitem__, records_after)))
     if inside:
