@@ -73,6 +73,10 @@ class Engine:
         self.rng = rng or random.SystemRandom()
         self.limiter.load({p.id for p in snapshot.plan(LOG).policies if p.log_keep.kind == "rate"})
         self._indexes = {signal: PolicyIndex.of(plan) for signal, plan in snapshot.plans.items()}
+        # Log policies in the order keep decisions take them (docs/policies.md §4): most
+        # restrictive first, ties in id order (the plan's order, which the stable sort keeps).
+        by_restrictiveness = sorted(snapshot.plan(LOG).policies, key=lambda p: p.log_keep.restrictiveness())
+        self._log_rank = {policy.id: rank for rank, policy in enumerate(by_restrictiveness)}
 
     # ── shared steps ──
 
@@ -126,8 +130,8 @@ class Engine:
         """Most restrictive keep first; the first policy (by restrictiveness, then id) that drops causes it."""
         alive = batch.full
         caused: dict[str, int] = {}
-        order = sorted((pm for pm in matched if pm[1]), key=lambda pm: pm[0].log_keep.restrictiveness())
-        for policy, mask in order:
+        rank = self._log_rank
+        for _, policy, mask in sorted([(rank[policy.id], policy, mask) for policy, mask in matched if mask]):
             kind = policy.log_keep.kind
             candidates = mask & alive
             if kind == "all" or not candidates:

@@ -11,6 +11,7 @@ costs work for the few policies whose conditions it hit, not for the 1,000.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TypeAlias
 
 from edge.policy.model import CompiledPolicy, SignalPlan
@@ -41,6 +42,8 @@ class PolicyIndex:
 
     def condition_masks(self, hits: dict[int, int], full: int) -> dict[int, int]:
         """Record masks of the conditions that hold somewhere: `hits` with negation applied."""
+        if not self.negated:
+            return hits
         masks = dict(hits)
         for ci in self.negated:
             mask = masks.pop(ci, 0) ^ full
@@ -51,14 +54,12 @@ class PolicyIndex:
     def matched(self, hits: dict[int, int], full: int) -> Matched:
         """Policies that match some record (plus the `always` ones), from the raw condition hits."""
         masks = self.condition_masks(hits, full)
-        positions = set(self.always)
-        gated = self.gated
-        for ci in masks:
-            found = gated.get(ci)
-            if found:
-                positions.update(found)
+        positions = set().union(*map(self.gated.get, masks, repeat(())))
+        always = self.always
+        if always:
+            positions |= always
         out: Matched = []
-        policies, always = self.policies, self.always
+        policies = self.policies
         for position in sorted(positions):
             policy = policies[position]
             mask = full

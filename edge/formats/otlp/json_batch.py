@@ -9,6 +9,7 @@ inside the document, so kept records are forwarded exactly as they arrived.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import compress
 from typing import Any
 
 from edge.engine import bits
@@ -46,6 +47,8 @@ from edge.policy.fields import (
     TRACE_TRACE_STATE,
 )
 from edge.policy.model import FieldKey
+
+_SELECTORS = bytes.maketrans(b"01", b"\x00\x01")  # a mask's '0'/'1' flags as compress() selectors
 
 
 def _scalar(value: Any) -> Any:
@@ -168,30 +171,34 @@ class JsonBatch:
         if doc.__class__ is not dict:
             raise BatchShapeError("an OTLP document must be a JSON object")
         self.doc = doc
-        self.records: list[dict] = []
-        self.resources: list[tuple[dict, int, int]] = []
-        self.scopes: list[tuple[dict, int, int, int]] = []
-        tops = doc.get(self.TOP) or []
+        top, scopes_key, records_key = self.TOP, self.SCOPES, self.RECORDS
+        records: list[dict] = []
+        resources: list[tuple[dict, int, int]] = []
+        scopes: list[tuple[dict, int, int, int]] = []
+        tops = doc.get(top) or []
         if tops.__class__ is not list:
-            raise BatchShapeError(f"{self.TOP} must be a list")
-        for rl in tops:
+            raise BatchShapeError(f"{top} must be a list")
+        for rpos, rl in enumerate(tops):
             if rl.__class__ is not dict:
-                raise BatchShapeError(f"{self.TOP} entries must be objects")
-            start = len(self.records)
-            scopes = rl.get(self.SCOPES) or []
-            if scopes.__class__ is not list:
-                raise BatchShapeError(f"{self.SCOPES} must be a list")
-            for sl in scopes:
-                recs = sl.get(self.RECORDS) or [] if sl.__class__ is dict else None
+                raise BatchShapeError(f"{top} entries must be objects")
+            start = end = len(records)
+            resource_scopes = rl.get(scopes_key) or []
+            if resource_scopes.__class__ is not list:
+                raise BatchShapeError(f"{scopes_key} must be a list")
+            for sl in resource_scopes:
+                recs = sl.get(records_key) or [] if sl.__class__ is dict else None
                 if recs.__class__ is not list:
-                    raise BatchShapeError(f"{self.RECORDS} must be a list of objects")
-                s = len(self.records)
-                self.records.extend(recs)
-                self.scopes.append((sl, s, len(self.records), len(self.resources)))
-            self.resources.append((rl, start, len(self.records)))
-        if not {*map(type, self.records)} <= {dict}:
-            raise BatchShapeError(f"{self.RECORDS} must be a list of objects")
-        self.n = len(self.records)
+                    raise BatchShapeError(f"{records_key} must be a list of objects")
+                records += recs
+                s, end = end, len(records)
+                scopes.append((sl, s, end, rpos))
+            resources.append((rl, start, end))
+        if not {*map(type, records)} <= {dict}:
+            raise BatchShapeError(f"{records_key} must be a list of objects")
+        self.records = records
+        self.resources = resources
+        self.scopes = scopes
+        self.n = len(records)
         self.full = bits.full_mask(self.n)
         self.changed = False
         self._attributes: json_columns.AttributeColumns | None = None
@@ -268,33 +275,40 @@ class JsonBatch:
     # ── output ──
 
     def keep_only(self, alive: int) -> None:
-        """Remove every record whose bit is clear; prune scopes and resources left empty."""
+        """Remove every record whose bit is clear; prune scopes and resources left empty.
+
+        Scopes and resources that were empty to begin with stay; only the resources that
+        lost a scope are rebuilt.
+        """
         if alive == self.full:
             return
         self.changed = True
-        flags = bits.flags(alive, self.n)
-        emptied_scopes = set()
-        for sl, start, end, _ in self.scopes:
-            if start == end:
+        selectors = bits.flags(alive, self.n).encode().translate(_SELECTORS)
+        records_key = self.RECORDS
+        emptied: dict[int, set[int]] = {}  # resource position -> ids of the scopes it lost
+        for sl, start, end, rpos in self.scopes:
+            window = selectors[start:end]
+            if b"\x00" not in window:
+                continue  # every record kept (or none to begin with)
+            if b"\x01" in window:
+                sl[records_key] = list(compress(sl[records_key], window))
                 continue
-            window = flags[start:end]
-            if "0" not in window:
-                continue
-            kept = [r for r, f in zip(sl[self.RECORDS], window, strict=True) if f == "1"] if "1" in window else []
-            sl[self.RECORDS] = kept
-            if not kept:
-                emptied_scopes.add(id(sl))
-        if not emptied_scopes:
-            return
-        emptied_resources = set()
-        for rl, _, _ in self.resources:
-            scopes = rl.get(self.SCOPES)
-            if scopes and any(id(sl) in emptied_scopes for sl in scopes):
-                rl[self.SCOPES] = [sl for sl in scopes if id(sl) not in emptied_scopes]
-                if not rl[self.SCOPES]:
-                    emptied_resources.add(id(rl))
-        if emptied_resources:
-            self.doc[self.TOP] = [rl for rl, _, _ in self.resources if id(rl) not in emptied_resources]
+            sl[records_key] = []
+            emptied.setdefault(rpos, set()).add(id(sl))
+        if emptied:
+            self._prune(emptied)
+
+    def _prune(self, emptied: dict[int, set[int]]) -> None:
+        """Remove the scopes drops emptied, and the resources left with no scope at all."""
+        scopes_key = self.SCOPES
+        gone = set()
+        for rpos, ids in emptied.items():
+            rl = self.resources[rpos][0]
+            rl[scopes_key] = [sl for sl in rl[scopes_key] if id(sl) not in ids]
+            if not rl[scopes_key]:
+                gone.add(rpos)
+        if gone:
+            self.doc[self.TOP] = [rl for rpos, (rl, _, _) in enumerate(self.resources) if rpos not in gone]
 
     def export(self, i: int) -> dict[str, Any]:
         """A standalone copy of record i with its resource and scope (for extensions)."""
