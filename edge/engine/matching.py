@@ -31,15 +31,21 @@ _SOM = hyperscan.HS_FLAG_SOM_LEFTMOST
 # Below this many values a field is matched value by value: probing a small batch for repeated
 # values costs more than the matching it could save.
 _PROBE_MIN = 64
+# Up to this many positions a mask is cheaper to OR together bit by bit than to build as a row of flags.
+_FEW_BITS = 8
 
 
 def _fold(matched_values: Collection[int], owners: list[int] | None) -> int:
     """Value positions (in any order) -> record mask."""
-    if owners is None:
-        return bits.from_indices(matched_values, max(matched_values) + 1)
     mask = 0
+    if owners is not None:
+        for j in matched_values:
+            mask |= owners[j]
+        return mask
+    if len(matched_values) > _FEW_BITS:
+        return bits.from_indices(matched_values, max(matched_values) + 1)
     for j in matched_values:
-        mask |= owners[j]
+        mask |= 1 << j
     return mask
 
 
@@ -135,17 +141,19 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     buffer = text.encode() + b"\n"
     lengths = map(len, values if len(buffer) == len(text) + 1 else map(str.encode, values))
     starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=1))
-    ends: dict[int, list[int]] = defaultdict(list)
-    begins: dict[int, list[int]] = defaultdict(list)
+    reports: list[tuple[int, int, int]] = []
+    report = reports.append
 
     def on_match(cid: int, start: int, end: int, flags: int, context: Any) -> None:
-        ends[cid].append(end)
-        begins[cid].append(start)
+        report((cid, start, end))
 
     for db, scratch in snapshot.databases(plan.signal, fp.key):
         db.scan(buffer, match_event_handler=on_match, scratch=scratch)
-    if ends:
-        _settle(snapshot, plan, values, starts, begins, ends, matched)
+    if reports:
+        doubtful = _settle(plan.conditions, reports, starts, matched)
+        dirty = _values_with_newlines(values)
+        if doubtful or dirty:
+            _recheck(snapshot, plan.conditions, values, reports, doubtful, dirty, matched)
     _refold_caseless(snapshot, plan, fp, values, text, matched)
     if fp.aliases:  # conditions compiled once under the first one's id
         for ci in [ci for ci in matched if ci in fp.aliases]:
@@ -153,30 +161,47 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
                 matched[other] = set(matched[ci])
 
 
-def _settle(snapshot: Snapshot, plan: SignalPlan, values: list[str], starts: list[int],
-            begins: dict[int, list[int]], ends: dict[int, list[int]], matched: dict[int, set[int]]) -> None:
-    """Hyperscan's reports (match starts and ends per condition) -> records, RE2 deciding the doubtful ones.
+def _settle(conditions: list[Condition], reports: list[tuple[int, int, int]], starts: list[int],
+            matched: dict[int, set[int]]) -> list[tuple[int, int]]:
+    """Hyperscan's reports (condition, match start, match end) -> records; returns the
+    (condition, record) pairs RE2 must settle.
 
     Record k spans `starts[k]` up to its separator at `starts[k + 1] - 1`. A literal's
     match ends inside its record or, for a suffix literal, just after the separator: it
-    lies in the last record starting before its end. Regexes report their leftmost start
-    (`_regex_records`). A plain loop over the matches, a bisect each, costs less than
-    mapping them in C passes did, at 10 records and at 3,000.
+    lies in the last record starting before its end. A regex match (reported with its
+    leftmost start) that begins in an earlier record, takes in the separator or ends in
+    the padding belongs to no single record, and its record is checked with RE2 instead.
+    One plain loop over the matches, a bisect each, costs less than mapping them in C
+    passes per condition did, at 10 records and at 3,000.
     """
-    dirty = _values_with_newlines(values)
-    for ci, found in ends.items():
-        condition = plan.conditions[ci]
-        if condition.hs_flags & _SOM:
-            hits, doubtful = _regex_records(begins[ci], found, starts)
-        else:
-            hits, doubtful = {bisect_left(starts, end) - 1 for end in found}, set()
-        if dirty:
-            doubtful |= hits & dirty
-            hits -= doubtful
-        if doubtful:
-            search = snapshot.regex(condition.re2_pattern).search
-            hits.update(k for k in doubtful if values[k] and search(values[k]) is not None)
-        matched[ci] |= hits
+    doubtful: list[tuple[int, int]] = []
+    last = len(starts) - 1
+    for cid, begin, end in reports:
+        after = bisect_left(starts, end)
+        k = after - 1
+        if conditions[cid].hs_flags & _SOM:
+            if not 0 <= k < last:
+                continue  # inside the padding: no record's
+            if begin < starts[k] or end >= starts[after]:
+                doubtful.append((cid, k))
+                continue
+        matched[cid].add(k)
+    return doubtful
+
+
+def _recheck(snapshot: Snapshot, conditions: list[Condition], values: list[str], reports: list[tuple[int, int, int]],
+             doubtful: list[tuple[int, int]], dirty: set[int], matched: dict[int, set[int]]) -> None:
+    """RE2 decides the doubtful matches, and the matches found in values holding a newline."""
+    todo = set(doubtful)
+    if dirty:
+        for ci in {report[0] for report in reports}:
+            hits = matched[ci]
+            todo.update((ci, k) for k in hits & dirty)
+            hits -= dirty
+    for ci, k in todo:
+        value = values[k]
+        if value and snapshot.regex(conditions[ci].re2_pattern).search(value) is not None:
+            matched[ci].add(k)
 
 
 def _values_with_newlines(values: list[str]) -> set[int]:
@@ -184,23 +209,6 @@ def _values_with_newlines(values: list[str]) -> set[int]:
     if "\n" not in "".join(values):  # a copy and a memchr: bytes.count walks byte by byte
         return set()
     return {k for k, v in enumerate(values) if "\n" in v}
-
-
-def _regex_records(begins: list[int], ends: list[int], starts: list[int]) -> tuple[set[int], set[int]]:
-    """(records a regex's matches lie in, records where RE2 must settle a match).
-
-    A match that begins in an earlier record, takes in the separator or ends in the
-    padding belongs to no single record, and its record is checked with RE2 instead.
-    """
-    hits: set[int] = set()
-    doubtful: set[int] = set()
-    last = len(starts) - 1
-    for begin, end in zip(begins, ends, strict=True):
-        after = bisect_left(starts, end)
-        k = after - 1
-        if 0 <= k < last:  # else inside the padding: no record's
-            (hits if begin >= starts[k] and end < starts[after] else doubtful).add(k)
-    return hits, doubtful
 
 
 def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str], text: str,

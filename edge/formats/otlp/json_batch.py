@@ -149,14 +149,6 @@ def _walk(value: Any, rest: tuple[str, ...]) -> Any:
     return find_attribute(values, rest) if values is not None else None
 
 
-def _attributes_of(container: Any, holder: str | None) -> Any:
-    if holder is not None:
-        container = container.get(holder)
-        if container.__class__ is not dict:
-            return None
-    return container.get("attributes")
-
-
 class JsonBatch:
     """Shared structure of resourceLogs / resourceMetrics / resourceSpans documents."""
 
@@ -202,19 +194,19 @@ class JsonBatch:
         self.full = bits.full_mask(self.n)
         self.changed = False
         self._attributes: json_columns.AttributeColumns | None = None
+        self._owners: dict[str, list[int]] = {}
 
     def _record_attribute(self, key: FieldKey, convert: Callable[[Any], Any]) -> list[Any]:
         """A record-level attribute path for every record, converted (one pass for one segment)."""
         path = key[1]
         if len(path) == 1:
             name = path[0]
-            if self._attributes is None:
-                self._attributes = json_columns.AttributeColumns(self.records)
-            values = self._attributes.values(name)
-            if values is not None:
-                fast = _FAST_CONVERTERS.get(convert)
-                converted = fast(values) if fast is not None else None
-                return converted if converted is not None else [convert(v) for v in values]
+            if self.n >= json_columns.MIN_VALUES:
+                if self._attributes is None:
+                    self._attributes = json_columns.AttributeColumns(self.records)
+                values = self._attributes.values(name)
+                if values is not None:
+                    return _converted(values, convert)
             return [convert(first_value(r.get("attributes") or (), name)) for r in self.records]
         rest = path[1:]
         return [convert(_walk(first_value(r.get("attributes") or (), path[0]), rest)) for r in self.records]
@@ -241,8 +233,15 @@ class JsonBatch:
                 owners.extend([1 << i] * len(found))
             return values, owners
         groups = self.resources if level == "resource" else self.scopes
-        return ([getter(g[0], key) for g in groups],
-                [bits.range_mask(g[1], g[2]) for g in groups])
+        return [getter(g[0], key) for g in groups], self._group_owners(level)
+
+    def _group_owners(self, level: str) -> list[int]:
+        """The record mask of each resource or scope, taken once per batch for all its columns."""
+        owners = self._owners.get(level)
+        if owners is None:
+            groups = self.resources if level == "resource" else self.scopes
+            owners = self._owners[level] = [bits.range_mask(g[1], g[2]) for g in groups]
+        return owners
 
     def column(self, key: FieldKey) -> Column:
         level, kind, getter = self._spec(key)
@@ -251,13 +250,13 @@ class JsonBatch:
             return Column(self._record_attribute(key, convert))
         if level == "record":
             member = getattr(getter, "member", None)
-            if kind == "hexid" and member is not None:
+            if kind == "hexid" and member is not None and self.n >= json_columns.MIN_VALUES:
                 fast = json_columns.hex_ids(json_columns.dig(self.records, member))
                 if fast is not None:
                     return Column(fast)
             return Column([convert(getter(r, key)) for r in self.records])
         raw, owners = self._raw(key)
-        return Column([convert(v) for v in raw], owners)
+        return Column(_converted(raw, convert), owners)
 
     def strings(self, key: FieldKey) -> Column:
         fast = self.FAST_STRINGS.get(key)
@@ -270,7 +269,7 @@ class JsonBatch:
         if level == "record":
             return Column([convert(getter(r, key)) for r in self.records])
         raw, owners = self._raw(key)
-        return Column([convert(v) for v in raw], owners)
+        return Column(_converted(raw, convert), owners)
 
     # ── output ──
 
@@ -328,19 +327,27 @@ _FAST_CONVERTERS: dict[Callable[[Any], Any], Callable[[list[Any]], list[Any] | N
 }
 
 
+def _converted(values: list[Any], convert: Callable[[Any], Any]) -> list[Any]:
+    """`[convert(v) for v in values]`, in C when there are enough values and they are regular."""
+    fast = _FAST_CONVERTERS.get(convert) if len(values) >= json_columns.MIN_VALUES else None
+    converted = fast(values) if fast is not None else None
+    return converted if converted is not None else [convert(v) for v in values]
+
+
 def _body_strings(records: list[dict]) -> list[str]:
-    bodies = json_columns.dig(records, "body")
-    fast = json_columns.string_views(bodies) if bodies else None
-    if fast is not None:
-        return fast
+    if len(records) >= json_columns.MIN_VALUES:
+        fast = json_columns.string_views(json_columns.dig(records, "body"))
+        if fast is not None:
+            return fast
     return [(s if (s := b.get("stringValue")).__class__ is str else json_string_view(b) or "")
             if (b := r.get("body")).__class__ is dict else "" for r in records]
 
 
 def _member_strings(records: list[dict], name: str) -> list[str]:
-    values = json_columns.dig(records, name)
-    if values and json_columns.only_strings(values):
-        return values
+    if len(records) >= json_columns.MIN_VALUES:
+        values = json_columns.dig(records, name)
+        if values and json_columns.only_strings(values):
+            return values
     return [s if (s := r.get(name)).__class__ is str else "" for r in records]
 
 
@@ -349,11 +356,17 @@ def _record_attr(r: dict, key: FieldKey) -> Any:
 
 
 def _resource_attr(rl: dict, key: FieldKey) -> Any:
-    return find_attribute(_attributes_of(rl, "resource"), key[1])
+    return _holder_attribute(rl.get("resource"), key[1])
 
 
 def _scope_attr(sl: dict, key: FieldKey) -> Any:
-    return find_attribute(_attributes_of(sl, "scope"), key[1])
+    return _holder_attribute(sl.get("scope"), key[1])
+
+
+def _holder_attribute(holder: Any, path: tuple[str, ...]) -> Any:
+    """An attribute of a resource or scope object (None when it is not an object)."""
+    attributes = holder.get("attributes") if holder.__class__ is dict else None
+    return first_value(attributes, path[0]) if len(path) == 1 else find_attribute(attributes, path)
 
 
 def _scope_member(name: str) -> Callable[[dict, FieldKey], Any]:
