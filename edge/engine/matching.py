@@ -67,9 +67,22 @@ def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Col
         if len(distinct) <= min(255, len(values) // 4):
             _scan_distinct(snapshot, plan, fp, column, distinct, hits)
             return
+    if not (fp.hs_databases or fp.re2_only or fp.exact_caseless):
+        _exact_hits(fp.exact, values, column.owners, hits)
+        return
     for ci, positions in _match_values(snapshot, plan, fp, values).items():
         if positions:
             hits[ci] = _fold(positions, column.owners)
+
+
+def _exact_hits(table: dict[str, list[int]], values: list[str], owners: list[int] | None,
+                hits: dict[int, int]) -> None:
+    """A field whose string conditions are all exact values: one lookup per value, a bit per hit."""
+    found = list(map(table.get, values))
+    for i in compress(range(len(found)), found):
+        bit = 1 << i if owners is None else owners[i]
+        for ci in found[i]:
+            hits[ci] = hits.get(ci, 0) | bit
 
 
 def _scan_distinct(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Column, distinct: list[str],

@@ -11,7 +11,6 @@ costs work for the few policies whose conditions it hit, not for the 1,000.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
 from typing import TypeAlias
 
 from edge.policy.model import CompiledPolicy, SignalPlan
@@ -26,6 +25,7 @@ class PolicyIndex:
 
     policies: tuple[CompiledPolicy, ...]  # the plan's, in plan order: position p is policies[p]
     gated: dict[int, tuple[int, ...]]  # condition index -> positions of the policies it gates
+    rest: tuple[tuple[int, ...], ...]  # per position: the policy's conditions other than its gate
     always: frozenset[int]  # positions listed on every batch, matched or not (they have extensions)
     negated: tuple[int, ...]  # conditions whose mask is the complement of their hits
 
@@ -33,11 +33,14 @@ class PolicyIndex:
     def of(cls, plan: SignalPlan) -> PolicyIndex:
         negated = {c.index for c in plan.conditions if c.negate}
         gated: dict[int, list[int]] = {}
+        rest: list[tuple[int, ...]] = []
         for position, policy in enumerate(plan.policies):
             plain = [ci for ci in policy.conditions if ci not in negated]
-            gated.setdefault((plain or policy.conditions)[0], []).append(position)
+            gate = (plain or policy.conditions)[0]
+            gated.setdefault(gate, []).append(position)
+            rest.append(tuple(ci for ci in policy.conditions if ci != gate))
         always = frozenset(p for p, policy in enumerate(plan.policies) if policy.extensions)
-        return cls(tuple(plan.policies), {ci: tuple(ps) for ci, ps in gated.items()}, always,
+        return cls(tuple(plan.policies), {ci: tuple(ps) for ci, ps in gated.items()}, tuple(rest), always,
                    tuple(sorted(negated)))
 
     def condition_masks(self, hits: dict[int, int], full: int) -> dict[int, int]:
@@ -54,22 +57,23 @@ class PolicyIndex:
     def matched(self, hits: dict[int, int], full: int) -> Matched:
         """Policies that match some record (plus the `always` ones), from the raw condition hits."""
         masks = self.condition_masks(hits, full)
-        positions = set().union(*map(self.gated.get, masks, repeat(())))
-        always = self.always
+        gated, rest, always = self.gated, self.rest, self.always
+        found: list[tuple[int, int]] = []  # (position, mask)
+        for ci, gate_mask in masks.items():
+            for position in gated.get(ci, ()):
+                mask = gate_mask
+                for other in rest[position]:
+                    mask &= masks.get(other, 0)
+                    if not mask:
+                        break
+                if mask or position in always:
+                    found.append((position, mask))
         if always:
-            positions |= always
-        out: Matched = []
+            listed = {position for position, _ in found}
+            found += [(position, 0) for position in always if position not in listed]
+        found.sort()
         policies = self.policies
-        for position in sorted(positions):
-            policy = policies[position]
-            mask = full
-            for ci in policy.conditions:
-                mask &= masks.get(ci, 0)
-                if not mask:
-                    break
-            if mask or position in always:
-                out.append((policy, mask))
-        return out
+        return [(policies[position], mask) for position, mask in found]
 
 
 __all__ = ["Matched", "PolicyIndex"]
