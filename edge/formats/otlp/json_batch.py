@@ -170,9 +170,11 @@ class JsonBatch:
         tops = doc.get(top) or []
         if tops.__class__ is not list:
             raise BatchShapeError(f"{top} must be a list")
+        first_scope: list[int] = []  # resource position -> index in `scopes` of its first scope
         for rpos, rl in enumerate(tops):
             if rl.__class__ is not dict:
                 raise BatchShapeError(f"{top} entries must be objects")
+            first_scope.append(len(scopes))
             start = end = len(records)
             resource_scopes = rl.get(scopes_key) or []
             if resource_scopes.__class__ is not list:
@@ -190,6 +192,7 @@ class JsonBatch:
         self.records = records
         self.resources = resources
         self.scopes = scopes
+        self._first_scope = first_scope
         self.n = len(records)
         self.full = bits.full_mask(self.n)
         self.changed = False
@@ -276,36 +279,41 @@ class JsonBatch:
     def keep_only(self, alive: int) -> None:
         """Remove every record whose bit is clear; prune scopes and resources left empty.
 
-        Scopes and resources that were empty to begin with stay; only the resources that
-        lost a scope are rebuilt.
+        Scopes and resources that were empty to begin with stay.
         """
         if alive == self.full:
             return
         self.changed = True
         selectors = bits.flags(alive, self.n).encode().translate(_SELECTORS)
         records_key = self.RECORDS
-        emptied: dict[int, set[int]] = {}  # resource position -> ids of the scopes it lost
-        for sl, start, end, rpos in self.scopes:
+        emptied: list[int] = []  # indices into self.scopes, ascending
+        for j, (sl, start, end, _) in enumerate(self.scopes):
             window = selectors[start:end]
             if b"\x00" not in window:
                 continue  # every record kept (or none to begin with)
             if b"\x01" in window:
                 sl[records_key] = list(compress(sl[records_key], window))
-                continue
-            sl[records_key] = []
-            emptied.setdefault(rpos, set()).add(id(sl))
+            else:
+                sl[records_key] = []
+                emptied.append(j)
         if emptied:
             self._prune(emptied)
 
-    def _prune(self, emptied: dict[int, set[int]]) -> None:
-        """Remove the scopes drops emptied, and the resources left with no scope at all."""
+    def _prune(self, emptied: list[int]) -> None:
+        """Remove the scopes drops emptied, and the resources whose every scope they emptied."""
+        by_resource: dict[int, list[int]] = {}  # resource position -> positions of its emptied scopes
+        for j in emptied:
+            rpos = self.scopes[j][3]
+            by_resource.setdefault(rpos, []).append(j - self._first_scope[rpos])
         scopes_key = self.SCOPES
         gone = set()
-        for rpos, ids in emptied.items():
-            rl = self.resources[rpos][0]
-            rl[scopes_key] = [sl for sl in rl[scopes_key] if id(sl) not in ids]
-            if not rl[scopes_key]:
+        for rpos, positions in by_resource.items():
+            scopes = self.resources[rpos][0][scopes_key]
+            if len(positions) == len(scopes):
                 gone.add(rpos)
+                continue
+            for pos in reversed(positions):
+                del scopes[pos]
         if gone:
             self.doc[self.TOP] = [rl for rpos, (rl, _, _) in enumerate(self.resources) if rpos not in gone]
 

@@ -179,7 +179,9 @@ class ProtoBatch:
         resources: list[tuple[Any, int, int]] = []
         scopes: list[tuple[Any, int, int, int]] = []
         scopes_name, records_name = self.SCOPES, self.RECORDS
+        first_scope: list[int] = []  # resource position -> index in `scopes` of its first scope
         for rpos, rl in enumerate(getattr(message, self.TOP)):
+            first_scope.append(len(scopes))
             start = end = len(records)
             for sl in getattr(rl, scopes_name):
                 records += getattr(sl, records_name)
@@ -189,6 +191,7 @@ class ProtoBatch:
         self.records = records
         self.resources = resources
         self.scopes = scopes
+        self._first_scope = first_scope
         self._attributes: proto_columns.ProtoAttributeColumns | None = None
         # Built on first use: a batch that never reads a resource or scope field, or never
         # transforms one, does not pay for them (at 10 records they cost as much as the rest).
@@ -350,13 +353,10 @@ class ProtoBatch:
                 del field[segment.count("1"):]
         if not emptied:
             return
-        first_scope: dict[int, int] = {}  # resource position -> index in self.scopes of its first scope
-        for j, entry in enumerate(self.scopes):
-            first_scope.setdefault(entry[3], j)
         by_resource: dict[int, list[int]] = {}
         for j in emptied:
             rpos = self.scopes[j][3]
-            by_resource.setdefault(rpos, []).append(j - first_scope[rpos])
+            by_resource.setdefault(rpos, []).append(j - self._first_scope[rpos])
         gone: list[int] = []
         for rpos, positions in by_resource.items():
             scopes = getattr(self.resources[rpos][0], self.SCOPES)
