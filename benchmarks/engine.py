@@ -1,20 +1,27 @@
 """Policy engine throughput: parse + evaluate + serialise OTLP log batches, per core.
 
-    python benchmarks/engine.py [--records 3000] [--seconds 1] [--windows 5]
-                                [--policies 10,100,1000] [--mix full|filters]
+    python benchmarks/engine.py [--records 10,100,3000] [--seconds 1] [--windows 5]
+                                [--policies 10,1000] [--formats json,protobuf] [--mix full|filters]
 
-Builds realistic OTLP logs requests (~3,000 records, mixed services, severities,
-HTTP-ish bodies, a few attributes), policy sets of the requested sizes (a core of ten
+Builds realistic OTLP logs requests (mixed services, severities, HTTP-ish bodies, a few
+attributes) of each requested size, policy sets of the requested sizes (a core of ten
 typical policies - drops, sampling, a rate limit, a redaction - plus generated
 drop policies that rarely match, as large policy sets look in practice), and reports
 records/s on one core for OTLP/JSON and OTLP/protobuf bodies, end to end through
 `edge.formats.otlp.body.evaluate` (the same call the proxy makes).
 
-Records/s are per CPU-second of this process (the per-core figure). Each row is the
-median of `--windows` windows (headline) and the best window; every engine window is
-paired with a floor window in the same run - parsing and re-serialising the same body
-with no policies (orjson for JSON, protobuf for protobuf) - and "of floor" is the median
-of the paired ratios, so a neighbour slowing the machine down moves both sides.
+Real senders post small batches (10 to 512 records), so every row measures each batch
+size side by side: the windows of all sizes take turns, and a neighbour slowing the
+machine down slows them all. From the smallest and the largest size each row derives the
+engine's fixed cost per batch (time per batch = fixed + records x marginal cost per
+record) and the ratio the engine is held to: records/s at the smallest size over
+records/s at the largest, the median of the per-window ratios. At 50% or more a small
+batch costs at most twice its records' share of a big one.
+
+Records/s are per CPU-second of this process (the per-core figure). Each cell is the
+median of `--windows` windows; every engine window is paired with a floor window in the
+same run - parsing and re-serialising the same body with no policies (orjson for JSON,
+protobuf for protobuf) - and "of floor" is the median of the paired ratios.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import filler_policies, median_best  # noqa: E402
+from benchmarks.common import filler_policies  # noqa: E402
 from edge.engine.engine import Engine  # noqa: E402
 from edge.formats.otlp.body import evaluate  # noqa: E402
 from edge.memory import tune_gc  # noqa: E402
@@ -158,50 +166,86 @@ def floor_step(body: bytes, content_type: str) -> Callable[[], object]:
     return lambda: orjson.dumps(orjson.loads(body))
 
 
-def measure(engine: Engine, body: bytes, content_type: str, seconds: float, windows: int
-            ) -> tuple[list[float], list[float], int, int]:
-    """(engine records/s/core per window, floor records/s/core per window, records in, records out)."""
-    result = evaluate(engine, "log", body, content_type)
-    total = result.outcome.total
-    floor = floor_step(body, content_type)
-    rates, floors = [], []
+@dataclass
+class Cell:
+    """One batch size of one row: per-window engine and floor rates, in records/s/core."""
+
+    records: int  # in the body (`measure` counts them)
+    body: bytes
+    content_type: str
+    rates: list[float] = field(default_factory=list)
+    floors: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def of_floor(self) -> float:
+        return statistics.median(r / f for r, f in zip(self.rates, self.floors, strict=True))
+
+    @property
+    def seconds_per_batch(self) -> float:
+        return self.records / self.rate
+
+
+def measure(engine: Engine, cells: list[Cell], seconds: float, windows: int) -> None:
+    """Fill every cell's windows, the sizes taking turns window by window."""
+    steps = []
+    for cell in cells:
+        body, content_type = cell.body, cell.content_type
+        cell.records = evaluate(engine, "log", body, content_type).outcome.total  # first use loads the databases
+        steps.append((cell, floor_step(body, content_type),
+                      lambda body=body, content_type=content_type: evaluate(engine, "log", body, content_type)))
     for _ in range(windows):
-        floors.append(_rate(floor, total, seconds / 2))
-        rates.append(_rate(lambda: evaluate(engine, "log", body, content_type), total, seconds))
-    return rates, floors, total, result.outcome.kept
+        for cell, floor, step in steps:
+            cell.floors.append(_rate(floor, cell.records, seconds / 2))
+            cell.rates.append(_rate(step, cell.records, seconds))
+
+
+def fixed_cost(small: Cell, large: Cell) -> float:
+    """Seconds per batch that do not depend on its size: time = fixed + records x per record."""
+    per_record = (large.seconds_per_batch - small.seconds_per_batch) / (large.records - small.records)
+    return small.seconds_per_batch - small.records * per_record
+
+
+def size_ratio(small: Cell, large: Cell) -> float:
+    """Records/s of the small batches over the large ones: the median of the per-window ratios."""
+    return statistics.median(s / b for s, b in zip(small.rates, large.rates, strict=True))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=3000)
+    parser.add_argument("--records", default="10,100,3000", help="batch sizes, measured side by side")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one measuring window")
-    parser.add_argument("--windows", type=int, default=5, help="windows per row (best and median are shown)")
-    parser.add_argument("--policies", default="10,100,1000")
+    parser.add_argument("--windows", type=int, default=5, help="windows per cell (the median is shown)")
+    parser.add_argument("--policies", default="10,1000")
     parser.add_argument("--formats", default="json,protobuf")
     parser.add_argument("--mix", choices=("full", "filters"), default="full",
                         help="full: drops, sampling, a rate limit, a redaction and an add; filters: no transforms")
     args = parser.parse_args()
 
     tune_gc()  # as every evaluating process of edge runs
-    doc = make_request(args.records)
-    bodies = {"json": (orjson.dumps(doc), "application/json")}
-    if "protobuf" in args.formats:
-        bodies["protobuf"] = (_protobuf_body(doc), "application/x-protobuf")
-    print(f"{'format':9} {'policies':>8} {'rec/s/core':>11} {'(best)':>11} {'floor':>11} {'of floor':>8} "
-          f"{'in':>6} {'out':>6} {'body KB':>8} {'compile s':>9}   (medians of --windows; best engine window)")
+    sizes = sorted({int(r) for r in args.records.split(",")})
+    docs = {records: make_request(records) for records in sizes}
+    encoders = {"json": (orjson.dumps, "application/json"), "protobuf": (_protobuf_body, "application/x-protobuf")}
+    header = "".join(f"{f'@{records} rec/s':>13} {'floor':>5}" for records in sizes)
+    print(f"{'format':9} {'policies':>8}{header} {'fixed µs':>9} {'ratio':>6} {'compile s':>9}"
+          f"   (rec/s/core, medians of --windows; ratio: @{sizes[0]} over @{sizes[-1]}, target >= 50%)")
     for count in (int(c) for c in args.policies.split(",")):
         started = time.perf_counter()
         loaded = load_document(make_policies(count, args.mix))
         snapshot = compile_policies(loaded.policies)
         compile_s = time.perf_counter() - started
         for name in args.formats.split(","):
-            body, content_type = bodies[name]
-            engine = Engine(snapshot, rng=random.Random(1))
-            rates, floors, total, kept = measure(engine, body, content_type, args.seconds, args.windows)
-            share = statistics.median(r / f for r, f in zip(rates, floors, strict=True))
-            median, best = median_best(rates)
-            print(f"{name:9} {count:8d} {median:11,.0f} {best:11,.0f} {statistics.median(floors):11,.0f} "
-                  f"{share:8.0%} {total:6d} {kept:6d} {len(body) / 1024:8.0f} {compile_s:9.2f}")
+            encode, content_type = encoders[name]
+            cells = [Cell(records, encode(docs[records]), content_type) for records in sizes]
+            measure(Engine(snapshot, rng=random.Random(1)), cells, args.seconds, args.windows)
+            row = "".join(f"{cell.rate:13,.0f} {cell.of_floor:5.0%}" for cell in cells)
+            small, large = cells[0], cells[-1]
+            derived = (f"{fixed_cost(small, large) * 1e6:9.1f} {size_ratio(small, large):6.0%}" if len(cells) > 1
+                       else f"{'-':>9} {'-':>6}")
+            print(f"{name:9} {count:8d}{row} {derived} {compile_s:9.2f}")
             sys.stdout.flush()
     return 0
 

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 from edge.engine import bits, sampling
 from edge.engine.batch import Batch, LogBatch, TraceBatch
 from edge.engine.extensions import ExtensionRegistry, dispatch
-from edge.engine.matching import condition_masks, policy_masks
+from edge.engine.matching import condition_hits
 from edge.engine.ratelimit import LocalRateLimiter, RateLimiter
+from edge.engine.selection import Matched, PolicyIndex
 from edge.engine.stats import MatchStats
 from edge.engine.transforms import apply_transforms
 from edge.engine.values import MISSING, OTHER, Column
 from edge.policy.fields import LOG_TRACE_ID
 from edge.policy.model import LOG, TRACE, CompiledPolicy, SignalPlan
 from edge.policy.snapshot import Snapshot
-
-# Every policy of a plan with the mask of the records it matched (plan order).
-Matched: TypeAlias = list[tuple[CompiledPolicy, int]]
 
 
 @dataclass(slots=True)
@@ -74,12 +72,17 @@ class Engine:
         self.extensions = extensions
         self.rng = rng or random.SystemRandom()
         self.limiter.load({p.id for p in snapshot.plan(LOG).policies if p.log_keep.kind == "rate"})
+        self._indexes = {signal: PolicyIndex.of(plan) for signal, plan in snapshot.plans.items()}
+        # Log policies in the order keep decisions take them (docs/policies.md §4): most
+        # restrictive first, ties in id order (the plan's order, which the stable sort keeps).
+        by_restrictiveness = sorted(snapshot.plan(LOG).policies, key=lambda p: p.log_keep.restrictiveness())
+        self._log_rank = {policy.id: rank for rank, policy in enumerate(by_restrictiveness)}
 
     # ── shared steps ──
 
     def _match(self, plan: SignalPlan, batch: Batch) -> Matched:
-        masks = condition_masks(self.snapshot, plan, batch)
-        return list(zip(plan.policies, policy_masks(plan, masks, batch.full), strict=True))
+        """The policies that match some record of the batch, and the ones with extensions."""
+        return self._indexes[plan.signal].matched(condition_hits(self.snapshot, plan, batch), batch.full)
 
     def _count(self, matched: Matched, alive: int, caused: dict[str, int]) -> None:
         """Hits and misses (docs/policies.md §7) for every policy that matched something."""
@@ -127,8 +130,8 @@ class Engine:
         """Most restrictive keep first; the first policy (by restrictiveness, then id) that drops causes it."""
         alive = batch.full
         caused: dict[str, int] = {}
-        order = sorted((pm for pm in matched if pm[1]), key=lambda pm: pm[0].log_keep.restrictiveness())
-        for policy, mask in order:
+        rank = self._log_rank
+        for _, policy, mask in sorted([(rank[policy.id], policy, mask) for policy, mask in matched if mask]):
             kind = policy.log_keep.kind
             candidates = mask & alive
             if kind == "all" or not candidates:

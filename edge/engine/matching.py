@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from itertools import accumulate, compress, repeat
 from typing import Any
 
@@ -28,47 +28,76 @@ from edge.policy.model import Condition, FieldPlan, Op, SignalPlan
 from edge.policy.snapshot import Snapshot
 
 _SOM = hyperscan.HS_FLAG_SOM_LEFTMOST
+# Below this many values a field is matched value by value: probing a small batch for repeated
+# values costs more than the matching it could save.
+_PROBE_MIN = 64
+# Up to this many positions a mask is cheaper to OR together bit by bit than to build as a row of flags.
+_FEW_BITS = 8
 
 
-def _fold(matched_values: list[int], owners: list[int] | None) -> int:
-    """Value positions -> record mask."""
-    if owners is None:
-        return bits.from_indices(matched_values, max(matched_values) + 1)
+def _fold(matched_values: Collection[int], owners: list[int] | None) -> int:
+    """Value positions (in any order) -> record mask."""
     mask = 0
+    if owners is not None:
+        for j in matched_values:
+            mask |= owners[j]
+        return mask
+    if len(matched_values) > _FEW_BITS:
+        return bits.from_indices(matched_values, max(matched_values) + 1)
     for j in matched_values:
-        mask |= owners[j]
+        mask |= 1 << j
     return mask
 
 
 def _scan_field(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Column,
-                masks: list[int]) -> None:
+                hits: dict[int, int]) -> None:
     """String conditions of one field: one Hyperscan scan plus RE2 for the rest.
 
     `column.values` are string views: "" where the field is absent or not a string,
     which no string condition matches. Low-cardinality fields (severity, method,
-    service) are scanned once per distinct value and mapped back without a per-record
-    Python loop; others (told by a probe of the first values) are scanned as one
-    joined buffer.
+    service) of a big batch are scanned once per distinct value and mapped back without
+    a per-record Python loop; others (told by a probe of the first values), and every
+    field of a small batch, are scanned as one joined buffer.
     """
     values = column.values
     if not values:
         return
-    distinct = list(dict.fromkeys(values)) if len(set(values[:256])) <= 64 else values
-    if len(distinct) <= min(255, len(values) // 4):
-        matched = _match_values(snapshot, plan, fp, distinct)
-        codes = bytes(map({v: j for j, v in enumerate(distinct)}.__getitem__, values))
-        for ci, positions in matched.items():
-            if positions:
-                table = bytearray(b"0" * 256)
-                for j in positions:
-                    table[j] = 49  # "1"
-                flags = codes.translate(table)
-                mask = int(flags[::-1], 2)
-                masks[ci] |= mask if column.owners is None else _fold(bits.indices(mask), column.owners)
+    if len(values) >= _PROBE_MIN and len(set(values[:256])) <= 64:
+        distinct = list(dict.fromkeys(values))
+        if len(distinct) <= min(255, len(values) // 4):
+            _scan_distinct(snapshot, plan, fp, column, distinct, hits)
+            return
+    if not (fp.hs_databases or fp.re2_only or fp.exact_caseless):
+        _exact_hits(fp.exact, values, column.owners, hits)
         return
     for ci, positions in _match_values(snapshot, plan, fp, values).items():
         if positions:
-            masks[ci] |= _fold(sorted(positions), column.owners)
+            hits[ci] = _fold(positions, column.owners)
+
+
+def _exact_hits(table: dict[str, list[int]], values: list[str], owners: list[int] | None,
+                hits: dict[int, int]) -> None:
+    """A field whose string conditions are all exact values: one lookup per value, a bit per hit."""
+    found = list(map(table.get, values))
+    for i in compress(range(len(found)), found):
+        bit = 1 << i if owners is None else owners[i]
+        for ci in found[i]:
+            hits[ci] = hits.get(ci, 0) | bit
+
+
+def _scan_distinct(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, column: Column, distinct: list[str],
+                   hits: dict[int, int]) -> None:
+    """Match the distinct values only, then spread each condition's verdicts over the records in C."""
+    matched = _match_values(snapshot, plan, fp, distinct)
+    codes = bytes(map({v: j for j, v in enumerate(distinct)}.__getitem__, column.values))
+    for ci, positions in matched.items():
+        if positions:
+            table = bytearray(b"0" * 256)
+            for j in positions:
+                table[j] = 49  # "1"
+            flags = codes.translate(table)
+            mask = int(flags[::-1], 2)
+            hits[ci] = mask if column.owners is None else _fold(bits.indices(mask), column.owners)
 
 
 def _match_values(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str]
@@ -125,24 +154,19 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     buffer = text.encode() + b"\n"
     lengths = map(len, values if len(buffer) == len(text) + 1 else map(str.encode, values))
     starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=1))
-    ends: dict[int, list[int]] = defaultdict(list)
-    begins: dict[int, list[int]] = defaultdict(list)
+    reports: list[tuple[int, int, int]] = []
+    report = reports.append
 
     def on_match(cid: int, start: int, end: int, flags: int, context: Any) -> None:
-        ends[cid].append(end)
-        begins[cid].append(start)
+        report((cid, start, end))
 
     for db, scratch in snapshot.databases(plan.signal, fp.key):
         db.scan(buffer, match_event_handler=on_match, scratch=scratch)
-    dirty = _values_with_newlines(values) if ends else set()
-    for ci, found in ends.items():
-        condition = plan.conditions[ci]
-        hits, doubtful = _map_matches(condition, begins[ci], found, starts)
-        doubtful |= hits & dirty
-        hits -= doubtful
-        search = snapshot.regex(condition.re2_pattern).search
-        hits.update(k for k in doubtful if values[k] and search(values[k]) is not None)
-        matched[ci] |= hits
+    if reports:
+        doubtful = _settle(plan.conditions, reports, starts, matched)
+        dirty = _values_with_newlines(values)
+        if doubtful or dirty:
+            _recheck(snapshot, plan.conditions, values, reports, doubtful, dirty, matched)
     _refold_caseless(snapshot, plan, fp, values, text, matched)
     if fp.aliases:  # conditions compiled once under the first one's id
         for ci in [ci for ci in matched if ci in fp.aliases]:
@@ -150,41 +174,54 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
                 matched[other] = set(matched[ci])
 
 
+def _settle(conditions: list[Condition], reports: list[tuple[int, int, int]], starts: list[int],
+            matched: dict[int, set[int]]) -> list[tuple[int, int]]:
+    """Hyperscan's reports (condition, match start, match end) -> records; returns the
+    (condition, record) pairs RE2 must settle.
+
+    Record k spans `starts[k]` up to its separator at `starts[k + 1] - 1`. A literal's
+    match ends inside its record or, for a suffix literal, just after the separator: it
+    lies in the last record starting before its end. A regex match (reported with its
+    leftmost start) that begins in an earlier record, takes in the separator or ends in
+    the padding belongs to no single record, and its record is checked with RE2 instead.
+    One plain loop over the matches, a bisect each, costs less than mapping them in C
+    passes per condition did, at 10 records and at 3,000.
+    """
+    doubtful: list[tuple[int, int]] = []
+    last = len(starts) - 1
+    for cid, begin, end in reports:
+        after = bisect_left(starts, end)
+        k = after - 1
+        if conditions[cid].hs_flags & _SOM:
+            if not 0 <= k < last:
+                continue  # inside the padding: no record's
+            if begin < starts[k] or end >= starts[after]:
+                doubtful.append((cid, k))
+                continue
+        matched[cid].add(k)
+    return doubtful
+
+
+def _recheck(snapshot: Snapshot, conditions: list[Condition], values: list[str], reports: list[tuple[int, int, int]],
+             doubtful: list[tuple[int, int]], dirty: set[int], matched: dict[int, set[int]]) -> None:
+    """RE2 decides the doubtful matches, and the matches found in values holding a newline."""
+    todo = set(doubtful)
+    if dirty:
+        for ci in {report[0] for report in reports}:
+            hits = matched[ci]
+            todo.update((ci, k) for k in hits & dirty)
+            hits -= dirty
+    for ci, k in todo:
+        value = values[k]
+        if value and snapshot.regex(conditions[ci].re2_pattern).search(value) is not None:
+            matched[ci].add(k)
+
+
 def _values_with_newlines(values: list[str]) -> set[int]:
     """Values whose own newlines blur record boundaries in the joined buffer: RE2 decides them."""
     if "\n" not in "".join(values):  # a copy and a memchr: bytes.count walks byte by byte
         return set()
     return {k for k, v in enumerate(values) if "\n" in v}
-
-
-def _map_matches(condition: Condition, begins: list[int], ends: list[int], starts: list[int]
-                 ) -> tuple[set[int], set[int]]:
-    """(records a condition's matches lie in, records where RE2 must settle a match).
-
-    Record k spans `starts[k]` up to its separator at `starts[k + 1] - 1`; each is found
-    for all matches in one C-level pass. A literal's match ends inside its record or, for
-    a suffix literal, just after the separator: it lies in the last record starting
-    before its end. A regex match (reported with its leftmost start) that begins in an
-    earlier record, takes in the separator or ends in the padding belongs to no single
-    record, and its record is checked with RE2 instead.
-    """
-    records_after = list(map(bisect_left, repeat(starts), ends))  # record index + 1
-    if not condition.hs_flags & _SOM:
-        return set(map(_MINUS_ONE, records_after)), set()
-    bounds = starts + [0]  # a match ending in the padding fails the `end < next start` test
-    inside = all(map(operator.ge, begins, map(bounds.__getitem__, map(_MINUS_ONE, records_after)))) and \
-        all(map(operator.lt, ends, map(bounds.__getitem__, records_after)))
-    if inside:
-        return set(map(_MINUS_ONE, records_after)), set()
-    hits: set[int] = set()
-    doubtful: set[int] = set()
-    last = len(starts) - 1
-    for begin, end, after in zip(begins, ends, records_after, strict=True):
-        k = after - 1
-        if not 0 <= k < last:
-            continue  # inside the padding: no record's
-        (hits if begin >= starts[k] and end < starts[after] else doubtful).add(k)
-    return hits, doubtful
 
 
 def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str], text: str,
@@ -207,7 +244,6 @@ def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values
 
 
 _PLUS_SEPARATOR = (1).__add__  # a value's length plus its "\n", in C
-_MINUS_ONE = (-1).__add__
 
 
 # ── typed conditions ───────────────────────────────────────────────────────
@@ -282,16 +318,26 @@ def _typed_mask(condition: Condition, column: Column) -> int:
     return _fold(hits, column.owners) if hits else 0
 
 
-def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> list[int]:
-    """One record mask per condition of the plan, negation applied."""
-    masks = [0] * len(plan.conditions)
+def condition_hits(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> dict[int, int]:
+    """condition index -> mask of the records it holds on, for the conditions that hold somewhere;
+    before negation (`negate` is applied by the caller)."""
+    hits: dict[int, int] = {}
     for key, fp in plan.fields.items():
         if fp.scanned or fp.re2_only or fp.exact or fp.exact_caseless:
-            _scan_field(snapshot, plan, fp, batch.strings(key), masks)
+            _scan_field(snapshot, plan, fp, batch.strings(key), hits)
         if fp.typed:
             column = batch.column(key)
             for ci in fp.typed:
-                masks[ci] = _typed_mask(plan.conditions[ci], column)
+                mask = _typed_mask(plan.conditions[ci], column)
+                if mask:
+                    hits[ci] = mask
+    return hits
+
+
+def condition_masks(snapshot: Snapshot, plan: SignalPlan, batch: Matchable) -> list[int]:
+    """One record mask per condition of the plan, negation applied."""
+    hits = condition_hits(snapshot, plan, batch)
+    masks = [hits.get(ci, 0) for ci in range(len(plan.conditions))]
     for condition in plan.conditions:
         if condition.negate:
             masks[condition.index] ^= batch.full

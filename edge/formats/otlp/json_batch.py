@@ -9,6 +9,7 @@ inside the document, so kept records are forwarded exactly as they arrived.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import compress
 from typing import Any
 
 from edge.engine import bits
@@ -46,6 +47,8 @@ from edge.policy.fields import (
     TRACE_TRACE_STATE,
 )
 from edge.policy.model import FieldKey
+
+_SELECTORS = bytes.maketrans(b"01", b"\x00\x01")  # a mask's '0'/'1' flags as compress() selectors
 
 
 def _scalar(value: Any) -> Any:
@@ -146,14 +149,6 @@ def _walk(value: Any, rest: tuple[str, ...]) -> Any:
     return find_attribute(values, rest) if values is not None else None
 
 
-def _attributes_of(container: Any, holder: str | None) -> Any:
-    if holder is not None:
-        container = container.get(holder)
-        if container.__class__ is not dict:
-            return None
-    return container.get("attributes")
-
-
 class JsonBatch:
     """Shared structure of resourceLogs / resourceMetrics / resourceSpans documents."""
 
@@ -168,46 +163,53 @@ class JsonBatch:
         if doc.__class__ is not dict:
             raise BatchShapeError("an OTLP document must be a JSON object")
         self.doc = doc
-        self.records: list[dict] = []
-        self.resources: list[tuple[dict, int, int]] = []
-        self.scopes: list[tuple[dict, int, int, int]] = []
-        tops = doc.get(self.TOP) or []
+        top, scopes_key, records_key = self.TOP, self.SCOPES, self.RECORDS
+        records: list[dict] = []
+        resources: list[tuple[dict, int, int]] = []
+        scopes: list[tuple[dict, int, int, int]] = []
+        tops = doc.get(top) or []
         if tops.__class__ is not list:
-            raise BatchShapeError(f"{self.TOP} must be a list")
-        for rl in tops:
+            raise BatchShapeError(f"{top} must be a list")
+        first_scope: list[int] = []  # resource position -> index in `scopes` of its first scope
+        for rpos, rl in enumerate(tops):
             if rl.__class__ is not dict:
-                raise BatchShapeError(f"{self.TOP} entries must be objects")
-            start = len(self.records)
-            scopes = rl.get(self.SCOPES) or []
-            if scopes.__class__ is not list:
-                raise BatchShapeError(f"{self.SCOPES} must be a list")
-            for sl in scopes:
-                recs = sl.get(self.RECORDS) or [] if sl.__class__ is dict else None
+                raise BatchShapeError(f"{top} entries must be objects")
+            first_scope.append(len(scopes))
+            start = end = len(records)
+            resource_scopes = rl.get(scopes_key) or []
+            if resource_scopes.__class__ is not list:
+                raise BatchShapeError(f"{scopes_key} must be a list")
+            for sl in resource_scopes:
+                recs = sl.get(records_key) or [] if sl.__class__ is dict else None
                 if recs.__class__ is not list:
-                    raise BatchShapeError(f"{self.RECORDS} must be a list of objects")
-                s = len(self.records)
-                self.records.extend(recs)
-                self.scopes.append((sl, s, len(self.records), len(self.resources)))
-            self.resources.append((rl, start, len(self.records)))
-        if not {*map(type, self.records)} <= {dict}:
-            raise BatchShapeError(f"{self.RECORDS} must be a list of objects")
-        self.n = len(self.records)
+                    raise BatchShapeError(f"{records_key} must be a list of objects")
+                records += recs
+                s, end = end, len(records)
+                scopes.append((sl, s, end, rpos))
+            resources.append((rl, start, end))
+        if not {*map(type, records)} <= {dict}:
+            raise BatchShapeError(f"{records_key} must be a list of objects")
+        self.records = records
+        self.resources = resources
+        self.scopes = scopes
+        self._first_scope = first_scope
+        self.n = len(records)
         self.full = bits.full_mask(self.n)
         self.changed = False
         self._attributes: json_columns.AttributeColumns | None = None
+        self._owners: dict[str, list[int]] = {}
 
     def _record_attribute(self, key: FieldKey, convert: Callable[[Any], Any]) -> list[Any]:
         """A record-level attribute path for every record, converted (one pass for one segment)."""
         path = key[1]
         if len(path) == 1:
             name = path[0]
-            if self._attributes is None:
-                self._attributes = json_columns.AttributeColumns(self.records)
-            values = self._attributes.values(name)
-            if values is not None:
-                fast = _FAST_CONVERTERS.get(convert)
-                converted = fast(values) if fast is not None else None
-                return converted if converted is not None else [convert(v) for v in values]
+            if self.n >= json_columns.MIN_VALUES:
+                if self._attributes is None:
+                    self._attributes = json_columns.AttributeColumns(self.records)
+                values = self._attributes.values(name)
+                if values is not None:
+                    return _converted(values, convert)
             return [convert(first_value(r.get("attributes") or (), name)) for r in self.records]
         rest = path[1:]
         return [convert(_walk(first_value(r.get("attributes") or (), path[0]), rest)) for r in self.records]
@@ -234,8 +236,15 @@ class JsonBatch:
                 owners.extend([1 << i] * len(found))
             return values, owners
         groups = self.resources if level == "resource" else self.scopes
-        return ([getter(g[0], key) for g in groups],
-                [bits.range_mask(g[1], g[2]) for g in groups])
+        return [getter(g[0], key) for g in groups], self._group_owners(level)
+
+    def _group_owners(self, level: str) -> list[int]:
+        """The record mask of each resource or scope, taken once per batch for all its columns."""
+        owners = self._owners.get(level)
+        if owners is None:
+            groups = self.resources if level == "resource" else self.scopes
+            owners = self._owners[level] = [bits.range_mask(g[1], g[2]) for g in groups]
+        return owners
 
     def column(self, key: FieldKey) -> Column:
         level, kind, getter = self._spec(key)
@@ -244,13 +253,13 @@ class JsonBatch:
             return Column(self._record_attribute(key, convert))
         if level == "record":
             member = getattr(getter, "member", None)
-            if kind == "hexid" and member is not None:
+            if kind == "hexid" and member is not None and self.n >= json_columns.MIN_VALUES:
                 fast = json_columns.hex_ids(json_columns.dig(self.records, member))
                 if fast is not None:
                     return Column(fast)
             return Column([convert(getter(r, key)) for r in self.records])
         raw, owners = self._raw(key)
-        return Column([convert(v) for v in raw], owners)
+        return Column(_converted(raw, convert), owners)
 
     def strings(self, key: FieldKey) -> Column:
         fast = self.FAST_STRINGS.get(key)
@@ -263,38 +272,50 @@ class JsonBatch:
         if level == "record":
             return Column([convert(getter(r, key)) for r in self.records])
         raw, owners = self._raw(key)
-        return Column([convert(v) for v in raw], owners)
+        return Column(_converted(raw, convert), owners)
 
     # ── output ──
 
     def keep_only(self, alive: int) -> None:
-        """Remove every record whose bit is clear; prune scopes and resources left empty."""
+        """Remove every record whose bit is clear; prune scopes and resources left empty.
+
+        Scopes and resources that were empty to begin with stay.
+        """
         if alive == self.full:
             return
         self.changed = True
-        flags = bits.flags(alive, self.n)
-        emptied_scopes = set()
-        for sl, start, end, _ in self.scopes:
-            if start == end:
+        selectors = bits.flags(alive, self.n).encode().translate(_SELECTORS)
+        records_key = self.RECORDS
+        emptied: list[int] = []  # indices into self.scopes, ascending
+        for j, (sl, start, end, _) in enumerate(self.scopes):
+            window = selectors[start:end]
+            if b"\x00" not in window:
+                continue  # every record kept (or none to begin with)
+            if b"\x01" in window:
+                sl[records_key] = list(compress(sl[records_key], window))
+            else:
+                sl[records_key] = []
+                emptied.append(j)
+        if emptied:
+            self._prune(emptied)
+
+    def _prune(self, emptied: list[int]) -> None:
+        """Remove the scopes drops emptied, and the resources whose every scope they emptied."""
+        by_resource: dict[int, list[int]] = {}  # resource position -> positions of its emptied scopes
+        for j in emptied:
+            rpos = self.scopes[j][3]
+            by_resource.setdefault(rpos, []).append(j - self._first_scope[rpos])
+        scopes_key = self.SCOPES
+        gone = set()
+        for rpos, positions in by_resource.items():
+            scopes = self.resources[rpos][0][scopes_key]
+            if len(positions) == len(scopes):
+                gone.add(rpos)
                 continue
-            window = flags[start:end]
-            if "0" not in window:
-                continue
-            kept = [r for r, f in zip(sl[self.RECORDS], window, strict=True) if f == "1"] if "1" in window else []
-            sl[self.RECORDS] = kept
-            if not kept:
-                emptied_scopes.add(id(sl))
-        if not emptied_scopes:
-            return
-        emptied_resources = set()
-        for rl, _, _ in self.resources:
-            scopes = rl.get(self.SCOPES)
-            if scopes and any(id(sl) in emptied_scopes for sl in scopes):
-                rl[self.SCOPES] = [sl for sl in scopes if id(sl) not in emptied_scopes]
-                if not rl[self.SCOPES]:
-                    emptied_resources.add(id(rl))
-        if emptied_resources:
-            self.doc[self.TOP] = [rl for rl, _, _ in self.resources if id(rl) not in emptied_resources]
+            for pos in reversed(positions):
+                del scopes[pos]
+        if gone:
+            self.doc[self.TOP] = [rl for rpos, (rl, _, _) in enumerate(self.resources) if rpos not in gone]
 
     def export(self, i: int) -> dict[str, Any]:
         """A standalone copy of record i with its resource and scope (for extensions)."""
@@ -314,19 +335,27 @@ _FAST_CONVERTERS: dict[Callable[[Any], Any], Callable[[list[Any]], list[Any] | N
 }
 
 
+def _converted(values: list[Any], convert: Callable[[Any], Any]) -> list[Any]:
+    """`[convert(v) for v in values]`, in C when there are enough values and they are regular."""
+    fast = _FAST_CONVERTERS.get(convert) if len(values) >= json_columns.MIN_VALUES else None
+    converted = fast(values) if fast is not None else None
+    return converted if converted is not None else [convert(v) for v in values]
+
+
 def _body_strings(records: list[dict]) -> list[str]:
-    bodies = json_columns.dig(records, "body")
-    fast = json_columns.string_views(bodies) if bodies else None
-    if fast is not None:
-        return fast
+    if len(records) >= json_columns.MIN_VALUES:
+        fast = json_columns.string_views(json_columns.dig(records, "body"))
+        if fast is not None:
+            return fast
     return [(s if (s := b.get("stringValue")).__class__ is str else json_string_view(b) or "")
             if (b := r.get("body")).__class__ is dict else "" for r in records]
 
 
 def _member_strings(records: list[dict], name: str) -> list[str]:
-    values = json_columns.dig(records, name)
-    if values and json_columns.only_strings(values):
-        return values
+    if len(records) >= json_columns.MIN_VALUES:
+        values = json_columns.dig(records, name)
+        if values and json_columns.only_strings(values):
+            return values
     return [s if (s := r.get(name)).__class__ is str else "" for r in records]
 
 
@@ -335,11 +364,17 @@ def _record_attr(r: dict, key: FieldKey) -> Any:
 
 
 def _resource_attr(rl: dict, key: FieldKey) -> Any:
-    return find_attribute(_attributes_of(rl, "resource"), key[1])
+    return _holder_attribute(rl.get("resource"), key[1])
 
 
 def _scope_attr(sl: dict, key: FieldKey) -> Any:
-    return find_attribute(_attributes_of(sl, "scope"), key[1])
+    return _holder_attribute(sl.get("scope"), key[1])
+
+
+def _holder_attribute(holder: Any, path: tuple[str, ...]) -> Any:
+    """An attribute of a resource or scope object (None when it is not an object)."""
+    attributes = holder.get("attributes") if holder.__class__ is dict else None
+    return first_value(attributes, path[0]) if len(path) == 1 else find_attribute(attributes, path)
 
 
 def _scope_member(name: str) -> Callable[[dict, FieldKey], Any]:

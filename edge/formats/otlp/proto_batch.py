@@ -178,31 +178,50 @@ class ProtoBatch:
         records: list[Any] = []
         resources: list[tuple[Any, int, int]] = []
         scopes: list[tuple[Any, int, int, int]] = []
-        scope_of: list[int] = []  # record -> index in self.scopes
-        first_scope: list[int] = []  # resource -> index of its first scope in self.scopes
-        extend = records.extend
+        scopes_name, records_name = self.SCOPES, self.RECORDS
+        first_scope: list[int] = []  # resource position -> index in `scopes` of its first scope
         for rpos, rl in enumerate(getattr(message, self.TOP)):
-            start = len(records)
             first_scope.append(len(scopes))
-            for sl in getattr(rl, self.SCOPES):
-                s = len(records)
-                extend(getattr(sl, self.RECORDS))
-                e = len(records)
-                if e > s:
-                    scope_of.extend([len(scopes)] * (e - s))
-                scopes.append((sl, s, e, rpos))
-            resources.append((rl, start, len(records)))
+            start = end = len(records)
+            for sl in getattr(rl, scopes_name):
+                records += getattr(sl, records_name)
+                s, end = end, len(records)
+                scopes.append((sl, s, end, rpos))
+            resources.append((rl, start, end))
         self.records = records
         self.resources = resources
         self.scopes = scopes
-        self._scope_of = scope_of
-        self._attributes: proto_columns.ProtoAttributeColumns | None = None
         self._first_scope = first_scope
-        self._resource_owners = [bits.range_mask(s, e) for _, s, e in resources]
-        self._scope_owners = [bits.range_mask(s, e) for _, s, e, _ in scopes]
+        self._attributes: proto_columns.ProtoAttributeColumns | None = None
+        # Built on first use: a batch that never reads a resource or scope field, or never
+        # transforms one, does not pay for them (at 10 records they cost as much as the rest).
+        self._resource_owners: list[int] | None = None
+        self._scope_owners: list[int] | None = None
+        self._scope_of: list[int] | None = None  # record -> index in self.scopes
         self.n = len(records)
         self.full = bits.full_mask(self.n)
         self.changed = False
+
+    def _resource_masks(self) -> list[int]:
+        """The record mask of each resource."""
+        if self._resource_owners is None:
+            self._resource_owners = [bits.range_mask(s, e) for _, s, e in self.resources]
+        return self._resource_owners
+
+    def _scope_masks(self) -> list[int]:
+        """The record mask of each scope."""
+        if self._scope_owners is None:
+            self._scope_owners = [bits.range_mask(s, e) for _, s, e, _ in self.scopes]
+        return self._scope_owners
+
+    def _scope_index(self, i: int) -> int:
+        """The index in self.scopes of record i's scope."""
+        if self._scope_of is None:
+            scope_of: list[int] = []
+            for j, (_, s, e, _) in enumerate(self.scopes):
+                scope_of += [j] * (e - s)
+            self._scope_of = scope_of
+        return self._scope_of[i]
 
     # ── columns ──
 
@@ -276,27 +295,27 @@ class ProtoBatch:
 
     def _c_resource_scalar(self, key: FieldKey, name: str, typed: bool) -> Column:
         values = [getattr(rl, name) for rl, _, _ in self.resources]
-        return Column([v or MISSING for v in values] if typed else values, self._resource_owners)
+        return Column([v or MISSING for v in values] if typed else values, self._resource_masks())
 
     def _c_scope_scalar(self, key: FieldKey, name: str, typed: bool) -> Column:
         values = [getattr(sl, name) for sl, _, _, _ in self.scopes]
-        return Column([v or MISSING for v in values] if typed else values, self._scope_owners)
+        return Column([v or MISSING for v in values] if typed else values, self._scope_masks())
 
     def _c_scope_member(self, key: FieldKey, name: str, typed: bool) -> Column:
         values = [getattr(sl.scope, name) for sl, _, _, _ in self.scopes]
-        return Column([v or MISSING for v in values] if typed else values, self._scope_owners)
+        return Column([v or MISSING for v in values] if typed else values, self._scope_masks())
 
     def _c_resource_attribute(self, key: FieldKey, arg: Any, typed: bool) -> Column:
         path = key[1]
         convert = _attr_typed if typed else _attr_string
         return Column([convert(rl.resource.attributes, path) for rl, _, _ in self.resources],
-                      self._resource_owners)
+                      self._resource_masks())
 
     def _c_scope_attribute(self, key: FieldKey, arg: Any, typed: bool) -> Column:
         path = key[1]
         convert = _attr_typed if typed else _attr_string
         return Column([convert(sl.scope.attributes, path) for sl, _, _, _ in self.scopes],
-                      self._scope_owners)
+                      self._scope_masks())
 
     # ── output ──
 
@@ -351,7 +370,7 @@ class ProtoBatch:
             del top[rpos]
 
     def _scope_entry(self, i: int) -> tuple[Any, int, int, int]:
-        return self.scopes[self._scope_of[i]]
+        return self.scopes[self._scope_index(i)]
 
     def export(self, i: int) -> dict[str, Any]:
         """A standalone OTLP/JSON-style copy of record i with its resource and scope (extensions)."""
@@ -437,7 +456,7 @@ class ProtoLogs(ProtoBatch):
     def _owner(self, i: int, level: str) -> Any:
         if level == "record":
             return self.records[i]
-        sl = self.scopes[self._scope_of[i]]
+        sl = self.scopes[self._scope_index(i)]
         return sl[0] if level == "scope" else self.resources[sl[3]][0]
 
     def _attribute_list(self, i: int, key: FieldKey, create: bool) -> Any:
