@@ -161,7 +161,7 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
         report((cid, start, end))
 
     for db, scratch in snapshot.databases(plan.signal, fp.key):
-        db.scan(buffer, match_event_handler=on_match, scratch=scratch)
+        db.scan(buffer, on_match, 0, None, scratch)  # positionally: keywords cost a parse per call
     if reports:
         doubtful = _settle(plan.conditions, reports, starts, matched)
         dirty = _values_with_newlines(values, text)
