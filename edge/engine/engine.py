@@ -77,6 +77,8 @@ class Engine:
         # restrictive first, ties in id order (the plan's order, which the stable sort keeps).
         by_restrictiveness = sorted(snapshot.plan(LOG).policies, key=lambda p: p.log_keep.restrictiveness())
         self._log_rank = {policy.id: rank for rank, policy in enumerate(by_restrictiveness)}
+        self._thresholds = {policy.id: sampling.threshold(policy.log_keep.percent)
+                            for policy in by_restrictiveness if policy.log_keep.kind == "percent"}
 
     # ── shared steps ──
 
@@ -98,8 +100,7 @@ class Engine:
     # ── logs ──
 
     def _sample_drop(self, policy: CompiledPolicy, candidates: int, batch: Batch) -> int:
-        keep = policy.log_keep
-        t = sampling.threshold(keep.percent)
+        t = self._thresholds[policy.id]
         if t == 0:
             return 0
         if t >= sampling.SPACE:
@@ -206,7 +207,9 @@ class Engine:
         if self.extensions:
             dispatch(self.extensions, signal, matched, alive, batch)
         if signal == LOG:
-            apply_transforms(cast(LogBatch, batch), self.snapshot, [(p, m & alive) for p, m in matched], self.stats)
+            targets = [(p, m & alive) for p, m in matched if p.transform]
+            if targets:
+                apply_transforms(cast(LogBatch, batch), self.snapshot, targets, self.stats)
         batch.keep_only(alive)
         return Outcome(batch.n, alive.bit_count(), batch.changed)
 

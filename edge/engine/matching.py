@@ -161,10 +161,10 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
         report((cid, start, end))
 
     for db, scratch in snapshot.databases(plan.signal, fp.key):
-        db.scan(buffer, match_event_handler=on_match, scratch=scratch)
+        db.scan(buffer, on_match, 0, None, scratch)  # positionally: keywords cost a parse per call
     if reports:
         doubtful = _settle(plan.conditions, reports, starts, matched)
-        dirty = _values_with_newlines(values)
+        dirty = _values_with_newlines(values, text)
         if doubtful or dirty:
             _recheck(snapshot, plan.conditions, values, reports, doubtful, dirty, matched)
     _refold_caseless(snapshot, plan, fp, values, text, matched)
@@ -217,9 +217,12 @@ def _recheck(snapshot: Snapshot, conditions: list[Condition], values: list[str],
             matched[ci].add(k)
 
 
-def _values_with_newlines(values: list[str]) -> set[int]:
-    """Values whose own newlines blur record boundaries in the joined buffer: RE2 decides them."""
-    if "\n" not in "".join(values):  # a copy and a memchr: bytes.count walks byte by byte
+def _values_with_newlines(values: list[str], text: str) -> set[int]:
+    """Values whose own newlines blur record boundaries in the joined buffer: RE2 decides them.
+
+    `text` holds one newline before each value and one after the last unless a value has its own.
+    """
+    if text.count("\n") == len(values) + 1:
         return set()
     return {k for k, v in enumerate(values) if "\n" in v}
 

@@ -222,11 +222,9 @@ class JsonBatch:
             return self.FIELDS[(head, key[1])]
         return self.FIELDS[head]
 
-    def _raw(self, key: FieldKey) -> tuple[list[Any], list[int] | None]:
-        """(raw values, owners) for a field key."""
-        level, _, getter = self._spec(key)
-        if level == "record":
-            return [getter(r, key) for r in self.records], None
+    def _raw(self, level: str, getter: Callable[[dict, FieldKey], Any], key: FieldKey
+             ) -> tuple[list[Any], list[int]]:
+        """(raw values, owners) of a field above the records (resource, scope) or beside them (multi)."""
         if level == "multi":
             values: list[Any] = []
             owners: list[int] = []
@@ -243,7 +241,7 @@ class JsonBatch:
         owners = self._owners.get(level)
         if owners is None:
             groups = self.resources if level == "resource" else self.scopes
-            owners = self._owners[level] = [bits.range_mask(g[1], g[2]) for g in groups]
+            owners = self._owners[level] = [((1 << (g[2] - g[1])) - 1) << g[1] for g in groups]  # bits.range_mask
         return owners
 
     def column(self, key: FieldKey) -> Column:
@@ -258,7 +256,7 @@ class JsonBatch:
                 if fast is not None:
                     return Column(fast)
             return Column([convert(getter(r, key)) for r in self.records])
-        raw, owners = self._raw(key)
+        raw, owners = self._raw(level, getter, key)
         return Column(_converted(raw, convert), owners)
 
     def strings(self, key: FieldKey) -> Column:
@@ -271,7 +269,7 @@ class JsonBatch:
             return Column(self._record_attribute(key, convert))
         if level == "record":
             return Column([convert(getter(r, key)) for r in self.records])
-        raw, owners = self._raw(key)
+        raw, owners = self._raw(level, getter, key)
         return Column(_converted(raw, convert), owners)
 
     # ── output ──
@@ -364,17 +362,15 @@ def _record_attr(r: dict, key: FieldKey) -> Any:
 
 
 def _resource_attr(rl: dict, key: FieldKey) -> Any:
-    return _holder_attribute(rl.get("resource"), key[1])
+    resource = rl.get("resource")
+    attributes = resource.get("attributes") if resource.__class__ is dict else None
+    return first_value(attributes, key[1][0]) if len(key[1]) == 1 else find_attribute(attributes, key[1])
 
 
 def _scope_attr(sl: dict, key: FieldKey) -> Any:
-    return _holder_attribute(sl.get("scope"), key[1])
-
-
-def _holder_attribute(holder: Any, path: tuple[str, ...]) -> Any:
-    """An attribute of a resource or scope object (None when it is not an object)."""
-    attributes = holder.get("attributes") if holder.__class__ is dict else None
-    return first_value(attributes, path[0]) if len(path) == 1 else find_attribute(attributes, path)
+    scope = sl.get("scope")
+    attributes = scope.get("attributes") if scope.__class__ is dict else None
+    return first_value(attributes, key[1][0]) if len(key[1]) == 1 else find_attribute(attributes, key[1])
 
 
 def _scope_member(name: str) -> Callable[[dict, FieldKey], Any]:
