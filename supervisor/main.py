@@ -65,7 +65,8 @@ def gunicorn_argv(c: Config, listen_fd: int) -> list[str]:
             "--graceful-timeout", str(DRAIN_SECONDS),
             "--keep-alive", "75", "--log-level", GUNICORN_LEVELS[c.log_level],
             "--logger-class", "workers.gunicorn_logging.JsonLogger",
-            "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
+            "--limit-request-field_size", "16384", "--no-control-socket",
+            "--config", "python:workers.preload", "workers.app:app"]
 
 
 # gunicorn's info lines (every worker boot) are noise at edge's info level; trace and debug show them.
