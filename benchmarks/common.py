@@ -135,6 +135,16 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
+def pss_mb(pid: int) -> float:
+    """One process's proportional set size: its private pages plus its share of pages shared with others
+    (0 once it is gone). Forked workers share their master's imported modules: RSS counts those pages
+    once per process, PSS once in total."""
+    try:
+        return int(re.search(r"Pss:\s+(\d+)", Path(f"/proc/{pid}/smaps_rollup").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return 0.0
+
+
 def tree_rss_mb(pid: int) -> float:
     """RSS of a process and all its descendants (for edge: supervisor, gunicorn and every worker)."""
     return sum(rss_mb(p) for p in process_tree(pid))

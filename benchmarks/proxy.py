@@ -20,7 +20,7 @@ shared machine steadier than req/s), and the body bytes the upstream received pe
 and per second. nginx forwards every record; edge forwards what its policies keep, so it
 sends fewer bytes upstream per request: the record counts edge's policies keep of each body
 are printed above its table. Then each proxy's req/s as a share of nginx's, edge's records
-per second and per CPU-second, and edge's RSS by process (supervisor, gunicorn master, HTTP
+per second and per CPU-second, and edge's RSS and PSS by process (supervisor, gunicorn master, HTTP
 workers, gRPC workers). With `--floor` it also serves `benchmarks/floor_app.py` (gunicorn,
 Falcon and aiohttp forwarding bodies with no policy work) on each worker class considered
 for edge's HTTP workers, side by side: `floor` on edge's own (`supervisor.main.WORKER_CLASS`),
@@ -58,6 +58,7 @@ from benchmarks.common import (  # noqa: E402
     free_port,
     median_best,
     process_tree,
+    pss_mb,
     rss_mb,
     tree_cpu_seconds,
     wait_http,
@@ -310,13 +311,16 @@ def process_role(root: int, pid: int) -> str:
 
 
 def report_rss(pid: int, when: str) -> None:
-    """edge's RSS by process: the supervisor, gunicorn's master and workers, the gRPC workers, the rest."""
-    roles: dict[str, list[float]] = {}
+    """edge's memory by process (the supervisor, gunicorn's master and workers, the gRPC workers, the rest):
+    RSS, and PSS, which counts the pages forked workers share with their master once."""
+    roles: dict[str, list[tuple[float, float]]] = {}
     for member in process_tree(pid):
-        roles.setdefault(process_role(pid, member), []).append(rss_mb(member))
-    parts = ", ".join(f"{role} {sum(sizes):.0f}" + (f" ({len(sizes)})" if len(sizes) > 1 else "")
-                      for role, sizes in roles.items())
-    print(f"edge RSS {when}: {sum(map(sum, roles.values())):.0f} MB = {parts}")
+        roles.setdefault(process_role(pid, member), []).append((rss_mb(member), pss_mb(member)))
+    for name, column in (("RSS", 0), ("PSS", 1)):
+        parts = ", ".join(f"{role} {sum(s[column] for s in sizes):.0f}" + (f" ({len(sizes)})" if len(sizes) > 1 else "")
+                          for role, sizes in roles.items())
+        total = sum(s[column] for sizes in roles.values() for s in sizes)
+        print(f"edge {name} {when}: {total:.0f} MB = {parts}")
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
