@@ -53,20 +53,10 @@ def bind_listener(address: str, port: int) -> socket.socket:
 
     It does not listen yet: gunicorn does, once its master has imported the workers' modules
     (`workers.preload`), so a sender connecting while edge starts is refused and retries rather than
-    waiting in the backlog for workers still booting. A bind with SO_REUSEADDR (needed to rebind over
-    our last run's TIME_WAIT connections) succeeds beside a socket that is only bound, so listeners
-    already on the port are looked up in the kernel's tables too.
+    waiting in the backlog for workers still booting. SO_REUSEADDR rebinds over our last run's
+    TIME_WAIT connections.
     """
-    family, sockaddr = resolve(address, port)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if port and _listened_on(ipaddress.ip_address(sockaddr[0]), port):
-            raise OSError(errno.EADDRINUSE, "in use")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise _bind_failure(exc, address, port) from None
+    sock = _bound(address, port, "", socket.SO_REUSEADDR)
     sock.set_inheritable(True)
     return sock
 
@@ -74,12 +64,18 @@ def bind_listener(address: str, port: int) -> socket.socket:
 def reserve_port(address: str, port: int, section: str) -> socket.socket:
     """A bound socket, never listening, holding `address:port` for worker processes that bind it too with
     SO_REUSEPORT (the gRPC workers): a port in use fails here, once, and port 0 becomes one port for all."""
+    return _bound(address, port, section, socket.SO_REUSEPORT)
+
+
+def _bound(address: str, port: int, section: str, reuse: int) -> socket.socket:
+    """A socket bound with the `reuse` option, after the kernel's tables say nothing listens there yet
+    (with SO_REUSEPORT the bind itself succeeds beside a listening socket of the same user)."""
     family, sockaddr = resolve(address, port, section)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if port and _listened_on(ipaddress.ip_address(sockaddr[0]), port):
             raise OSError(errno.EADDRINUSE, "in use")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, reuse, 1)
         sock.bind(sockaddr)
     except OSError as exc:
         sock.close()
