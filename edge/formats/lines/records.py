@@ -33,8 +33,6 @@ SEVERITY_NUMBERS = {
 HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _SPACE_DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})[ T](.*)")
-_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?",
-                             re.ASCII)
 _ID_BYTES = {id(HEX32): 16, id(HEX16): 8}
 
 
@@ -98,44 +96,58 @@ def severity_number(text: str) -> int:
 
 def time_ns(value: Any) -> int:
     """A timestamp as Unix nanoseconds: epoch numbers in s, ms, µs or ns, or an ISO-8601-like string; 0 if not."""
+    if value.__class__ is str:
+        second = _SECONDS.get(value[:19])
+        if second is None:
+            second = _second_ns(value[:19])
+        suffix = _SUFFIXES.get(value[19:])
+        if suffix is None:
+            suffix = _suffix_ns(value[19:])
+        if second > 0 and suffix:
+            whole = second - suffix[1]
+            if whole >= 0:  # before 1970 datetime's truncation toward zero applies
+                return whole + suffix[0]
+        return text_time_ns(value)
     if value.__class__ in (int, float):
         return _epoch_ns(value)
-    if value.__class__ is not str:
-        return 0
-    match = _CANONICAL_TIME.fullmatch(value)
+    return 0
+
+
+# `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]` (most log lines) without datetime: its first 19
+# characters (the second) and the rest (fraction and offset) are each worked out once and remembered,
+# as lines of one log share their seconds and their fractions' layout. Anything else: `text_time_ns`.
+_CACHED = 4096  # entries of each cache; cleared when full
+_SECOND = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}", re.ASCII)
+_SUFFIX = re.compile(r"(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?", re.ASCII)
+_SECONDS: dict[str, int] = {}  # "YYYY-MM-DD?HH:MM:SS" → its Unix ns; 0: not one (left to text_time_ns)
+_SUFFIXES: dict[str, tuple[int, int]] = {}  # ".123Z" → (fraction ns, offset ns); (): not one
+
+
+def _second_ns(prefix: str) -> int:
+    ns = 0
+    if _SECOND.fullmatch(prefix) and int(prefix[17:19]) <= 59:
+        minute = text_time_ns(f"{prefix[:10]}T{prefix[11:16]}:00+00:00")
+        ns = minute + int(prefix[17:19]) * 1_000_000_000 if minute > 0 else 0
+    if len(_SECONDS) >= _CACHED:
+        _SECONDS.clear()
+    _SECONDS[prefix] = ns
+    return ns
+
+
+def _suffix_ns(suffix: str) -> tuple[int, int]:
+    parts: tuple[int, int] = ()  # type: ignore[assignment]
+    match = _SUFFIX.fullmatch(suffix)
     if match:
-        ns = _canonical_ns(value, match)
-        if ns:
-            return ns
-    return text_time_ns(value)
-
-
-_MINUTES: dict[str, int] = {}  # "YYYY-MM-DD?HH:MM" → its Unix ns (0: not a valid time), bounded
-
-
-def _canonical_ns(text: str, match: re.Match[str]) -> int:
-    """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]` (most log lines) without datetime: the minute is
-    worked out once, seconds, fraction and offset are added. 0 leaves it to `text_time_ns`."""
-    prefix = text[:16]
-    minute = _MINUTES.get(prefix)
-    if minute is None:
-        if len(_MINUTES) >= 4096:
-            _MINUTES.clear()
-        minute = _MINUTES[prefix] = text_time_ns(f"{text[:10]}T{text[11:16]}:00+00:00")
-    seconds = int(text[17:19])
-    if minute <= 0 or seconds > 59:
-        return 0
-    fraction, zone = match.group(1, 2)
-    offset = 0
-    if zone and zone not in "Zz":
-        hours, minutes = int(zone[1:3]), int(zone[4:6])
-        if hours > 23 or minutes > 59:
-            return 0
-        offset = (hours * 3600 + minutes * 60) * (-1 if zone[0] == "-" else 1)
-    whole = minute + (seconds - offset) * 1_000_000_000
-    if whole < 0:
-        return 0  # before 1970 datetime's truncation toward zero applies
-    return whole + (int(fraction[:6].ljust(6, "0")) * 1000 if fraction else 0)
+        fraction, zone = match.group(1, 2)
+        hours, minutes, sign = (int(zone[1:3]), int(zone[4:6]), -1 if zone[0] == "-" else 1) \
+            if zone and zone not in "Zz" else (0, 0, 1)
+        if hours <= 23 and minutes <= 59:
+            parts = (int(fraction[:6].ljust(6, "0")) * 1000 if fraction else 0,
+                     sign * (hours * 3600 + minutes * 60) * 1_000_000_000)
+    if len(_SUFFIXES) >= _CACHED:
+        _SUFFIXES.clear()
+    _SUFFIXES[suffix] = parts
+    return parts
 
 
 def text_time_ns(value: str) -> int:
