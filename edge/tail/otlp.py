@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from edge import __version__
+from edge.formats.lines import pattern_blocks
 from edge.formats.lines.patterns import Fields, fields_parser, parse_json
 from edge.formats.lines.records import DEFAULT_NAMES, FILE_PATH_ATTRIBUTE, FieldNames, Record, RecordBuilder
 from edge.tail.otlp_protobuf import SCOPE_NAME, Groups, ProtobufEncoder
@@ -31,7 +32,10 @@ def _raw(line: bytes) -> Record:
 
 
 def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES, fields: Fields | None = None) -> Parser:
-    """How the lines of `fmt` become records; a line without fields is a raw record (never lost)."""
+    """How the lines of `fmt` become records; a line without fields is a raw record (never lost).
+
+    `fields`: how a line of regex or auto becomes fields (the user's patterns); None: the default
+    patterns, which -f regex matches a whole block at a time (`edge.formats.lines.pattern_blocks`)."""
     if fmt == "raw":
         return lambda lines: list(map(_raw, lines))
     build = RecordBuilder(names)
@@ -40,11 +44,14 @@ def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES, fields: Fields | 
             doc = parse_json(line)
             return build(doc, line) if doc else _raw(line)
         return lambda lines: list(map(from_json, lines))
+    defaults = fields is None
     fields = fields or fields_parser(fmt)
     if fmt == "regex":  # nor do the patterns' (they match the bytes)
         def from_groups(line: bytes) -> Record:
             doc = fields(line, "")
             return build(doc, line) if doc else _raw(line)
+        if defaults and pattern_blocks.applies_to(names):
+            return pattern_blocks.PatternBlocks(from_groups)
         return lambda lines: list(map(from_groups, lines))
 
     def one(line: bytes) -> Record:
