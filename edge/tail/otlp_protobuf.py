@@ -136,8 +136,13 @@ def log_record(record: Record, file_path: bytes, observed: bytes, cache: FieldCa
         parts.append(delimited(_LOG_BODY, value))
     attributes = record.attributes
     if attributes:
-        attribute = cache.attribute
-        parts.extend([attribute(k, v) for k, v in attributes.items()])
+        cached = cache.attributes
+        for key, value in attributes.items():
+            kind = value.__class__
+            if kind is int or kind is str and len(value) <= _CACHED_VALUE_LEN:  # (1 and True: one is no int)
+                parts.append(cached.get((key, value)) or cache.attribute(key, value))
+            else:
+                parts.append(delimited(_LOG_ATTRIBUTE, key_value(key, value)))
         if FILE_PATH_ATTRIBUTE not in attributes:
             parts.append(file_path)
     else:

@@ -33,7 +33,6 @@ SEVERITY_NUMBERS = {
 HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _SPACE_DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})[ T](.*)")
-_ID_BYTES = {id(HEX32): 16, id(HEX16): 8}
 
 
 def resource_attributes(pairs: tuple[tuple[str, str], ...], env: Mapping[str, str]) -> dict[str, str]:
@@ -180,13 +179,12 @@ def hex_id(value: Any, pattern: re.Pattern[str]) -> bytes:
     """A trace or span id given as hex (dashes allowed) as its bytes; b"" when not valid or all zero."""
     if value.__class__ is not str:
         return b""
-    size = _ID_BYTES[id(pattern)]
-    if len(value) == 2 * size and "-" not in value:  # the usual plain hex: no regex needed
+    if len(value) == (32 if pattern is HEX32 else 16) and "-" not in value:  # the usual plain hex: no regex
         try:
             ident = bytes.fromhex(value)
         except ValueError:
             return b""
-        return ident if len(ident) == size and ident.strip(b"\0") else b""  # fromhex skips spaces: 15 bytes
+        return ident if len(ident) * 2 == len(value) and ident.strip(b"\0") else b""  # fromhex skips spaces
     text = value.replace("-", "")
     if not pattern.fullmatch(text) or not text.strip("0"):
         return b""
@@ -256,7 +254,11 @@ class RecordBuilder:
         for key in layout.level:
             if (level := doc[key]) is not None:
                 attributes.pop(key, None)  # (None: one key named for two fields is taken once)
-                self._severity(record, level)
+                number = self.severities.get(level) if level.__class__ is str else None
+                if number is None:
+                    self._severity(record, level)
+                else:
+                    record.severity_text, record.severity_number = level, number
                 break
         for key in layout.time:
             if (when := doc[key]) is not None:
