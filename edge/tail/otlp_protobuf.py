@@ -119,41 +119,51 @@ class FieldCache:
 
 _TIME = struct.Struct("<BQ")  # the time field: its tag, then the fixed64
 _BODY_HEADS = [_LOG_BODY + varint(n + 1 + len(varint(n))) + _STRING + varint(n) for n in range(1 << 14)]
+_TRACE_HEADS = [_LOG_TRACE_ID + varint(n) for n in range(64)]  # ids are 16 and 8 bytes
+_SPAN_HEADS = [_LOG_SPAN_ID + varint(n) for n in range(64)]
 
 
 def log_record(record: Record, file_path: bytes, observed: bytes, cache: FieldCache) -> bytes:
     """One LogRecord message; `file_path` and `observed` are its batch-wide fields, already encoded.
     (Written out with table lookups rather than helper calls: this runs once per forwarded line.)"""
-    parts = [_TIME.pack(_LOG_TIME[0], record.time_ns)] if record.time_ns else []
     severity = cache.severities.get((record.severity_number, record.severity_text))
-    parts.append(cache.severity(record.severity_number, record.severity_text) if severity is None else severity)
+    if severity is None:
+        severity = cache.severity(record.severity_number, record.severity_text)
     body = record.body
     if body.__class__ is str:
         text = body.encode()
-        parts.append(_BODY_HEADS[len(text)] + text if len(text) < 16384
-                     else delimited(_LOG_BODY, delimited(_STRING, text)))
-    elif (value := any_value(body)) is not None:
-        parts.append(delimited(_LOG_BODY, value))
+        body = _BODY_HEADS[len(text)] + text if len(text) < 16384 else delimited(_LOG_BODY, delimited(_STRING, text))
+    else:
+        value = any_value(body)
+        body = b"" if value is None else delimited(_LOG_BODY, value)
     attributes = record.attributes
     if attributes:
-        cached = cache.attributes
-        for key, value in attributes.items():
-            kind = value.__class__
-            if kind is int or kind is str and len(value) <= _CACHED_VALUE_LEN:  # (1 and True: one is no int)
-                parts.append(cached.get((key, value)) or cache.attribute(key, value))
-            else:
-                parts.append(delimited(_LOG_ATTRIBUTE, key_value(key, value)))
+        attributes_part = _attributes(attributes, cache)
         if FILE_PATH_ATTRIBUTE not in attributes:
-            parts.append(file_path)
+            attributes_part += file_path
     else:
-        parts.append(file_path)
-    if record.trace_id:
-        parts.append(_LOG_TRACE_ID + varint(len(record.trace_id)) + record.trace_id)
-    if record.span_id:
-        parts.append(_LOG_SPAN_ID + varint(len(record.span_id)) + record.span_id)
-    parts.append(observed)
-    message = b"".join(parts)
-    return _LOG_RECORD + varint(len(message)) + message
+        attributes_part = file_path
+    trace_id, span_id = record.trace_id, record.span_id
+    message = b"".join((
+        _TIME.pack(_LOG_TIME[0], record.time_ns) if record.time_ns else b"", severity, body, attributes_part,
+        (_TRACE_HEADS[len(trace_id)] if len(trace_id) < 64 else _LOG_TRACE_ID + varint(len(trace_id))) + trace_id
+        if trace_id else b"",
+        (_SPAN_HEADS[len(span_id)] if len(span_id) < 64 else _LOG_SPAN_ID + varint(len(span_id))) + span_id
+        if span_id else b"",
+        observed))
+    return _LOG_RECORD + (_VARINTS[len(message)] if len(message) < 16384 else _varint(len(message))) + message
+
+
+def _attributes(attributes: Mapping[str, Any], cache: FieldCache) -> bytes:
+    """A record's attribute fields; short strings and integers from the cache."""
+    cached, parts = cache.attributes, []
+    for key, value in attributes.items():
+        kind = value.__class__
+        if kind is int or kind is str and len(value) <= _CACHED_VALUE_LEN:  # (1 and True: one is no int)
+            parts.append(cached.get((key, value)) or cache.attribute(key, value))
+        else:
+            parts.append(delimited(_LOG_ATTRIBUTE, key_value(key, value)))
+    return b"".join(parts)
 
 
 class ProtobufEncoder:
