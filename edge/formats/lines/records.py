@@ -243,52 +243,51 @@ class RecordBuilder:
                 attributes = {**nested, **attributes}
             elif nested is not None:
                 attributes[ATTRIBUTES_KEY] = nested
-        record = Record(body=None, attributes=attributes)
         for key in layout.message:
             if doc[key] is not None:
-                record.body = attributes.pop(key)
+                body = attributes.pop(key)
                 break
         else:
-            record.body = line.decode("utf-8", "replace") if line.__class__ is bytes else line
+            body = line.decode("utf-8", "replace") if line.__class__ is bytes else line
             attributes.pop("", None)  # as first() answers "" when no key is present
+        level, number = "", 0
         for key in layout.level:
-            if (level := doc[key]) is not None:
+            if (value := doc[key]) is not None:
                 attributes.pop(key, None)  # (None: one key named for two fields is taken once)
-                number = self.severities.get(level) if level.__class__ is str else None
+                number = self.severities.get(value) if value.__class__ is str else None
                 if number is None:
-                    self._severity(record, level)
+                    level, number = self._severity(value)
                 else:
-                    record.severity_text, record.severity_number = level, number
+                    level = value
                 break
+        ns = 0
         for key in layout.time:
-            if (when := doc[key]) is not None:
-                if (ns := time_ns(when)) > 0:  # a time before 1970 has no OTLP form: it stays an attribute
+            if (value := doc[key]) is not None:
+                if (ns := time_ns(value)) > 0:  # a time before 1970 has no OTLP form: it stays an attribute
                     attributes.pop(key, None)
-                    record.time_ns = ns
+                else:
+                    ns = 0
                 break
+        trace_id = span_id = b""
         for key in layout.trace_id:
             if (value := doc[key]) is not None:
-                if ident := hex_id(value, HEX32):  # an invalid id stays an attribute as it was written
+                if trace_id := hex_id(value, HEX32):  # an invalid id stays an attribute as it was written
                     attributes.pop(key, None)
-                    record.trace_id = ident
                 break
         for key in layout.span_id:
             if (value := doc[key]) is not None:
-                if ident := hex_id(value, HEX16):
+                if span_id := hex_id(value, HEX16):
                     attributes.pop(key, None)
-                    record.span_id = ident
                 break
-        return record
+        return Record(body, ns, level, number, trace_id, span_id, attributes)
 
-    def _severity(self, record: Record, level: Any) -> None:
+    def _severity(self, level: Any) -> tuple[str, int]:
+        """The severity text and number of a level field's value."""
         if level.__class__ is str:
-            record.severity_text = level
             number = self.severities.get(level)
             if number is None:
                 if len(self.severities) >= self.MAX_LAYOUTS:
                     self.severities.clear()
                 number = self.severities[level] = severity_number(level)  # "INFO", "Error ": one lookup each
-            record.severity_number = number
-        else:
-            record.severity_text = str(level)
-            record.severity_number = level if level.__class__ is int and 0 < level <= 24 else 0
+            return level, number
+        return str(level), level if level.__class__ is int and 0 < level <= 24 else 0
