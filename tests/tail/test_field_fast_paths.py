@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.formats.lines.patterns import compile_patterns, pattern_fields
+from edge.formats.lines.patterns import _LOGFMT_PAIR, _logfmt_value, compile_patterns, parse_logfmt, pattern_fields
 from edge.formats.lines.records import (
     ATTRIBUTES_KEY,
     DEFAULT_NAMES,
@@ -113,3 +113,10 @@ def test_the_record_builder_agrees_with_plain_lookups(docs: list[dict], names: F
         got, want = build(doc, "the line"), plain_record(doc, "the line", names)
         assert got == want
         assert list(got.attributes) == list(want.attributes)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["k", "=", "v", '"', "\\", " ", "a b", '\\"', "é", "\t", "x=1"]), max_size=14)
+       .map("".join))
+def test_logfmt_values_agree_with_unescaping_each(line: str) -> None:
+    assert parse_logfmt(line) == {k: _logfmt_value(v) for k, v in _LOGFMT_PAIR.findall(line)}
