@@ -132,7 +132,8 @@ def log_record(record: Record, file_path: bytes, observed: bytes, cache: FieldCa
     body = record.body
     if body.__class__ is str:
         text = body.encode()
-        body = _BODY_HEADS[len(text)] + text if len(text) < 16384 else delimited(_LOG_BODY, delimited(_STRING, text))
+        size = len(text)
+        body = _BODY_HEADS[size] + text if size < 16384 else delimited(_LOG_BODY, delimited(_STRING, text))
     else:
         value = any_value(body)
         body = b"" if value is None else delimited(_LOG_BODY, value)
@@ -146,12 +147,16 @@ def log_record(record: Record, file_path: bytes, observed: bytes, cache: FieldCa
     trace_id, span_id = record.trace_id, record.span_id
     message = b"".join((
         _TIME.pack(_LOG_TIME[0], record.time_ns) if record.time_ns else b"", severity, body, attributes_part,
-        (_TRACE_HEADS[len(trace_id)] if len(trace_id) < 64 else _LOG_TRACE_ID + varint(len(trace_id))) + trace_id
-        if trace_id else b"",
-        (_SPAN_HEADS[len(span_id)] if len(span_id) < 64 else _LOG_SPAN_ID + varint(len(span_id))) + span_id
-        if span_id else b"",
+        _id_field(_TRACE_HEADS, _LOG_TRACE_ID, trace_id) if trace_id else b"",
+        _id_field(_SPAN_HEADS, _LOG_SPAN_ID, span_id) if span_id else b"",
         observed))
-    return _LOG_RECORD + (_VARINTS[len(message)] if len(message) < 16384 else _varint(len(message))) + message
+    size = len(message)
+    return _LOG_RECORD + (_VARINTS[size] if size < 16384 else _varint(size)) + message
+
+
+def _id_field(heads: list[bytes], tag: bytes, ident: bytes) -> bytes:
+    size = len(ident)
+    return (heads[size] if size < 64 else tag + varint(size)) + ident
 
 
 def _attributes(attributes: Mapping[str, Any], cache: FieldCache) -> bytes:

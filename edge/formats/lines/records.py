@@ -179,12 +179,13 @@ def hex_id(value: Any, pattern: re.Pattern[str]) -> bytes:
     """A trace or span id given as hex (dashes allowed) as its bytes; b"" when not valid or all zero."""
     if value.__class__ is not str:
         return b""
-    if len(value) == (32 if pattern is HEX32 else 16) and "-" not in value:  # the usual plain hex: no regex
+    size = 32 if pattern is HEX32 else 16
+    if len(value) == size and "-" not in value:  # the usual plain hex: no regex
         try:
             ident = bytes.fromhex(value)
         except ValueError:
             return b""
-        return ident if len(ident) * 2 == len(value) and ident.strip(b"\0") else b""  # fromhex skips spaces
+        return ident if len(ident) * 2 == size and ident.strip(b"\0") else b""  # fromhex skips spaces
     text = value.replace("-", "")
     if not pattern.fullmatch(text) or not text.strip("0"):
         return b""
