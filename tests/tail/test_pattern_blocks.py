@@ -1,4 +1,5 @@
-"""-f regex's block path (the default patterns over a whole block) gives the reference's records for any line."""
+"""The default patterns run by Python's re (a whole block at a time for -f regex's records, a line at a time for
+fields) give what RE2 gives for any line."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.formats.lines.pattern_blocks import PatternBlocks, applies_to
-from edge.formats.lines.patterns import fields_parser
+from edge.formats.lines.patterns import compile_patterns, fields_parser, pattern_fields
 from edge.formats.lines.records import DEFAULT_NAMES, FieldNames, Record
 from edge.tail.otlp import record_parser
 
@@ -22,8 +23,11 @@ PIECES = st.sampled_from([
 LINES = st.lists(PIECES, max_size=12).map("".join)
 
 
+RE2_FIELDS = pattern_fields(compile_patterns(()))  # the reference: RE2, line by line
+
+
 def reference(lines: list[bytes]) -> list[Record]:
-    return record_parser("regex", fields=fields_parser("regex"))(lines)
+    return record_parser("regex", fields=RE2_FIELDS)(lines)
 
 
 def same(fast: list[Record], slow: list[Record]) -> None:
@@ -42,6 +46,18 @@ def test_the_block_path_gives_the_reference_records(lines: list[bytes]) -> None:
 @given(st.lists(st.binary(max_size=30), min_size=1, max_size=6))
 def test_any_bytes_give_the_reference_records(lines: list[bytes]) -> None:
     same(record_parser("regex")(lines), reference(lines))  # line breaks inside a record: the reference whole
+
+
+@settings(max_examples=1500, deadline=None)
+@given(LINES.map(lambda text: text.encode("utf-8", "surrogateescape")) | st.binary(max_size=30))
+def test_line_fields_give_re2s_fields(line: bytes) -> None:
+    text = line.decode("utf-8", "replace")
+    want = RE2_FIELDS(line, text)
+    for fmt in ("regex", "auto"):
+        got = fields_parser(fmt)(line, text)
+        if fmt == "regex" or not (text[:1] == "{" or "=" in text):  # (auto tries json and logfmt first)
+            assert got == want
+            assert list(got) == list(want)
 
 
 def test_a_block_of_the_default_layouts() -> None:

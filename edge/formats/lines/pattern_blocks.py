@@ -1,4 +1,5 @@
-"""The default patterns over a whole block of lines at once: one `re.findall`, records from its groups.
+"""The default patterns with Python's `re`: over a whole block of lines at once (one `re.findall`,
+records from its groups), or one line at a time for fields (`line_fields`: -f auto's text lines, policies).
 
 `-f regex` without `--patterns` tries the four default patterns (`edge.formats.lines.patterns`) on
 every line. Matching line by line with RE2 (a `Set` pass, then a capturing match) cost more than
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from edge.formats.lines.records import HEX16, HEX32, SEVERITY_NUMBERS, FieldNames, Record, hex_id, time_ns
 
@@ -104,3 +106,31 @@ class PatternBlocks:
         if trace and not trace_id:
             attributes["trace_id"] = trace
         return Record(message or line.decode("latin-1"), ns, level, number, trace_id, span_id, attributes)
+
+
+def line_fields(reference: Callable[[bytes, str], dict[str, Any]]) -> Callable[[bytes, str], dict[str, Any]]:
+    """`Fields` of the default patterns for one line at a time (policies' view of -f regex, and -f auto's
+    text lines): the same alternation on an ASCII line, `reference` (RE2) for any other."""
+    match = _BLOCK.match
+
+    def fields(line: bytes, text: str) -> dict[str, Any]:
+        if b"\n" in line or not line.isascii():
+            return reference(line, text)
+        return _named(match(line.decode("ascii")).groups())  # type: ignore[union-attr]  # (a branch matches any line)
+    return fields
+
+
+def _named(groups: tuple[str, ...]) -> dict[str, Any]:
+    """One line's non-empty groups by name, in the reference's order (RE2 lists groups by name)."""
+    ts1, level1, ts2, level2, ts3, level3, trace, span, level4, message = groups
+    if level3:
+        named = (("level", level3), ("message", message), ("span_id", span), ("timestamp", ts3), ("trace_id", trace))
+    elif level1:
+        named = (("level", level1), ("message", message), ("timestamp", ts1))
+    elif level2:
+        named = (("level", level2), ("message", message), ("timestamp", ts2))
+    elif level4:
+        named = (("level", level4), ("message", message))
+    else:
+        return {}
+    return {name: value for name, value in named if value}
