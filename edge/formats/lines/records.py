@@ -119,10 +119,11 @@ _CACHED = 4096  # entries of each cache; cleared when full
 _SECOND = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}", re.ASCII)
 _SUFFIX = re.compile(r"(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?", re.ASCII)
 _SECONDS: dict[str, int] = {}  # "YYYY-MM-DD?HH:MM:SS" → its Unix ns; 0: not one (left to text_time_ns)
-_SUFFIXES: dict[str, tuple[int, int]] = {}  # ".123Z" → (fraction ns, offset ns); (): not one
+_SUFFIXES: dict[str, tuple[int, ...]] = {}  # ".123Z" → (fraction ns, offset ns); (): not one
 
 
 def _second_ns(prefix: str) -> int:
+    """The Unix ns of "YYYY-MM-DD?HH:MM:SS", remembered; 0 when it is not one datetime accepts."""
     ns = 0
     if _SECOND.fullmatch(prefix) and int(prefix[17:19]) <= 59:
         minute = text_time_ns(f"{prefix[:10]}T{prefix[11:16]}:00+00:00")
@@ -133,8 +134,9 @@ def _second_ns(prefix: str) -> int:
     return ns
 
 
-def _suffix_ns(suffix: str) -> tuple[int, int]:
-    parts: tuple[int, int] = ()  # type: ignore[assignment]
+def _suffix_ns(suffix: str) -> tuple[int, ...]:
+    """The fraction and the UTC offset after a canonical second, remembered; () when not canonical."""
+    parts: tuple[int, ...] = ()
     match = _SUFFIX.fullmatch(suffix)
     if match:
         fraction, zone = match.group(1, 2)
