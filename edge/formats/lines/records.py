@@ -204,6 +204,7 @@ class _Layout:
     trace_id: tuple[str, ...]
     span_id: tuple[str, ...]
     nested: bool  # it has an `attributes` key
+    shared: bool  # a key is named for two fields (or nested): the doc must stay as it was while it is read
 
 
 class RecordBuilder:
@@ -228,18 +229,19 @@ class RecordBuilder:
             if len(self.layouts) >= self.MAX_LAYOUTS:
                 self.layouts.clear()
             names, present = self.names, set(keys)
-            found = self.layouts[keys] = _Layout(
-                *(tuple(k for k in wanted if k in present)
-                  for wanted in (names.message, names.level, names.time, names.trace_id, names.span_id)),
-                ATTRIBUTES_KEY in present)
+            fields = [tuple(k for k in wanted if k in present)
+                      for wanted in (names.message, names.level, names.time, names.trace_id, names.span_id)]
+            named = [k for field in fields for k in field]
+            nested = ATTRIBUTES_KEY in present
+            found = self.layouts[keys] = _Layout(*fields, nested, nested or len(set(named)) < len(named))
         return found
 
-    def __call__(self, doc: Mapping[str, Any], line: bytes | str) -> Record:
+    def __call__(self, doc: dict[str, Any], line: bytes | str) -> Record:
         """The record of one line's fields; `line` (its text, or bytes decoded when needed) is the
-        body when no message field is present. (The per-field lookups are written out: this runs
-        once per forwarded line.)"""
+        body when no message field is present. `doc` is taken over: it may become the record's
+        attributes. (The per-field lookups are written out: this runs once per forwarded line.)"""
         layout = self.layouts.get(tuple(doc)) or self.layout(doc)
-        attributes = dict(doc)
+        attributes = dict(doc) if layout.shared else doc  # (no copy when each key is read before it is taken)
         if layout.nested:
             nested = attributes.pop(ATTRIBUTES_KEY)
             if nested.__class__ is dict:
