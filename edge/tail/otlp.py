@@ -15,12 +15,16 @@ from typing import Any
 import orjson
 
 from edge import __version__
-from edge.formats.lines.patterns import Fields, fields_parser, parse_json
+from edge.formats.lines import pattern_blocks
+from edge.formats.lines.patterns import Fields, fields_parser
 from edge.formats.lines.records import DEFAULT_NAMES, FILE_PATH_ATTRIBUTE, FieldNames, Record, RecordBuilder
 from edge.tail.otlp_protobuf import SCOPE_NAME, Groups, ProtobufEncoder
 
 Parser = Callable[[list[bytes]], list[Record]]  # a block's lines (or multi-line records) → records
 Encoder = Callable[[Groups, Mapping[str, str], int], bytes]
+
+
+loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
 
 
 def _raw(line: bytes) -> Record:
@@ -31,20 +35,29 @@ def _raw(line: bytes) -> Record:
 
 
 def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES, fields: Fields | None = None) -> Parser:
-    """How the lines of `fmt` become records; a line without fields is a raw record (never lost)."""
+    """How the lines of `fmt` become records; a line without fields is a raw record (never lost).
+
+    `fields`: how a line of regex or auto becomes fields (the user's patterns); None: the default
+    patterns, which -f regex matches a whole block at a time (`edge.formats.lines.pattern_blocks`)."""
     if fmt == "raw":
         return lambda lines: list(map(_raw, lines))
     build = RecordBuilder(names)
     if fmt == "json":  # its fields need no text: lines are decoded only when a body needs it
-        def from_json(line: bytes) -> Record:
-            doc = parse_json(line)
-            return build(doc, line) if doc else _raw(line)
+        def from_json(line: bytes) -> Record:  # parse_json's work, written out: this runs once per line
+            try:
+                doc = loads(line)
+            except JSONDecodeError:
+                return _raw(line)
+            return build(doc, line) if doc.__class__ is dict and doc else _raw(line)
         return lambda lines: list(map(from_json, lines))
+    defaults = fields is None
     fields = fields or fields_parser(fmt)
     if fmt == "regex":  # nor do the patterns' (they match the bytes)
         def from_groups(line: bytes) -> Record:
             doc = fields(line, "")
             return build(doc, line) if doc else _raw(line)
+        if defaults and pattern_blocks.applies_to(names):
+            return pattern_blocks.PatternBlocks(from_groups)
         return lambda lines: list(map(from_groups, lines))
 
     def one(line: bytes) -> Record:

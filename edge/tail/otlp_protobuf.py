@@ -56,7 +56,7 @@ def varint(number: int) -> bytes:
     return _VARINTS[number] if number < 16384 else _varint(number)
 
 
-_SEVERITY_NUMBERS = [b"\x10" + _VARINTS[n] for n in range(128)]  # severity numbers are 1..24
+_SEVERITY_NUMBERS = [_LOG_SEVERITY_NUMBER + _VARINTS[n] for n in range(128)]  # severity numbers are 1..24
 
 
 def delimited(tag: bytes, payload: bytes) -> bytes:
@@ -91,11 +91,11 @@ def key_value(key: str, value: Any) -> bytes:
 
 class FieldCache:
     """Encoded fields that log lines repeat: attributes with a short string or an integer value
-    (service, method, status), severity texts. Bounded: cleared when full."""
+    (service, method, status), severity number and text together. Bounded: cleared when full."""
 
     def __init__(self) -> None:
         self.attributes: dict[tuple[str, Any], bytes] = {}
-        self.severities: dict[str, bytes] = {}
+        self.severities: dict[tuple[int, str], bytes] = {}
 
     def attribute(self, key: str, value: Any) -> bytes:
         kind = value.__class__
@@ -108,40 +108,67 @@ class FieldCache:
             found = self.attributes[(key, value)] = delimited(_LOG_ATTRIBUTE, key_value(key, value))
         return found
 
-    def severity(self, text: str) -> bytes:
-        found = self.severities.get(text)
-        if found is None:
-            if len(self.severities) >= _CACHE_ENTRIES:
-                self.severities.clear()
-            found = self.severities[text] = delimited(_LOG_SEVERITY_TEXT, text.encode())
+    def severity(self, number: int, text: str) -> bytes:
+        """The severity number and text fields (adjacent in a record), each left out when absent."""
+        if len(self.severities) >= _CACHE_ENTRIES:
+            self.severities.clear()
+        found = self.severities[(number, text)] = (_SEVERITY_NUMBERS[number] if number else b"") + (
+            delimited(_LOG_SEVERITY_TEXT, text.encode()) if text else b"")
         return found
 
 
+_TIME = struct.Struct("<BQ")  # the time field: its tag, then the fixed64
+_BODY_HEADS = [_LOG_BODY + varint(n + 1 + len(varint(n))) + _STRING + varint(n) for n in range(1 << 14)]
+_TRACE_HEADS = [_LOG_TRACE_ID + varint(n) for n in range(64)]  # ids are 16 and 8 bytes
+_SPAN_HEADS = [_LOG_SPAN_ID + varint(n) for n in range(64)]
+
+
 def log_record(record: Record, file_path: bytes, observed: bytes, cache: FieldCache) -> bytes:
-    """One LogRecord message; `file_path` and `observed` are its batch-wide fields, already encoded."""
-    parts = [_LOG_TIME + _FIXED64.pack(record.time_ns)] if record.time_ns else []
-    if record.severity_number:
-        parts.append(_SEVERITY_NUMBERS[record.severity_number])
-    if record.severity_text:
-        parts.append(cache.severity(record.severity_text))
+    """One LogRecord message; `file_path` and `observed` are its batch-wide fields, already encoded.
+    (Written out with table lookups rather than helper calls: this runs once per forwarded line.)"""
+    severity = cache.severities.get((record.severity_number, record.severity_text))
+    if severity is None:
+        severity = cache.severity(record.severity_number, record.severity_text)
     body = record.body
     if body.__class__ is str:
         text = body.encode()
-        value = _STRING + varint(len(text)) + text
-        parts.append(_LOG_BODY + varint(len(value)) + value)
-    elif (value := any_value(body)) is not None:
-        parts.append(delimited(_LOG_BODY, value))
-    attribute = cache.attribute
-    parts.extend([attribute(k, v) for k, v in record.attributes.items()])
-    if FILE_PATH_ATTRIBUTE not in record.attributes:
-        parts.append(file_path)
-    if record.trace_id:
-        parts.append(_LOG_TRACE_ID + varint(len(record.trace_id)) + record.trace_id)
-    if record.span_id:
-        parts.append(_LOG_SPAN_ID + varint(len(record.span_id)) + record.span_id)
-    parts.append(observed)
-    message = b"".join(parts)
-    return _LOG_RECORD + varint(len(message)) + message
+        size = len(text)
+        body = _BODY_HEADS[size] + text if size < 16384 else delimited(_LOG_BODY, delimited(_STRING, text))
+    else:
+        value = any_value(body)
+        body = b"" if value is None else delimited(_LOG_BODY, value)
+    attributes = record.attributes
+    if attributes:
+        attributes_part = _attributes(attributes, cache)
+        if FILE_PATH_ATTRIBUTE not in attributes:
+            attributes_part += file_path
+    else:
+        attributes_part = file_path
+    trace_id, span_id = record.trace_id, record.span_id
+    message = b"".join((
+        _TIME.pack(_LOG_TIME[0], record.time_ns) if record.time_ns else b"", severity, body, attributes_part,
+        _id_field(_TRACE_HEADS, _LOG_TRACE_ID, trace_id) if trace_id else b"",
+        _id_field(_SPAN_HEADS, _LOG_SPAN_ID, span_id) if span_id else b"",
+        observed))
+    size = len(message)
+    return _LOG_RECORD + (_VARINTS[size] if size < 16384 else _varint(size)) + message
+
+
+def _id_field(heads: list[bytes], tag: bytes, ident: bytes) -> bytes:
+    size = len(ident)
+    return (heads[size] if size < 64 else tag + varint(size)) + ident
+
+
+def _attributes(attributes: Mapping[str, Any], cache: FieldCache) -> bytes:
+    """A record's attribute fields; short strings and integers from the cache."""
+    cached, parts = cache.attributes, []
+    for key, value in attributes.items():
+        kind = value.__class__
+        if kind is int or kind is str and len(value) <= _CACHED_VALUE_LEN:  # (1 and True: one is no int)
+            parts.append(cached.get((key, value)) or cache.attribute(key, value))
+        else:
+            parts.append(delimited(_LOG_ATTRIBUTE, key_value(key, value)))
+    return b"".join(parts)
 
 
 class ProtobufEncoder:

@@ -9,7 +9,8 @@ an attribute. The four default patterns cover the text layouts of common framewo
 The defaults' message takes the rest of the record, line breaks included, so a multi-line
 record (`--multiline-start`) keeps its continuation lines in its body.
 A line nothing matches has no fields: it is forwarded whole, never dropped.
-Patterns are RE2 (linear time whatever the line), the engine the policies use too.
+Patterns are RE2 (linear time whatever the line), the engine the policies use too; the defaults
+alone (no `--patterns`) run with Python's `re` where it gives the same groups (`pattern_blocks`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import orjson
 import re2
+
+from edge.formats.lines import pattern_blocks
 
 _LEVEL = r"(?P<level>[A-Za-z]+)"
 DEFAULT_PATTERNS = (
@@ -55,7 +58,10 @@ def _logfmt_value(raw: str) -> str:
 
 
 def parse_logfmt(line: str) -> dict[str, Any]:
-    return {k: _logfmt_value(v) for k, v in _LOGFMT_PAIR.findall(line)}
+    """The pairs of a logfmt line (a key given twice: its last value). A value without a backslash
+    needs no unescaping: its quotes are sliced off inline, as this runs for every pair of every line."""
+    return {k: v if v[:1] != '"' else v[1:-1] if "\\" not in v else _logfmt_value(v)
+            for k, v in _LOGFMT_PAIR.findall(line)}
 
 
 def parse_json(line: bytes) -> dict[str, Any]:
@@ -129,7 +135,10 @@ def fields_parser(fmt: str, compiled: list[Any] | None = None) -> Fields:
         return lambda line, text: parse_json(line)
     if fmt == "logfmt":
         return lambda line, text: parse_logfmt(text)
-    by_pattern = pattern_fields(compiled if compiled is not None else compile_patterns(()))
+    compiled = compiled if compiled is not None else compile_patterns(())
+    by_pattern = pattern_fields(compiled)
+    if [pattern.pattern for pattern in compiled] == list(DEFAULT_PATTERNS):  # ours alone: Python's re will do
+        by_pattern = pattern_blocks.line_fields(by_pattern)
     if fmt == "regex":
         return by_pattern
 

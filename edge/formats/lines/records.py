@@ -33,9 +33,6 @@ SEVERITY_NUMBERS = {
 HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _SPACE_DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})[ T](.*)")
-_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?",
-                             re.ASCII)
-_ID_BYTES = {id(HEX32): 16, id(HEX16): 8}
 
 
 def resource_attributes(pairs: tuple[tuple[str, str], ...], env: Mapping[str, str]) -> dict[str, str]:
@@ -98,44 +95,60 @@ def severity_number(text: str) -> int:
 
 def time_ns(value: Any) -> int:
     """A timestamp as Unix nanoseconds: epoch numbers in s, ms, µs or ns, or an ISO-8601-like string; 0 if not."""
+    if value.__class__ is str:
+        second = _SECONDS.get(value[:19])
+        if second is None:
+            second = _second_ns(value[:19])
+        suffix = _SUFFIXES.get(value[19:])
+        if suffix is None:
+            suffix = _suffix_ns(value[19:])
+        if second > 0 and suffix:
+            whole = second - suffix[1]
+            if whole >= 0:  # before 1970 datetime's truncation toward zero applies
+                return whole + suffix[0]
+        return text_time_ns(value)
     if value.__class__ in (int, float):
         return _epoch_ns(value)
-    if value.__class__ is not str:
-        return 0
-    match = _CANONICAL_TIME.fullmatch(value)
+    return 0
+
+
+# `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]` (most log lines) without datetime: its first 19
+# characters (the second) and the rest (fraction and offset) are each worked out once and remembered,
+# as lines of one log share their seconds and their fractions' layout. Anything else: `text_time_ns`.
+_CACHED = 4096  # entries of each cache; cleared when full
+_SECOND = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}", re.ASCII)
+_SUFFIX = re.compile(r"(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})?", re.ASCII)
+_SECONDS: dict[str, int] = {}  # "YYYY-MM-DD?HH:MM:SS" → its Unix ns; 0: not one (left to text_time_ns)
+_SUFFIXES: dict[str, tuple[int, ...]] = {}  # ".123Z" → (fraction ns, offset ns); (): not one
+
+
+def _second_ns(prefix: str) -> int:
+    """The Unix ns of "YYYY-MM-DD?HH:MM:SS", remembered; 0 when it is not one datetime accepts."""
+    ns = 0
+    if _SECOND.fullmatch(prefix) and int(prefix[17:19]) <= 59:
+        minute = text_time_ns(f"{prefix[:10]}T{prefix[11:16]}:00+00:00")
+        ns = minute + int(prefix[17:19]) * 1_000_000_000 if minute > 0 else 0
+    if len(_SECONDS) >= _CACHED:
+        _SECONDS.clear()
+    _SECONDS[prefix] = ns
+    return ns
+
+
+def _suffix_ns(suffix: str) -> tuple[int, ...]:
+    """The fraction and the UTC offset after a canonical second, remembered; () when not canonical."""
+    parts: tuple[int, ...] = ()
+    match = _SUFFIX.fullmatch(suffix)
     if match:
-        ns = _canonical_ns(value, match)
-        if ns:
-            return ns
-    return text_time_ns(value)
-
-
-_MINUTES: dict[str, int] = {}  # "YYYY-MM-DD?HH:MM" → its Unix ns (0: not a valid time), bounded
-
-
-def _canonical_ns(text: str, match: re.Match[str]) -> int:
-    """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]` (most log lines) without datetime: the minute is
-    worked out once, seconds, fraction and offset are added. 0 leaves it to `text_time_ns`."""
-    prefix = text[:16]
-    minute = _MINUTES.get(prefix)
-    if minute is None:
-        if len(_MINUTES) >= 4096:
-            _MINUTES.clear()
-        minute = _MINUTES[prefix] = text_time_ns(f"{text[:10]}T{text[11:16]}:00+00:00")
-    seconds = int(text[17:19])
-    if minute <= 0 or seconds > 59:
-        return 0
-    fraction, zone = match.group(1, 2)
-    offset = 0
-    if zone and zone not in "Zz":
-        hours, minutes = int(zone[1:3]), int(zone[4:6])
-        if hours > 23 or minutes > 59:
-            return 0
-        offset = (hours * 3600 + minutes * 60) * (-1 if zone[0] == "-" else 1)
-    whole = minute + (seconds - offset) * 1_000_000_000
-    if whole < 0:
-        return 0  # before 1970 datetime's truncation toward zero applies
-    return whole + (int(fraction[:6].ljust(6, "0")) * 1000 if fraction else 0)
+        fraction, zone = match.group(1, 2)
+        hours, minutes, sign = (int(zone[1:3]), int(zone[4:6]), -1 if zone[0] == "-" else 1) \
+            if zone and zone not in "Zz" else (0, 0, 1)
+        if hours <= 23 and minutes <= 59:
+            parts = (int(fraction[:6].ljust(6, "0")) * 1000 if fraction else 0,
+                     sign * (hours * 3600 + minutes * 60) * 1_000_000_000)
+    if len(_SUFFIXES) >= _CACHED:
+        _SUFFIXES.clear()
+    _SUFFIXES[suffix] = parts
+    return parts
 
 
 def text_time_ns(value: str) -> int:
@@ -168,13 +181,13 @@ def hex_id(value: Any, pattern: re.Pattern[str]) -> bytes:
     """A trace or span id given as hex (dashes allowed) as its bytes; b"" when not valid or all zero."""
     if value.__class__ is not str:
         return b""
-    size = _ID_BYTES[id(pattern)]
-    if len(value) == 2 * size and "-" not in value:  # the usual plain hex: no regex needed
+    size = 32 if pattern is HEX32 else 16
+    if len(value) == size and "-" not in value:  # the usual plain hex: no regex
         try:
             ident = bytes.fromhex(value)
         except ValueError:
             return b""
-        return ident if len(ident) == size and ident.strip(b"\0") else b""  # fromhex skips spaces: 15 bytes
+        return ident if len(ident) * 2 == size and ident.strip(b"\0") else b""  # fromhex skips spaces
     text = value.replace("-", "")
     if not pattern.fullmatch(text) or not text.strip("0"):
         return b""
@@ -191,6 +204,7 @@ class _Layout:
     trace_id: tuple[str, ...]
     span_id: tuple[str, ...]
     nested: bool  # it has an `attributes` key
+    shared: bool  # a key is named for two fields (or nested): the doc must stay as it was while it is read
 
 
 class RecordBuilder:
@@ -215,66 +229,70 @@ class RecordBuilder:
             if len(self.layouts) >= self.MAX_LAYOUTS:
                 self.layouts.clear()
             names, present = self.names, set(keys)
-            found = self.layouts[keys] = _Layout(
-                *(tuple(k for k in wanted if k in present)
-                  for wanted in (names.message, names.level, names.time, names.trace_id, names.span_id)),
-                ATTRIBUTES_KEY in present)
+            fields = [tuple(k for k in wanted if k in present)
+                      for wanted in (names.message, names.level, names.time, names.trace_id, names.span_id)]
+            named = [k for field in fields for k in field]
+            nested = ATTRIBUTES_KEY in present
+            found = self.layouts[keys] = _Layout(*fields, nested, nested or len(set(named)) < len(named))
         return found
 
-    def __call__(self, doc: Mapping[str, Any], line: bytes | str) -> Record:
+    def __call__(self, doc: dict[str, Any], line: bytes | str) -> Record:
         """The record of one line's fields; `line` (its text, or bytes decoded when needed) is the
-        body when no message field is present. (The per-field lookups are written out: this runs
-        once per forwarded line.)"""
+        body when no message field is present. `doc` is taken over: it may become the record's
+        attributes. (The per-field lookups are written out: this runs once per forwarded line.)"""
         layout = self.layouts.get(tuple(doc)) or self.layout(doc)
-        attributes = dict(doc)
+        attributes = dict(doc) if layout.shared else doc  # (no copy when each key is read before it is taken)
         if layout.nested:
             nested = attributes.pop(ATTRIBUTES_KEY)
             if nested.__class__ is dict:
                 attributes = {**nested, **attributes}
             elif nested is not None:
                 attributes[ATTRIBUTES_KEY] = nested
-        record = Record(body=None, attributes=attributes)
         for key in layout.message:
             if doc[key] is not None:
-                record.body = attributes.pop(key)
+                body = attributes.pop(key)
                 break
         else:
-            record.body = line.decode("utf-8", "replace") if line.__class__ is bytes else line
+            body = line.decode("utf-8", "replace") if line.__class__ is bytes else line
             attributes.pop("", None)  # as first() answers "" when no key is present
+        level, number = "", 0
         for key in layout.level:
-            if (level := doc[key]) is not None:
+            if (value := doc[key]) is not None:
                 attributes.pop(key, None)  # (None: one key named for two fields is taken once)
-                self._severity(record, level)
+                number = self.severities.get(value) if value.__class__ is str else None
+                if number is None:
+                    level, number = self._severity(value)
+                else:
+                    level = value
                 break
+        ns = 0
         for key in layout.time:
-            if (when := doc[key]) is not None:
-                if (ns := time_ns(when)) > 0:  # a time before 1970 has no OTLP form: it stays an attribute
+            if (value := doc[key]) is not None:
+                if (ns := time_ns(value)) > 0:  # a time before 1970 has no OTLP form: it stays an attribute
                     attributes.pop(key, None)
-                    record.time_ns = ns
+                else:
+                    ns = 0
                 break
+        trace_id = span_id = b""
         for key in layout.trace_id:
             if (value := doc[key]) is not None:
-                if ident := hex_id(value, HEX32):  # an invalid id stays an attribute as it was written
+                if trace_id := hex_id(value, HEX32):  # an invalid id stays an attribute as it was written
                     attributes.pop(key, None)
-                    record.trace_id = ident
                 break
         for key in layout.span_id:
             if (value := doc[key]) is not None:
-                if ident := hex_id(value, HEX16):
+                if span_id := hex_id(value, HEX16):
                     attributes.pop(key, None)
-                    record.span_id = ident
                 break
-        return record
+        return Record(body, ns, level, number, trace_id, span_id, attributes)
 
-    def _severity(self, record: Record, level: Any) -> None:
+    def _severity(self, level: Any) -> tuple[str, int]:
+        """The severity text and number of a level field's value."""
         if level.__class__ is str:
-            record.severity_text = level
             number = self.severities.get(level)
             if number is None:
                 if len(self.severities) >= self.MAX_LAYOUTS:
                     self.severities.clear()
                 number = self.severities[level] = severity_number(level)  # "INFO", "Error ": one lookup each
-            record.severity_number = number
-        else:
-            record.severity_text = str(level)
-            record.severity_number = level if level.__class__ is int and 0 < level <= 24 else 0
+            return level, number
+        return str(level), level if level.__class__ is int and 0 < level <= 24 else 0
