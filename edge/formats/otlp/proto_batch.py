@@ -205,13 +205,13 @@ class ProtoBatch:
     def _resource_masks(self) -> list[int]:
         """The record mask of each resource."""
         if self._resource_owners is None:
-            self._resource_owners = [bits.range_mask(s, e) for _, s, e in self.resources]
+            self._resource_owners = [((1 << (e - s)) - 1) << s for _, s, e in self.resources]  # bits.range_mask
         return self._resource_owners
 
     def _scope_masks(self) -> list[int]:
         """The record mask of each scope."""
         if self._scope_owners is None:
-            self._scope_owners = [bits.range_mask(s, e) for _, s, e, _ in self.scopes]
+            self._scope_owners = [((1 << (e - s)) - 1) << s for _, s, e, _ in self.scopes]  # bits.range_mask
         return self._scope_owners
 
     def _scope_index(self, i: int) -> int:
