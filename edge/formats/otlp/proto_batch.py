@@ -322,24 +322,45 @@ class ProtoBatch:
     def keep_only(self, alive: int) -> None:
         """Remove every record whose bit is clear; prune scopes and resources left empty.
 
-        Scopes and resources that were empty to begin with stay. Only scopes that lost
-        records are touched, deleting runs of dropped records back to front.
+        Scopes and resources that were empty to begin with stay. Each resource is settled
+        from its own window of flags first: one that keeps every record is left alone, one
+        that loses every record (and had no empty scope) goes whole, and only the others
+        are visited scope by scope, deleting runs of dropped records back to front.
         """
         if alive == self.full:
             return
         self.changed = True
         flags = bits.flags(alive, self.n)
-        emptied: list[int] = []  # indices into self.scopes, ascending
-        for j, (sl, start, end, _) in enumerate(self.scopes):
-            if start == end:
-                continue
+        scopes = self.scopes
+        bounds = [*self._first_scope, len(scopes)]  # resource position -> its scopes' index range
+        with_empty: set[int] | None = None  # resources holding a scope that was empty to begin with
+        gone: list[int] = []
+        for rpos, (rl, start, end) in enumerate(self.resources):
+            window = flags[start:end]
+            if "0" not in window:
+                continue  # every record kept (or none to begin with)
+            if "1" not in window:
+                if with_empty is None:
+                    with_empty = {scope[3] for scope in scopes if scope[1] == scope[2]}
+                if rpos not in with_empty:
+                    gone.append(rpos)
+                    continue
+            self._keep_in_scopes(rl, scopes[bounds[rpos]:bounds[rpos + 1]], flags)
+        top = getattr(self.message, self.TOP)
+        for rpos in reversed(gone):
+            del top[rpos]
+
+    def _keep_in_scopes(self, rl: Any, group: list[tuple[Any, int, int, int]], flags: str) -> None:
+        """Drop records scope by scope within one resource, and the scopes drops emptied."""
+        emptied: list[int] = []  # positions in the resource's scope list
+        for position, (sl, start, end, _) in enumerate(group):
             segment = flags[start:end]
             if "0" not in segment:
-                continue
+                continue  # every record kept (or none to begin with)
             field = getattr(sl, self.RECORDS)
             if "1" not in segment:
                 del field[:]
-                emptied.append(j)
+                emptied.append(position)
                 continue
             runs = list(_ZERO_RUNS.finditer(segment))
             if len(runs) * (end - start) <= _MEMMOVE_BUDGET:
@@ -351,23 +372,9 @@ class ProtoBatch:
                 order = iter(segment)
                 field.sort(key=lambda _: next(order) == "0")
                 del field[segment.count("1"):]
-        if not emptied:
-            return
-        by_resource: dict[int, list[int]] = {}
-        for j in emptied:
-            rpos = self.scopes[j][3]
-            by_resource.setdefault(rpos, []).append(j - self._first_scope[rpos])
-        gone: list[int] = []
-        for rpos, positions in by_resource.items():
-            scopes = getattr(self.resources[rpos][0], self.SCOPES)
-            if len(positions) == len(scopes):
-                gone.append(rpos)  # every scope emptied by drops: the resource goes too
-                continue
-            for pos in reversed(positions):
-                del scopes[pos]
-        top = getattr(self.message, self.TOP)
-        for rpos in sorted(gone, reverse=True):
-            del top[rpos]
+        resource_scopes = getattr(rl, self.SCOPES)
+        for position in reversed(emptied):
+            del resource_scopes[position]
 
     def _scope_entry(self, i: int) -> tuple[Any, int, int, int]:
         return self.scopes[self._scope_index(i)]
