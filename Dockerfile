@@ -3,6 +3,8 @@
 #   docker build -t tero-edge .                                     # runs `edge` (all routes)
 #   docker build --build-arg DISTRIBUTION=otlp -t tero-edge-otlp .  # edge-otlp; also datadog, prometheus, tail
 #   docker run -p 8080:8080 -p 4317:4317 -e TERO_UPSTREAM_URL=http://collector:4318 tero-edge
+#   docker run -v /var/log/app:/logs:ro -e LOG_PATHS='/logs/*.log' -e GATEWAY_URL=http://edge:8080 tero-edge-tail
+#                                        # DISTRIBUTION=tail: files from LOG_PATHS or the arguments; none: stdin
 #
 # Config: `edge` with no argument reads ./config.json, /app/config.json, /etc/edge/config.json, the first
 # that exists. The working directory is /app, so /app/config.json (where Tero Edge's image reads it) wins
@@ -50,6 +52,9 @@ RUN case "$DISTRIBUTION" in \
 COPY edge/examples/container-config.json /etc/edge/config.json
 # `edge` with no argument reads ./config.json first: /app/config.json, as in Tero Edge's image.
 WORKDIR /app
+# edge-tail keeps its checkpoints in --state-dir, .tero in the working directory by default: it must be
+# writable by the image's user (mount a volume there, or pass --state-dir, to keep them across containers).
+RUN mkdir .tero && chown 10001:10001 .tero
 USER 10001:10001
 # 8080: HTTP (OTLP/HTTP, Datadog, Prometheus, admin); 4317: OTLP/gRPC (distributions edge and otlp)
 EXPOSE 8080 4317

@@ -4,7 +4,7 @@
   `GET /_edge/policies?format=json` until the expected policy ids are listed (a load sent
   before that measures raw passthrough, not policies);
 - a loopback upstream that counts the requests, body bytes and OTLP records it receives;
-- the RSS of a process tree;
+- the RSS and the CPU time used of a process tree;
 - `median_best`: the median is the headline of every table (it is what a run typically
   gets on a shared machine), the best run is shown next to it (the cost without
   interference);
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -112,19 +113,59 @@ def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
         process.wait(10)
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants, parents before their children."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        tree.append(current)
+        todo.extend(int(c) for c in children)
+    return tree
+
+
+def rss_mb(pid: int) -> float:
+    """One process's RSS (0 once it is gone)."""
+    try:
+        return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """One process's proportional set size: its private pages plus its share of pages shared with others
+    (0 once it is gone). Forked workers share their master's imported modules: RSS counts those pages
+    once per process, PSS once in total."""
+    try:
+        return int(re.search(r"Pss:\s+(\d+)", Path(f"/proc/{pid}/smaps_rollup").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return 0.0
+
+
 def tree_rss_mb(pid: int) -> float:
     """RSS of a process and all its descendants (for edge: supervisor, gunicorn and every worker)."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
+    return sum(rss_mb(p) for p in process_tree(pid))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the live processes of a tree have used so far.
+
+    Read before and after a load, the difference is what serving it cost, whatever else the
+    shared machine ran meanwhile: steadier than requests per second on a busy machine."""
+    total = 0
+    for member in process_tree(pid):
         try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except (OSError, AttributeError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
             continue
-        todo.extend(int(c) for c in children)
-    return total / 1024
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS
 
 
 # ── statistics ──

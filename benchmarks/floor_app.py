@@ -1,9 +1,10 @@
 """The least a forwarding proxy on this stack can do: the ceiling edge is measured against.
 
-gunicorn's ASGI worker with uvloop, a Falcon ASGI sink and one aiohttp session, as
-edge runs them, but no policies, no parsing, no metrics: read the body, POST it to the
-upstream, relay the answer. `benchmarks/proxy.py --floor` serves it next to edge and
-nginx, so edge's overhead and the stack's own cost are reported apart.
+A gunicorn worker, a Falcon ASGI sink and one aiohttp session, as edge runs them, but
+no policies, no parsing, no metrics: read the body, POST it to the upstream, relay the
+answer. `benchmarks/proxy.py --floor` serves it next to edge and nginx on every worker
+class considered for edge (edge's own among them), so edge's overhead and the stack's
+own cost are reported apart.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 Starts (all on loopback, all stopped at the end) a loopback upstream answering every
 request 200 with an empty protobuf body, edge (`python -m supervisor.main`) with the ten
 core policies of benchmarks/engine.py plus a 25% trace sampling policy (loaded before any
-load starts), and a bare grpcio asyncio server answering every call with an empty message
-(the floor: what gRPC framing alone costs a Python process). Then, in each of `--windows`
+load starts), and a bare grpcio asyncio server on uvloop, as edge's gRPC workers are,
+answering every call with an empty message (the floor: what gRPC framing alone costs a
+Python process). Then, in each of `--windows`
 windows, it sends the same logs and spans requests (`--batches` records each) with
 `--concurrency` calls in flight, for `--seconds` each: to edge over gRPC, to edge over
 OTLP/HTTP protobuf (`/v1/logs`, `/v1/traces`), and to the bare server.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -49,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     free_port,
     median_best,
     stop_process,
+    tree_cpu_seconds,
     wait_policies,
 )
 from benchmarks.engine import CORE_POLICIES, SERVICES, _protobuf_body, make_request  # noqa: E402
@@ -58,7 +59,7 @@ TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE_POLICY = {"id": "sample-checkout-traces", "trace": {
     "match": [{"resource_attribute": "service.name", "exact": "checkout"}], "keep": {"percentage": 25}}}
 ECHO_SERVER = """
-import asyncio, sys, grpc
+import sys, grpc, uvloop
 class Echo(grpc.GenericRpcHandler):
     def service(self, details):
         async def answer(request, context):
@@ -70,7 +71,7 @@ async def main():
     server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
     await server.start()
     await server.wait_for_termination()
-asyncio.run(main())
+uvloop.run(main())
 """
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -104,21 +105,6 @@ def spans_request(records: int, seed: int = 7) -> bytes:
             resource=Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service))]),
             scope_spans=[ScopeSpans(spans=spans)]))
     return message.SerializeToString()
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live descendants."""
-    total, todo = 0, [pid]
-    tick = os.sysconf("SC_CLK_TCK")
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-            todo.extend(int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split())
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / tick
 
 
 async def load(send: Send, body: bytes, seconds: float, concurrency: int) -> int:

@@ -15,13 +15,17 @@ proxies taking turns within each of `--windows` windows so that a busy neighbour
 them all alike.
 
 Reported per body and proxy: req/s as the median window (headline) and the best, p50 and
-p99 latency (medians), and the body bytes the upstream received per request and per
-second. nginx forwards every record; edge forwards what its policies keep, so it sends
-fewer bytes upstream per request: the record counts edge's policies keep of each body are
-printed above its table. Then edge's req/s as a share of nginx's and edge's total RSS
-(supervisor + gunicorn master + workers). With `--floor` it also serves
-`benchmarks/floor_app.py` (the same gunicorn/Falcon/aiohttp stack forwarding bodies with
-no policy work) to show how much of the gap to nginx is the stack itself.
+p99 latency (medians), the CPU time the proxy's processes used per request (median; on a
+shared machine steadier than req/s), and the body bytes the upstream received per request
+and per second. nginx forwards every record; edge forwards what its policies keep, so it
+sends fewer bytes upstream per request: the record counts edge's policies keep of each body
+are printed above its table. Then each proxy's req/s as a share of nginx's, edge's records
+per second and per CPU-second, and edge's RSS and PSS by process (supervisor, gunicorn master, HTTP
+workers, gRPC workers). With `--floor` it also serves `benchmarks/floor_app.py` (gunicorn,
+Falcon and aiohttp forwarding bodies with no policy work) on each worker class considered
+for edge's HTTP workers, side by side: `floor` on edge's own (`supervisor.main.WORKER_CLASS`),
+the others named by theirs. edge's req/s and p99 are then also given against `floor`'s, to
+show how much of the gap to nginx is the stack and how much is edge's own work.
 
 Any answer other than 2xx during a load (wrk's "Non-2xx or 3xx responses") fails the run
 with a non-zero exit. Needs Debian's `nginx-light` and `wrk`; the machine running it is
@@ -53,7 +57,10 @@ from benchmarks.common import (  # noqa: E402
     BenchmarkError,
     free_port,
     median_best,
-    tree_rss_mb,
+    process_tree,
+    pss_mb,
+    rss_mb,
+    tree_cpu_seconds,
     wait_http,
     wait_policies,
 )
@@ -62,8 +69,18 @@ from edge.engine.engine import Engine  # noqa: E402
 from edge.formats.otlp.body import evaluate  # noqa: E402
 from edge.policy.compiler import compile_policies  # noqa: E402
 from edge.policy.loader import load_document  # noqa: E402
+from supervisor.main import WORKER_CLASS  # noqa: E402
 
 BODY_RECORDS = (10, 2400)
+FLOOR = "floor"  # the floor app on edge's own worker class: what edge is measured against
+# The floor app on every worker class considered for edge's HTTP workers: gunicorn's `-k` and its options.
+FLOOR_CLASSES = {
+    FLOOR: [WORKER_CLASS],  # uvicorn's worker with gunicorn's request-head limits
+    "floor-uvicorn": ["uvicorn_worker.UvicornWorker"],  # the same without them: what the limits cost
+    "floor-asgi": ["asgi", "--asgi-loop", "uvloop"],  # gunicorn's own ASGI worker (Python HTTP parser)
+    "floor-h11": ["uvicorn_worker.UvicornH11Worker"],  # uvicorn's pure-Python parser (h11), asyncio's loop
+}
+COLLECTOR_PER_CORE = 10_000  # records/s per core, the OpenTelemetry Collector's published sizing
 
 NGINX_CONF = """
 worker_processes {workers};
@@ -114,10 +131,15 @@ def start_nginx(tmp: Path, name: str, workers: int, http: str) -> None:
     subprocess.run(["nginx", "-c", str(conf), "-p", str(tmp)], check=True)
 
 
-def stop_nginx(tmp: Path, name: str) -> None:
+def nginx_pid(tmp: Path, name: str) -> int | None:
     pid_file = tmp / f"nginx-{name}.pid"
-    if pid_file.exists():
-        os.kill(int(pid_file.read_text()), signal.SIGQUIT)
+    return int(pid_file.read_text()) if pid_file.exists() else None
+
+
+def stop_nginx(tmp: Path, name: str) -> None:
+    pid = nginx_pid(tmp, name)
+    if pid is not None:
+        os.kill(pid, signal.SIGQUIT)
 
 
 CLIENT_CLOSED = b"499"  # nginx's status for a request whose client closed the connection first
@@ -150,17 +172,29 @@ class UpstreamLog:
 
 
 @dataclass
+class Proxy:
+    name: str
+    port: int
+    pid: int  # the root of its process tree, whose CPU time is measured
+
+
+@dataclass
 class Window:
     rps: float
     p50_ms: float
     p99_ms: float
     seconds: float  # wrk's own measure of the window
+    cpu_seconds: float  # used by the proxy's processes during the load
     upstream_requests: int
     upstream_body: int  # body bytes the upstream received
 
     @property
     def upstream_per_request(self) -> float:
         return self.upstream_body / self.upstream_requests if self.upstream_requests else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_seconds / (self.rps * self.seconds) * 1e6
 
 
 def wrk(url: str, body_file: Path, seconds: float, connections: int) -> tuple[float, float, float, float]:
@@ -194,9 +228,9 @@ def _ms(out: str, label: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def start_floor(port: int, upstream_port: int, workers: int) -> subprocess.Popen:
-    """benchmarks/floor_app.py under gunicorn with edge's worker settings."""
-    argv = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop", "--workers", str(workers),
+def start_floor(port: int, upstream_port: int, workers: int, worker_class: list[str]) -> subprocess.Popen:
+    """benchmarks/floor_app.py under gunicorn with edge's worker settings, on `worker_class` (`-k` and options)."""
+    argv = [sys.executable, "-m", "gunicorn", "-k", *worker_class, "--workers", str(workers),
             "--bind", f"127.0.0.1:{port}", "--keep-alive", "75", "--log-level", "warning", "--no-control-socket",
             "benchmarks.floor_app:app"]
     process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "FLOOR_UPSTREAM": f"http://127.0.0.1:{upstream_port}"})
@@ -216,24 +250,77 @@ def kept_records(body: bytes) -> tuple[int, int]:
     return outcome.total, outcome.kept
 
 
+def median(windows: list[Window], value: str) -> float:
+    return median_best([getattr(w, value) for w in windows])[0]
+
+
 def report(label: str, body: bytes, results: dict[str, list[Window]]) -> None:
     total, kept = kept_records(body)
-    print(f"\n{label}: nginx and the floor forward all {total} records, edge's policies keep {kept}")
-    print(f"{'proxy':6} {'req/s':>9} {'(best)':>9} {'p50 ms':>8} {'p99 ms':>8} {'upstream KB/req':>16} "
-          f"{'upstream MB/s':>14}")
-    medians = {}
-    for name, windows in results.items():
-        medians[name], best = median_best([w.rps for w in windows])
-        p50, _ = median_best([w.p50_ms for w in windows])
-        p99, _ = median_best([w.p99_ms for w in windows])
-        per_request, _ = median_best([w.upstream_per_request for w in windows])
-        rate, _ = median_best([w.upstream_body / w.seconds for w in windows])
-        print(f"{name:6} {medians[name]:9,.0f} {best:9,.0f} {p50:8.2f} {p99:8.2f} {per_request / 1024:16,.1f} "
-              f"{rate / 1e6:14,.1f}")
-    for name, rps in medians.items():
-        if name != "nginx":
-            print(f"{name}/nginx req/s (medians): {rps / medians['nginx']:.0%}")
+    print(f"\n{label}: nginx and the floors forward all {total} records, edge's policies keep {kept}")
+    report_table(results)
+    report_ratios(results)
+    report_edge(body, total, results["edge"])
     sys.stdout.flush()
+
+
+def report_table(results: dict[str, list[Window]]) -> None:
+    print(f"{'proxy':13} {'req/s':>9} {'(best)':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
+          f"{'upstream KB/req':>16} {'upstream MB/s':>14}")
+    for name, windows in results.items():
+        rps, best = median_best([w.rps for w in windows])
+        rate = median_best([w.upstream_body / w.seconds for w in windows])[0]
+        print(f"{name:13} {rps:9,.0f} {best:9,.0f} {median(windows, 'p50_ms'):8.2f} {median(windows, 'p99_ms'):8.2f} "
+              f"{median(windows, 'cpu_us_per_request'):11,.0f} {median(windows, 'upstream_per_request') / 1024:16,.1f} "
+              f"{rate / 1e6:14,.1f}")
+
+
+def report_ratios(results: dict[str, list[Window]]) -> None:
+    """Every proxy's req/s against nginx's; edge's req/s, p99 and CPU per request against the floor's."""
+    nginx = median(results["nginx"], "rps")
+    for name, windows in results.items():
+        if name != "nginx":
+            print(f"{name}/nginx req/s (medians): {median(windows, 'rps') / nginx:.0%}")
+    if FLOOR in results:
+        edge, floor = results["edge"], results[FLOOR]
+        print(f"edge/{FLOOR}: req/s {median(edge, 'rps') / median(floor, 'rps'):.0%}, "
+              f"p99 {median(edge, 'p99_ms') / median(floor, 'p99_ms'):.2f}x, "
+              f"CPU per request {median(edge, 'cpu_us_per_request') / median(floor, 'cpu_us_per_request'):.2f}x")
+
+
+def report_edge(body: bytes, records: int, edge: list[Window]) -> None:
+    """edge's throughput in body bytes and records, and records per CPU-second next to the Collector's sizing."""
+    rps = median(edge, "rps")
+    per_cpu = median_best([w.rps * w.seconds * records / w.cpu_seconds for w in edge])[0]
+    print(f"edge: {rps * len(body) / 1e6:,.1f} MB/s of bodies in, {rps * records:,.0f} records/s, "
+          f"{per_cpu:,.0f} records per CPU-second of its processes (per core; the OpenTelemetry Collector's "
+          f"sizing: ~{COLLECTOR_PER_CORE:,} per core)")
+
+
+def process_role(root: int, pid: int) -> str:
+    """What a process of edge's tree (rooted at the supervisor) is, for the RSS breakdown."""
+    if pid == root:
+        return "supervisor"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except OSError:
+        return "other"
+    if "gunicorn" in command:
+        return "gunicorn master" if parent == root else "HTTP workers"
+    return "gRPC workers" if "workers.grpc" in command else "other"
+
+
+def report_rss(pid: int, when: str) -> None:
+    """edge's memory by process (the supervisor, gunicorn's master and workers, the gRPC workers, the rest):
+    RSS, and PSS, which counts the pages forked workers share with their master once."""
+    roles: dict[str, list[tuple[float, float]]] = {}
+    for member in process_tree(pid):
+        roles.setdefault(process_role(pid, member), []).append((rss_mb(member), pss_mb(member)))
+    for name, column in (("RSS", 0), ("PSS", 1)):
+        parts = ", ".join(f"{role} {sum(s[column] for s in sizes):.0f}" + (f" ({len(sizes)})" if len(sizes) > 1 else "")
+                          for role, sizes in roles.items())
+        total = sum(s[column] for sizes in roles.values() for s in sizes)
+        print(f"edge {name} {when}: {total:.0f} MB = {parts}")
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
@@ -244,13 +331,14 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         path.write_bytes(body)
         bodies[body_label(body, records)] = (body, path)
     (tmp / "policies.json").write_text(json.dumps({"policies": CORE_POLICIES}))
-    upstream_port, nginx_port, edge_port, floor_port = free_port(), free_port(), free_port(), free_port()
+    upstream_port, nginx_port, edge_port = free_port(), free_port(), free_port()
     config = {"listen_port": edge_port, "upstream_url": f"http://127.0.0.1:{upstream_port}", "log_level": "warn",
               "workers": args.workers, "max_body_size": 16 << 20,
               "policy_providers": [{"id": "bench", "type": "file", "path": str(tmp / "policies.json")}]}
     (tmp / "config.json").write_text(json.dumps(config))
 
-    edge = floor = None
+    edge = None
+    floors: list[subprocess.Popen] = []
     try:
         upstream_http = UPSTREAM_HTTP.format(tmp=tmp, port=upstream_port, sink_port=free_port())
         start_nginx(tmp, "upstream", args.workers, upstream_http)
@@ -258,17 +346,18 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         edge = subprocess.Popen([sys.executable, "-m", "supervisor.main", str(tmp / "config.json")], cwd=ROOT)
         wait_http(f"http://127.0.0.1:{nginx_port}/")
         wait_policies(f"http://127.0.0.1:{edge_port}", (p["id"] for p in CORE_POLICIES), process=edge)
-        proxies = [("nginx", nginx_port), ("edge", edge_port)]
-        if args.floor:
-            floor = start_floor(floor_port, upstream_port, args.workers)
-            proxies.append(("floor", floor_port))
+        proxies = [Proxy("nginx", nginx_port, nginx_pid(tmp, "proxy") or 0), Proxy("edge", edge_port, edge.pid)]
+        for name, worker_class in FLOOR_CLASSES.items() if args.floor else ():
+            port = free_port()
+            floors.append(start_floor(port, upstream_port, args.workers, worker_class))
+            proxies.append(Proxy(name, port, floors[-1].pid))
         measure(args, bodies, proxies, UpstreamLog(tmp / "upstream.log"))
-        loaded = tree_rss_mb(edge.pid)
+        print()
+        report_rss(edge.pid, "right after the load")
         time.sleep(3)
-        print(f"\nedge total RSS (supervisor + gunicorn + {args.workers} workers): {loaded:.0f} MB right after "
-              f"the load, {tree_rss_mb(edge.pid):.0f} MB 3 s later")
+        report_rss(edge.pid, "3 s later")
     finally:
-        for process in (floor, edge):
+        for process in (*floors, edge):
             if process is not None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
@@ -277,19 +366,21 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         time.sleep(0.3)
 
 
-def measure(args: argparse.Namespace, bodies: dict[str, tuple[bytes, Path]], proxies: list[tuple[str, int]],
+def measure(args: argparse.Namespace, bodies: dict[str, tuple[bytes, Path]], proxies: list[Proxy],
             upstream: UpstreamLog) -> None:
     """Every window runs every proxy once per body, so drift on the machine hits all of them alike."""
     upstream.take()  # the readiness probes
-    results = {label: {name: [] for name, _ in proxies} for label in bodies}
+    results: dict[str, dict[str, list[Window]]] = {label: {p.name: [] for p in proxies} for label in bodies}
     for window in range(args.windows):
         print(f"window {window + 1} of {args.windows} ...", file=sys.stderr, flush=True)
         for label, (_, path) in bodies.items():
-            for name, port in proxies:
-                rps, p50, p99, seconds = wrk(f"http://127.0.0.1:{port}/v1/logs", path, args.seconds,
+            for proxy in proxies:
+                cpu = tree_cpu_seconds(proxy.pid)
+                rps, p50, p99, seconds = wrk(f"http://127.0.0.1:{proxy.port}/v1/logs", path, args.seconds,
                                              args.connections)
+                cpu = tree_cpu_seconds(proxy.pid) - cpu
                 requests, body_bytes = upstream.take()
-                results[label][name].append(Window(rps, p50, p99, seconds, requests, body_bytes))
+                results[label][proxy.name].append(Window(rps, p50, p99, seconds, cpu, requests, body_bytes))
     for label, (body, _) in bodies.items():
         report(label, body, results[label])
 
@@ -300,7 +391,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=3, help="loads per proxy and body (median and best shown)")
     parser.add_argument("--connections", type=int, default=32, help="wrk's concurrent connections")
     parser.add_argument("--workers", type=int, default=2, help="edge workers, and nginx worker processes")
-    parser.add_argument("--floor", action="store_true", help="also measure benchmarks/floor_app.py")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure benchmarks/floor_app.py on each worker class considered")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:

@@ -250,7 +250,7 @@ def structured_lines(fmt: str, count: int, seed: int = 11) -> list[bytes]:
 def parse_to_otlp(megabytes: int, runs: int) -> None:
     """MB of input per CPU-second turned into OTLP protobuf records, per format (one core, in process)."""
     from edge.formats.lines.patterns import fields_parser
-    from edge.tail.otlp import encode_protobuf, record_parser
+    from edge.tail.otlp import encoder, record_parser
 
     print(f"\n{'parse to OTLP (1 core)':24} {'MB/CPU-s':>12} {'(best)':>12} {'records/s':>12}")
     for fmt in ("raw", "json", "regex"):
@@ -258,12 +258,13 @@ def parse_to_otlp(megabytes: int, runs: int) -> None:
         size = sum(len(line) + 1 for line in lines)
         repeat = max(1, megabytes * 1_000_000 // 4 // size)
         parse = record_parser(fmt, fields=fields_parser(fmt) if fmt == "regex" else None)
+        encode_protobuf, _ = encoder("protobuf")
         rates = []
         for _ in range(runs):
             start = time.process_time()
             for _ in range(repeat):
                 for at in range(0, len(lines), 1000):
-                    encode_protobuf([("/var/log/app.log", lines[at:at + 1000])], parse, {"service.name": "x"}, 1)
+                    encode_protobuf([("/var/log/app.log", parse(lines[at:at + 1000]))], {"service.name": "x"}, 1)
             rates.append(size * repeat / 1e6 / (time.process_time() - start))
         median, best = median_best(rates)
         print(f"{'-f ' + fmt:24} {median:12,.1f} {best:12,.1f} {median * 1e6 / (size / len(lines)):12,.0f}")

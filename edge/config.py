@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from functools import cache
+from functools import cache, partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, get_type_hints
@@ -33,6 +33,7 @@ import orjson
 from edge import __version__, cpu_quota
 from edge.logs import level_name
 from edge.tail.settings import SettingsError, from_mapping, unknown_keys
+from edge.tailsampling.policy_config import Policy, PolicyConfigError, validate_policies
 
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -51,6 +52,8 @@ class ConfigError(ValueError):
 
 Check = Callable[[str, Any], Any]
 """Validates a coerced value (and may normalise it); gets the key's dotted path for the error."""
+Parse = Callable[[str, Any], Any]
+"""Turns a key's JSON value or env text into its type, where the default coercion does not fit (durations)."""
 Derive = Callable[[Mapping[str, Any]], Any]
 """Computes a key left at its declared default from the other keys of its section."""
 Reader = Callable[[str, Any, Mapping[str, str]], tuple[Any, list[str]]]
@@ -65,6 +68,7 @@ class Setting:
     check: Check | None = None
     derive: Derive | None = None  # set: the declared default stands for "computed from other keys"
     default_text: str = ""  # the default as documented, where it is not the literal value
+    parse: Parse | None = None  # None: the JSON type of the annotation, or its text
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +81,9 @@ class Section:
 
 
 def setting(default: Any, doc: str, *, check: Check | None = None, derive: Derive | None = None,
-            default_text: str = "") -> Any:
+            default_text: str = "", parse: Parse | None = None) -> Any:
     """Declare a scalar key as a dataclass field."""
-    return field(default=default, metadata={_METADATA: Setting(doc, check, derive, default_text)})
+    return field(default=default, metadata={_METADATA: Setting(doc, check, derive, default_text, parse)})
 
 
 def section(factory: Callable[[], Any], doc: str, *, read: Reader | None = None, default_text: str = "") -> Any:
@@ -169,6 +173,31 @@ def _optional_url(key: str, value: str) -> str:
     return _url(key, value) if value else value
 
 
+GRPC_SCHEMES = ("grpc", "grpcs")  # a signal URL with one of these forwards that signal's OTLP over gRPC
+UPSTREAM_PROTOCOLS = ("http", "grpc")
+
+
+def _signal_url(key: str, value: str) -> str:
+    """An OTLP signal's URL: http(s), or grpc(s) (a gRPC endpoint: host and port, no path)."""
+    if not value or urlsplit(value).scheme not in GRPC_SCHEMES:
+        return _optional_url(key, value)
+    parts = urlsplit(value.rstrip("/"))
+    if not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise ConfigError(f"config key {key}: expected grpc(s)://host:port without a path, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port number
+    except ValueError:
+        raise ConfigError(f"config key {key}: bad port in {value!r}") from None
+    return value.rstrip("/")
+
+
+def _upstream_protocol(key: str, value: str) -> str:
+    protocol = value.strip().lower()
+    if protocol not in UPSTREAM_PROTOCOLS:
+        raise ConfigError(f"config key {key}: expected http or grpc, got {value!r}")
+    return protocol
+
+
 def _coerce(key: str, value: Any, kind: type) -> Any:
     """Accept the JSON type or, for env overrides, its text; anything else is a ConfigError."""
     if kind is bool:
@@ -177,10 +206,12 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.strip().lower() in ("true", "1", "yes")
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(1 << 63) <= value < 1 << 63:  # what JSON (and so the workers' copy) carries
+                raise ConfigError(f"config key {key}: {value} is out of the 64-bit integer range")
+            return value
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -194,6 +225,25 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     raise ConfigError(f"config key {key}: expected {kind.__name__}, got {value!r}")
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION = re.compile(f"(?:{_DURATION_PART.pattern})+")
+_SECONDS_PER_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(key: str, value: Any) -> float:
+    """Seconds, from a Collector (Go) duration such as `30s`, `500ms` or `1m30s`, or from a number of seconds.
+
+    Collector configs are pasted as they are, so their spelling is accepted; a bare number (JSON
+    or `TERO_*` text) keeps meaning seconds as everywhere else in edge's config."""
+    if isinstance(value, str) and _DURATION.fullmatch(text := value.strip()):
+        return sum(float(number) * _SECONDS_PER_UNIT[unit] for number, unit in _DURATION_PART.findall(text))
+    try:
+        return _coerce(key, value, float)
+    except ConfigError:
+        raise ConfigError(f"config key {key}: expected a duration such as 30s, 500ms, 1m or a number of "
+                          f"seconds, got {value!r}") from None
+
+
 # ── reading a config class from its sub-document ──
 
 
@@ -202,7 +252,7 @@ def _read(cls: type[_T], raw: Mapping[str, Any], prefix: str, env: Mapping[str, 
     keys = declared_keys(cls)
     names = {key.name for key in keys}
     warnings = [f"config key {prefix}{k}: unknown, ignored" for k in raw if k not in names]
-    values = {key.name: _coerce(prefix + key.name, raw[key.name], key.kind)
+    values = {key.name: (key.spec.parse or partial(_coerce, kind=key.kind))(prefix + key.name, raw[key.name])
               for key in keys if isinstance(key.spec, Setting) and key.name in raw}
     for key in keys:
         if isinstance(key.spec, Section):
@@ -455,6 +505,168 @@ def _grpc(key: str, raw: Any, env: Mapping[str, str]) -> tuple[GrpcConfig, list[
     return config, warnings
 
 
+# ── tail sampling (docs/tail-sampling.md) ──
+
+DEFAULT_WAL_DIR = ".tero/tail-sampling-wal"  # next to edge-tail's `.tero` state: relative to the working directory
+WAL_FSYNC_MODES = ("interval", "always", "never")
+_MEMBER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def _wal_fsync(key: str, value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in WAL_FSYNC_MODES:
+        raise ConfigError(f"config key {key}: expected interval, always or never, got {value!r}")
+    return mode
+
+
+def _member(key: str, value: str) -> str:
+    """A peer as `host:port` (`[v6]:port` for an IPv6 address): the form members are hashed and dialled by."""
+    match = _MEMBER.match(value.strip())
+    if match is None or not 0 < int(match.group(2)) <= 65535:
+        raise ConfigError(f"config key {key}: expected host:port, got {value!r}")
+    return value.strip()
+
+
+def member_address(host: str, port: int) -> str:
+    """`host:port`, bracketing an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _static_peers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[str, ...], list[str]]:
+    if raw is None:
+        return (), []
+    if not isinstance(raw, list):
+        raise ConfigError(f"config key {key}: expected a list of host:port")
+    return tuple(_member(f"{key}[{i}]", _coerce(f"{key}[{i}]", item, str)) for i, item in enumerate(raw)), []
+
+
+@dataclass(frozen=True)
+class DecisionCacheConfig:
+    """Trace ids remembered after their decision, so late spans follow it instead of starting a new trace."""
+
+    sampled_cache_size: int = setting(0, "sampled trace ids remembered; their late spans are sampled too; 0 = off",
+                                      check=_zero_or_more)
+    non_sampled_cache_size: int = setting(0, "not-sampled trace ids remembered; their late spans are rolled up "
+                                          "and dropped; 0 = off", check=_zero_or_more)
+
+
+@dataclass(frozen=True)
+class PeersConfig:
+    """The instances sharing the traces: each trace id is owned by one of them (rendezvous hashing)."""
+
+    static: tuple[str, ...] = section(tuple, "the members as host:port, this instance included", read=_static_peers,
+                                      default_text="none")
+    dns: str = setting("", "a name resolving to every member's address (a headless Service)", default_text="none")
+    port: int = setting(8080, "the members' port when they come from `dns`", check=_port)
+    interval: float = setting(5.0, "how often `dns` is resolved again", parse=_duration, check=_timeout,
+                              default_text="5s")
+    advertise: str = setting("", "this instance's host:port among the members",
+                             default_text="`$POD_IP` or `listen_address`, with `listen_port`")
+
+
+def _export_headers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+    """`{name: value}` as the Collector's exporters write headers; values are strings (`${VAR}` expanded)."""
+    raw = raw or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and k for k, v in raw.items()):
+        raise ConfigError(f"config key {key}: expected an object of header names to string values")
+    return tuple(raw.items()), []
+
+
+def _peers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[PeersConfig, list[str]]:
+    """One way of finding the members: a static list or a DNS name."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected an object")
+    config, warnings = _read(PeersConfig, raw, f"{key}.", env)
+    if config.static and config.dns:
+        raise ConfigError(f"config key {key}: static and dns exclude each other; set one")
+    if config.advertise:
+        _member(f"{key}.advertise", config.advertise)
+    return config, warnings
+
+
+@dataclass(frozen=True)
+class TailLogsConfig:
+    """Logs that belong to buffered traces."""
+
+    follow_traces: bool = setting(False, "logs carrying the id of a buffered trace are held and leave, or are "
+                                  "dropped, with their trace")
+
+
+def _tail_policies(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[Policy, ...], list[str]]:
+    try:
+        return validate_policies(key, raw)
+    except PolicyConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class TailSamplingConfig:
+    """Whole-trace sampling after `decision_wait`, Collector-compatible (`tail_sampling` processor keys)."""
+
+    enabled: bool = setting(False, "run the sampler process and send traces through it")
+    decision_wait: float = setting(30.0, "from a trace's first span to its decision", parse=_duration,
+                                   check=_timeout, default_text="30s")
+    num_traces: int = setting(50_000, "traces buffered at once; beyond it the oldest are decided early",
+                              check=_positive)
+    expected_new_traces_per_sec: int = setting(0, "a sizing hint only", check=_zero_or_more)
+    decision_cache: DecisionCacheConfig = section(DecisionCacheConfig, "late spans follow their trace's decision",
+                                                  default_text="off")
+    sample_on_first_match: bool = setting(False, "stop evaluating policies at the first one that samples")
+    policies: tuple[Policy, ...] = section(tuple, "`{name, type, <type>: {...}}`, checked at load",
+                                           read=_tail_policies, default_text="none")
+    max_buffer_bytes: int = setting(268_435_456, "span bytes buffered; beyond it the oldest traces are decided early",
+                                    check=_positive)
+    wal_dir: str = setting("", "the write-ahead log's directory", derive=lambda _: DEFAULT_WAL_DIR,
+                           default_text=f"`{DEFAULT_WAL_DIR}`")
+    wal_fsync: str = setting("interval", "interval, always or never", check=_wal_fsync)
+    wal_fsync_interval: float = setting(0.1, "between syncs under `interval`", parse=_duration, check=_timeout,
+                                        default_text="100ms")
+    max_wal_bytes: int = setting(1_073_741_824, "write-ahead log bytes; beyond it senders get 503 with Retry-After",
+                                 check=_positive)
+    peers: PeersConfig = section(PeersConfig, "the instances sharing the traces", read=_peers, default_text="none")
+    rollup_interval: float = setting(60.0, "how often span metrics of what is not sampled are sent",
+                                     parse=_duration, check=_timeout, default_text="60s")
+    rollup_cardinality_limit: int = setting(1000, "span metric series per interval; more fold into one overflow "
+                                            "series", check=_positive)
+    metrics_url: str = setting("", "where span metrics go (OTLP/HTTP protobuf)", check=_optional_url,
+                               default_text="`metrics_url` + `/v1/metrics`")
+    export_queue_bytes: int = setting(67_108_864, "sampled trace bytes waiting for the traces upstream",
+                                      check=_positive)
+    export_headers: tuple[tuple[str, str], ...] = section(
+        tuple, "headers sent with every export (sampled traces, span metrics, held logs), such as the backend's "
+        "API key: `{name: value}`, `${VAR}` expanded; the senders' own headers do not reach these exports",
+        read=_export_headers, default_text="none")
+    logs: TailLogsConfig = section(TailLogsConfig, "logs of buffered traces", default_text="off")
+
+
+def _tail_sampling(key: str, raw: Any, env: Mapping[str, str]) -> tuple[TailSamplingConfig, list[str]]:
+    """The tail_sampling section: enabled without a policy would drop every trace, so it is an error."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected an object")
+    config, warnings = _read(TailSamplingConfig, raw, f"{key}.", env)
+    if config.enabled and not config.policies:
+        raise ConfigError(f"config key {key}.policies: {key} is enabled but has no policy: no trace would be sampled")
+    return config, warnings
+
+
+def _resolve_tail_sampling(config: Config, env: Mapping[str, str]) -> Config:
+    """The tail_sampling defaults taken from outside the section: the rollup URL and this instance's address."""
+    tail = config.tail_sampling
+    if tail.enabled:
+        exported = ("traces_url", "metrics_url" if not tail.metrics_url else "",
+                    "logs_url" if tail.logs.follow_traces else "")
+        for key in filter(None, exported):
+            if config.over_grpc(getattr(config, key)):
+                raise ConfigError(f"config key {key}: the tail sampler exports over OTLP/HTTP; a gRPC upstream "
+                                  "is not supported with tail_sampling.enabled (give an http(s) URL)")
+    metrics_url = tail.metrics_url or f"{config.metrics_url}/v1/metrics"
+    advertise = tail.peers.advertise or member_address(env.get("POD_IP") or config.listen_address, config.listen_port)
+    return replace(config, tail_sampling=replace(tail, metrics_url=metrics_url,
+                                                 peers=replace(tail.peers, advertise=advertise)))
+
+
 # ── the whole configuration (field order = the README reference's row order) ──
 
 
@@ -464,11 +676,17 @@ class Config:
 
     listen_address: str = setting("127.0.0.1", "address the proxy listens on")
     listen_port: int = setting(8080, "port the proxy listens on", check=_port)
-    upstream_url: str = setting("http://127.0.0.1:80", "passthrough and traces", check=_url)
-    logs_url: str = setting("", "OTLP logs and Datadog logs", check=_optional_url,
-                            derive=itemgetter("upstream_url"), default_text="`upstream_url`")
-    metrics_url: str = setting("", "OTLP metrics, Datadog series, Prometheus scrapes", check=_optional_url,
-                               derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    upstream_url: str = setting("http://127.0.0.1:80", "passthrough, and the signal URLs' default", check=_url)
+    logs_url: str = setting("", "OTLP logs and Datadog logs; `grpc(s)://host:port`: OTLP logs over gRPC",
+                            check=_signal_url, derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    metrics_url: str = setting("", "OTLP metrics, Datadog series, Prometheus scrapes; `grpc(s)://host:port`: "
+                               "OTLP metrics over gRPC", check=_signal_url, derive=itemgetter("upstream_url"),
+                               default_text="`upstream_url`")
+    traces_url: str = setting("", "OTLP traces; `grpc(s)://host:port`: over gRPC", check=_signal_url,
+                              derive=itemgetter("upstream_url"), default_text="`upstream_url`")
+    upstream_protocol: str = setting(
+        "http", "how OTLP leaves edge: `http` (OTLP/HTTP) or `grpc` (OTLP/gRPC); a `grpc://` or `grpcs://` "
+        "signal URL is gRPC whatever this says; see [gRPC upstreams](#grpc-upstreams)", check=_upstream_protocol)
     log_level: str = setting("info", "trace, debug, info, warn, err; JSON lines on stderr", check=_log_level)
     max_body_size: int = setting(MAX_BODY_DEFAULT, "raw request bytes; more is 413", check=_positive)
     max_decoded_bytes: int = setting(
@@ -517,7 +735,24 @@ class Config:
         dict, "edge-tail's options (long flag names with `_`) plus `paths: [...]`: the supervisor runs the tail "
         "pipeline as a child process, restarts it if it dies and stops it with SIGTERM; it uses the section's "
         "`policy` file, else the proxy's policies", read=_tail, default_text="none")
+    tail_sampling: TailSamplingConfig = section(
+        TailSamplingConfig, "whole-trace sampling after `decision_wait`, with the Collector's `tail_sampling` keys "
+        "and policy types (durations: `30s`, `500ms`, `1m` or seconds); a sampler process buffers, logs to "
+        "`wal_dir`, decides, exports and rolls up; see [tail sampling](docs/tail-sampling.md)", read=_tail_sampling)
     warnings: tuple[str, ...] = ()
+
+    def otlp_urls(self) -> dict[str, str]:
+        """Signal -> where its OTLP goes (both receivers, HTTP and gRPC)."""
+        return {"log": self.logs_url, "metric": self.metrics_url, "trace": self.traces_url}
+
+    def over_grpc(self, url: str) -> bool:
+        """Whether OTLP sent to this URL goes over gRPC: a grpc(s) scheme, or `upstream_protocol: grpc`."""
+        return self.upstream_protocol == "grpc" or urlsplit(url).scheme in GRPC_SCHEMES
+
+    def http_url(self, url: str) -> str:
+        """The URL for what only speaks HTTP (Datadog intake, Prometheus scrapes): a signal URL that is
+        a gRPC endpoint cannot take it, so `upstream_url` does."""
+        return self.upstream_url if self.over_grpc(url) else url
 
     def to_json(self) -> bytes:
         """The resolved configuration (what workers read); contains no secrets beyond the file's."""
@@ -589,7 +824,19 @@ def build(doc: Any, env: Mapping[str, str] | None = None, overrides: Mapping[str
     doc.update(overrides or {})
     doc = {k: _substitute_all(v, env, k) for k, v in doc.items()}
     config, warnings = _read(Config, doc, "", env)
-    return replace(config, warnings=tuple(warnings))
+    _check_grpc_paths(config)
+    return replace(_resolve_tail_sampling(config, env), warnings=tuple(warnings))
+
+
+def _check_grpc_paths(config: Config) -> None:
+    """A gRPC call has no URL path: under `upstream_protocol: grpc` a signal URL with one is an error,
+    not a path silently ignored."""
+    if config.upstream_protocol != "grpc":
+        return
+    for key in ("logs_url", "metrics_url", "traces_url"):
+        if urlsplit(getattr(config, key)).path not in ("", "/"):
+            raise ConfigError(f"config key {key}: a gRPC upstream (upstream_protocol grpc) takes no path, "
+                              f"got {getattr(config, key)!r}")
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

@@ -3,7 +3,7 @@
 Binding here (not in gunicorn) means a port in use or a bad `listen_address` is one error
 line and exit status 2 before any worker starts, instead of gunicorn retrying for five
 seconds and exiting 1 after edge already announced itself. gunicorn receives the bound
-socket as `--bind fd://N`; the supervisor then closes its own copy so that, on SIGTERM,
+socket as `--bind fd://N` and listens on it; the supervisor then closes its own copy so that, on SIGTERM,
 closing gunicorn's copy really stops accepting while the workers drain.
 """
 
@@ -14,7 +14,6 @@ import ipaddress
 import socket
 from pathlib import Path
 
-BACKLOG = 2048  # gunicorn's default: connections arriving while workers boot wait here
 TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 LISTEN = "0A"  # the state column of a listening socket in those tables
 
@@ -50,13 +49,21 @@ def _bind_failure(exc: OSError, address: str, port: int, section: str = "") -> L
 
 
 def bind_listener(address: str, port: int) -> socket.socket:
-    """A listening TCP socket on `address:port`, inheritable by gunicorn; ListenError when impossible."""
+    """A bound TCP socket on `address:port`, inheritable by gunicorn; ListenError when impossible.
+
+    It does not listen yet: gunicorn does, once its master has imported the workers' modules
+    (`workers.preload`), so a sender connecting while edge starts is refused and retries rather than
+    waiting in the backlog for workers still booting. A bind with SO_REUSEADDR (needed to rebind over
+    our last run's TIME_WAIT connections) succeeds beside a socket that is only bound, so listeners
+    already on the port are looked up in the kernel's tables too.
+    """
     family, sockaddr = resolve(address, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if port and _listened_on(ipaddress.ip_address(sockaddr[0]), port):
+            raise OSError(errno.EADDRINUSE, "in use")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
-        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise _bind_failure(exc, address, port) from None

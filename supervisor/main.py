@@ -33,11 +33,13 @@ from edge.config import Config, ConfigError, load
 from edge.control.builder import build_control_plane
 from edge.engine.extensions import S3_DUMP
 from edge.lifecycle import child_preexec
+from supervisor.child import ChildProcess
 from supervisor.cli import parse
 from supervisor.grpc_children import GrpcWorkers, serves_grpc
 from supervisor.listener import ListenError, bind_listener, reserve_port
 from supervisor.ready import HEALTH_TIMEOUT_S, health_host, ready_message, wait_healthy
-from supervisor.tail_child import TailWorkerProcess
+from supervisor.sampler_child import SOCKET_NAME, runs_sampler, sampler_process
+from supervisor.tail_child import tail_worker
 from supervisor.validate import validate
 
 log = logging.getLogger("edge.supervisor")
@@ -50,17 +52,21 @@ CONFIG_SEARCH = (Path(DEFAULT_CONFIG), Path("/app/config.json"), Path("/etc/edge
 EMBEDDED_CONFIG = Path(__file__).resolve().parent.parent / "edge" / "examples" / "config.json"
 DISTRIBUTION_ENV = "EDGE_DISTRIBUTION"
 DRAIN_SECONDS = 10
+WORKER_CLASS = "workers.http_worker.HttpWorker"  # uvicorn's worker (httptools, uvloop) within gunicorn's limits
 PROVIDERS_READY_S = 10.0  # the ready line waits this long at most for the providers' first load (one sync)
 
 
 def gunicorn_argv(c: Config, listen_fd: int) -> list[str]:
-    """gunicorn serving the workers on the inherited socket, logging JSON through edge's formatter."""
-    return [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop",
+    """gunicorn serving the workers on the inherited socket, logging JSON through edge's formatter.
+
+    No `--worker-connections`: the workers admit requests themselves (`edge.protocols.body.Admission`)."""
+    return [sys.executable, "-m", "gunicorn", "-k", WORKER_CLASS,
             "--workers", str(c.workers), "--bind", f"fd://{listen_fd}",
-            "--worker-connections", str(c.max_connections), "--graceful-timeout", str(DRAIN_SECONDS),
+            "--graceful-timeout", str(DRAIN_SECONDS),
             "--keep-alive", "75", "--log-level", GUNICORN_LEVELS[c.log_level],
             "--logger-class", "workers.gunicorn_logging.JsonLogger",
-            "--limit-request-field_size", "16384", "--no-control-socket", "workers.app:app"]
+            "--limit-request-field_size", "16384", "--no-control-socket",
+            "--config", "python:workers.preload", "workers.app:app"]
 
 
 # gunicorn's info lines (every worker boot) are noise at edge's info level; trace and debug show them.
@@ -94,11 +100,13 @@ class Supervisor:
         self.paths = RuntimePaths(
             config=str(self.run_dir / "config.json"), snapshot_control=self.publisher.control_name,
             rate_table=self.rate_table.name, rate_lock=str(self.run_dir / "ratelimit.lock"),
-            stats_spool=str(self.run_dir / "stats"), prometheus_dir=str(self.run_dir / "prometheus"))
+            stats_spool=str(self.run_dir / "stats"), prometheus_dir=str(self.run_dir / "prometheus"),
+            sampler_socket=str(self.run_dir / SOCKET_NAME) if runs_sampler(config, distribution) else "")
         self.control = build_control_plane(config, self.publisher, StatsSpool(self.paths.stats_spool),
                                            extensions=[S3_DUMP] if config.s3_dump.enabled else [])
         self.gunicorn: subprocess.Popen | None = None
-        self.tail_worker: TailWorkerProcess | None = None
+        self.tail_worker: ChildProcess | None = None
+        self.sampler: ChildProcess | None = None
         self.grpc_workers: GrpcWorkers | None = None
         self.stopping = stopping or threading.Event()
         self._shut_down = False
@@ -142,8 +150,16 @@ class Supervisor:
         """With a `tail` config section, the edge-tail pipeline runs as a child process (workers/tail.py)."""
         if not self.config.tail:
             return
-        self.tail_worker = TailWorkerProcess({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
+        self.tail_worker = tail_worker({**os.environ, RUN_DIR_ENV: str(self.run_dir)})
         self.tail_worker.start()
+
+    def _start_sampler(self) -> None:
+        """The tail sampler (workers/sampler.py), before any worker takes traces: a worker's first
+        submissions wait briefly for its socket rather than being refused."""
+        if not self.paths.sampler_socket:
+            return
+        self.sampler = sampler_process(self._worker_env())
+        self.sampler.start()
 
     def _start_grpc_workers(self) -> None:
         """OTLP/gRPC workers (workers/grpc.py), as many as the HTTP workers, on the port reserved for them."""
@@ -154,6 +170,7 @@ class Supervisor:
 
     def run(self, listener: socket.socket) -> int:
         self._write_runtime()
+        self._start_sampler()
         self._start_gunicorn(listener)
         self._start_grpc_workers()
         self._start_tail_worker()
@@ -163,6 +180,8 @@ class Supervisor:
             self.control.tick()
             if self.tail_worker is not None:
                 self.tail_worker.watch()
+            if self.sampler is not None:
+                self.sampler.watch()
             if self.grpc_workers is not None:
                 self.grpc_workers.watch()
             if self.gunicorn.poll() is not None:
@@ -190,6 +209,8 @@ class Supervisor:
                 self.gunicorn.wait()
         if self.grpc_workers is not None:
             self.grpc_workers.wait()
+        if self.sampler is not None:
+            self.sampler.stop()  # after the workers: what they accepted while draining is in its log
         if self.grpc_port is not None:
             self.grpc_port.close()
         self.control.final_sync()

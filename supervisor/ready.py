@@ -3,7 +3,8 @@
 The supervisor polls its own health route after starting gunicorn (bounded in time, and
 given up at once when gunicorn exits or a stop is requested), then logs one line naming
 what an operator checks first: where edge listens (HTTP, and OTLP/gRPC when served), with how many workers and which
-distribution, where each signal goes, and which policies are in force.
+distribution, where each signal goes, which policies are in force, and the tail sampler's
+policies and log when it runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from edge.config import Config, ProviderConfig
 from supervisor.grpc_children import serves_grpc
 from supervisor.listener import display_address
+from supervisor.sampler_child import runs_sampler
 
 HEALTH_TIMEOUT_S = 60.0  # a hang bound: workers import Hyperscan and friends, slowly on a loaded host
 POLL_S = 0.05
@@ -58,8 +60,15 @@ def wait_healthy(host: str, port: int, gunicorn: subprocess.Popen, stopping: thr
 
 def upstreams(config: Config) -> str:
     """Where each signal goes, as the ready line and `edge validate` both say it."""
-    return (f"logs {config.logs_url}, metrics {config.metrics_url}, traces {config.upstream_url}, "
-            f"prometheus scrapes {config.prometheus.scrape_url or config.metrics_url}/metrics")
+    urls = config.otlp_urls()
+    scrapes = config.prometheus.scrape_url or config.http_url(config.metrics_url)
+    return (f"logs {_otlp_url(config, urls['log'])}, metrics {_otlp_url(config, urls['metric'])}, "
+            f"traces {_otlp_url(config, urls['trace'])}, prometheus scrapes {scrapes}/metrics")
+
+
+def _otlp_url(config: Config, url: str) -> str:
+    """A signal's URL, marked when OTLP goes there over gRPC though its scheme says http(s)."""
+    return f"{url} (OTLP/gRPC)" if config.over_grpc(url) and url.startswith("http") else url
 
 
 def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:
@@ -71,12 +80,23 @@ def _policies(count: int | None, providers: Sequence[ProviderConfig]) -> str:
     return f"{count} in force from {names}"
 
 
+def _tail_sampling(config: Config, distribution: str) -> str:
+    """With a tail sampler: its policies, its wait and where its log is (else nothing)."""
+    if not runs_sampler(config, distribution):
+        return ""
+    tail = config.tail_sampling
+    count = len(tail.policies)
+    return (f"; tail sampling: {count} {'policy' if count == 1 else 'policies'}, "
+            f"decision_wait {tail.decision_wait:g} s, write-ahead log in {tail.wal_dir}")
+
+
 def ready_message(config: Config, distribution: str, version: str, policies: int | None) -> str:
-    """The ready line: address (and OTLP/gRPC's), workers, distribution, upstreams per signal, policies in force."""
+    """The ready line: address (and OTLP/gRPC's), workers, distribution, upstreams per signal, policies in
+    force, and tail sampling when it runs."""
     grpc = config.grpc
     grpc_text = (f", OTLP/gRPC on {display_address(grpc.listen_address, grpc.listen_port)}"
                  if serves_grpc(config, distribution) else "")
     return (f"edge {version} ready on {display_address(config.listen_address, config.listen_port)}: "
             f"{config.workers} worker{'' if config.workers == 1 else 's'}, distribution {distribution}{grpc_text}; "
             f"upstreams: {upstreams(config)}; "
-            f"policies: {_policies(policies, config.policy_providers)}")
+            f"policies: {_policies(policies, config.policy_providers)}{_tail_sampling(config, distribution)}")

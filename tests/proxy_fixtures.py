@@ -7,7 +7,7 @@ switchable behaviour (status and headers, a delay, closing the connection unansw
 `EdgeStack` starts the HTTP workers exactly as the supervisor does: a run directory with the
 resolved config and `runtime.json`, the snapshot control segment and rate-limit table in
 shared memory, `EDGE_RUN_DIR` and `PROMETHEUS_MULTIPROC_DIR` in the environment, then
-`gunicorn -k asgi --asgi-loop uvloop workers.app:app`. Closing it stops gunicorn, unlinks
+gunicorn with the supervisor's worker class and `workers.app:app`. Closing it stops gunicorn, unlinks
 the shared memory and checks that nothing with the instance's prefix is left in /dev/shm.
 """
 
@@ -41,6 +41,7 @@ from edge.config import build
 from edge.policy.compiler import compile_policies
 from edge.policy.loader import load_document
 from edge.policy.snapshot import Snapshot
+from supervisor.main import WORKER_CLASS
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,7 +200,7 @@ class EdgeStack:
 
     def start(self, timeout: float = 30.0) -> EdgeStack:
         env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), "PROMETHEUS_MULTIPROC_DIR": str(self.prom_dir)}
-        cmd = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop", "-w", str(self.workers),
+        cmd = [sys.executable, "-m", "gunicorn", "-k", WORKER_CLASS, "-w", str(self.workers),
                "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "--no-control-socket", "workers.app:app"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -10,9 +10,6 @@ the retry information SDKs read. Processes are killed and stopped for real.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import ipaddress
 import os
 import signal
 import socket
@@ -27,10 +24,6 @@ import grpc
 import orjson
 import psutil
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
@@ -38,16 +31,10 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
-    ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
@@ -57,59 +44,28 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from edge.config import ConfigError, build
+from tests.grpc_fixtures import (
+    LOGS,
+    METRICS,
+    POLICIES,
+    TRACES,
+    GrpcEdge,
+    accepts,
+    call,
+    failed_call,
+    log_bodies,
+    logs_request,
+    metrics_request,
+    self_signed,
+    traces_request,
+)
 from tests.proxy_fixtures import RecordingUpstream, Reply, free_port, request
 from tests.reliability.harness import EDGE_SCRIPT, EdgeProcess, PolicyServer
 from tests.waiting import wait_for
 
-POLICIES: list[dict[str, Any]] = [
-    {"id": "drop-debug", "log": {"match": [{"log_field": "severity_text", "exact": "DEBUG"}], "keep": "none"}},
-    {"id": "redact-secret", "log": {"match": [{"log_field": "body", "contains": "secret-"}], "keep": "all",
-                                    "transform": {"redact": [{"log_field": "body", "regex": "secret-\\w+",
-                                                              "replacement": "<redacted>"}]}}},
-    {"id": "sample-checkout", "trace": {"match": [{"resource_attribute": "service.name", "exact": "checkout"}],
-                                        "keep": {"percentage": 50}}},
-    {"id": "drop-spans", "trace": {"match": [{"trace_field": "name", "starts_with": "drop-"}],
-                                   "keep": {"percentage": 0}}},
-    {"id": "drop-metrics", "metric": {"match": [{"metric_field": "name", "starts_with": "drop."}], "keep": False}},
-]
-LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
-TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-METRICS = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 PROTOBUF_ANSWER = {"Content-Type": "application/x-protobuf"}  # what an OTLP/HTTP protobuf upstream answers
 MESSAGE_LIMIT = 64 << 10
-
-
-class GrpcEdge(EdgeProcess):
-    """`edge` with its gRPC receiver on a free port; ready once a gRPC call can connect."""
-
-    def __init__(self, tmp: Path, upstream_url: str, policies: list[dict[str, Any]], **config: Any) -> None:
-        self.grpc_port = free_port()
-        grpc_config = {"listen_port": self.grpc_port, **config.pop("grpc", {})}
-        super().__init__(tmp, upstream_url, policies, grpc=grpc_config, **config)
-        self.target = f"127.0.0.1:{self.grpc_port}"
-
-    def start(self, timeout: float = 30.0) -> GrpcEdge:
-        super().start(timeout)
-        assert wait_for(lambda: accepts(self.grpc_port), timeout, 0.05), self.log()
-        return self
-
-    def grpc_pids(self) -> set[int]:
-        """The live gRPC workers (an exited one, not yet reaped, is not)."""
-        pids = set()
-        for child in psutil.Process(self.pid).children():
-            try:
-                if "workers.grpc" in child.cmdline():
-                    pids.add(child.pid)
-            except psutil.Error:
-                continue
-        return pids
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -126,48 +82,6 @@ def edge(upstream: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(autouse=True)
 def _fresh_upstream(upstream: RecordingUpstream) -> None:
     upstream.reset(headers=PROTOBUF_ANSWER, body=b"")
-
-
-def call(target: str, method: str, body: bytes, compression: grpc.Compression | None = None,
-         metadata: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """One unary call on raw bytes (a fresh channel: calls spread over the workers)."""
-    with grpc.insecure_channel(target) as channel:
-        stub = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-        return stub(body, timeout=30, compression=compression, metadata=metadata)
-
-
-def failed_call(target: str, method: str, body: bytes) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call(target, method, body)
-    return info.value
-
-
-def logs_request(*records: tuple[str, str]) -> bytes:
-    """An ExportLogsServiceRequest with (severity, body) records of service `checkout`."""
-    resource = ProtoResource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value="checkout"))])
-    logs = [LogRecord(severity_text=severity, body=AnyValue(string_value=body)) for severity, body in records]
-    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(
-        resource=resource, scope_logs=[ScopeLogs(log_records=logs)])]).SerializeToString()
-
-
-def traces_request(count: int) -> bytes:
-    """Spans of service `checkout` with distinct trace ids: about half survive the 50% sampling policy."""
-    resource = ProtoResource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value="checkout"))])
-    spans = [Span(trace_id=hashlib.sha256(b"%d" % n).digest()[:16], span_id=(n + 1).to_bytes(8, "big"), name=f"op-{n}")
-             for n in range(count)]
-    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(
-        resource=resource, scope_spans=[ScopeSpans(spans=spans)])]).SerializeToString()
-
-
-def metrics_request(*names: str) -> bytes:
-    metrics = [Metric(name=name, gauge=Gauge(data_points=[NumberDataPoint(as_int=1)])) for name in names]
-    return ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics(
-        scope_metrics=[ScopeMetrics(metrics=metrics)])]).SerializeToString()
-
-
-def log_bodies(data: bytes) -> list[str]:
-    message = ExportLogsServiceRequest.FromString(data)
-    return [r.body.string_value for rl in message.resource_logs for sl in rl.scope_logs for r in sl.log_records]
 
 
 # ── the SDK's gRPC exporters as clients ──
@@ -458,14 +372,6 @@ def test_calls_beyond_max_connections_are_resource_exhausted(tmp_path: Path, ups
         assert edge.stop() == 0
 
 
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def test_grpc_port_in_use_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -526,24 +432,6 @@ def test_bad_grpc_settings_are_one_config_error(grpc_section: dict[str, Any], me
     with pytest.raises(ConfigError) as info:
         build({"grpc": grpc_section}, env={})
     assert str(info.value) == message
-
-
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def test_grpc_over_tls(tmp_path: Path, upstream: RecordingUpstream) -> None:

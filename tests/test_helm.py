@@ -25,6 +25,8 @@ import yaml
 import edge
 from edge.config import load as load_config
 from edge.policy.loader import load_document
+from edge.tailsampling.membership import DnsMembers
+from edge.tailsampling.peers import peers_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "edge"
@@ -63,6 +65,18 @@ GATEWAY_FULL: dict[str, Any] = {
              "existingSecretKey": "token"},
     "gateway": {"autoscaling": {"maxReplicas": 6, "targetMemoryUtilizationPercentage": 80}},
     "tail": {"enabled": True},
+    "serviceMonitor": {"enabled": True},
+}
+
+TAIL_POLICIES = [{"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+                 {"name": "baseline", "type": "probabilistic", "probabilistic": {"sampling_percentage": 5}}]
+
+# Gateway mode with tail sampling: a StatefulSet, a WAL claim per pod, section keys under config.tail_sampling.
+TAIL_SAMPLING: dict[str, Any] = {
+    "mode": "gateway",
+    "tailSampling": {"enabled": True, "policies": TAIL_POLICIES,
+                     "wal": {"persistence": {"enabled": True, "size": "5Gi", "storageClass": "fast"}}},
+    "config": {"tail_sampling": {"decision_wait": "10s", "peers": {"interval": "2s"}}},
     "serviceMonitor": {"enabled": True},
 }
 
@@ -127,8 +141,8 @@ class Rendered:
         return found[0]
 
     def workload(self) -> dict[str, Any]:
-        """The DaemonSet or Deployment that runs edge."""
-        found = [o for o in self.objects if o["kind"] in ("DaemonSet", "Deployment")
+        """The DaemonSet, Deployment or StatefulSet that runs edge."""
+        found = [o for o in self.objects if o["kind"] in ("DaemonSet", "Deployment", "StatefulSet")
                  and o["metadata"]["labels"]["app.kubernetes.io/component"] == "edge"]
         assert len(found) == 1
         return found[0]
@@ -167,6 +181,11 @@ def daemonset(render: Callable[[dict[str, Any]], Rendered]) -> Rendered:
 @pytest.fixture(scope="module")
 def gateway(render: Callable[[dict[str, Any]], Rendered]) -> Rendered:
     return render(GATEWAY_FULL)
+
+
+@pytest.fixture(scope="module")
+def tail_sampling(render: Callable[[dict[str, Any]], Rendered]) -> Rendered:
+    return render(TAIL_SAMPLING)
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -376,6 +395,111 @@ def test_gateway_with_fixed_replicas(render: Callable[[dict[str, Any]], Rendered
         "minAvailable": 2, "selector": rendered.workload()["spec"]["selector"]}
 
 
+# ── tail sampling ──
+
+
+def peers_service(rendered: Rendered) -> dict[str, Any]:
+    return rendered.one("Service", component="peers")
+
+
+def test_tail_sampling_runs_the_gateway_as_a_statefulset(tail_sampling: Rendered) -> None:
+    assert tail_sampling.kinds() == ["ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service",
+                                     "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"]
+    statefulset = tail_sampling.workload()
+    assert statefulset["kind"] == "StatefulSet" and statefulset["metadata"]["name"] == FULLNAME
+    spec = statefulset["spec"]
+    assert spec["serviceName"] == peers_service(tail_sampling)["metadata"]["name"]
+    assert spec["podManagementPolicy"] == "Parallel" and spec["updateStrategy"] == {"type": "RollingUpdate"}
+    assert "replicas" not in spec  # the HPA owns the replica count
+    labels = tail_sampling.pod()["metadata"]["labels"]
+    assert selects(spec["selector"]["matchLabels"], labels)
+    assert tail_sampling.one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "name": FULLNAME}
+    assert selects(tail_sampling.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+    assert selects(tail_sampling.one("Service", component="edge")["spec"]["selector"], labels)
+
+
+def test_tail_sampling_peers_find_each_other_through_a_headless_service(tail_sampling: Rendered) -> None:
+    service = peers_service(tail_sampling)
+    assert service["metadata"]["name"] == f"{FULLNAME}-peers"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert selects(service["spec"]["selector"], tail_sampling.pod()["metadata"]["labels"])
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http" and port["port"] == tail_sampling.container()["ports"][0]["containerPort"]
+    # Not scraped twice: the ServiceMonitor selects the client Service only.
+    monitor = tail_sampling.one("ServiceMonitor")
+    assert not selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    pod_ip = env_of(tail_sampling.container())["POD_IP"]
+    assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_tail_sampling_config_loads_with_edges_loader(tail_sampling: Rendered, tmp_path: Path) -> None:
+    config = load_rendered_config(tail_sampling, tmp_path, env={"POD_IP": "10.4.0.7"})
+    tail = config.tail_sampling
+    assert tail.enabled is True and tail.decision_wait == 10.0
+    assert [p["name"] for p in tail.policies] == ["errors", "baseline"]
+    peers = tail.peers
+    assert peers.dns == f"{FULLNAME}-peers.{NAMESPACE}.svc" and peers.static == ()
+    assert (peers.port, peers.interval, peers.advertise) == (config.listen_port, 2.0, "10.4.0.7:8080")
+    router = peers_from_config(peers)  # the pod's router: resolves the headless Service, knows itself by POD_IP
+    assert isinstance(router.membership, DnsMembers) and router.membership.name == peers.dns
+    assert router.address == "10.4.0.7:8080"
+    wal_mount = next(m for m in tail_sampling.container()["volumeMounts"] if m["name"] == "wal")
+    assert wal_mount["mountPath"] == tail.wal_dir == "/var/lib/edge/wal"
+
+
+def test_tail_sampling_wal_on_a_claim_per_pod(tail_sampling: Rendered) -> None:
+    (claim,) = tail_sampling.workload()["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "wal"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                             "resources": {"requests": {"storage": "5Gi"}}}
+    assert "wal" not in volumes_of(tail_sampling.pod())  # the claim is the volume
+
+
+def test_tail_sampling_wal_on_an_empty_dir(render: Callable[[dict[str, Any]], Rendered]) -> None:
+    base = {"enabled": True, "policies": TAIL_POLICIES}
+    rendered = render({"mode": "gateway", "tailSampling": base})
+    assert "volumeClaimTemplates" not in rendered.workload()["spec"]
+    assert volumes_of(rendered.pod())["wal"] == {"name": "wal", "emptyDir": {}}
+    limited = render({"mode": "gateway", "tailSampling": {**base, "wal": {"sizeLimit": "3Gi"}}})
+    assert volumes_of(limited.pod())["wal"] == {"name": "wal", "emptyDir": {"sizeLimit": "3Gi"}}
+
+
+def test_tail_sampling_claim_without_a_storage_class(render: Callable[[dict[str, Any]], Rendered]) -> None:
+    rendered = render({"mode": "gateway", "tailSampling": {"enabled": True, "policies": TAIL_POLICIES, "wal": {
+        "persistence": {"enabled": True, "storageClass": "-"}}}})
+    (claim,) = rendered.workload()["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == ""  # "-": no dynamic provisioning
+    assert claim["spec"]["resources"] == {"requests": {"storage": "2Gi"}}
+
+
+def test_tail_sampling_policies_may_come_from_the_config(render: Callable[[dict[str, Any]], Rendered],
+                                                         tmp_path: Path) -> None:
+    rendered = render({"mode": "gateway", "tailSampling": {"enabled": True},
+                       "config": {"tail_sampling": {"policies": TAIL_POLICIES[:1],
+                                                    "peers": {"static": ["10.0.0.1:8080"]}}}})
+    tail = load_rendered_config(rendered, tmp_path, env={"POD_IP": "10.4.0.7"}).tail_sampling
+    assert [p["name"] for p in tail.policies] == ["errors"]
+    assert tail.peers.static == () and tail.peers.dns  # the chart's Service replaces a static list
+
+
+def test_tail_sampling_off_keeps_the_deployment(gateway: Rendered) -> None:
+    assert gateway.workload()["kind"] == "Deployment"
+    assert [s["metadata"]["name"] for s in gateway.all("Service")] == [FULLNAME]
+    assert "POD_IP" not in env_of(gateway.container())
+    assert "tail_sampling" not in yaml.safe_load(gateway.config_files()["config.json"])
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"tailSampling": {"enabled": True, "policies": TAIL_POLICIES}}, "tailSampling.enabled needs mode: gateway"),
+    ({"mode": "gateway", "tailSampling": {"enabled": True}}, "tailSampling.enabled needs tailSampling.policies"),
+], ids=["daemonset", "no-policy"])
+def test_tail_sampling_misconfigurations_are_refused(helm: str, tmp_path: Path, values: dict[str, Any],
+                                                     message: str) -> None:
+    result = run_helm(helm, tmp_path, "template", values)
+    assert result.returncode != 0 and message in result.stderr
+
+
 # ── ServiceMonitor ──
 
 
@@ -460,7 +584,8 @@ def test_tail_arguments_parse_with_edge_tail(daemonset: Rendered) -> None:
 # ── the chart as a whole ──
 
 
-@pytest.mark.parametrize("values", [DAEMONSET_FULL, GATEWAY_FULL], ids=["daemonset", "gateway"])
+@pytest.mark.parametrize("values", [DAEMONSET_FULL, GATEWAY_FULL, TAIL_SAMPLING],
+                         ids=["daemonset", "gateway", "tail-sampling"])
 def test_helm_lint_is_clean(helm: str, tmp_path: Path, values: dict[str, Any]) -> None:
     result = run_helm(helm, tmp_path, "lint", values)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -476,7 +601,7 @@ def test_an_unknown_mode_is_refused(helm: str, tmp_path: Path) -> None:
 # Values that are Kubernetes objects (or free-form maps) passed through whole: one README row each.
 WHOLE_VALUES = {"livenessProbe", "readinessProbe", "resources", "podSecurityContext", "securityContext",
                 "daemonset.updateStrategy", "gateway.updateStrategy", "tail.resource", "tail.resources",
-                "tail.securityContext", "tail.podSecurityContext"}
+                "tail.securityContext", "tail.podSecurityContext", "tailSampling.updateStrategy"}
 
 
 def leaf_keys(values: dict[str, Any], prefix: str = "") -> Iterator[str]:

@@ -145,7 +145,7 @@ def test_a_200_mb_scrape_streams_through_edge_in_bounded_memory(tmp_path: Path, 
     port = free_port()
     (tmp_path / "policies.json").write_text(json.dumps({"policies": POLICIES}))
     config = {"listen_port": port, "workers": 2, "upstream_url": upstream, "metrics_url": upstream,
-              "log_level": "warn", "upstream_timeout": 20,
+              "grpc": {"enabled": False}, "log_level": "warn", "upstream_timeout": 20,
               "prometheus": {"max_input_bytes_per_scrape": 0, "max_output_bytes_per_scrape": 0},
               "policy_providers": [{"id": "f", "type": "file", "path": str(tmp_path / "policies.json")}]}
     (tmp_path / "config.json").write_text(json.dumps(config))

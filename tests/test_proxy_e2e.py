@@ -136,7 +136,8 @@ class Edge:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         path = tmp / "config.json"
-        path.write_text(json.dumps({"listen_port": self.port, "workers": 2, "log_level": "info", **config}))
+        path.write_text(json.dumps({"listen_port": self.port, "workers": 2, "log_level": "info",
+                                    "grpc": {"listen_port": free_port()}, **config}))
         self.log = open(tmp / "edge.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([*command, str(path)], stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=new_session)

@@ -62,7 +62,8 @@ class Edge:
     def __init__(self, tmp: Path, upstream: str, policies: list[dict], s3_dump: dict, log_level: str = "info") -> None:
         self.port = free_port()
         (tmp / "policies.json").write_text(json.dumps({"policies": policies}))
-        config = {"listen_port": self.port, "workers": 1, "upstream_url": upstream, "log_level": log_level,
+        config = {"listen_port": self.port, "grpc": {"enabled": False}, "workers": 1, "upstream_url": upstream,
+                  "log_level": log_level,
                   "policy_providers": [{"id": "file", "type": "file", "path": str(tmp / "policies.json")}],
                   "s3_dump": s3_dump}
         (tmp / "config.json").write_text(json.dumps(config))

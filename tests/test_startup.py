@@ -24,6 +24,7 @@ from edge import __version__
 from edge.config import ProviderConfig
 from edge.control.http_provider import HttpProvider
 from edge.policy.sync import SyncClient
+from supervisor.listener import bind_listener
 from tests.proxy_fixtures import RecordingUpstream, free_port, request
 from tests.reliability.harness import EDGE_SCRIPT, SUITE_POLICIES, PolicyServer
 from tests.waiting import wait_for
@@ -128,6 +129,17 @@ def test_port_in_use_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert single_error_line(result)["msg"] == (
         f"cannot listen on 127.0.0.1:{port}: the port is already in use (config key listen_port)")
+
+
+def test_connections_are_refused_until_gunicorn_listens() -> None:
+    """The supervisor only binds: a sender connecting before the workers' master listens is refused and
+    retries, instead of waiting in the backlog while workers boot (and being served after its timeout)."""
+    with bind_listener("127.0.0.1", 0) as bound:
+        port = bound.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        bound.listen()
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 @pytest.mark.parametrize(("address", "message"), [

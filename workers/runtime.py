@@ -8,11 +8,10 @@ instance and match statistics go to the spool about once a second.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from edge.channels.ratelimit import SharedRateLimiter
-from edge.channels.run_dir import RUN_DIR_ENV, RuntimePaths
+from edge.channels.run_dir import RuntimePaths
 from edge.channels.snapshots import SnapshotReader
 from edge.channels.stats_spool import StatsSpool
 from edge.config import Config, from_json
@@ -22,6 +21,7 @@ from edge.engine.holder import EngineHolder
 from edge.engine.stats import MatchStats
 from edge.extensions.s3_dump import register_s3_dump
 from edge.protocols.self_metrics import get_metrics
+from edge.tailsampling.client import SocketSamplerClient
 
 
 class WorkerRuntime:
@@ -41,10 +41,13 @@ class WorkerRuntime:
 
     @classmethod
     def from_environment(cls) -> WorkerRuntime:
-        run_dir = os.environ.get(RUN_DIR_ENV)
-        if not run_dir:
-            raise RuntimeError(f"{RUN_DIR_ENV} is not set: workers are started by the edge supervisor")
-        return cls(RuntimePaths.read(run_dir))
+        return cls(RuntimePaths.from_environment())
+
+    def sampler_client(self) -> SocketSamplerClient | None:
+        """This worker's connection to the instance's tail sampler; None when tail sampling is off."""
+        if not (self.config.tail_sampling.enabled and self.paths.sampler_socket):
+            return None
+        return SocketSamplerClient(self.paths.sampler_socket)
 
     def engine(self) -> Engine | None:
         """The engine for the newest snapshot; None until the first one (raw passthrough)."""

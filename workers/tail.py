@@ -7,7 +7,7 @@ Policies: the section's `policy` file when it names one, else the policy snapsho
 supervisor publishes for the HTTP workers (the same policies as the proxy, switched
 without a restart).
 
-The supervisor's handle on this child is `supervisor.tail_child.TailWorkerProcess`.
+The supervisor's handle on this child is `supervisor.tail_child.tail_worker`, a `supervisor.child.ChildProcess`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ GRACEFUL_S = 1  # in-flight requests get this long at shutdown
 class ProxyServer:
     def __init__(self, app: Any, host: str, port: int, max_connections: int) -> None:
         logging.getLogger("uvicorn").setLevel(logging.WARNING)
-        config = uvicorn.Config(app, host=host, port=port, loop="uvloop", lifespan="on", log_config=None,
+        # h11: its bound on a request head holds without edge's gunicorn limits (`workers.http_protocol`);
+        # the function's own telemetry on loopback needs no faster parser.
+        config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="h11", lifespan="on", log_config=None,
                                 access_log=False, limit_concurrency=max_connections, server_header=False,
                                 timeout_graceful_shutdown=GRACEFUL_S)
         self.server = uvicorn.Server(config)

@@ -23,9 +23,12 @@ from edge.protocols.admin import Health, MetricsEndpoint, Policies, update_snaps
 from edge.protocols.body import Admission, BodyState, BodyWatch, body_state
 from edge.protocols.datadog import datadog_routes
 from edge.protocols.otlp import OtlpRoute
+from edge.protocols.otlp_upstream import otlp_client
 from edge.protocols.passthrough import Passthrough
+from edge.protocols.peer_forwards import peer_routes
 from edge.protocols.prometheus import prometheus_routes
 from edge.protocols.self_metrics import Metrics, get_metrics
+from edge.protocols.tail_handoff import SamplerConnection, handoffs
 from edge.protocols.upstream import Upstream, UpstreamError, busy_response, error_response, late_body_response
 from edge.runtime import Runtime
 
@@ -47,7 +50,7 @@ LOCAL_ROUTES = frozenset({"health", "policies", "metrics"})
 class Router:
     """The sink every request goes through: pick the handler, admit or refuse it, answer errors, count.
 
-    Admission: gunicorn's ASGI worker does not enforce `--worker-connections`, so each worker
+    Admission: the HTTP server limits no connections (idle keep-alive ones cost little), so each worker
     counts the requests it is working on and answers 503 with Retry-After beyond its share of
     `max_connections`. A request with a body is counted once the body is complete (see
     `edge.protocols.body`); one without, here. The local admin routes are always served.
@@ -172,19 +175,31 @@ DISTRIBUTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def create_app(runtime: Runtime, distribution: str = "edge") -> BodyWatch:
-    """The worker's ASGI app with the routes of one distribution (`edge` serves them all)."""
+def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerConnection | None = None) -> BodyWatch:
+    """The worker's ASGI app with the routes of one distribution (`edge` serves them all); with a
+    `sampler`, the OTLP traces route (and the logs route under `logs.follow_traces`) hands what
+    edge's policies leave to the tail sampler.
+
+    The peers' internal routes (`peer_routes`: spans, and log records under `logs.follow_traces`) exist
+    wherever OTLP is served, so a peer's forward is never passed through to the upstream: without a
+    sampler it is answered 404 and the peer keeps what it sent."""
     protocols = DISTRIBUTIONS[distribution]
     config = runtime.config
     logs.configure(config.log_level)
     metrics = get_metrics()
     upstream = Upstream(config, metrics)
-    otlp = {"log": config.logs_url, "metric": config.metrics_url, "trace": config.upstream_url}
     routes: dict[str, dict[str, Handler]] = {}
     if "otlp" in protocols:  # on the configured paths; forwarded to the signal's URL + the path received
         paths = config.otlp.paths()
-        routes.update({paths[signal]: {"POST": OtlpRoute(signal, base, runtime, upstream, metrics)}
-                       for signal, base in otlp.items()})
+        otlp_routes = {signal: OtlpRoute(signal, base, runtime, upstream, metrics,
+                                         otlp_client(config, signal, base, upstream))
+                       for signal, base in config.otlp_urls().items()}
+        for signal, handoff in handoffs(config, sampler).items():
+            otlp_routes[signal].handoff = handoff
+        routes.update({paths[signal]: {"POST": route} for signal, route in otlp_routes.items()})
+        for path, forwards in peer_routes(sampler, config.tail_sampling.logs.follow_traces,
+                                          config.max_decoded_bytes).items():
+            routes[path] = {"POST": forwards}
     if "datadog" in protocols:
         routes.update(datadog_routes(runtime, upstream, metrics))
     prefixes: dict[str, dict[str, Handler]] = {}

@@ -45,10 +45,12 @@ class DatadogRoute(OtlpRoute):
 
 
 def datadog_routes(runtime: Runtime, upstream: Upstream, metrics: Metrics) -> dict[str, dict[str, DatadogRoute]]:
-    """The Datadog routes of the app: logs go to `logs_url`, series to `metrics_url` (same path and query)."""
+    """The Datadog routes of the app: logs go to `logs_url`, series to `metrics_url` (same path and query),
+    or to `upstream_url` when that URL is a gRPC upstream (`Config.http_url`)."""
     config = runtime.config
     return {
-        LOGS_PATH: {"POST": DatadogRoute(LOG, "datadog_logs", config.logs_url, runtime, upstream, metrics)},
-        SERIES_PATH: {"POST": DatadogRoute(METRIC, "datadog_series", config.metrics_url, runtime, upstream,
-                                           metrics)},
+        LOGS_PATH: {"POST": DatadogRoute(LOG, "datadog_logs", config.http_url(config.logs_url), runtime, upstream,
+                                         metrics)},
+        SERIES_PATH: {"POST": DatadogRoute(METRIC, "datadog_series", config.http_url(config.metrics_url), runtime,
+                                           upstream, metrics)},
     }

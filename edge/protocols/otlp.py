@@ -14,6 +14,7 @@ never holds the loop, and with it every other request of the worker and gunicorn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,7 +25,9 @@ from edge.formats.evaluated import Evaluated
 from edge.formats.otlp.body import evaluate, is_protobuf
 from edge.protocols.body import client_gone
 from edge.protocols.content_encoding import DecodeFailed, TooLarge, codec_of, decode_or_raise, encode
+from edge.protocols.otlp_upstream import HttpClient, UpstreamClient
 from edge.protocols.self_metrics import Metrics
+from edge.protocols.tail_handoff import Handoff
 from edge.protocols.unfiltered import (
     DECODE_LIMIT,
     DEPTH_LIMIT,
@@ -38,12 +41,20 @@ from edge.protocols.unfiltered import (
     note,
     refusal,
 )
-from edge.protocols.upstream import JSON, RequestHead, Upstream, error_response, relay_headers, request_head
+from edge.protocols.upstream import (
+    JSON,
+    PROTOBUF,
+    RequestHead,
+    Upstream,
+    error_response,
+    relay_headers,
+    request_head,
+)
 from edge.runtime import Runtime
+from edge.tailsampling.interfaces import Ack
 
 log = logging.getLogger(__name__)
 
-PROTOBUF = "application/x-protobuf"
 EMPTY_JSON = b"{}"
 EMPTY_PROTOBUF = b""
 DROPPED = None  # `OtlpRoute.filter` result: every record was dropped
@@ -53,6 +64,9 @@ COMPRESSION_RATIO = 8  # a compressed body is estimated at this many times its s
 # evaluation holds the GIL and stays on the loop (in threads it only added memory: the Python
 # objects of a parsed batch then come from per-thread malloc arenas).
 FILTER_THREADS = 2
+# Retry-After (seconds) when the tail sampler cannot take a batch: a full write-ahead log drains at the
+# upstream's pace, a sampler being restarted is back within about a second.
+SAMPLER_RETRY_SECONDS = {Ack.WAL_FULL: 5, Ack.UNAVAILABLE: 1}
 
 _decode_pool: ThreadPoolExecutor | None = None
 
@@ -80,17 +94,20 @@ def decoded_off_loop(body: bytes, head: RequestHead) -> bool:
 class OtlpRoute:
     """One signal's OTLP/HTTP endpoint."""
 
-    def __init__(self, signal: str, base_url: str, runtime: Runtime, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, signal: str, base_url: str, runtime: Runtime, upstream: Upstream, metrics: Metrics,
+                 client: UpstreamClient | None = None) -> None:
         self.signal = signal
         self.route = f"otlp_{signal}s"
-        self.base_url = base_url
         self.runtime = runtime
         self.upstream = upstream
+        # Where what is left goes: OTLP/HTTP to `base_url` unless the signal's client says otherwise.
+        self.client: UpstreamClient = client or HttpClient(upstream, base_url, signal)
         self.metrics = metrics
         self.max_body = runtime.config.max_body_size
         self.max_decoded = runtime.config.max_decoded_bytes
         self.reject = runtime.config.unfiltered == REJECT
         self.all_dropped: bytes | None = None  # sent upstream when every record is dropped; None: answer here
+        self.handoff: Handoff | None = None  # set: batches go to the tail sampler instead of the upstream
 
     async def __call__(self, req: Any, resp: Any) -> None:
         scope = req.scope
@@ -107,10 +124,10 @@ class OtlpRoute:
         if client_gone(scope) or (head.content_length is not None and len(body) != head.content_length):
             return error_response(resp, 400)  # the client went away mid-body: never forward a part
         try:
-            forward = await self.filter_off_loop(body, head)
+            forward = await (self.filter_off_loop(body, head) if self.handoff is None else self.sample(body, head))
         except Refused as refused:
             return refusal(resp, refused.reason)
-        if forward is DROPPED:
+        if forward is DROPPED or forward is Ack.ACCEPTED:
             resp.status = 200
             if is_protobuf(head.content_type):
                 resp.content_type = PROTOBUF
@@ -119,7 +136,9 @@ class OtlpRoute:
                 resp.content_type = JSON
                 resp.data = EMPTY_JSON
             return None
-        response = await self.upstream.exchange(self.base_url, "POST", scope, head, forward)
+        if isinstance(forward, Ack):
+            return sampler_busy(resp, forward)
+        response = await self.client.forward_http(scope, head, forward)
         relay_headers(resp, response.status, response.headers, keep_length=False)
         resp.data = response.body
         return None
@@ -137,6 +156,38 @@ class OtlpRoute:
             decoded = await loop.run_in_executor(decode_pool(), self.decode, body, head)
             return self.filter(body, head, decoded)
         return self.filter(body, head)
+
+    async def sample(self, body: bytes, head: RequestHead) -> Ack | bytes | None:
+        """Tail sampling: the batch filtered by edge's policies as always, then split by trace and handed
+        to the sampler, whose Ack is the answer; DROPPED when the policies left nothing. A body that
+        cannot be decoded or split is unfiltered as without tail sampling, and a logs batch without a
+        trace id is not the sampler's: the bytes to forward (or Refused under `unfiltered: reject`)."""
+        codec = codec_of(head.content_encoding)
+        if codec is None:
+            self.unfiltered(UNKNOWN_CODEC, f"Content-Encoding {head.content_encoding!r}")
+            return body
+        if decoded_off_loop(body, head):
+            decoded = await asyncio.get_running_loop().run_in_executor(decode_pool(), self.decode, body, head)
+        else:
+            decoded = self.decode(body, head)
+        if isinstance(decoded, DecodeFailed):
+            self.unfiltered(DECODE_LIMIT if isinstance(decoded, TooLarge) else UNDECODABLE,
+                            f"{codec or 'identity'}: {decoded}")
+            return body
+        plain = dataclasses.replace(head, content_encoding=None)
+        kept = self.filter(decoded, plain, decoded)
+        if kept is DROPPED:
+            return DROPPED
+        assert self.handoff is not None
+        try:
+            fragments = self.handoff.split(kept, head.content_type or "")
+        except UndecodableBody as exc:
+            if not self.filtered(plain):  # else `filter` has counted it already
+                self.unfiltered(UNDECODABLE, str(exc))
+            return body
+        if self.handoff.bypasses(fragments):
+            return body if kept is decoded else encode(kept, codec)
+        return await self.handoff.submit(fragments) if fragments else Ack.ACCEPTED
 
     def filtered(self, head: RequestHead) -> bool:
         """Whether this body will be decoded and evaluated at all (else it is forwarded raw)."""
@@ -211,3 +262,11 @@ class OtlpRoute:
             log.exception("filtering a %s batch failed; forwarding it unmodified", self.signal)
         self.unfiltered(INTERNAL_ERROR)
         return body
+
+
+def sampler_busy(resp: Any, ack: Ack) -> None:
+    """503 with Retry-After: the tail sampler could not take the batch (its log is full, or it is down)."""
+    resp.status = 503
+    resp.content_type = JSON
+    resp.set_header("Retry-After", str(SAMPLER_RETRY_SECONDS[ack]))
+    resp.data = b'{"error":"tail sampler unavailable"}' if ack is Ack.UNAVAILABLE else b'{"error":"tail sampler full"}'

@@ -400,6 +400,7 @@ def prometheus_routes(runtime: Runtime, upstream: Upstream, metrics: Metrics
                       ) -> tuple[dict[str, dict[str, PrometheusRoute]], dict[str, dict[str, PrometheusRoute]]]:
     """(exact routes, prefix routes) of the scrape proxy, for the router."""
     config = runtime.config
-    route = PrometheusRoute(config.prometheus.scrape_url or config.metrics_url, runtime, upstream, metrics)
+    route = PrometheusRoute(config.prometheus.scrape_url or config.http_url(config.metrics_url), runtime, upstream,
+                            metrics)
     methods = {"GET": route, "HEAD": route}
     return {"/metrics": methods}, {"/metrics/": methods}

@@ -3,7 +3,8 @@
 Requests keep the method, the path and query exactly as received and every header except
 the hop-by-hop ones (plus any the client named in `Connection`); the upstream's Host and
 the Content-Length of the body actually sent are added. Responses are relayed with their
-status and headers (minus hop-by-hop) and their body as received, never decompressed.
+status and headers (minus hop-by-hop and Date: edge dates its answers) and their body as received,
+never decompressed.
 An unreachable upstream is a 502, one that does not answer within `upstream_timeout` a
 504, both with a short JSON body. Failures (connect error, timeout, reset) and 5xx answers
 are logged at warn, a 413 answer at info: at most one line per upstream per 10 s with a
@@ -11,7 +12,11 @@ count (`RateLimitedLog`), so an upstream down never floods the log.
 
 One aiohttp `ClientSession` per worker (`auto_decompress=False`) carries buffered
 exchanges (OTLP batches) and streaming passthrough alike; it keeps connections alive and
-verifies TLS certificates unless `tls_insecure_skip_verify` is set.
+verifies TLS certificates unless `tls_insecure_skip_verify` is set. aiohttp was measured
+against httpx, aiosonic and pyreqwest (`benchmarks/upstream_client.py`): only pyreqwest
+costs less per request, and it cannot relay a response header value that is not UTF-8. The channels to gRPC
+upstreams (`edge.protocols.grpc_channels`) belong to the same object, so the worker opens
+and closes all its upstream connections in one place.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from yarl import URL
 from edge.config import Config
 from edge.logs import RateLimitedLog
 from edge.protocols.body import LATE_BODY, BodyTimeout, Busy, ClientGone
+from edge.protocols.grpc_channels import ChannelPool, GrpcTarget
 from edge.protocols.self_metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -34,13 +40,15 @@ _troubles = RateLimitedLog(log)  # keyed by upstream origin (scheme, host, port:
 
 HOP_BY_HOP = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding", b"keep-alive",
                         b"proxy-connection", b"te", b"trailer", b"upgrade",
-                        b"expect"})  # gunicorn already answered the client's 100-continue; the body is in hand
-# Response headers never relayed; content-length is handled separately (kept for streamed bodies).
-RESPONSE_HOP_BY_HOP = frozenset({b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"te",
-                                 b"trailer", b"upgrade", b"content-length"})
+                        b"expect"})  # the HTTP server already answered the client's 100-continue; the body is in hand
+# Response headers never relayed: the hop-by-hop ones, and Date, which edge's HTTP server writes on every
+# response (as nginx replaces the upstream's); content-length is handled separately (kept for streamed bodies).
+RESPONSE_NOT_RELAYED = frozenset({b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"te",
+                                  b"trailer", b"upgrade", b"content-length", b"date"})
 # Headers aiohttp would invent; the client's own are forwarded, nothing is added.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 JSON = "application/json"
+PROTOBUF = "application/x-protobuf"
 
 ERROR_BODIES = {
     502: b'{"error":"upstream unreachable"}',
@@ -161,6 +169,10 @@ class Upstream:
         # outlive the response and fail the next request on the pooled connection at once
         # ("Timeout on reading data from socket", answered 504 in a millisecond).
         self.stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t)
+        self.pools: dict[GrpcTarget, ChannelPool] = {}
+        # Whatever edge accepts can be sent on: a request body, decoded, or a gRPC message.
+        self.message_limit = max(config.max_body_size, config.max_decoded_bytes,
+                                 config.grpc.message_limit(config.max_body_size))
 
     async def start(self) -> None:
         if self.session is not None:
@@ -176,13 +188,26 @@ class Upstream:
         session, self.session = self.session, None
         if session is not None:
             await session.close()
+        pools, self.pools = list(self.pools.values()), {}
+        for pool in pools:
+            await pool.close()
+
+    def channel_pool(self, target: GrpcTarget) -> ChannelPool:
+        """The worker's channels to a gRPC upstream, opened on first use (inside the event loop)."""
+        pool = self.pools.get(target)
+        if pool is None:
+            pool = self.pools[target] = ChannelPool(target, self.message_limit)
+        return pool
 
     async def exchange(self, base_url: str, method: str, scope: dict[str, Any], head: RequestHead,
                        body: bytes) -> Response:
         """A buffered request/response (the whole response body is read)."""
-        target = url(base_url, request_target(scope))
+        return await self.exchange_at(url(base_url, request_target(scope)), method, head.pairs(), body)
+
+    async def exchange_at(self, target: URL, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+        """`exchange` to a URL and with headers already made (a caller that sends many to the same one)."""
         try:
-            response = await self.open(method, target, head.pairs(), body)
+            response = await self.open(method, target, headers, body)
             try:
                 data = await response.read()
             finally:
@@ -199,11 +224,14 @@ class Upstream:
         if self.session is None:  # no lifespan (e.g. a server without it): start lazily
             await self.start()
         assert self.session is not None
+        sent = self.session.request(method, target, headers=headers, data=data, allow_redirects=False,
+                                    compress=None, timeout=self.stream_timeout if streaming else self.timeout)
         try:
-            async with asyncio.timeout(self.config.upstream_timeout if streaming else None):
-                response = await self.session.request(method, target, headers=headers, data=data,
-                                                      allow_redirects=False, compress=None,
-                                                      timeout=self.stream_timeout if streaming else self.timeout)
+            if streaming:  # the headers within upstream_timeout (a buffered exchange has aiohttp's total)
+                async with asyncio.timeout(self.config.upstream_timeout):
+                    response = await sent
+            else:
+                response = await sent
         except Exception as exc:  # noqa: BLE001
             raise self.failed(exc, target) from None
         if response.status >= 500 or response.status == 413:
@@ -269,7 +297,7 @@ def relay_headers(resp: Any, status: int, raw_headers: Any, keep_length: bool) -
     append = resp.append_header
     for raw_name, raw_value in raw_headers:
         lower = raw_name.lower()
-        if lower in RESPONSE_HOP_BY_HOP and not (keep_length and lower == b"content-length"):
+        if lower in RESPONSE_NOT_RELAYED and not (keep_length and lower == b"content-length"):
             continue
         try:
             append(lower.decode("latin-1"), raw_value.decode("latin-1"))

@@ -47,8 +47,10 @@ _RECORD_MAGIC = b"ETCK"
 _SNAPSHOT_MAGIC = b"ETSN"
 _VERSION = 1
 _TOMBSTONE = 1
-# magic, version, flags, (2 pad), device, inode, fingerprint, fingerprint_len, offset, updated_ms
-_RECORD_BODY = struct.Struct("<4sBB2xQQQIQQ")
+# magic, version, flags, ahead, device, inode, fingerprint, fingerprint_len, offset, updated_ms
+# (`ahead` took two pad bytes that were always zero, so older records read as ahead 0)
+_RECORD_BODY = struct.Struct("<4sBBHQQQIQQ")
+MAX_AHEAD = 0xFFFF
 _CRC = struct.Struct("<I")
 RECORD_SIZE = _RECORD_BODY.size + _CRC.size
 # magic, version, (3 pad), record count; followed by the records and a CRC over everything before it
@@ -79,6 +81,7 @@ class Checkpoint:
     identity: FileIdentity
     offset: int  # byte offset of the first line NOT yet delivered
     updated_ms: int  # wall-clock ms of the last update
+    ahead: int = 0  # urgent records after `offset` already delivered (edge.tail.ledger), at most MAX_AHEAD
 
 
 class StateDirInUse(OSError):
@@ -93,9 +96,9 @@ def encode_record(checkpoint: Checkpoint, *, tombstone: bool = False) -> bytes:
     """One WAL record; ValueError for values that do not fit (negative or too large)."""
     ident = checkpoint.identity
     try:
-        body = _RECORD_BODY.pack(_RECORD_MAGIC, _VERSION, _TOMBSTONE if tombstone else 0, ident.device,
-                                 ident.inode, ident.fingerprint, ident.fingerprint_len, checkpoint.offset,
-                                 checkpoint.updated_ms)
+        body = _RECORD_BODY.pack(_RECORD_MAGIC, _VERSION, _TOMBSTONE if tombstone else 0, checkpoint.ahead,
+                                 ident.device, ident.inode, ident.fingerprint, ident.fingerprint_len,
+                                 checkpoint.offset, checkpoint.updated_ms)
     except struct.error as exc:
         raise ValueError(f"checkpoint {checkpoint} does not fit a record: {exc}") from None
     return body + _CRC.pack(zlib.crc32(body))
@@ -108,12 +111,12 @@ def decode_record(data: bytes | memoryview) -> tuple[Key, Checkpoint | None] | N
     body = data[:_RECORD_BODY.size]
     if _CRC.unpack_from(data, _RECORD_BODY.size)[0] != zlib.crc32(body):
         return None
-    magic, version, flags, device, inode, fp, fp_len, offset, updated_ms = _RECORD_BODY.unpack(body)
+    magic, version, flags, ahead, device, inode, fp, fp_len, offset, updated_ms = _RECORD_BODY.unpack(body)
     if magic != _RECORD_MAGIC or version != _VERSION:
         return None
     if flags & _TOMBSTONE:
         return (device, inode), None
-    return (device, inode), Checkpoint(FileIdentity(device, inode, fp, fp_len), offset, updated_ms)
+    return (device, inode), Checkpoint(FileIdentity(device, inode, fp, fp_len), offset, updated_ms, ahead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +293,11 @@ class CheckpointStore:
             return None
         return checkpoint
 
-    def update(self, identity: FileIdentity, offset: int) -> None:
-        """Non-blocking: record that everything before `offset` is delivered (queued to the writer thread)."""
-        checkpoint = Checkpoint(identity, offset, now_ms())
+    def update(self, identity: FileIdentity, offset: int, ahead: int = 0) -> None:
+        """Non-blocking: record that everything before `offset` is delivered, and the first `ahead` urgent
+        records after it (queued to the writer thread). A larger `ahead` is stored as MAX_AHEAD: fewer
+        records skipped on restart means some sent twice, never one lost."""
+        checkpoint = Checkpoint(identity, offset, now_ms(), min(ahead, MAX_AHEAD))
         record = encode_record(checkpoint)  # raises here, in the caller, for out-of-range values
         key = _key(identity)
         with self._cond:

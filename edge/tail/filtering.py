@@ -17,7 +17,7 @@ from itertools import compress
 from edge.engine import bits
 from edge.engine.engine import Engine
 from edge.engine.holder import EngineHolder, SnapshotSource
-from edge.formats.lines.batch import LineBatch, decode_lines
+from edge.formats.lines.batch import LineBatch, decode_lines, decode_records
 from edge.formats.lines.patterns import Fields
 from edge.formats.lines.records import DEFAULT_NAMES, FieldNames
 from edge.policy.compiler import compile_policies
@@ -98,41 +98,39 @@ class LineFilter:
               resource: Mapping[str, str] | None = None) -> LineFilter:
         return cls(lambda: snapshot, fmt, max_line, resource)
 
-    def apply(self, block: bytes, file_path: str = "") -> Kept:
-        """`block` holds complete lines, each ending with a newline."""
+    def apply(self, block: bytes, file_path: str = "", records: list[bytes] | None = None) -> Kept:
+        """`block` holds complete lines, each ending with a newline; `records`, when given, are the
+        multi-line records it joins, each evaluated as one."""
         engine = self._engines.engine() if block else None
         if engine is None:
-            return Kept(block, block.count(b"\n"))
-        lines = block.split(b"\n")
-        lines.pop()
+            return Kept(block, block.count(b"\n") if records is None else len(records), records)
+        lines = records if records is not None else block.split(b"\n")[:-1]
         try:
-            alive = self._alive(engine, block, lines, file_path)
+            alive = self._alive(engine, block, lines, file_path, records is not None)
         except Exception:  # noqa: BLE001 - fail-open: an evaluation bug never loses lines
             log.exception("policy evaluation failed; keeping the %d lines of this block", len(lines))
-            return Kept(block, len(lines))
+            return Kept(block, len(lines), records)
         n = len(lines)
         if alive == bits.full_mask(n):
-            return Kept(block, n)
+            return Kept(block, n, records)
         kept = list(compress(lines, bits.flags(alive, n).encode().translate(_SELECTORS)))
-        if not kept:
-            return Kept(b"", 0)
-        kept.append(b"")
-        return Kept(b"\n".join(kept), len(kept) - 1)
+        joined = kept if records is not None else None
+        return Kept(b"\n".join(kept) + b"\n", len(kept), joined) if kept else Kept(b"", 0, joined)
 
-    def _alive(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str) -> int:
+    def _alive(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str, joined: bool) -> int:
         """The mask of lines to keep; over-long lines are kept without evaluation."""
         if len(block) <= self.max_line or max(map(len, lines)) <= self.max_line:
-            return self._evaluate(engine, block, lines, file_path)
+            return self._evaluate(engine, block, lines, file_path, joined)
         short = [i for i, line in enumerate(lines) if len(line) <= self.max_line]
         alive = bits.full_mask(len(lines)) ^ bits.from_indices(short, len(lines))
         if short:
             subset = [lines[i] for i in short]
-            sub_alive = self._evaluate(engine, b"\n".join(subset) + b"\n", subset, file_path)
+            sub_alive = self._evaluate(engine, b"\n".join(subset) + b"\n", subset, file_path, joined)
             alive |= bits.from_indices([short[j] for j in bits.indices(sub_alive)], len(lines))
         return alive
 
-    def _evaluate(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str) -> int:
-        batch = LineBatch(lines, decode_lines(block), self.format, file_path, self.resource, self.names,
-                          self.fields)
+    def _evaluate(self, engine: Engine, block: bytes, lines: list[bytes], file_path: str, joined: bool) -> int:
+        texts = decode_records(lines) if joined else decode_lines(block)
+        batch = LineBatch(lines, texts, self.format, file_path, self.resource, self.names, self.fields)
         engine.evaluate(LOG, batch)
         return batch.alive

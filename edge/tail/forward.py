@@ -1,24 +1,31 @@
 """Forwarding kept lines as OTLP/HTTP log batches instead of writing them.
 
-Lines accumulate into a batch of at most `batch_lines` records (or `batch_interval_ms`
-after its first record); each sealed batch is encoded (protobuf or JSON), gzipped and
-POSTed by one aiohttp session running in a background thread. Batches are sent one at
-a time, in order, and a batch is retried until the target answers 2xx: exponential
-backoff with jitter from `--retry-backoff-ms`, or the target's `Retry-After` when it gives
-one, each attempt bounded by `--http-timeout-s`. A batch the target refuses for good (a 4xx
-other than 408 and 429), or one still failing after `--max-retries` retries, is written to
-the dead-letter directory in the state dir and logged once: it is set aside, not dropped,
-and reading goes on. On SIGTERM, batches still failing are given up after `DRAIN_S`
-(their checkpoints stay behind them, so they are sent again on the next start); at the
-end of stdin, which has no checkpoint, after `EOF_DRAIN_S`.
-While `max_queued` batches (`--max-buffer-records` in whole batches) wait, `ready()` is false and the tailer stops
-reading (backpressure); positions are reported delivered only when the batch holding
-their lines is acknowledged (or set aside), so checkpoints never pass unsent lines.
+Each block of lines is parsed into records when the tailer hands it over (`edge.tail.otlp`
+for the line format: raw → the line as body; json/logfmt/regex → parsed time, severity,
+body, trace context and attributes), and its records accumulate into batches of at most
+`batch_lines` (or `batch_interval_ms` after a batch's first record). Urgent records
+(errors and worse, `edge.tail.priority`) go into batches of their own. Each sealed batch
+is encoded (protobuf or JSON), gzipped and POSTed by one aiohttp session running in a
+background thread, one at a time: the oldest urgent batch first, else the oldest other
+one, so when the target falls behind the errors of the backlog reach it first. A batch is
+retried until the target answers 2xx: exponential backoff with jitter from
+`--retry-backoff-ms`, or the target's `Retry-After` when it gives one, each attempt bounded
+by `--http-timeout-s`; after a failed attempt an urgent batch sealed meanwhile goes before
+the retry. A batch the target refuses for good (a 4xx other than 408 and 429), or one
+still failing after `--max-retries` retries, is written to the dead-letter directory in the
+state dir and logged once: it is set aside, not dropped, and reading goes on. On SIGTERM,
+batches still failing are given up after `DRAIN_S` (their checkpoints stay behind them, so
+they are sent again on the next start); at the end of stdin, which has no checkpoint,
+after `EOF_DRAIN_S`.
 
-Each line becomes one record as `edge.tail.otlp` encodes it for the line format (raw: the
-line as body; json/logfmt: parsed time, severity, body, trace context and attributes),
-with the attribute `log.file.path`; the resource carries `--resource` pairs and the
-Kubernetes downward-API variables (`POD_NAME`, `NAMESPACE`, `SERVICE_NAME`).
+While `max_queued` batches (`--max-buffer-records` in whole batches) wait, `ready()` is
+false and the tailer stops reading (backpressure). Positions are reported delivered only
+when every record before them is acknowledged (or set aside), whatever order the batches
+went in (`edge.tail.ledger`), so checkpoints never pass unsent lines; urgent records
+acknowledged beyond a checkpoint are counted there and not sent again after a restart.
+
+Every record carries the attribute `log.file.path`; the resource carries `--resource` pairs
+and the Kubernetes downward-API variables (`POD_NAME`, `NAMESPACE`, `SERVICE_NAME`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import enum
 import gzip
 import logging
 import os
@@ -39,10 +47,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from edge.formats.lines.records import Record
 from edge.logs import redact
-from edge.tail.otlp import ENCODERS, Parser, record_parser
-from edge.tail.output import Delivered, Position
-from edge.tail.reader import display
+from edge.tail.ledger import AheadDelivered, Ledger, Ticket
+from edge.tail.otlp import Parser, encoder, record_parser
+from edge.tail.output import Position
+from edge.tail.priority import is_urgent
+from edge.tail.reader import FileKey, display
 
 log = logging.getLogger("edge.tail")
 
@@ -72,19 +83,32 @@ def retryable(status: int) -> bool:
 
 @dataclass(slots=True)
 class Batch:
-    """Lines of one request, grouped by source file, and the positions they complete."""
+    """Records of one request, grouped by source file, and the tickets whose records they are."""
 
-    groups: list[tuple[str, list[bytes]]] = field(default_factory=list)
+    urgent: bool = False
+    groups: list[tuple[str, list[Record]]] = field(default_factory=list)
     count: int = 0
-    positions: dict[tuple[int, int], Position] = field(default_factory=dict)
+    parts: dict[Ticket, tuple[int, int]] = field(default_factory=dict)  # ticket → its (records, urgent) here
     started: float = 0.0
+    attempts: int = 0  # failed sends so far
+    body: bytes = b""  # encoded and gzipped at the first attempt
 
-    def add(self, source: str, lines: list[bytes]) -> None:
+    def add(self, source: str, records: list[Record], ticket: Ticket, urgent: int) -> None:
         if self.groups and self.groups[-1][0] == source:
-            self.groups[-1][1].extend(lines)
+            self.groups[-1][1].extend(records)
         else:
-            self.groups.append((source, lines))
-        self.count += len(lines)
+            self.groups.append((source, records))
+        self.count += len(records)
+        count, urgent_before = self.parts.get(ticket, (0, 0))
+        self.parts[ticket] = (count + len(records), urgent_before + urgent)
+
+
+class Outcome(enum.Enum):
+    """How one turn of sending a batch ended."""
+
+    DONE = "acknowledged or set aside"
+    PREEMPTED = "failed, and an urgent batch waits: it goes first"
+    GIVE_UP = "shutdown's drain time ran out"
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -123,22 +147,23 @@ class ForwardSink:
     """The `Sink` that POSTs OTLP log batches (see the module doc)."""
 
     def __init__(self, url: str, *, fmt: str, batch_lines: int, batch_interval_ms: int,
-                 resource: Mapping[str, str], on_delivered: Delivered, wakeup: threading.Event,
+                 resource: Mapping[str, str], on_delivered: AheadDelivered, wakeup: threading.Event,
                  parse: Parser | None = None, delivery: Delivery | None = None,
                  stop: threading.Event | None = None, max_queued: int = MAX_QUEUED) -> None:
         self.url = url
         self.max_queued = max_queued
         self.stop = stop or threading.Event()
         self.delivery = delivery or Delivery()
-        self.encode, self.content_type = ENCODERS[fmt]
+        self.encode, self.content_type = encoder(fmt)
         self.parse = parse or record_parser("raw")
         self.batch_lines = batch_lines
         self.interval = batch_interval_ms / 1000
         self.resource = {display(k): display(v) for k, v in resource.items()}  # environment values may not be UTF-8
-        self.on_delivered = on_delivered
+        self.ledger = Ledger(on_delivered)
+        self.skips: dict[FileKey, int] = {}  # urgent records to skip per file: acknowledged before a restart
         self.wakeup = wakeup
-        self.current = Batch()
-        self.sealed: collections.deque[Batch] = collections.deque()  # waiting or in flight, oldest first
+        self.current = (Batch(urgent=False), Batch(urgent=True))  # indexed by urgency
+        self.sealed: tuple[collections.deque[Batch], ...] = (collections.deque(), collections.deque())
         self.lock = threading.Lock()
         self.more = threading.Event()
         self.stopping = threading.Event()
@@ -148,41 +173,86 @@ class ForwardSink:
 
     # ── the tailer's side ──
 
-    def write(self, data: bytes, lines: int, source: str, position: Position | None) -> None:
-        if data:
-            records = data.split(b"\n")
-            if not records[-1]:
+    def resume(self, position: Position, ahead: int) -> None:
+        """A file is read from `position`, and its first `ahead` urgent records were acknowledged before."""
+        self.ledger.start(position)
+        key = (position[0].device, position[0].inode)
+        if ahead:
+            self.skips[key] = ahead
+        else:
+            self.skips.pop(key, None)
+
+    def write(self, data: bytes, lines: int, source: str, position: Position | None,
+              records: list[bytes] | None = None) -> None:
+        if records is None:
+            records = data.split(b"\n") if data else []
+            if records and not records[-1]:
                 records.pop()
-            start = 0
-            while start < len(records):
-                if not self.current.count:
-                    self.current.started = time.monotonic()
-                room = self.batch_lines - self.current.count
-                self.current.add(source, records[start:start + room])
-                start += room
-                if self.current.count >= self.batch_lines:
-                    self._seal()
-        if position is not None:
-            identity = position[0]
-            self.current.positions[(identity.device, identity.inode)] = position
-            if not self.current.started:
-                self.current.started = time.monotonic()
+        parsed = self.parse(records) if records else []
+        urgent = list(map(is_urgent, parsed))
+        skipped = self._skip(parsed, urgent, position) if position is not None and self.skips else 0
+        urgent_count = sum(urgent)
+        ticket = self.ledger.open(position, len(parsed), urgent_count, skipped)
+        if urgent_count and self._backlogged():
+            self._add(source, [r for r, u in zip(parsed, urgent, strict=True) if u], None, ticket, True)
+            self._add(source, [r for r, u in zip(parsed, urgent, strict=True) if not u], None, ticket, False)
+        elif parsed:
+            self._add(source, parsed, urgent if urgent_count else None, ticket, False)
+
+    def _backlogged(self) -> bool:
+        """Whether the target is behind: a sealed batch is still waiting or in flight. Only then do
+        urgent records take their own batches; otherwise every record keeps its place."""
+        with self.lock:
+            return bool(self.sealed[False] or self.sealed[True])
+
+    def _skip(self, parsed: list[Record], urgent: list[bool], position: Position) -> int:
+        """Drop the urgent records a restart must not send again (see `resume`); how many were dropped."""
+        key = (position[0].device, position[0].inode)
+        left = self.skips.get(key, 0)
+        if not left or not any(urgent):
+            return 0
+        keep = []
+        for i, flag in enumerate(urgent):
+            if flag and left:
+                left -= 1
+            else:
+                keep.append(i)
+        skipped = self.skips[key] - left
+        self.skips[key] = left
+        parsed[:] = [parsed[i] for i in keep]
+        urgent[:] = [urgent[i] for i in keep]
+        return skipped
+
+    def _add(self, source: str, records: list[Record], flags: list[bool] | None, ticket: Ticket,
+             lane: bool) -> None:
+        """Append to the open batch of the urgent `lane` or the other, sealing each one that fills up.
+
+        `flags`: which of `records` are urgent when they share the other lane (None: all of the urgent
+        lane are, none of the other lane's)."""
+        start = 0
+        while start < len(records):
+            batch = self.current[lane]
+            if not batch.count:
+                batch.started = time.monotonic()
+            end = start + self.batch_lines - batch.count
+            urgent = sum(flags[start:end]) if flags is not None else len(records[start:end]) if lane else 0
+            batch.add(source, records[start:end], ticket, urgent)
+            start = end
+            if batch.count >= self.batch_lines:
+                self._seal(lane)
 
     def deadline(self) -> float | None:
-        return self.current.started + self.interval if self.current.started else None
+        started = [b.started for b in self.current if b.started]
+        return min(started) + self.interval if started else None
 
     def flush(self) -> None:
-        """Seal the open batch now (it is sent in the background)."""
-        if self.current.count or self.current.positions:
-            self._seal()
+        """Seal the open batches now (they are sent in the background)."""
+        self._seal(True)
+        self._seal(False)
 
     def ready(self) -> bool:
         with self.lock:
-            return len(self.sealed) < self.max_queued
-
-    def pending(self) -> int:
-        with self.lock:
-            return len(self.sealed)
+            return len(self.sealed[False]) + len(self.sealed[True]) < self.max_queued
 
     def close(self, drain_s: float | None = None) -> None:
         """Seal what is open and wait up to `drain_s` (by default as the module doc says) for every batch."""
@@ -193,15 +263,23 @@ class ForwardSink:
         self.stopping.set()
         self.more.set()
         self.thread.join(drain_s + 5)
-        left = sum(b.count for b in self.sealed)
+        left = sum(b.count for queue in self.sealed for b in queue)
         if left:
             log.warning("%d forwarded lines were not acknowledged before shutdown; their checkpoints were "
                         "not advanced, so they are sent again on the next start", left)
 
-    def _seal(self) -> None:
-        batch, self.current = self.current, Batch()
+    def _seal(self, urgent: bool) -> None:
+        """Seal the open batch of one urgency; a normal batch seals the open urgent one first, so that a
+        normal record never goes out before an urgent record read ahead of it."""
+        batch = self.current[urgent]
+        if not urgent and self.current[True].count:
+            self._seal(True)
+        if not batch.count:
+            return
+        fresh = Batch(urgent=urgent)
+        self.current = (self.current[0], fresh) if urgent else (fresh, self.current[1])
         with self.lock:
-            self.sealed.append(batch)
+            self.sealed[urgent].append(batch)
         self.more.set()
 
     # ── the sender thread ──
@@ -228,49 +306,56 @@ class ForwardSink:
         writer.close()
         log.info("forward target %s reachable at %s", redact(self.url), where)
 
+    def _next(self) -> Batch | None:
+        """The oldest urgent batch, else the oldest other one."""
+        with self.lock:
+            queue = self.sealed[True] or self.sealed[False]
+            return queue[0] if queue else None
+
     async def _send_loop(self) -> None:
         await self.check_connectivity()
         timeout = aiohttp.ClientTimeout(total=self.delivery.http_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                with self.lock:
-                    batch = self.sealed[0] if self.sealed else None
+                batch = self._next()
                 if batch is None:
                     if self.stopping.is_set():
                         return
                     await asyncio.to_thread(self.more.wait, 0.5)
                     self.more.clear()
                     continue
-                if not await self._deliver(session, batch):
+                outcome = await self._deliver(session, batch)
+                if outcome is Outcome.GIVE_UP:
                     return  # shutting down with the target still failing
-                with self.lock:
-                    self.sealed.popleft()
-                if batch.positions:
-                    self.on_delivered(list(batch.positions.values()))
-                self.wakeup.set()
+                if outcome is Outcome.DONE:
+                    with self.lock:
+                        self.sealed[batch.urgent].popleft()
+                    self.ledger.acknowledged(batch.parts)
+                    self.wakeup.set()
 
-    async def _deliver(self, session: aiohttp.ClientSession, batch: Batch) -> bool:
-        """Send until acknowledged or set aside; False only when shutdown's drain time ran out first."""
-        if not batch.count:
-            return True
-        body = gzip.compress(self.encode(batch.groups, self.parse, self.resource, time.time_ns()), compresslevel=5)
+    async def _deliver(self, session: aiohttp.ClientSession, batch: Batch) -> Outcome:
+        """Send until acknowledged or set aside, or until an urgent batch should overtake this one."""
+        if not batch.body:
+            encoded = self.encode(batch.groups, self.resource, time.time_ns())
+            batch.body = gzip.compress(encoded, compresslevel=5)
         headers = {"Content-Type": self.content_type, "Content-Encoding": "gzip"}
-        attempt = 0
         while True:
-            outcome = await self._bounded(self._attempt(session, body, headers, batch.count, attempt))
+            outcome = await self._bounded(self._attempt(session, batch.body, headers, batch.count, batch.attempts))
             if outcome is None:
-                return False
+                return Outcome.GIVE_UP
             delay, reason, final = outcome
             if delay is None:
-                return True
+                return Outcome.DONE
             retries = self.delivery.max_retries
-            exhausted = retries is not None and attempt >= retries
-            if (final or exhausted) and self._set_aside(body, batch.count, reason, final):
-                return True
-            attempt += 1
+            exhausted = retries is not None and batch.attempts >= retries
+            if (final or exhausted) and self._set_aside(batch.body, batch.count, reason, final):
+                return Outcome.DONE
+            batch.attempts += 1
             if self.give_up_at is not None and time.monotonic() + delay > self.give_up_at:
-                return False
+                return Outcome.GIVE_UP
             await asyncio.sleep(delay)
+            if not batch.urgent and self._next() is not batch:
+                return Outcome.PREEMPTED
 
     async def _bounded(self, attempt: Any) -> Any:
         """The attempt's outcome, or None when shutdown's drain time ends while it is in flight."""
@@ -281,7 +366,6 @@ class ForwardSink:
                 task.cancel()
                 return None
         return task.result()
-
     def _set_aside(self, body: bytes, count: int, reason: str, final: bool) -> bool:
         """Write a batch that will not be accepted to the dead-letter directory; True when it is safely there."""
         why = "the target refused it" if final else f"still failing after {self.delivery.max_retries} retries"

@@ -14,18 +14,20 @@ from typing import Protocol
 
 @dataclass(slots=True)
 class Kept:
-    """What survives a block: the bytes to deliver and how many lines they hold."""
+    """What survives a block: the bytes to deliver, how many records they hold, and those records
+    when they are multi-line (None: each line of `data` is one record)."""
 
     data: bytes
     lines: int
+    records: list[bytes] | None = None
 
 
 class Filter(Protocol):
-    def apply(self, block: bytes, file_path: str = "") -> Kept: ...
+    def apply(self, block: bytes, file_path: str = "", records: list[bytes] | None = None) -> Kept: ...
 
 
 class KeepAll:
     """No policies: every block is delivered as it is."""
 
-    def apply(self, block: bytes, file_path: str = "") -> Kept:
-        return Kept(block, block.count(b"\n"))
+    def apply(self, block: bytes, file_path: str = "", records: list[bytes] | None = None) -> Kept:
+        return Kept(block, block.count(b"\n") if records is None else len(records), records)

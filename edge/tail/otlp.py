@@ -1,4 +1,5 @@
-"""Forwarded lines as OTLP log records: protobuf or OTLP/JSON, with what each line's format parsed.
+"""Forwarded lines as OTLP log records: protobuf (`edge.tail.otlp_protobuf`) or OTLP/JSON, with what each
+line's format parsed.
 
 raw: body = the line (a string, bytes when it is not valid UTF-8). Other formats: the
 line's fields (`edge.formats.lines.patterns`) become the record's time, severity, body, trace and span ids and
@@ -8,20 +9,18 @@ kvlist and array values. Every record also carries `log.file.path` and the obser
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from edge import __version__
-from edge.formats.lines.patterns import Fields, fields_parser
-from edge.formats.lines.records import DEFAULT_NAMES, FILE_PATH_ATTRIBUTE, FieldNames, Record, from_fields
+from edge.formats.lines.patterns import Fields, fields_parser, parse_json
+from edge.formats.lines.records import DEFAULT_NAMES, FILE_PATH_ATTRIBUTE, FieldNames, Record, RecordBuilder
+from edge.tail.otlp_protobuf import SCOPE_NAME, Groups, ProtobufEncoder
 
-SCOPE_NAME = "edge-tail"
-Groups = Iterable[tuple[str, list[bytes]]]
-Parser = Callable[[bytes], Record]
+Parser = Callable[[list[bytes]], list[Record]]  # a block's lines (or multi-line records) → records
+Encoder = Callable[[Groups, Mapping[str, str], int], bytes]
 
 
 def _raw(line: bytes) -> Record:
@@ -32,84 +31,27 @@ def _raw(line: bytes) -> Record:
 
 
 def record_parser(fmt: str, names: FieldNames = DEFAULT_NAMES, fields: Fields | None = None) -> Parser:
-    """How one line of `fmt` becomes a record; a line without fields is a raw record (never lost)."""
+    """How the lines of `fmt` become records; a line without fields is a raw record (never lost)."""
     if fmt == "raw":
-        return _raw
+        return lambda lines: list(map(_raw, lines))
+    build = RecordBuilder(names)
+    if fmt == "json":  # its fields need no text: lines are decoded only when a body needs it
+        def from_json(line: bytes) -> Record:
+            doc = parse_json(line)
+            return build(doc, line) if doc else _raw(line)
+        return lambda lines: list(map(from_json, lines))
     fields = fields or fields_parser(fmt)
+    if fmt == "regex":  # nor do the patterns' (they match the bytes)
+        def from_groups(line: bytes) -> Record:
+            doc = fields(line, "")
+            return build(doc, line) if doc else _raw(line)
+        return lambda lines: list(map(from_groups, lines))
 
-    def parse(line: bytes) -> Record:
+    def one(line: bytes) -> Record:
         text = line.decode("utf-8", "replace")
         doc = fields(line, text)
-        return from_fields(doc, text, names) if doc else _raw(line)
-    return parse
-
-
-# ── protobuf ──
-
-
-def set_any(target: AnyValue, value: Any) -> None:
-    """Fill an AnyValue from a parsed JSON value (objects → kvlist, arrays → array)."""
-    kind = value.__class__
-    if kind is str:
-        target.string_value = value
-    elif kind is bool:
-        target.bool_value = value
-    elif kind is int:
-        if -(2**63) <= value < 2**63:
-            target.int_value = value
-        else:
-            target.string_value = str(value)
-    elif kind is float:
-        target.double_value = value
-    elif kind is bytes:
-        target.bytes_value = value
-    elif kind is dict:
-        kvlist = target.kvlist_value
-        kvlist.SetInParent()
-        for key, item in value.items():
-            kv = kvlist.values.add()
-            kv.key = key
-            set_any(kv.value, item)
-    elif kind is list:
-        array = target.array_value
-        array.SetInParent()
-        for item in value:
-            set_any(array.values.add(), item)
-    # None: an empty AnyValue
-
-
-def encode_protobuf(groups: Groups, parse: Parser, resource: Mapping[str, str], observed_ns: int) -> bytes:
-    request = ExportLogsServiceRequest()
-    resource_logs = request.resource_logs.add()
-    for key, value in resource.items():
-        kv = resource_logs.resource.attributes.add()
-        kv.key = key
-        kv.value.string_value = value
-    scope_logs = resource_logs.scope_logs.add()
-    scope_logs.scope.name = SCOPE_NAME
-    scope_logs.scope.version = __version__
-    records = scope_logs.log_records
-    for source, lines in groups:
-        for line in lines:
-            parsed = parse(line)
-            record = records.add()
-            record.observed_time_unix_nano = observed_ns
-            record.time_unix_nano = parsed.time_ns
-            if parsed.severity_text:
-                record.severity_text = parsed.severity_text
-            record.severity_number = parsed.severity_number  # type: ignore[assignment]
-            record.trace_id = parsed.trace_id
-            record.span_id = parsed.span_id
-            set_any(record.body, parsed.body)
-            for key, value in parsed.attributes.items():
-                kv = record.attributes.add()
-                kv.key = key
-                set_any(kv.value, value)
-            if FILE_PATH_ATTRIBUTE not in parsed.attributes:
-                kv = record.attributes.add()
-                kv.key = FILE_PATH_ATTRIBUTE
-                kv.value.string_value = source
-    return request.SerializeToString()
+        return build(doc, text) if doc else _raw(line)
+    return lambda lines: list(map(one, lines))
 
 
 # ── OTLP/JSON ──
@@ -154,9 +96,9 @@ def _json_record(parsed: Record, source: str, observed: str) -> dict[str, Any]:
     return record
 
 
-def encode_json(groups: Groups, parse: Parser, resource: Mapping[str, str], observed_ns: int) -> bytes:
+def encode_json(groups: Groups, resource: Mapping[str, str], observed_ns: int) -> bytes:
     observed = str(observed_ns)
-    records = [_json_record(parse(line), source, observed) for source, lines in groups for line in lines]
+    records = [_json_record(record, source, observed) for source, parsed in groups for record in parsed]
     doc = {"resourceLogs": [{
         "resource": {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in resource.items()]},
         "scopeLogs": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "logRecords": records}],
@@ -164,4 +106,8 @@ def encode_json(groups: Groups, parse: Parser, resource: Mapping[str, str], obse
     return orjson.dumps(doc)
 
 
-ENCODERS = {"protobuf": (encode_protobuf, "application/x-protobuf"), "json": (encode_json, "application/json")}
+def encoder(fmt: str) -> tuple[Encoder, str]:
+    """The encoder of `--forward-format` and its content type (a protobuf encoder keeps a cache: one per sink)."""
+    if fmt == "json":
+        return encode_json, "application/json"
+    return ProtobufEncoder(), "application/x-protobuf"

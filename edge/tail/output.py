@@ -29,7 +29,12 @@ class OutputError(OSError):
 
 
 class Sink(Protocol):
-    def write(self, data: bytes, lines: int, source: str, position: Position | None) -> None: ...
+    def write(self, data: bytes, lines: int, source: str, position: Position | None,
+              records: list[bytes] | None = None) -> None:
+        """Take kept lines (`records`: the multi-line records `data` joins) and the position they reach."""
+
+    def resume(self, position: Position, ahead: int) -> None:
+        """A file is read from `position`; `ahead`: its urgent records after it already delivered."""
 
     def flush(self) -> None: ...
 
@@ -65,7 +70,9 @@ class FileSink:
         st = os.fstat(self.fd)
         self.file_key = (st.st_dev, st.st_ino)  # never tail our own output (a glob may match it)
 
-    def write(self, data: bytes, lines: int, source: str, position: Position | None) -> None:
+    def write(self, data: bytes, lines: int, source: str, position: Position | None,
+              records: list[bytes] | None = None) -> None:
+        """The bytes go out as they are: a multi-line record keeps its line breaks."""
         if data:
             self.buffer.append(data)
             self.size += len(data)
@@ -77,6 +84,10 @@ class FileSink:
             self.first_at = time.monotonic()
         if self.size >= self.write_buf or self.lines >= self.flush_lines:
             self.flush()
+
+    def resume(self, position: Position, ahead: int) -> None:
+        """Nothing to do: every line goes out in file order, so no checkpoint this sink writes has
+        records delivered ahead of it (a count left by forwarding means lines written twice at worst)."""
 
     def deadline(self) -> float | None:
         """When the buffered lines must be flushed (None: nothing buffered)."""

@@ -26,14 +26,20 @@ import select
 import stat
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from edge.tail.block import Block
 from edge.tail.checkpoint import CheckpointStore, FileIdentity
 from edge.tail.discovery import Watcher, directories, expand, is_glob
 from edge.tail.keeping import Filter
 from edge.tail.output import Position, Sink
-from edge.tail.reader import Block, FileKey, LineCutter, TailedFile, display, file_kind
+from edge.tail.reader import FileKey, LineCutter, TailedFile, display, file_kind
 from edge.tail.settings import TailSettings
+
+if TYPE_CHECKING:
+    from edge.tail.multiline import Multiline, RecordJoiner
 
 log = logging.getLogger("edge.tail")
 
@@ -47,38 +53,53 @@ class StartupError(ValueError):
 
 def deliver(block: Block, line_filter: Filter, sink: Sink, source: str, identity: FileIdentity | None) -> None:
     """Filter one block and hand what is kept to the sink with the position it reaches."""
-    kept = line_filter.apply(block.data, source)
+    kept = line_filter.apply(block.data, source, block.records)
     position: Position | None = (identity, block.end_offset) if identity is not None else None
-    sink.write(kept.data, kept.lines, source, position)
+    sink.write(kept.data, kept.lines, source, position, kept.records)
 
 
 # ── stdin ──
 
 
 def run_stdin(settings: TailSettings, line_filter: Filter, sink: Sink, stop: threading.Event,
-              fd: int = 0) -> None:
-    """Read `fd` to EOF (or until `stop`), delivering complete lines; the last partial line too."""
-    cutter = LineCutter(settings.max_line)
+              fd: int = 0, multiline: Multiline | None = None) -> int:
+    """Read `fd` to EOF (or until `stop`), delivering complete lines (or records); the last partial one too.
+
+    Returns how many bytes were read."""
+    joiner = multiline.joiner(settings.max_line) if multiline is not None else None
+    cutter = LineCutter(settings.max_line, cut_lines=joiner is None)
     offset = 0
     size = max(settings.read_buf, 1)
     while not stop.is_set():
-        deadline = sink.deadline()
-        timeout = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
-        readable, _, _ = select.select([fd], [], [], timeout)
+        deadlines = [d for d in (sink.deadline(), joiner.deadline() if joiner else None) if d is not None]
+        timeout = min([0.2, *(d - time.monotonic() for d in deadlines)])
+        readable, _, _ = select.select([fd], [], [], max(0.0, timeout))
         if not readable:
-            if deadline is not None and time.monotonic() >= deadline:
-                sink.flush()
+            _flush_due(joiner, line_filter, sink)
             continue
         data = os.read(fd, size)
         if not data:
             break
         offset += len(data)
-        for block in cutter.feed(data, offset):
+        blocks = cutter.feed(data, offset)
+        for block in blocks if joiner is None else joiner.feed_all(blocks):
             deliver(block, line_filter, sink, "", None)
     if not stop.is_set():
         last = cutter.take_partial(offset)
-        if last is not None:
-            deliver(last, line_filter, sink, "", None)
+        for block in joiner.finish(last) if joiner is not None else [last] if last is not None else []:
+            deliver(block, line_filter, sink, "", None)
+    return offset
+
+
+def _flush_due(joiner: RecordJoiner | None, line_filter: Filter, sink: Sink) -> None:
+    """stdin went quiet: deliver a multi-line record whose timeout passed, flush a batch that is due."""
+    now = time.monotonic()
+    expired = joiner.expired(now) if joiner is not None else None
+    if expired is not None:
+        deliver(expired, line_filter, sink, "", None)
+    deadline = sink.deadline()
+    if deadline is not None and now >= deadline:
+        sink.flush()
 
 
 # ── files ──
@@ -129,8 +150,9 @@ class FileTailer:
     """Tails the settings' paths until `stop` is set."""
 
     def __init__(self, settings: TailSettings, line_filter: Filter, sink: Sink, store: CheckpointStore,
-                 stop: threading.Event, wakeup: threading.Event) -> None:
+                 stop: threading.Event, wakeup: threading.Event, multiline: Multiline | None = None) -> None:
         self.settings = settings
+        self.multiline = multiline
         self.filter = line_filter
         self.sink = sink
         self.store = store
@@ -164,24 +186,28 @@ class FileTailer:
             return True
         return (st.st_dev, st.st_ino) in self.excluded
 
-    def _start_offset(self, tailed: TailedFile, initial: bool) -> int:
-        """Files present at startup follow --read-from; later ones start at their checkpoint or at 0."""
+    def _start_offset(self, tailed: TailedFile, initial: bool) -> tuple[int, int]:
+        """Files present at startup follow --read-from; later ones start at their checkpoint or at 0.
+
+        Returns the offset and the urgent records after it that were already delivered (see `Sink.resume`).
+        """
         read_from = self.settings.read_from if initial else "checkpoint"
         if read_from == "head":
-            return 0
+            return 0, 0
         if read_from == "tail":
-            return tailed.size_seen
+            return tailed.size_seen, 0
         found = self.store.lookup(tailed.key[0], tailed.key[1], tailed.head())
-        return found.offset if found is not None and found.offset <= tailed.size_seen else 0
+        return (found.offset, found.ahead) if found is not None and found.offset <= tailed.size_seen else (0, 0)
 
     def _track(self, path: str, initial: bool) -> None:
         try:
-            tailed = TailedFile.open(path, self.settings.max_line)
+            joiner = self.multiline.joiner(self.settings.max_line) if self.multiline is not None else None
+            tailed = TailedFile.open(path, self.settings.max_line, joiner)
         except OSError as exc:
             log.warning("cannot open %s: %s", display(path), exc.strerror or exc)
             return
         try:
-            tailed.offset = self._start_offset(tailed, initial)
+            offset, ahead = self._start_offset(tailed, initial)
         except OSError as exc:
             tailed.close()
             log.warning("cannot read %s: %s", display(path), exc.strerror or exc)
@@ -191,6 +217,8 @@ class FileTailer:
             tailed.close()
             known.path, known.detached_at = path, None
             return
+        tailed.start_at(offset)
+        self.sink.resume((tailed.identity, offset), ahead)
         self.expiring.pop(tailed.key, None)
         self.files[tailed.key] = tailed
         log.info("tailing %s from offset %d", tailed.name, tailed.offset)
@@ -243,6 +271,9 @@ class FileTailer:
             return
         if reason:
             log.info("%s: %s; reading it again from the start", tailed.name, reason)
+            orphan = tailed.take_orphan()
+            if orphan is not None:
+                deliver(orphan[1], self.filter, self.sink, tailed.name, orphan[0])
             self.sink.write(b"", 0, tailed.name, (tailed.identity, 0))
 
     def retire_drained(self, now: float) -> None:
@@ -251,9 +282,8 @@ class FileTailer:
         for key, tailed in list(self.files.items()):
             if tailed.detached_at is None or now < tailed.detached_at + wait or tailed.has_unread():
                 continue
-            last = tailed.take_partial()
-            if last is not None:
-                deliver(last, self.filter, self.sink, tailed.name, tailed.identity)
+            for block in tailed.take_rest():
+                deliver(block, self.filter, self.sink, tailed.name, tailed.identity)
             tailed.close()
             del self.files[key]
             self.expiring[key] = Expiring(tailed.identity, now + self.settings.removed_expire_ms / 1000)
@@ -264,6 +294,13 @@ class FileTailer:
                 self.store.forget(entry.identity)
 
     # ── reading ──
+
+    def flush_expired(self, now: float) -> None:
+        """Deliver the multi-line records whose files went quiet for --multiline-timeout-ms."""
+        for tailed in self.files.values():
+            block = tailed.expired(now)
+            if block is not None:
+                deliver(block, self.filter, self.sink, tailed.name, tailed.identity)
 
     def read_available(self) -> bool:
         """One turn over every file; True when anything was read."""
@@ -293,9 +330,8 @@ class FileTailer:
         if self.watcher is not None and self.watcher.engine == "inotify":
             base = max(base, INOTIFY_IDLE_S)
         deadlines = [now + base, self.next_glob]
-        flush_at = self.sink.deadline()
-        if flush_at is not None:
-            deadlines.append(flush_at)
+        deadlines += [d for d in (self.sink.deadline(), *(f.deadline() for f in self.files.values()))
+                      if d is not None]
         if any(f.detached_at is not None for f in self.files.values()):
             deadlines.append(now + self.settings.poll_ms / 1000)
         self.wakeup.wait(max(0.0, min(deadlines) - now))
@@ -315,6 +351,8 @@ class FileTailer:
                     self.discover()
                     self.next_glob = now + self.settings.glob_interval_ms / 1000
                 progressed = self.read_available()
+                if self.multiline is not None:
+                    self.flush_expired(time.monotonic())
                 flush_at = self.sink.deadline()
                 if flush_at is not None and time.monotonic() >= flush_at:
                     self.sink.flush()
@@ -343,12 +381,13 @@ def _log_replaced(path: str, st: os.stat_result | None) -> None:
 
 
 class CheckpointRecorder:
-    """The sinks' `on_delivered`: delivered positions become checkpoints (once the store is open)."""
+    """The sinks' `on_delivered`: delivered positions become checkpoints (once the store is open), with
+    the count of urgent records delivered beyond them when forwarding (`edge.tail.ledger`)."""
 
     def __init__(self) -> None:
         self.store: CheckpointStore | None = None
 
-    def __call__(self, positions: list[Position]) -> None:
+    def __call__(self, positions: list[Position], ahead: Mapping[FileKey, int] | None = None) -> None:
         if self.store is not None:
             for identity, offset in positions:
-                self.store.update(identity, offset)
+                self.store.update(identity, offset, ahead.get((identity.device, identity.inode), 0) if ahead else 0)

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from edge.tail.block import Block
 from edge.tail.checkpoint import FINGERPRINT_BYTES, FileIdentity, fingerprint
 
+if TYPE_CHECKING:
+    from edge.tail.multiline import RecordJoiner
+
 FileKey = tuple[int, int]  # (device, inode)
-
-
-@dataclass(slots=True)
-class Block:
-    """Complete lines read from a file (possibly none: skipped bytes still move the position)."""
-
-    data: bytes
-    end_offset: int  # file offset just after `data`: where the next undelivered byte starts
 
 
 def display(path: str) -> str:
@@ -62,11 +58,14 @@ class LineCutter:
 
     A line longer than `max_line` bytes is cut to its first `max_line` bytes (as Tero's
     edge-tail does) and the rest of it is skipped up to its newline; the cut line is then
-    evaluated and delivered like any other.
+    evaluated and delivered like any other. Without `cut_lines` only a partial line that
+    outgrows `max_line` is cut: complete lines stay whole for the multi-line joiner, which
+    cuts the record they make and needs their true lengths for its positions.
     """
 
-    def __init__(self, max_line: int) -> None:
+    def __init__(self, max_line: int, cut_lines: bool = True) -> None:
         self.max_line = max_line
+        self.cut_lines = cut_lines
         self.pending = b""  # the partial last line read so far
         self.in_long_line = False  # skipping the rest of an over-long line until its newline
 
@@ -81,7 +80,8 @@ class LineCutter:
         cut = buf.rfind(b"\n") + 1
         self.pending = buf[cut:]
         if cut:
-            blocks.append(Block(self._truncated(buf[:cut]), end_offset - len(self.pending)))
+            lines = self._truncated(buf[:cut]) if self.cut_lines else buf[:cut]
+            blocks.append(Block(lines, end_offset - len(self.pending)))
         if len(self.pending) > self.max_line:
             blocks.append(Block(self.pending[:self.max_line] + b"\n", end_offset))
             self.pending = b""
@@ -124,19 +124,22 @@ class LineCutter:
 class TailedFile:
     """An open file being tailed; `read` returns what is new since the last call."""
 
-    def __init__(self, path: str, fd: int, st: os.stat_result, offset: int, max_line: int) -> None:
+    def __init__(self, path: str, fd: int, st: os.stat_result, offset: int, max_line: int,
+                 joiner: RecordJoiner | None = None) -> None:
         self.path = path
         self.fd = fd
         self.key: FileKey = (st.st_dev, st.st_ino)
         self.identity = identity_of(fd, st)
         self.offset = offset  # next byte to read
-        self.cutter = LineCutter(max_line)
+        self.cutter = LineCutter(max_line, cut_lines=joiner is None)
+        self.joiner = joiner  # joins multi-line records (--multiline-start)
+        self.orphan: tuple[FileIdentity, Block] | None = None  # see take_orphan
         self.detached_at: float | None = None  # monotonic time its path stopped naming this file
         self.size_seen = st.st_size
         self.at_eof = False  # the last read found nothing new
 
     @classmethod
-    def open(cls, path: str, max_line: int) -> TailedFile:
+    def open(cls, path: str, max_line: int, joiner: RecordJoiner | None = None) -> TailedFile:
         """Open `path` at offset 0; OSError when it cannot be read or is not a regular file.
 
         O_NONBLOCK: the path was a regular file when discovery looked, but a FIFO renamed into
@@ -151,7 +154,7 @@ class TailedFile:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, st, 0, max_line)
+        return cls(path, fd, st, 0, max_line, joiner)
 
     @property
     def name(self) -> str:
@@ -164,6 +167,12 @@ class TailedFile:
 
     # ── reading ──
 
+    def start_at(self, offset: int) -> None:
+        """Read from `offset` on (a checkpoint, or the end for --read-from tail)."""
+        self.offset = offset
+        if self.joiner is not None:
+            self.joiner.start_at(offset)
+
     def read(self, size: int) -> list[Block] | None:
         """One `pread` of up to `size` bytes as blocks ready for delivery (maybe none); None at end of file."""
         data = os.pread(self.fd, size, self.offset)
@@ -172,10 +181,26 @@ class TailedFile:
             return None
         self.offset += len(data)
         self.size_seen = max(self.size_seen, self.offset)
-        return self.cutter.feed(data, self.offset)
+        blocks = self.cutter.feed(data, self.offset)
+        return blocks if self.joiner is None else self.joiner.feed_all(blocks)
 
     def take_partial(self) -> Block | None:
         return self.cutter.take_partial(self.offset)
+
+    def take_rest(self) -> list[Block]:
+        """Everything held back, at once: the file is abandoned (rotated or removed, and drained)."""
+        last = self.take_partial()
+        if self.joiner is None:
+            return [last] if last is not None else []
+        return self.joiner.finish(last)
+
+    def expired(self, now: float) -> Block | None:
+        """A multi-line record whose flush timeout has passed."""
+        return self.joiner.expired(now) if self.joiner is not None else None
+
+    def deadline(self) -> float | None:
+        """When a held multi-line record is due (None: nothing held)."""
+        return self.joiner.deadline() if self.joiner is not None else None
 
     # ── changes to the file itself ──
 
@@ -198,10 +223,20 @@ class TailedFile:
             elif len(head) > covered:
                 self.identity = FileIdentity(st.st_dev, st.st_ino, fingerprint(head), len(head))
         if reason:
+            if self.joiner is not None:
+                pending = self.joiner.take_pending()
+                self.orphan = (self.identity, pending) if pending is not None else None
+                self.joiner.reset()
             self.identity = identity_of(self.fd, st)
             self.offset = 0
             self.cutter.reset()
         return reason
+
+    def take_orphan(self) -> tuple[FileIdentity, Block] | None:
+        """The multi-line record that was being joined when the file was replaced, with the identity it
+        was read under: its lines were complete, so it is delivered rather than lost with the old content."""
+        orphan, self.orphan = self.orphan, None
+        return orphan
 
     def has_unread(self) -> bool:
         return self.size_seen > self.offset

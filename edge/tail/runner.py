@@ -22,7 +22,7 @@ from edge.tail import sidecar_env
 from edge.tail.checkpoint import CheckpointStore
 from edge.tail.discovery import WatchUnavailable
 from edge.tail.keeping import Filter, KeepAll
-from edge.tail.output import Delivered, FileSink, OutputError, Sink
+from edge.tail.output import FileSink, OutputError, Sink
 from edge.tail.pipeline import CheckpointRecorder, FileTailer, StartupError, check_inputs, run_stdin
 from edge.tail.reader import display
 from edge.tail.settings import STDIO, TailSettings
@@ -30,8 +30,15 @@ from edge.tail.settings import STDIO, TailSettings
 if TYPE_CHECKING:
     from edge.engine.holder import SnapshotSource
     from edge.formats.lines.patterns import Fields
+    from edge.tail.ledger import AheadDelivered
+    from edge.tail.multiline import Multiline
 
 log = logging.getLogger("edge.tail")
+
+
+# A container started without its paths reads a closed stdin: say why nothing happened.
+EMPTY_STDIN = ("stdin ended before any input: without a PATH argument or LOG_PATHS, edge-tail reads stdin; "
+               "give the files to tail as arguments or in LOG_PATHS (or pipe the logs in)")
 
 
 class TailStartupError(ValueError):
@@ -50,7 +57,19 @@ def line_fields(settings: TailSettings) -> Fields | None:
         raise TailStartupError(str(exc)) from None
 
 
-def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered: Delivered,
+def multiline(settings: TailSettings) -> Multiline | None:
+    """The compiled --multiline-start (None without it); TailStartupError when RE2 refuses the pattern."""
+    if not settings.multiline_start:
+        return None
+    from edge.tail.multiline import Multiline, MultilineError
+
+    try:
+        return Multiline.compile(settings.multiline_start, settings.multiline_timeout_ms)
+    except MultilineError as exc:
+        raise TailStartupError(str(exc)) from None
+
+
+def make_sink(settings: TailSettings, resource: Mapping[str, str], on_delivered: AheadDelivered,
               wakeup: threading.Event, fields: Fields | None = None, stop: threading.Event | None = None) -> Sink:
     if settings.forward_url:
         from edge.tail.forward import DEAD_LETTER_DIR, Delivery, ForwardSink  # aiohttp, OTLP: only to forward
@@ -97,11 +116,12 @@ def run(settings: TailSettings, stop: threading.Event, wakeup: threading.Event |
         raise TailStartupError(str(exc)) from None
     resource = resource_attributes(settings.resource, sidecar_env.resource_defaults(env))
     fields = line_fields(settings)
+    joins = multiline(settings)
     line_filter = make_filter(settings, snapshots, resource, fields)
     tune_gc()
     if settings.stdin_mode:
-        return _run_stdin(settings, line_filter, resource, stop, wakeup, fields)
-    return _run_files(settings, line_filter, resource, stop, wakeup, missing, fields)
+        return _run_stdin(settings, line_filter, resource, stop, wakeup, fields, joins)
+    return _run_files(settings, line_filter, resource, stop, wakeup, missing, fields, joins)
 
 
 def make_filter(settings: TailSettings, snapshots: SnapshotSource | None, resource: Mapping[str, str],
@@ -121,11 +141,13 @@ def make_filter(settings: TailSettings, snapshots: SnapshotSource | None, resour
 
 
 def _run_stdin(settings: TailSettings, line_filter: Filter, resource: Mapping[str, str],
-               stop: threading.Event, wakeup: threading.Event, fields: Fields | None) -> int:
-    sink = make_sink(settings, resource, lambda positions: None, wakeup, fields, stop)
+               stop: threading.Event, wakeup: threading.Event, fields: Fields | None,
+               joins: Multiline | None) -> int:
+    sink = make_sink(settings, resource, lambda positions, ahead=None: None, wakeup, fields, stop)
     log.info("%s", summary(settings))
     try:
-        run_stdin(settings, line_filter, sink, stop)
+        if not run_stdin(settings, line_filter, sink, stop, multiline=joins) and not stop.is_set():
+            log.warning("%s", EMPTY_STDIN)
     except OutputError as exc:
         log.error("%s", exc.strerror)
         return 1
@@ -135,7 +157,8 @@ def _run_stdin(settings: TailSettings, line_filter: Filter, resource: Mapping[st
 
 
 def _run_files(settings: TailSettings, line_filter: Filter, resource: Mapping[str, str],
-               stop: threading.Event, wakeup: threading.Event, missing: list[str], fields: Fields | None) -> int:
+               stop: threading.Event, wakeup: threading.Event, missing: list[str], fields: Fields | None,
+               joins: Multiline | None) -> int:
     recorder = CheckpointRecorder()
     sink = make_sink(settings, resource, recorder, wakeup, fields, stop)
     try:
@@ -143,7 +166,7 @@ def _run_files(settings: TailSettings, line_filter: Filter, resource: Mapping[st
     except BaseException:
         _close_sink(sink)
         raise
-    tailer = FileTailer(settings, line_filter, sink, store, stop, wakeup)
+    tailer = FileTailer(settings, line_filter, sink, store, stop, wakeup, joins)
     status = 0
     try:
         tailer.open_initial(missing)

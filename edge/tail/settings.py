@@ -95,7 +95,12 @@ class TailSettings:
     checkpoint_max_slots: int = _option(256, "count", "tracked files in the checkpoint store; oldest evicted")
     state_dir: str = _option(".tero", "text", "checkpoint directory")
     read_buf: int = _option(65536, "count", "bytes per read() call")
-    max_line: int = _option(262144, "count", "longer lines are cut to their first N bytes")
+    max_line: int = _option(262144, "count", "longer lines (with --multiline-start: records) are cut to their "
+                            "first N bytes")
+    multiline_start: str = _option("", "text", "RE2 pattern of a record's first line: the lines after it that do "
+                                   "not match join its record (stack traces)")
+    multiline_timeout_ms: int = _option(1000, "count", "emit a multi-line record this long after its last line "
+                                        "when no next record has started")
     write_buf: int = _option(65536, "count", "output buffer bytes")
     flush_interval_ms: int = _option(100, "count", "output flush cadence")
     flush_lines: int = _option(1024, "count", "flush after this many lines")
@@ -287,6 +292,7 @@ def from_mapping(doc: Mapping[str, Any], env: Mapping[str, str] | None = None, *
 
 _METAVARS = {"count": "N", "natural": "N", "text": "PATH", "url": "URL"}
 _KEY_SUFFIX = "_key"
+_NAMED_METAVARS = {"multiline_start": "REGEX"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar = "|".join(option.choices) if option.choices else _METAVARS[option.kind]
             if option.name.endswith(_KEY_SUFFIX):
                 metavar = "KEY"
+            metavar = _NAMED_METAVARS.get(option.name, metavar)
             shown = f" (default {option.default})" if option.default not in ("", None) else ""
             parser.add_argument(*flags, dest=option.name, metavar=metavar, help=f"{option.help}{shown}")
     parser.add_argument("paths", nargs="*", metavar="PATH", help="files or globs (* and ? in the file name); "

@@ -80,7 +80,8 @@ class WriteAheadLog(Protocol):
         ...
 
     def replay(self) -> Replayed:
-        """What a previous run left: undecided traces, and decided-sampled ones not yet exported."""
+        """What a previous run left: undecided traces, decided-sampled ones not yet exported, and
+        decided-not-sampled ones whose rollup did not go out."""
         ...
 
     @property
@@ -102,17 +103,28 @@ class Replayed(NamedTuple):
 
     undecided: list[ReplayedTrace]
     to_export: list[ReplayedTrace]  # decided sampled, not acknowledged by the upstream
+    to_rollup: list[ReplayedTrace]  # decided not sampled, their rollup not yet sent
 
 
 class TraceExporter(Protocol):
     """Sampled traces to the traces upstream: batched, gzip, retried with backoff, bounded queue."""
 
-    def submit(self, trace_ids: Sequence[TraceId], payload: bytes) -> bool:
-        """Queue a payload; False when the queue is full (the caller keeps the traces and tries later)."""
+    def submit(self, trace_ids: Sequence[TraceId], payload: bytes, items: int = 0) -> bool:
+        """Queue a payload; False when the queue is full (the caller keeps the traces and tries later).
+
+        `items`: the spans (or metric data points) in the payload, for the exported counters only:
+        counting them here would mean decoding what is otherwise passed through as bytes."""
         ...
 
 
 AckCallback = Callable[[Sequence[TraceId]], None]  # the exporter calls it once the upstream acknowledged
+
+
+class Signal(Enum):
+    """What goes to a trace's owner: spans, or log records following their trace (`logs.follow_traces`)."""
+
+    TRACES = "traces"
+    LOGS = "logs"
 
 
 class PeerRouter(Protocol):
@@ -122,10 +134,10 @@ class PeerRouter(Protocol):
         """The owner's `host:port`, or None when this instance owns the trace."""
         ...
 
-    async def forward(self, peer: str, payload: bytes) -> bool:
-        """Deliver to the owner's internal route, marked never to be forwarded again, with retries.
+    async def forward(self, peer: str, payload: bytes, signal: Signal = Signal.TRACES) -> bool:
+        """Deliver to the owner's internal route for `signal`, marked never to be forwarded again, with retries.
 
-        False when the owner stayed unreachable: the caller keeps the spans locally and counts them."""
+        False when the owner stayed unreachable: the caller keeps the spans (or records) locally and counts them."""
         ...
 
 

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -554,9 +555,15 @@ def raw_exchange(port: int, data: bytes, *, shutdown_write: bool = False, timeou
         return b"".join(chunks), True
 
 
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
 def statuses(raw: bytes) -> list[int]:
-    """Status codes of every HTTP/1.1 response in a raw byte stream."""
-    return [int(line.split()[1]) for line in raw.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+    """Status codes of every HTTP/1.1 response in a raw byte stream.
+
+    A status line may follow the previous response's body without a line break, so it is
+    searched anywhere, not only at the start of a line."""
+    return [int(code) for code in STATUS_LINE.findall(raw)]
 
 
 # ── the fault matrix's case (the `case` fixture of conftest.py hands one to each test) ──

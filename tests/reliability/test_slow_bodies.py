@@ -54,6 +54,8 @@ def test_a_dribbling_body_gets_408_at_the_deadline_and_the_connection_closes(slo
                 chunk = sock.recv(4096)
             except TimeoutError:
                 continue
+            except ConnectionResetError:  # a byte dribbled after the proxy closed: its answer was read before
+                break
             if not chunk:
                 break
             answer += chunk

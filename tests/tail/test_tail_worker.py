@@ -53,7 +53,8 @@ def healthy(port: int) -> bool:
 def start_edge(tmp_path: Path, tail: dict, providers: list[dict]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"listen_port": port, "upstream_url": "http://127.0.0.1:9", "workers": 1,
+    config.write_text(json.dumps({"listen_port": port, "grpc": {"enabled": False},
+                                  "upstream_url": "http://127.0.0.1:9", "workers": 1,
                                   "policy_providers": providers, "tail": tail}))
     with open(tmp_path / "edge.log", "ab") as log:
         proc = subprocess.Popen([*EDGE, str(config)], cwd=REPO, env=clean_env(), stdout=log, stderr=log)

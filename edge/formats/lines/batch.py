@@ -44,6 +44,14 @@ from edge.policy.model import FieldKey
 
 _DELETED = object()
 _ID_KEYS = (LOG_TRACE_ID, LOG_SPAN_ID)
+
+
+def decode_records(records: list[bytes]) -> list[str]:
+    """Multi-line records as text, each as `decode_lines` treats a line (its `\\r\\n` breaks made `\\n`)."""
+    texts = [record.decode("utf-8", "replace") for record in records]
+    return [text.replace("\r\n", "\n").removesuffix("\r") if "\r" in text else text for text in texts]
+
+
 def decode_lines(block: bytes) -> list[str]:
     """The lines of a block of complete lines as text (invalid UTF-8 replaced, `\\r\\n` ends stripped).
 

@@ -1,4 +1,4 @@
-{{/* Names, labels and the pieces shared by the DaemonSet, the Deployment and the tail DaemonSet. */}}
+{{/* Names, labels and the pieces shared by the DaemonSet, the Deployment, the StatefulSet and the tail DaemonSet. */}}
 
 {{- define "edge.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
@@ -27,6 +27,24 @@
 {{- fail (printf "mode must be daemonset or gateway, not %q" (toString .Values.mode)) }}
 {{- end }}
 {{- .Values.mode }}
+{{- end }}
+
+{{/* "true" when tail sampling is on; checked once, like the mode: it needs the gateway and a policy. */}}
+{{- define "edge.tailSampling" -}}
+{{- if .Values.tailSampling.enabled }}
+{{- if ne (include "edge.mode" .) "gateway" }}
+{{- fail "tailSampling.enabled needs mode: gateway (its instances find each other through a headless Service)" }}
+{{- end }}
+{{- if not (or .Values.tailSampling.policies (index (.Values.config.tail_sampling | default dict) "policies")) }}
+{{- fail "tailSampling.enabled needs tailSampling.policies: without one no trace would be sampled" }}
+{{- end }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service whose addresses are the tail-sampling members (tail_sampling.peers.dns). */}}
+{{- define "edge.peersService" -}}
+{{- printf "%s-peers" (include "edge.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "edge.labels" -}}
@@ -113,7 +131,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- $providers = append $providers $tero }}
 {{- end }}
 {{- $_ := set $config "policy_providers" $providers }}
+{{- if include "edge.tailSampling" . }}
+{{- $_ := set $config "tail_sampling" (include "edge.tailSamplingConfig" . | fromJson) }}
+{{- end }}
 {{- toPrettyJson $config }}
+{{- end }}
+
+{{/* config.tail_sampling plus what the chart decides: on, the policies, the WAL's directory, and the peers
+     as the headless Service's addresses on the proxy's port (each pod is found by its POD_IP among them). */}}
+{{- define "edge.tailSamplingConfig" -}}
+{{- $tail := deepCopy (.Values.config.tail_sampling | default dict) }}
+{{- $_ := set $tail "enabled" true }}
+{{- if .Values.tailSampling.policies }}
+{{- $_ := set $tail "policies" .Values.tailSampling.policies }}
+{{- end }}
+{{- $_ := set $tail "wal_dir" .Values.tailSampling.wal.dir }}
+{{- $peers := omit (index $tail "peers" | default dict) "static" }}
+{{- $_ := set $peers "dns" (printf "%s.%s.svc" (include "edge.peersService" .) .Release.Namespace) }}
+{{- $_ := set $peers "port" (int (include "edge.port" .)) }}
+{{- $_ := set $tail "peers" $peers }}
+{{- toJson $tail }}
 {{- end }}
 
 {{- define "edge.tolerations" -}}
@@ -183,6 +220,13 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha25
         fieldRef:
           fieldPath: metadata.name
     {{- end }}
+    {{- if include "edge.tailSampling" . }}
+    # This instance's address among the tail-sampling peers (tail_sampling.peers.advertise defaults to it).
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    {{- end }}
     {{- with include "edge.apiKeySecretName" . }}
     - name: TERO_API_KEY
       valueFrom:
@@ -217,6 +261,10 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha25
       mountPath: /tmp
     - name: shm
       mountPath: /dev/shm
+    {{- if include "edge.tailSampling" . }}
+    - name: wal
+      mountPath: {{ .Values.tailSampling.wal.dir }}
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -306,7 +354,7 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha25
 {{- end }}
 {{- end }}
 
-{{/* The edge pod template, shared by the DaemonSet and the Deployment. */}}
+{{/* The edge pod template, shared by the DaemonSet, the Deployment and the tail-sampling StatefulSet. */}}
 {{- define "edge.podTemplate" -}}
 metadata:
   annotations:
@@ -351,6 +399,15 @@ spec:
         {{- end }}
     {{- if and .Values.tail.enabled (eq (include "edge.mode" .) "daemonset") }}
     {{- include "edge.tailVolumes" . | nindent 4 }}
+    {{- end }}
+    {{- if and (include "edge.tailSampling" .) (not .Values.tailSampling.wal.persistence.enabled) }}
+    - name: wal
+      {{- with .Values.tailSampling.wal.sizeLimit }}
+      emptyDir:
+        sizeLimit: {{ . }}
+      {{- else }}
+      emptyDir: {}
+      {{- end }}
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
