@@ -325,7 +325,9 @@ class ProtoBatch:
         Scopes and resources that were empty to begin with stay. Each resource is settled
         from its own window of flags first: one that keeps every record is left alone, one
         that loses every record (and had no empty scope) goes whole, and only the others
-        are visited scope by scope, deleting runs of dropped records back to front.
+        are visited scope by scope, deleting runs of dropped records back to front. A scope
+        or resource that goes is deleted as a whole: clearing its records first would cost
+        one more upb call each, the fixed cost of a small batch.
         """
         if alive == self.full:
             return
@@ -333,19 +335,20 @@ class ProtoBatch:
         flags = bits.flags(alive, self.n)
         scopes = self.scopes
         bounds = [*self._first_scope, len(scopes)]  # resource position -> its scopes' index range
-        with_empty: set[int] | None = None  # resources holding a scope that was empty to begin with
         gone: list[int] = []
         for rpos, (rl, start, end) in enumerate(self.resources):
             window = flags[start:end]
             if "0" not in window:
                 continue  # every record kept (or none to begin with)
+            group = scopes[bounds[rpos]:bounds[rpos + 1]]
             if "1" not in window:
-                if with_empty is None:
-                    with_empty = {scope[3] for scope in scopes if scope[1] == scope[2]}
-                if rpos not in with_empty:
+                for _, first, last, _ in group:
+                    if first == last:
+                        break  # a scope empty to begin with stays, and so does its resource
+                else:
                     gone.append(rpos)
                     continue
-            self._keep_in_scopes(rl, scopes[bounds[rpos]:bounds[rpos + 1]], flags)
+            self._keep_in_scopes(rl, group, flags)
         top = getattr(self.message, self.TOP)
         for rpos in reversed(gone):
             del top[rpos]
@@ -357,11 +360,10 @@ class ProtoBatch:
             segment = flags[start:end]
             if "0" not in segment:
                 continue  # every record kept (or none to begin with)
-            field = getattr(sl, self.RECORDS)
             if "1" not in segment:
-                del field[:]
-                emptied.append(position)
+                emptied.append(position)  # the scope goes, its records with it
                 continue
+            field = getattr(sl, self.RECORDS)
             runs = list(_ZERO_RUNS.finditer(segment))
             if len(runs) * (end - start) <= _MEMMOVE_BUDGET:
                 for run in reversed(runs):  # each deletion shifts the tail once (a memmove in C)
@@ -372,9 +374,10 @@ class ProtoBatch:
                 order = iter(segment)
                 field.sort(key=lambda _: next(order) == "0")
                 del field[segment.count("1"):]
-        resource_scopes = getattr(rl, self.SCOPES)
-        for position in reversed(emptied):
-            del resource_scopes[position]
+        if emptied:
+            resource_scopes = getattr(rl, self.SCOPES)
+            for position in reversed(emptied):
+                del resource_scopes[position]
 
     def _scope_entry(self, i: int) -> tuple[Any, int, int, int]:
         return self.scopes[self._scope_index(i)]
