@@ -92,14 +92,10 @@ class Engine:
 
     def _count(self, matched: Matched, alive: int, caused: dict[str, int]) -> None:
         """Hits and misses (docs/policies.md §7) for every policy that matched something."""
-        rows = []
-        for policy, mask in matched:
-            if not mask:
-                continue
-            kept = (mask & alive).bit_count()
-            cause = caused.get(policy.id, 0)
-            rows.append((policy.id, kept + cause, mask.bit_count() - kept - cause))
-        self.stats.add_many(rows)
+        rows = [(policy.id, hits := (mask & alive).bit_count() + caused.get(policy.id, 0), mask.bit_count() - hits)
+                for policy, mask in matched if mask]
+        if rows:
+            self.stats.add_many(rows)
 
     # ── logs ──
 

@@ -168,7 +168,8 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
         dirty = _values_with_newlines(values, joined)
         if doubtful or dirty:
             _recheck(snapshot, plan.conditions, values, reports, doubtful, dirty, matched)
-    _refold_caseless(snapshot, plan, fp, values, joined, matched)
+    if "\u017f" in joined or "\u212a" in joined:  # rare: a call less per scan when absent
+        _refold_caseless(snapshot, plan, fp, values, matched)
     if fp.aliases:  # conditions compiled once under the first one's id
         for ci in [ci for ci in matched if ci in fp.aliases]:
             for other in fp.aliases[ci]:
@@ -228,14 +229,12 @@ def _values_with_newlines(values: list[str], joined: str) -> set[int]:
     return {k for k, v in enumerate(values) if "\n" in v}
 
 
-def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str], joined: str,
+def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str],
                      matched: dict[int, set[int]]) -> None:
     """RE2 folds U+017F (ſ) and U+212A (K) into ASCII s/k; Hyperscan's caseless mode does not.
 
     Records holding either character get their case-insensitive conditions decided by RE2.
     """
-    if "\u017f" not in joined and "\u212a" not in joined:
-        return
     caseless = [c for c in (plan.conditions[i] for i in fp.scanned)
                 if c.hs_flags & hyperscan.HS_FLAG_CASELESS or "(?i" in (c.hs_pattern or "")]
     for k, value in enumerate(values):
