@@ -214,6 +214,21 @@ def size_ratio(small: Cell, large: Cell) -> float:
     return statistics.median(s / b for s, b in zip(small.rates, large.rates, strict=True))
 
 
+def header(sizes: list[int]) -> str:
+    cells = "".join(f"{f'@{records} rec/s':>13} {'floor':>5}" for records in sizes)
+    ratio = f"@{sizes[0]}/@{sizes[-1]}"
+    return (f"{'format':9} {'policies':>8}{cells} {'fixed µs/batch':>14} {ratio:>10} {'compile s':>9}"
+            f"   (rec/s/core, medians of --windows; target: {ratio} >= 50%)")
+
+
+def row(name: str, count: int, cells: list[Cell], compile_s: float) -> str:
+    rates = "".join(f"{cell.rate:13,.0f} {cell.of_floor:5.0%}" for cell in cells)
+    small, large = cells[0], cells[-1]
+    derived = (f"{fixed_cost(small, large) * 1e6:14.1f} {size_ratio(small, large):10.0%}" if len(cells) > 1
+               else f"{'-':>14} {'-':>10}")
+    return f"{name:9} {count:8d}{rates} {derived} {compile_s:9.2f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", default="10,100,3000", help="batch sizes, measured side by side")
@@ -229,23 +244,16 @@ def main() -> int:
     sizes = sorted({int(r) for r in args.records.split(",")})
     docs = {records: make_request(records) for records in sizes}
     encoders = {"json": (orjson.dumps, "application/json"), "protobuf": (_protobuf_body, "application/x-protobuf")}
-    header = "".join(f"{f'@{records} rec/s':>13} {'floor':>5}" for records in sizes)
-    print(f"{'format':9} {'policies':>8}{header} {'fixed µs':>9} {'ratio':>6} {'compile s':>9}"
-          f"   (rec/s/core, medians of --windows; ratio: @{sizes[0]} over @{sizes[-1]}, target >= 50%)")
+    print(header(sizes))
     for count in (int(c) for c in args.policies.split(",")):
         started = time.perf_counter()
-        loaded = load_document(make_policies(count, args.mix))
-        snapshot = compile_policies(loaded.policies)
+        snapshot = compile_policies(load_document(make_policies(count, args.mix)).policies)
         compile_s = time.perf_counter() - started
         for name in args.formats.split(","):
             encode, content_type = encoders[name]
             cells = [Cell(records, encode(docs[records]), content_type) for records in sizes]
             measure(Engine(snapshot, rng=random.Random(1)), cells, args.seconds, args.windows)
-            row = "".join(f"{cell.rate:13,.0f} {cell.of_floor:5.0%}" for cell in cells)
-            small, large = cells[0], cells[-1]
-            derived = (f"{fixed_cost(small, large) * 1e6:9.1f} {size_ratio(small, large):6.0%}" if len(cells) > 1
-                       else f"{'-':>9} {'-':>6}")
-            print(f"{name:9} {count:8d}{row} {derived} {compile_s:9.2f}")
+            print(row(name, count, cells, compile_s))
             sys.stdout.flush()
     return 0
 

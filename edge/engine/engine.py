@@ -76,7 +76,11 @@ class Engine:
         # Log policies in the order keep decisions take them (docs/policies.md §4): most
         # restrictive first, ties in id order (the plan's order, which the stable sort keeps).
         by_restrictiveness = sorted(snapshot.plan(LOG).policies, key=lambda p: p.log_keep.restrictiveness())
-        self._log_rank = {policy.id: rank for rank, policy in enumerate(by_restrictiveness)}
+        # Only policies that can drop take part: keep=all ones never change a decision, and
+        # leaving them out of the per-batch sort is most of a small batch's deciding.
+        self._drop_rank = {policy.id: rank for rank, policy in enumerate(by_restrictiveness)
+                           if policy.log_keep.kind != "all"}
+        self._transforms = any(policy.transform for policy in snapshot.plan(LOG).policies)
         self._thresholds = {policy.id: sampling.threshold(policy.log_keep.percent)
                             for policy in by_restrictiveness if policy.log_keep.kind == "percent"}
 
@@ -88,14 +92,10 @@ class Engine:
 
     def _count(self, matched: Matched, alive: int, caused: dict[str, int]) -> None:
         """Hits and misses (docs/policies.md §7) for every policy that matched something."""
-        rows = []
-        for policy, mask in matched:
-            if not mask:
-                continue
-            kept = (mask & alive).bit_count()
-            cause = caused.get(policy.id, 0)
-            rows.append((policy.id, kept + cause, mask.bit_count() - kept - cause))
-        self.stats.add_many(rows)
+        rows = [(policy.id, hits := (mask & alive).bit_count() + caused.get(policy.id, 0), mask.bit_count() - hits)
+                for policy, mask in matched if mask]
+        if rows:
+            self.stats.add_many(rows)
 
     # ── logs ──
 
@@ -131,12 +131,16 @@ class Engine:
         """Most restrictive keep first; the first policy (by restrictiveness, then id) that drops causes it."""
         alive = batch.full
         caused: dict[str, int] = {}
-        rank = self._log_rank
-        for _, policy, mask in sorted([(rank[policy.id], policy, mask) for policy, mask in matched if mask]):
-            kind = policy.log_keep.kind
+        rank = self._drop_rank
+        deciding = [(r, i) for i, (policy, mask) in enumerate(matched)
+                    if mask and (r := rank.get(policy.id)) is not None]
+        deciding.sort()
+        for _, i in deciding:
+            policy, mask = matched[i]
             candidates = mask & alive
-            if kind == "all" or not candidates:
+            if not candidates:
                 continue
+            kind = policy.log_keep.kind
             if kind == "none":
                 drop = candidates
             elif kind == "percent":
@@ -206,7 +210,7 @@ class Engine:
         self._count(matched, alive, caused)
         if self.extensions:
             dispatch(self.extensions, signal, matched, alive, batch)
-        if signal == LOG:
+        if signal == LOG and self._transforms:
             targets = [(p, m & alive) for p, m in matched if p.transform]
             if targets:
                 apply_transforms(cast(LogBatch, batch), self.snapshot, targets, self.stats)

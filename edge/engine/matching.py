@@ -150,9 +150,10 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
     # it), and one more newline pads the buffer: libhs 5.4 misses end-anchored matches that
     # end at, or one byte before, the end of the buffer when other patterns share the
     # database (tests/test_matching.py pins both cases).
-    text = "\n" + "\n".join(values) + "\n"
-    buffer = text.encode() + b"\n"
-    lengths = map(len, values if len(buffer) == len(text) + 1 else map(str.encode, values))
+    joined = "\n".join(values)
+    encoded = joined.encode()
+    buffer = b"\n" + encoded + b"\n\n"
+    lengths = map(len, values if len(encoded) == len(joined) else map(str.encode, values))
     starts = list(accumulate(map(_PLUS_SEPARATOR, lengths), initial=1))
     reports: list[tuple[int, int, int]] = []
     report = reports.append
@@ -164,10 +165,11 @@ def _hyperscan_pass(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values:
         db.scan(buffer, on_match, 0, None, scratch)  # positionally: keywords cost a parse per call
     if reports:
         doubtful = _settle(plan.conditions, reports, starts, matched)
-        dirty = _values_with_newlines(values, text)
+        dirty = _values_with_newlines(values, joined)
         if doubtful or dirty:
             _recheck(snapshot, plan.conditions, values, reports, doubtful, dirty, matched)
-    _refold_caseless(snapshot, plan, fp, values, text, matched)
+    if "\u017f" in joined or "\u212a" in joined:  # rare: a call less per scan when absent
+        _refold_caseless(snapshot, plan, fp, values, matched)
     if fp.aliases:  # conditions compiled once under the first one's id
         for ci in [ci for ci in matched if ci in fp.aliases]:
             for other in fp.aliases[ci]:
@@ -217,24 +219,22 @@ def _recheck(snapshot: Snapshot, conditions: list[Condition], values: list[str],
             matched[ci].add(k)
 
 
-def _values_with_newlines(values: list[str], text: str) -> set[int]:
+def _values_with_newlines(values: list[str], joined: str) -> set[int]:
     """Values whose own newlines blur record boundaries in the joined buffer: RE2 decides them.
 
-    `text` holds one newline before each value and one after the last unless a value has its own.
+    `joined` holds a newline between each two values, and more only when a value has its own.
     """
-    if text.count("\n") == len(values) + 1:
+    if joined.count("\n") == len(values) - 1:
         return set()
     return {k for k, v in enumerate(values) if "\n" in v}
 
 
-def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str], text: str,
+def _refold_caseless(snapshot: Snapshot, plan: SignalPlan, fp: FieldPlan, values: list[str],
                      matched: dict[int, set[int]]) -> None:
     """RE2 folds U+017F (ſ) and U+212A (K) into ASCII s/k; Hyperscan's caseless mode does not.
 
     Records holding either character get their case-insensitive conditions decided by RE2.
     """
-    if "\u017f" not in text and "\u212a" not in text:
-        return
     caseless = [c for c in (plan.conditions[i] for i in fp.scanned)
                 if c.hs_flags & hyperscan.HS_FLAG_CASELESS or "(?i" in (c.hs_pattern or "")]
     for k, value in enumerate(values):

@@ -48,8 +48,6 @@ from edge.policy.fields import (
 )
 from edge.policy.model import FieldKey
 
-_SELECTORS = bytes.maketrans(b"01", b"\x00\x01")  # a mask's '0'/'1' flags as compress() selectors
-
 
 def _scalar(value: Any) -> Any:
     if not value:
@@ -277,43 +275,51 @@ class JsonBatch:
     def keep_only(self, alive: int) -> None:
         """Remove every record whose bit is clear; prune scopes and resources left empty.
 
-        Scopes and resources that were empty to begin with stay.
+        Scopes and resources that were empty to begin with stay. Each resource is settled
+        from its own window of flags first: one that keeps every record is left alone, one
+        that loses every record (and had no empty scope) goes whole, and only the others
+        are visited scope by scope (at 10 records in 10 scopes, visiting every scope was
+        most of the cost). Windows are slices of a '0'/'1' str: slicing and searching str
+        costs half what bytes do.
         """
         if alive == self.full:
             return
         self.changed = True
-        selectors = bits.flags(alive, self.n).encode().translate(_SELECTORS)
-        records_key = self.RECORDS
-        emptied: list[int] = []  # indices into self.scopes, ascending
-        for j, (sl, start, end, _) in enumerate(self.scopes):
-            window = selectors[start:end]
-            if b"\x00" not in window:
-                continue  # every record kept (or none to begin with)
-            if b"\x01" in window:
-                sl[records_key] = list(compress(sl[records_key], window))
-            else:
-                sl[records_key] = []
-                emptied.append(j)
-        if emptied:
-            self._prune(emptied)
-
-    def _prune(self, emptied: list[int]) -> None:
-        """Remove the scopes drops emptied, and the resources whose every scope they emptied."""
-        by_resource: dict[int, list[int]] = {}  # resource position -> positions of its emptied scopes
-        for j in emptied:
-            rpos = self.scopes[j][3]
-            by_resource.setdefault(rpos, []).append(j - self._first_scope[rpos])
-        scopes_key = self.SCOPES
+        flags = bits.flags(alive, self.n)
+        scopes = self.scopes
+        bounds = [*self._first_scope, len(scopes)]  # resource position -> its scopes' index range
+        with_empty: set[int] | None = None  # resources holding a scope that was empty to begin with
         gone = set()
-        for rpos, positions in by_resource.items():
-            scopes = self.resources[rpos][0][scopes_key]
-            if len(positions) == len(scopes):
-                gone.add(rpos)
-                continue
-            for pos in reversed(positions):
-                del scopes[pos]
+        for rpos, (rl, start, end) in enumerate(self.resources):
+            window = flags[start:end]
+            if "0" not in window:
+                continue  # every record kept (or none to begin with)
+            if "1" not in window:
+                if with_empty is None:
+                    with_empty = {scope[3] for scope in scopes if scope[1] == scope[2]}
+                if rpos not in with_empty:
+                    gone.add(rpos)
+                    continue
+            self._keep_in_scopes(rl, scopes[bounds[rpos]:bounds[rpos + 1]], flags)
         if gone:
             self.doc[self.TOP] = [rl for rpos, (rl, _, _) in enumerate(self.resources) if rpos not in gone]
+
+    def _keep_in_scopes(self, rl: dict, group: list[tuple[dict, int, int, int]], flags: str) -> None:
+        """Drop records scope by scope within one resource, and the scopes drops emptied."""
+        records_key = self.RECORDS
+        emptied: list[int] = []  # positions in the resource's scope list
+        for position, (sl, start, end, _) in enumerate(group):
+            window = flags[start:end]
+            if "0" not in window:
+                continue  # every record kept (or none to begin with)
+            if "1" in window:
+                sl[records_key] = list(compress(sl[records_key], map("1".__eq__, window)))
+            else:
+                sl[records_key] = []
+                emptied.append(position)
+        resource_scopes = rl[self.SCOPES]
+        for position in reversed(emptied):
+            del resource_scopes[position]
 
     def export(self, i: int) -> dict[str, Any]:
         """A standalone copy of record i with its resource and scope (for extensions)."""

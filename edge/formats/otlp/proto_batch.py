@@ -205,13 +205,13 @@ class ProtoBatch:
     def _resource_masks(self) -> list[int]:
         """The record mask of each resource."""
         if self._resource_owners is None:
-            self._resource_owners = [bits.range_mask(s, e) for _, s, e in self.resources]
+            self._resource_owners = [((1 << (e - s)) - 1) << s for _, s, e in self.resources]  # bits.range_mask
         return self._resource_owners
 
     def _scope_masks(self) -> list[int]:
         """The record mask of each scope."""
         if self._scope_owners is None:
-            self._scope_owners = [bits.range_mask(s, e) for _, s, e, _ in self.scopes]
+            self._scope_owners = [((1 << (e - s)) - 1) << s for _, s, e, _ in self.scopes]  # bits.range_mask
         return self._scope_owners
 
     def _scope_index(self, i: int) -> int:
@@ -322,25 +322,48 @@ class ProtoBatch:
     def keep_only(self, alive: int) -> None:
         """Remove every record whose bit is clear; prune scopes and resources left empty.
 
-        Scopes and resources that were empty to begin with stay. Only scopes that lost
-        records are touched, deleting runs of dropped records back to front.
+        Scopes and resources that were empty to begin with stay. Each resource is settled
+        from its own window of flags first: one that keeps every record is left alone, one
+        that loses every record (and had no empty scope) goes whole, and only the others
+        are visited scope by scope, deleting runs of dropped records back to front. A scope
+        or resource that goes is deleted as a whole: clearing its records first would cost
+        one more upb call each, the fixed cost of a small batch.
         """
         if alive == self.full:
             return
         self.changed = True
         flags = bits.flags(alive, self.n)
-        emptied: list[int] = []  # indices into self.scopes, ascending
-        for j, (sl, start, end, _) in enumerate(self.scopes):
-            if start == end:
-                continue
+        scopes = self.scopes
+        bounds = [*self._first_scope, len(scopes)]  # resource position -> its scopes' index range
+        gone: list[int] = []
+        for rpos, (rl, start, end) in enumerate(self.resources):
+            window = flags[start:end]
+            if "0" not in window:
+                continue  # every record kept (or none to begin with)
+            group = scopes[bounds[rpos]:bounds[rpos + 1]]
+            if "1" not in window:
+                for _, first, last, _ in group:
+                    if first == last:
+                        break  # a scope empty to begin with stays, and so does its resource
+                else:
+                    gone.append(rpos)
+                    continue
+            self._keep_in_scopes(rl, group, flags)
+        top = getattr(self.message, self.TOP)
+        for rpos in reversed(gone):
+            del top[rpos]
+
+    def _keep_in_scopes(self, rl: Any, group: list[tuple[Any, int, int, int]], flags: str) -> None:
+        """Drop records scope by scope within one resource, and the scopes drops emptied."""
+        emptied: list[int] = []  # positions in the resource's scope list
+        for position, (sl, start, end, _) in enumerate(group):
             segment = flags[start:end]
             if "0" not in segment:
+                continue  # every record kept (or none to begin with)
+            if "1" not in segment:
+                emptied.append(position)  # the scope goes, its records with it
                 continue
             field = getattr(sl, self.RECORDS)
-            if "1" not in segment:
-                del field[:]
-                emptied.append(j)
-                continue
             runs = list(_ZERO_RUNS.finditer(segment))
             if len(runs) * (end - start) <= _MEMMOVE_BUDGET:
                 for run in reversed(runs):  # each deletion shifts the tail once (a memmove in C)
@@ -351,23 +374,10 @@ class ProtoBatch:
                 order = iter(segment)
                 field.sort(key=lambda _: next(order) == "0")
                 del field[segment.count("1"):]
-        if not emptied:
-            return
-        by_resource: dict[int, list[int]] = {}
-        for j in emptied:
-            rpos = self.scopes[j][3]
-            by_resource.setdefault(rpos, []).append(j - self._first_scope[rpos])
-        gone: list[int] = []
-        for rpos, positions in by_resource.items():
-            scopes = getattr(self.resources[rpos][0], self.SCOPES)
-            if len(positions) == len(scopes):
-                gone.append(rpos)  # every scope emptied by drops: the resource goes too
-                continue
-            for pos in reversed(positions):
-                del scopes[pos]
-        top = getattr(self.message, self.TOP)
-        for rpos in sorted(gone, reverse=True):
-            del top[rpos]
+        if emptied:
+            resource_scopes = getattr(rl, self.SCOPES)
+            for position in reversed(emptied):
+                del resource_scopes[position]
 
     def _scope_entry(self, i: int) -> tuple[Any, int, int, int]:
         return self.scopes[self._scope_index(i)]

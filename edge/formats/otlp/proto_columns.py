@@ -40,8 +40,12 @@ class ProtoAttributeColumns:
         lists = self.lists
         if not lists:
             return None
-        position = next((i for i, kv in enumerate(lists[0]) if kv.key == name), None)
-        if position is None:
+        position = -1  # of the first record's `name`: a loop, a generator costs more than the search
+        for i, kv in enumerate(lists[0]):
+            if kv.key == name:
+                position = i
+                break
+        if position < 0:
             return None
         try:
             for j in range(position):
