@@ -16,18 +16,22 @@ Benchmarks do not import the test tree: what they share lives here.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -39,6 +43,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class BenchmarkError(RuntimeError):
     """A run that cannot give honest numbers (edge not ready, failed requests): the benchmark exits non-zero."""
+
+
+def run_in_scratch(script: str, run: Callable[[argparse.Namespace, Path], None], args: argparse.Namespace) -> int:
+    """A benchmark's `run(args, scratch)` in a scratch folder removed afterwards; its exit status:
+    0, or 1 with one line naming the script when it raised BenchmarkError."""
+    scratch = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    try:
+        run(args, scratch)
+    except BenchmarkError as exc:
+        print(f"{script}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
 
 
 # ── ports and readiness ──

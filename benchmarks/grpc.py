@@ -25,10 +25,8 @@ import argparse
 import asyncio
 import json
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,6 +46,7 @@ from benchmarks.common import (  # noqa: E402
     LoopbackUpstream,
     free_port,
     median_best,
+    run_in_scratch,
     stop_process,
     tree_cpu_seconds,
     wait_policies,
@@ -215,15 +214,7 @@ def main() -> int:
     parser.add_argument("--batches", type=lambda text: [int(n) for n in text.split(",")], default=[100, 1000],
                         help="records per request, comma-separated")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    try:
-        run(args, tmp)
-    except BenchmarkError as exc:
-        print(f"grpc.py: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_in_scratch("grpc.py", run, args)
 
 
 if __name__ == "__main__":

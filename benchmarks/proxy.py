@@ -43,7 +43,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from benchmarks.common import (  # noqa: E402
     process_tree,
     pss_mb,
     rss_mb,
+    run_in_scratch,
     tree_cpu_seconds,
     wait_http,
     wait_policies,
@@ -398,15 +398,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"proxy.py: {tool} is missing (apt-get install nginx-light wrk)", file=sys.stderr)
             return 2
-    tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    try:
-        run(args, tmp)
-    except BenchmarkError as exc:
-        print(f"proxy.py: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_in_scratch("proxy.py", run, args)
 
 
 if __name__ == "__main__":

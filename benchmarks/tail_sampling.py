@@ -28,11 +28,9 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -53,6 +51,7 @@ from benchmarks.common import (  # noqa: E402
     LoopbackUpstream,
     free_port,
     median_best,
+    run_in_scratch,
     stop_process,
     tree_cpu_seconds,
     tree_rss_mb,
@@ -285,15 +284,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--buffered", type=int, default=200_000, help="spans held for the memory measurement")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    try:
-        run(args, tmp)
-    except BenchmarkError as exc:
-        print(f"tail_sampling.py: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_in_scratch("tail_sampling.py", run, args)
 
 
 if __name__ == "__main__":
