@@ -25,7 +25,7 @@ from functools import cache, partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 import orjson
@@ -162,11 +162,16 @@ def _url(key: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"config key {key}: expected an http(s) URL, got {value!r}")
+    _check_port(key, value, parts)
+    return value.rstrip("/")
+
+
+def _check_port(key: str, value: str, parts: SplitResult) -> None:
+    """A URL's port, if it names one, is a number within 0-65535."""
     try:
-        parts.port  # noqa: B018 - validates the port number
+        parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigError(f"config key {key}: bad port in {value!r}") from None
-    return value.rstrip("/")
 
 
 def _optional_url(key: str, value: str) -> str:
@@ -184,10 +189,7 @@ def _signal_url(key: str, value: str) -> str:
     parts = urlsplit(value.rstrip("/"))
     if not parts.hostname or parts.path or parts.query or parts.fragment:
         raise ConfigError(f"config key {key}: expected grpc(s)://host:port without a path, got {value!r}")
-    try:
-        parts.port  # noqa: B018 - validates the port number
-    except ValueError:
-        raise ConfigError(f"config key {key}: bad port in {value!r}") from None
+    _check_port(key, value, parts)
     return value.rstrip("/")
 
 
