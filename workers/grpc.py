@@ -4,7 +4,7 @@ Each one is grpcio's asyncio server on `grpc.listen_address:grpc.listen_port` wi
 SO_REUSEPORT, so the kernel spreads connections over them. It attaches to the instance's
 shared state exactly as a gunicorn worker does (`WorkerRuntime`: snapshots from shared
 memory, the shared rate-limit windows, match statistics to the spool) and runs the HTTP
-app's `Lifespan` for its upstream pool, extensions and once-a-second statistics. SIGTERM
+app's `Lifespan` (`edge.protocols.lifespan`) for its upstream pool, extensions and once-a-second statistics. SIGTERM
 stops accepting and lets calls in flight finish (`server.stop(grace)`), then flushes.
 It runs on uvloop, as the HTTP workers do: the one event loop carries grpc.aio's completions
 and the upstream clients, and uvloop costs less per call than asyncio's own loop.
@@ -27,8 +27,9 @@ import uvloop
 from edge import logs
 from edge.config import Config
 from edge.lifecycle import die_with_parent
-from edge.protocols.app import Lifespan, worker_share
+from edge.protocols.body import worker_share
 from edge.protocols.grpc_otlp import otlp_services
+from edge.protocols.lifespan import Lifespan
 from edge.protocols.self_metrics import get_metrics
 from edge.protocols.upstream import Upstream
 from supervisor.listener import display_address

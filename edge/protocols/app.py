@@ -3,14 +3,12 @@
 Routing is a dict lookup on (path, method) inside a single Falcon sink: the OTLP routes
 (`otlp.{logs,metrics,traces}_path`) and the admin routes are exact paths (plus the
 `/metrics/` prefix of the scrape proxy), everything else (any path, any method) is passed
-through to `upstream_url`. The ASGI lifespan opens the worker's upstream connection pool
-and a background task that hands match statistics to the spool once a second.
+through to `upstream_url`. The ASGI lifespan (`edge.protocols.lifespan`) opens the worker's upstream connection
+pool and a background task that hands match statistics to the spool once a second.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from time import perf_counter
 from typing import Any, Protocol
@@ -18,10 +16,10 @@ from typing import Any, Protocol
 import falcon.asgi
 
 from edge import logs
-from edge.memory import release_free_memory, tune_gc
-from edge.protocols.admin import Health, MetricsEndpoint, Policies, update_snapshot_gauges
-from edge.protocols.body import Admission, BodyState, BodyWatch, body_state
+from edge.protocols.admin import Health, MetricsEndpoint, Policies
+from edge.protocols.body import Admission, BodyState, BodyWatch, body_state, worker_share
 from edge.protocols.datadog import datadog_routes
+from edge.protocols.lifespan import Lifespan
 from edge.protocols.otlp import OtlpRoute
 from edge.protocols.otlp_upstream import otlp_client
 from edge.protocols.passthrough import Passthrough
@@ -33,8 +31,6 @@ from edge.protocols.upstream import Upstream, UpstreamError, busy_response, erro
 from edge.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-STATS_INTERVAL = 1.0
 
 
 class Handler(Protocol):
@@ -114,55 +110,6 @@ def expects_body(headers: list[tuple[bytes, bytes]]) -> bool:
         if lowered == b"transfer-encoding":
             return True
     return False
-
-
-def worker_share(max_connections: int, workers: int) -> int:
-    """Requests one worker admits at once: its share of the instance's `max_connections`."""
-    return max(1, -(-max_connections // max(1, workers)))
-
-
-class Lifespan:
-    """Per-worker start-up and shutdown (Falcon calls these for the ASGI lifespan scope)."""
-
-    def __init__(self, runtime: Runtime, upstream: Upstream, metrics: Metrics) -> None:
-        self.runtime = runtime
-        self.upstream = upstream
-        self.metrics = metrics
-        self._task: asyncio.Task[None] | None = None
-
-    async def process_startup(self, scope: Any, event: Any) -> None:
-        tune_gc()
-        await self.upstream.start()
-        update_snapshot_gauges(self.runtime, self.metrics)
-        self.runtime.start_extensions()
-        self._task = asyncio.create_task(self._tick())
-
-    async def process_shutdown(self, scope: Any, event: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._flush()
-        await self.upstream.close()
-        try:
-            await asyncio.to_thread(self.runtime.stop_extensions)
-        except Exception:  # noqa: BLE001 - shutting down must go on
-            log.exception("stopping extensions failed")
-        with contextlib.suppress(Exception):
-            self.runtime.close()
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(STATS_INTERVAL)
-            self._flush()
-            release_free_memory()
-
-    def _flush(self) -> None:
-        try:
-            self.runtime.flush_stats()
-            update_snapshot_gauges(self.runtime, self.metrics)
-        except Exception:  # noqa: BLE001 - counts stay in memory and go with the next flush
-            log.exception("flushing match statistics failed")
 
 
 # Which protocol routes each distribution serves; every distribution has the admin routes

@@ -62,6 +62,11 @@ class Admission:
         self.in_flight -= 1
 
 
+def worker_share(max_connections: int, workers: int) -> int:
+    """Requests one worker admits at once: its share of the instance's `max_connections`."""
+    return max(1, -(-max_connections // max(1, workers)))
+
+
 class BodyState:
     """One request's body: whether it is admitted, exempt from admission, late or refused."""
 
