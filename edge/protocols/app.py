@@ -3,8 +3,9 @@
 Routing is a dict lookup on (path, method) inside a single Falcon sink: the OTLP routes
 (`otlp.{logs,metrics,traces}_path`) and the admin routes are exact paths (plus the
 `/metrics/` prefix of the scrape proxy), everything else (any path, any method) is passed
-through to `upstream_url`. The ASGI lifespan (`edge.protocols.lifespan`) opens the worker's upstream connection
-pool and a background task that hands match statistics to the spool once a second.
+through to `upstream_url`. The ASGI lifespan (`edge.protocols.lifespan`) opens the worker's
+upstream connection pool and a background task that hands match statistics to the spool
+once a second.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ STATS_INTERVAL = 1.0
 
 
 class Lifespan:
-    """Per-worker start-up and shutdown (Falcon calls these for the ASGI lifespan scope)."""
+    """Per-worker start-up and shutdown: Falcon calls these for the ASGI lifespan scope, a gRPC worker
+    around its server."""
 
     def __init__(self, runtime: Runtime, upstream: Upstream, metrics: Metrics) -> None:
         self.runtime = runtime
