@@ -25,7 +25,9 @@ workers, gRPC workers). With `--floor` it also serves `benchmarks/floor_app.py` 
 Falcon and aiohttp forwarding bodies with no policy work) on each worker class considered
 for edge's HTTP workers, side by side: `floor` on edge's own (`supervisor.main.WORKER_CLASS`),
 the others named by theirs. edge's req/s and p99 are then also given against `floor`'s, to
-show how much of the gap to nginx is the stack and how much is edge's own work.
+show how much of the gap to nginx is the stack and how much is edge's own work, and edge's CPU
+per request above the floor's is printed next to what evaluating the same body costs in this
+process (parse, policies, serialise) and the budget 80% of the floor's req/s would leave.
 
 Any answer other than 2xx during a load (wrk's "Non-2xx or 3xx responses") fails the run
 with a non-zero exit. Needs Debian's `nginx-light` and `wrk`; the machine running it is
