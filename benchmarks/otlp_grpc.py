@@ -1,6 +1,6 @@
 """OTLP/gRPC throughput: records/s per core through edge over gRPC, next to OTLP/HTTP protobuf.
 
-    python benchmarks/grpc.py [--seconds 3] [--windows 3] [--concurrency 16] [--workers 1] [--batches 100,1000]
+    python benchmarks/otlp_grpc.py [--seconds 3] [--windows 3] [--concurrency 16] [--workers 1] [--batches 100,1000]
 
 Starts (all on loopback, all stopped at the end) a loopback upstream answering every
 request 200 with an empty protobuf body, edge (`python -m supervisor.main`) with the ten
@@ -31,10 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-# Run as `python benchmarks/grpc.py`, this file's folder comes first on the path and its name would hide the
-# grpc package: the folder gives way to the repository root.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 import grpc  # noqa: E402
@@ -214,7 +211,7 @@ def main() -> int:
     parser.add_argument("--batches", type=lambda text: [int(n) for n in text.split(",")], default=[100, 1000],
                         help="records per request, comma-separated")
     args = parser.parse_args()
-    return run_in_scratch("grpc.py", run, args)
+    return run_in_scratch("otlp_grpc.py", run, args)
 
 
 if __name__ == "__main__":
