@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry._logs import SeverityNumber
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -39,12 +38,11 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogExporter
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk._logs.export import LogExporter
 
 from tests.proxy_fixtures import free_port
 from tests.reliability.harness import EdgeProcess
+from tests.sdk_senders import emit_checkout_logs
 from tests.waiting import wait_for
 
 POLICIES: list[dict[str, Any]] = [
@@ -137,20 +135,7 @@ def metrics_request(*names: str) -> bytes:
 def export_checkout_logs(exporter: LogExporter) -> list[str]:
     """300 records sent through the SDK's `exporter`, a third of them DEBUG, each naming a secret; the
     bodies POLICIES leave (DEBUG dropped, secrets redacted), sorted."""
-    provider = LoggerProvider(resource=Resource.create({"service.name": "checkout"}))
-    provider.add_log_record_processor(BatchLogRecordProcessor(exporter, schedule_delay_millis=60_000))
-    logger = provider.get_logger("orders")
-    kept = []
-    for n in range(300):
-        debug = n % 3 == 0
-        if not debug:
-            kept.append(f"rec-{n} token <redacted> used")
-        logger.emit(severity_text="DEBUG" if debug else "INFO",
-                    severity_number=SeverityNumber.DEBUG if debug else SeverityNumber.INFO,
-                    body=f"rec-{n} token secret-{n}abc used")
-    assert provider.force_flush(30_000)
-    provider.shutdown()
-    return sorted(kept)
+    return sorted(f"rec-{n} token <redacted> used" for n in emit_checkout_logs(exporter, 300))
 
 
 def log_bodies(data: bytes) -> list[str]:

@@ -17,19 +17,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tests.proxy_fixtures import EdgeStack, Recorded, RecordingUpstream
+from tests.sdk_senders import emit_checkout_logs
 
 BATCH = 512  # the SDK batch processors' default max_export_batch_size
 PADDING = "p" * 3000  # ~3 KB per record
@@ -71,21 +69,7 @@ def export_logs(endpoint: str, compression: Compression) -> set[str]:
 
     Every third record is DEBUG (dropped by policy); the others carry a secret to redact."""
     exporter = OTLPLogExporter(endpoint=endpoint, compression=compression, timeout=30)
-    provider = LoggerProvider(resource=Resource.create({"service.name": "checkout"}))
-    provider.add_log_record_processor(BatchLogRecordProcessor(exporter, schedule_delay_millis=60_000,
-                                                              max_export_batch_size=BATCH))
-    logger = provider.get_logger("orders")
-    kept = set()
-    for n in range(BATCH):
-        debug = n % 3 == 0
-        if not debug:
-            kept.add(f"rec-{n}")
-        logger.emit(severity_text="DEBUG" if debug else "INFO",
-                    severity_number=SeverityNumber.DEBUG if debug else SeverityNumber.INFO,
-                    body=f"rec-{n} token secret-{n}abc used {PADDING}")
-    assert provider.force_flush(30_000)
-    provider.shutdown()
-    return kept
+    return {f"rec-{n}" for n in emit_checkout_logs(exporter, BATCH, padding=f" {PADDING}", batch_size=BATCH)}
 
 
 def assert_logs_filtered(received: list[Recorded], kept: set[str]) -> None:
