@@ -34,11 +34,6 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from edge.config import ConfigError, build
 from tests.grpc_fixtures import (
@@ -59,6 +54,7 @@ from tests.grpc_fixtures import (
 )
 from tests.proxy_fixtures import RecordingUpstream, Reply, free_port, request
 from tests.reliability.harness import EDGE_SCRIPT, EdgeProcess, PolicyServer
+from tests.sdk_senders import emit_order_metrics, emit_spans
 from tests.waiting import wait_for
 
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
@@ -103,14 +99,7 @@ def test_sdk_logs_over_grpc_arrive_filtered(edge: GrpcEdge, upstream: RecordingU
 def test_sdk_spans_over_grpc_arrive_filtered(edge: GrpcEdge, upstream: RecordingUpstream,
                                              compression: grpc.Compression) -> None:
     exporter = OTLPSpanExporter(endpoint=f"http://{edge.target}", insecure=True, compression=compression, timeout=30)
-    provider = TracerProvider(resource=Resource.create({"service.name": "orders"}))
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
-    tracer = provider.get_tracer("orders")
-    for n in range(200):
-        with tracer.start_as_current_span(f"drop-{n}" if n % 4 == 0 else f"keep-{n}"):
-            pass
-    assert provider.force_flush(30_000)
-    provider.shutdown()
+    emit_spans(exporter, 200)
     received = upstream.received()
     assert {r.path for r in received} == {"/v1/traces"}
     names = [s.name for r in received for rs in ExportTraceServiceRequest.FromString(r.body).resource_spans
@@ -124,14 +113,7 @@ def test_sdk_metrics_over_grpc_arrive_filtered(edge: GrpcEdge, upstream: Recordi
                                                compression: grpc.Compression) -> None:
     exporter = OTLPMetricExporter(endpoint=f"http://{edge.target}", insecure=True, compression=compression,
                                   timeout=30)
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=600_000)
-    provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": "orders"}))
-    meter = provider.get_meter("orders")
-    meter.create_counter("drop.internal").add(3)
-    meter.create_counter("orders.placed").add(5)
-    meter.create_histogram("orders.latency").record(0.25)
-    assert provider.force_flush(30_000)
-    provider.shutdown()
+    emit_order_metrics(exporter)
     received = upstream.received()
     assert received and {r.path for r in received} == {"/v1/metrics"}
     names = {m.name for r in received for rm in ExportMetricsServiceRequest.FromString(r.body).resource_metrics

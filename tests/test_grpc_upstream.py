@@ -37,11 +37,6 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from edge.config import ConfigError, build
 from edge.protocols.grpc_channels import GrpcTarget, grpc_target
@@ -69,6 +64,7 @@ from tests.grpc_fixtures import (
     traces_request,
 )
 from tests.proxy_fixtures import RecordingUpstream, Reply, request
+from tests.sdk_senders import emit_order_metrics, emit_spans
 from tests.waiting import wait_for
 
 UPSTREAM_TIMEOUT = 2  # seconds: edge's deadline for a never-answering upstream
@@ -171,15 +167,7 @@ def test_sdk_logs_arrive_filtered(edge: GrpcEdge, grpc_upstream: RecordingGrpcUp
 def test_sdk_spans_arrive_filtered(edge: GrpcEdge, grpc_upstream: RecordingGrpcUpstream, kind: str,
                                    gzipped: bool) -> None:
     exporter_class = GrpcSpanExporter if kind == "grpc" else HttpSpanExporter
-    provider = TracerProvider(resource=Resource.create({"service.name": "orders"}))
-    provider.add_span_processor(BatchSpanProcessor(exporter_class(**exporter_args(kind, edge, "/v1/traces", gzipped)),
-                                                   schedule_delay_millis=60_000))
-    tracer = provider.get_tracer("orders")
-    for n in range(200):
-        with tracer.start_as_current_span(f"drop-{n}" if n % 4 == 0 else f"keep-{n}"):
-            pass
-    assert provider.force_flush(30_000)
-    provider.shutdown()
+    emit_spans(exporter_class(**exporter_args(kind, edge, "/v1/traces", gzipped)), 200)
     names = [s.name for m in messages(grpc_upstream, TRACES) for rs in m.resource_spans
              for ss in rs.scope_spans for s in ss.spans]
     assert sorted(names) == sorted(f"keep-{n}" for n in range(200) if n % 4)
@@ -190,15 +178,7 @@ def test_sdk_spans_arrive_filtered(edge: GrpcEdge, grpc_upstream: RecordingGrpcU
 def test_sdk_metrics_arrive_filtered(edge: GrpcEdge, grpc_upstream: RecordingGrpcUpstream, kind: str,
                                      gzipped: bool) -> None:
     exporter_class = GrpcMetricExporter if kind == "grpc" else HttpMetricExporter
-    reader = PeriodicExportingMetricReader(exporter_class(**exporter_args(kind, edge, "/v1/metrics", gzipped)),
-                                           export_interval_millis=600_000)
-    provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": "orders"}))
-    meter = provider.get_meter("orders")
-    meter.create_counter("drop.internal").add(3)
-    meter.create_counter("orders.placed").add(5)
-    meter.create_histogram("orders.latency").record(0.25)
-    assert provider.force_flush(30_000)
-    provider.shutdown()
+    emit_order_metrics(exporter_class(**exporter_args(kind, edge, "/v1/metrics", gzipped)))
     names = {m.name for message in messages(grpc_upstream, METRICS) for rm in message.resource_metrics
              for sm in rm.scope_metrics for m in sm.metrics}
     assert names == {"orders.placed", "orders.latency"}

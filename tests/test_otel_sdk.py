@@ -22,12 +22,9 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tests.proxy_fixtures import EdgeStack, Recorded, RecordingUpstream
-from tests.sdk_senders import emit_checkout_logs
+from tests.sdk_senders import emit_checkout_logs, emit_spans
 
 BATCH = 512  # the SDK batch processors' default max_export_batch_size
 PADDING = "p" * 3000  # ~3 KB per record
@@ -99,19 +96,7 @@ def test_sdk_log_batches_of_default_size_arrive_filtered(edge: EdgeStack, upstre
 def test_sdk_span_batches_of_default_size_arrive_filtered(edge: EdgeStack, upstream: RecordingUpstream) -> None:
     exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{edge.port}/v1/traces", compression=Compression.Gzip,
                                 timeout=30)
-    provider = TracerProvider(resource=Resource.create({"service.name": "checkout"}))
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000,
-                                                   max_export_batch_size=BATCH))
-    tracer = provider.get_tracer("orders")
-    kept = set()
-    for n in range(BATCH):
-        name = f"drop-{n}" if n % 4 == 0 else f"keep-{n}"
-        if name.startswith("keep"):
-            kept.add(name)
-        with tracer.start_as_current_span(name, attributes={"payload": PADDING}):
-            pass
-    assert provider.force_flush(30_000)
-    provider.shutdown()
+    kept = emit_spans(exporter, BATCH, service="checkout", attributes={"payload": PADDING}, batch_size=BATCH)
     received = upstream.received("/v1/traces")
     assert len(received) == 1 and received[0].header("content-encoding") == "gzip"
     message = ExportTraceServiceRequest.FromString(decoded(received[0]))
