@@ -151,11 +151,17 @@ def _log_level(key: str, value: str) -> str:
 UNFILTERED_MODES = ("forward", "reject")
 
 
-def _unfiltered(key: str, value: str) -> str:
-    mode = value.strip().lower()
-    if mode not in UNFILTERED_MODES:
-        raise ConfigError(f"config key {key}: expected forward or reject, got {value!r}")
-    return mode
+def _one_of(choices: tuple[str, ...]) -> Check:
+    """A check for a setting that names one of `choices` (any case, surrounding blanks ignored)."""
+    expected = f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+    def check(key: str, value: str) -> str:
+        choice = value.strip().lower()
+        if choice not in choices:
+            raise ConfigError(f"config key {key}: expected {expected}, got {value!r}")
+        return choice
+
+    return check
 
 
 def _url(key: str, value: str) -> str:
@@ -191,13 +197,6 @@ def _signal_url(key: str, value: str) -> str:
         raise ConfigError(f"config key {key}: expected grpc(s)://host:port without a path, got {value!r}")
     _check_port(key, value, parts)
     return value.rstrip("/")
-
-
-def _upstream_protocol(key: str, value: str) -> str:
-    protocol = value.strip().lower()
-    if protocol not in UPSTREAM_PROTOCOLS:
-        raise ConfigError(f"config key {key}: expected http or grpc, got {value!r}")
-    return protocol
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
@@ -514,13 +513,6 @@ WAL_FSYNC_MODES = ("interval", "always", "never")
 _MEMBER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
-def _wal_fsync(key: str, value: str) -> str:
-    mode = value.strip().lower()
-    if mode not in WAL_FSYNC_MODES:
-        raise ConfigError(f"config key {key}: expected interval, always or never, got {value!r}")
-    return mode
-
-
 def _member(key: str, value: str) -> str:
     """A peer as `host:port` (`[v6]:port` for an IPv6 address): the form members are hashed and dialled by."""
     match = _MEMBER.match(value.strip())
@@ -621,7 +613,7 @@ class TailSamplingConfig:
                                     check=_positive)
     wal_dir: str = setting("", "the write-ahead log's directory", derive=lambda _: DEFAULT_WAL_DIR,
                            default_text=f"`{DEFAULT_WAL_DIR}`")
-    wal_fsync: str = setting("interval", "interval, always or never", check=_wal_fsync)
+    wal_fsync: str = setting("interval", "interval, always or never", check=_one_of(WAL_FSYNC_MODES))
     wal_fsync_interval: float = setting(0.1, "between syncs under `interval`", parse=_duration, check=_timeout,
                                         default_text="100ms")
     max_wal_bytes: int = setting(1_073_741_824, "write-ahead log bytes; beyond it senders get 503 with Retry-After",
@@ -688,7 +680,8 @@ class Config:
                               derive=itemgetter("upstream_url"), default_text="`upstream_url`")
     upstream_protocol: str = setting(
         "http", "how OTLP leaves edge: `http` (OTLP/HTTP) or `grpc` (OTLP/gRPC); a `grpc://` or `grpcs://` "
-        "signal URL is gRPC whatever this says; see [gRPC upstreams](#grpc-upstreams)", check=_upstream_protocol)
+        "signal URL is gRPC whatever this says; see [gRPC upstreams](#grpc-upstreams)",
+        check=_one_of(UPSTREAM_PROTOCOLS))
     log_level: str = setting("info", "trace, debug, info, warn, err; JSON lines on stderr", check=_log_level)
     max_body_size: int = setting(MAX_BODY_DEFAULT, "raw request bytes; more is 413", check=_positive)
     max_decoded_bytes: int = setting(
@@ -698,7 +691,7 @@ class Config:
     unfiltered: str = setting(
         "forward", "a request edge cannot filter (too large decoded, unknown codec, undecodable, nested too deep, "
         "internal error): `forward` it as received or `reject` it (413, 415, 400, 500); counted in "
-        "`edge_unfiltered_requests_total`", check=_unfiltered)
+        "`edge_unfiltered_requests_total`", check=_one_of(UNFILTERED_MODES))
     max_connections: int = setting(
         256, "requests in flight for the instance; each worker admits its share and answers 503 with "
         "`Retry-After: 1` beyond it; `/_health` and `/_edge/*` are always answered", check=_positive)
