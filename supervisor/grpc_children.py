@@ -14,15 +14,15 @@ import time
 from collections.abc import Mapping
 
 from edge.config import Config
+from edge.distributions import serves
 from supervisor.child import ChildProcess
 
 STOP_SECONDS = 12  # the workers' drain (10 s) plus their last statistics flush
-GRPC_DISTRIBUTIONS = frozenset({"edge", "otlp"})  # the distributions that serve OTLP
 
 
 def serves_grpc(config: Config, distribution: str) -> bool:
     """Whether this instance runs gRPC workers: `grpc.enabled` and a distribution that serves OTLP."""
-    return config.grpc.enabled and distribution in GRPC_DISTRIBUTIONS
+    return config.grpc.enabled and serves(distribution, "otlp")
 
 
 class GrpcWorkers:

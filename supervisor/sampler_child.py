@@ -12,17 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from edge.config import Config
+from edge.distributions import serves
 from supervisor.child import ChildProcess
 
 # SIGTERM → exit: the sampler flushes its exports for at most 10 s (workers.sampler.FLUSH_SECONDS), then syncs its log.
 STOP_SECONDS = 15
-SAMPLER_DISTRIBUTIONS = frozenset({"edge", "otlp"})  # the distributions with an OTLP traces route
 SOCKET_NAME = "sampler.sock"
 
 
 def runs_sampler(config: Config, distribution: str) -> bool:
     """Whether this instance runs a tail sampler: `tail_sampling.enabled` and a distribution that takes traces."""
-    return config.tail_sampling.enabled and distribution in SAMPLER_DISTRIBUTIONS
+    return config.tail_sampling.enabled and serves(distribution, "otlp")
 
 
 def sampler_process(env: Mapping[str, str]) -> ChildProcess:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import falcon.asgi
 
 from edge import logs
+from edge.distributions import PROTOCOLS
 from edge.protocols.admin import Health, MetricsEndpoint, Policies
 from edge.protocols.body import Admission, BodyState, BodyWatch, body_state, worker_share
 from edge.protocols.datadog import datadog_routes
@@ -113,16 +114,6 @@ def expects_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-# Which protocol routes each distribution serves; every distribution has the admin routes
-# and passes everything else through.
-DISTRIBUTIONS: dict[str, frozenset[str]] = {
-    "edge": frozenset({"otlp", "datadog", "prometheus"}),
-    "otlp": frozenset({"otlp"}),
-    "datadog": frozenset({"datadog"}),
-    "prometheus": frozenset({"prometheus"}),
-}
-
-
 def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerConnection | None = None) -> BodyWatch:
     """The worker's ASGI app with the routes of one distribution (`edge` serves them all); with a
     `sampler`, the OTLP traces route (and the logs route under `logs.follow_traces`) hands what
@@ -131,7 +122,7 @@ def create_app(runtime: Runtime, distribution: str = "edge", sampler: SamplerCon
     The peers' internal routes (`peer_routes`: spans, and log records under `logs.follow_traces`) exist
     wherever OTLP is served, so a peer's forward is never passed through to the upstream: without a
     sampler it is answered 404 and the peer keeps what it sent."""
-    protocols = DISTRIBUTIONS[distribution]
+    protocols = PROTOCOLS[distribution]
     config = runtime.config
     logs.configure(config.log_level)
     metrics = get_metrics()
