@@ -35,6 +35,14 @@ class ClientGone(Exception):
     """Raised inside a streamed body so the upstream request is aborted, never completed short."""
 
 
+class Unread(Exception):
+    """A buffered body that is not used: `status` 413 (over the route's limit) or 400 (cut short)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class BodyTimeout(Exception):
     """The body was not complete within `client_body_timeout` of the request's start."""
 
@@ -144,6 +152,23 @@ def body_state(scope: dict[str, Any]) -> BodyState:
 
 def client_gone(scope: dict[str, Any]) -> bool:
     return CLIENT_GONE in scope
+
+
+async def read_whole(req: Any, content_length: int | None, limit: int) -> bytes:
+    """The whole body of a request, at most `limit` bytes; raises Unread(413) when it announces or
+    sends more, Unread(400) when the client went away or sent less than it announced: a part of a
+    body is never used."""
+    if content_length is not None:
+        if content_length > limit:
+            raise Unread(413)
+        body = await req.stream.read()
+    else:
+        body = await req.stream.read(limit + 1)
+    if len(body) > limit:
+        raise Unread(413)
+    if client_gone(req.scope) or (content_length is not None and len(body) != content_length):
+        raise Unread(400)
+    return body
 
 
 async def complete_chunks(stream: Any, scope: dict[str, Any]) -> AsyncIterator[bytes]:

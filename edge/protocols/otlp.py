@@ -23,7 +23,7 @@ from edge.engine.engine import Engine
 from edge.formats.errors import NestedTooDeep, UndecodableBody
 from edge.formats.evaluated import Evaluated
 from edge.formats.otlp.body import evaluate, is_protobuf
-from edge.protocols.body import client_gone
+from edge.protocols.body import Unread, read_whole
 from edge.protocols.content_encoding import DecodeFailed, TooLarge, codec_of, decode_or_raise, encode
 from edge.protocols.otlp_upstream import HttpClient, UpstreamClient
 from edge.protocols.self_metrics import Metrics
@@ -112,17 +112,10 @@ class OtlpRoute:
     async def __call__(self, req: Any, resp: Any) -> None:
         scope = req.scope
         head = request_head(scope["headers"])
-        limit = self.max_body
-        if head.content_length is not None:
-            if head.content_length > limit:
-                return error_response(resp, 413)
-            body = await req.stream.read()
-        else:
-            body = await req.stream.read(limit + 1)
-        if len(body) > limit:
-            return error_response(resp, 413)
-        if client_gone(scope) or (head.content_length is not None and len(body) != head.content_length):
-            return error_response(resp, 400)  # the client went away mid-body: never forward a part
+        try:
+            body = await read_whole(req, head.content_length, self.max_body)
+        except Unread as unread:
+            return error_response(resp, unread.status)  # too large, or cut short: never forward a part
         try:
             forward = await (self.filter_off_loop(body, head) if self.handoff is None else self.sample(body, head))
         except Refused as refused:

@@ -26,7 +26,7 @@ import orjson
 
 from edge.formats.errors import UndecodableBody
 from edge.formats.otlp.body import is_protobuf
-from edge.protocols.body import client_gone
+from edge.protocols.body import Unread, read_whole
 from edge.protocols.otlp import sampler_busy
 from edge.protocols.tail_handoff import SamplerConnection
 from edge.protocols.upstream import JSON, error_response, request_head
@@ -91,13 +91,10 @@ class PeerForwards:
         problem = refusal(scope["headers"], head.content_type, head.content_encoding, self.signal)
         if problem:
             return _error(resp, 400, problem)
-        if head.content_length is not None and head.content_length > self.max_body:
-            return error_response(resp, 413)
-        body = await req.stream.read(self.max_body + 1)
-        if len(body) > self.max_body:
-            return error_response(resp, 413)
-        if client_gone(scope) or (head.content_length is not None and len(body) != head.content_length):
-            return error_response(resp, 400)  # cut short: the peer retries or keeps its data, never a part here
+        try:
+            body = await read_whole(req, head.content_length, self.max_body)
+        except Unread as unread:  # too large, or cut short: the peer retries or keeps its data, never a part here
+            return error_response(resp, unread.status)
         try:
             fragments = FORWARDED[self.signal].split(body, head.content_type or PROTOBUF)
         except UndecodableBody as exc:
