@@ -1,4 +1,4 @@
-"""Child processes die with the process that started them.
+"""Child processes die with the process that started them, and stop on SIGTERM.
 
 If the supervisor is SIGKILLed (OOM killer, `kill -9`, a crashed node agent), its children
 would otherwise live on: gunicorn and its workers serving with frozen policies and holding
@@ -9,10 +9,14 @@ as it would on a normal stop.
 The signal is tied to the parent *thread* that forked: children must be started from a
 thread that lives as long as the parent process (the supervisor starts them from its main
 thread). A parent that died before the call is caught by comparing the parent pid.
+
+A child on an event loop (the gRPC workers, the tail sampler) begins its stop when
+`stop_requested()`'s event is set, by SIGTERM (the supervisor's stop, or its death) or SIGINT.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -40,3 +44,12 @@ def child_preexec() -> Callable[[], None]:
     """
     parent = os.getpid()
     return lambda: die_with_parent(parent)
+
+
+def stop_requested() -> asyncio.Event:
+    """An event of the running loop, set by SIGTERM or SIGINT."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    return stopping

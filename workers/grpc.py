@@ -14,10 +14,8 @@ The supervisor's handle on these children is `supervisor.grpc_children.GrpcWorke
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import uvloop
 
 from edge import logs
 from edge.config import Config
-from edge.lifecycle import die_with_parent
+from edge.lifecycle import die_with_parent, stop_requested
 from edge.protocols.body import worker_share
 from edge.protocols.grpc_otlp import otlp_services
 from edge.protocols.lifespan import Lifespan
@@ -80,10 +78,7 @@ async def serve(runtime: WorkerRuntime) -> int:
         return EXIT_CANNOT_LISTEN
     await lifespan.process_startup(None, None)
     await server.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = stop_requested()
     await stopping.wait()
     await server.stop(DRAIN_SECONDS)
     if sampler is not None:

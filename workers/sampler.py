@@ -21,7 +21,6 @@ import faulthandler
 import functools
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import uvloop
 from edge import logs
 from edge.channels.run_dir import RuntimePaths
 from edge.config import Config, from_json
-from edge.lifecycle import die_with_parent
+from edge.lifecycle import die_with_parent, stop_requested
 from edge.tailsampling.assembly import SamplerParts, assemble
 from edge.tailsampling.channel import serve_connection
 from edge.tailsampling.sampler import TailSampler
@@ -91,10 +90,7 @@ async def serve(paths: RuntimePaths, config: Config) -> int:
                                              path=paths.sampler_socket)
     log.info("tail sampler ready: %d traces buffered, write-ahead log at %s (%d bytes)", len(sampler.buffer),
              config.tail_sampling.wal_dir, parts.wal.bytes_used)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = stop_requested()
     await run_loop(sampler, parts, stopping)
     await shut_down(sampler, parts, server)
     log.info("tail sampler stopped: %d traces left undecided in the write-ahead log", len(sampler.buffer))
