@@ -18,6 +18,7 @@ from typing import Any
 
 from edge import __version__
 from edge.formats.lines.records import FILE_PATH_ATTRIBUTE, Record
+from edge.formats.protobuf_wire import varint as encode_varint
 
 SCOPE_NAME = "edge-tail"
 Groups = Iterable[tuple[str, list[Record]]]  # (source file, its records)
@@ -40,20 +41,11 @@ _RESOURCE_LOGS, _RESOURCE, _SCOPE_LOGS, _SCOPE, _LOG_RECORD, _SCOPE_VERSION = (
     b"\x0a", b"\x0a", b"\x12", b"\x0a", b"\x12", b"\x12")
 
 
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while number > 127:
-        out.append(number & 0x7F | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-_VARINTS = [_varint(n) for n in range(1 << 14)]  # every length up to 16 KiB: one list index
+_VARINTS = [encode_varint(n) for n in range(1 << 14)]  # every length up to 16 KiB: one list index
 
 
 def varint(number: int) -> bytes:
-    return _VARINTS[number] if number < 16384 else _varint(number)
+    return _VARINTS[number] if number < 16384 else encode_varint(number)
 
 
 _SEVERITY_NUMBERS = [_LOG_SEVERITY_NUMBER + _VARINTS[n] for n in range(128)]  # severity numbers are 1..24
@@ -151,7 +143,7 @@ def log_record(record: Record, file_path: bytes, observed: bytes, cache: FieldCa
         _id_field(_SPAN_HEADS, _LOG_SPAN_ID, span_id) if span_id else b"",
         observed))
     size = len(message)
-    return _LOG_RECORD + (_VARINTS[size] if size < 16384 else _varint(size)) + message
+    return _LOG_RECORD + (_VARINTS[size] if size < 16384 else encode_varint(size)) + message
 
 
 def _id_field(heads: list[bytes], tag: bytes, ident: bytes) -> bytes:

@@ -28,8 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from edge.formats.errors import UndecodableBody
 from edge.formats.otlp.body import is_protobuf
+from edge.formats.protobuf_wire import LENGTH, WireError, fields, length_field, tag
 from edge.tailsampling.interfaces import TraceFragment, TraceId
-from edge.tailsampling.wire import LENGTH, WireError, fields, length_field, tag
 
 UNTRACED: TraceId = bytes(16)
 

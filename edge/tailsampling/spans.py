@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from edge.tailsampling.wire import LENGTH, WireError, fields, tag
+from edge.formats.protobuf_wire import LENGTH, WireError, fields, tag
 
 _RESOURCE_SPANS = tag(1, LENGTH)  # ExportTraceServiceRequest.resource_spans
 _SCOPE_SPANS = tag(2, LENGTH)  # ResourceSpans.scope_spans

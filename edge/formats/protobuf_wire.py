@@ -1,10 +1,11 @@
-"""The protobuf wire format, read and written at the level of fields: enough to regroup spans without parsing them.
+"""The protobuf wire format, read and written at the level of fields, for code that must not pay for messages.
 
-Splitting a batch by trace id only needs each span's bytes and its trace id; decoding every
-span into a message and encoding it again would cost more than everything else the worker
-does with it, and would drop nothing but could reorder or normalise bytes the sender chose.
-So the splitter walks the length-delimited fields of the envelopes (request → ResourceSpans
-→ ScopeSpans → Span) and copies the spans' bytes as they arrived.
+Splitting a batch by trace id (`edge.tailsampling.grouping`) only needs each span's bytes and
+its trace id; decoding every span into a message and encoding it again would cost more than
+everything else the worker does with it, and would drop nothing but could reorder or normalise
+bytes the sender chose. So the splitter walks the length-delimited fields of the envelopes
+(request → ResourceSpans → ScopeSpans → Span) and copies the spans' bytes as they arrived.
+edge-tail writes its log requests field by field (`edge.tail.otlp_protobuf`) with the same varints.
 """
 
 from __future__ import annotations
