@@ -65,7 +65,8 @@ def test_max_retries_then_dead_letter(tmp_path: Path, upstream: RecordingUpstrea
     upstream.reset(status=503)
     with Tailer(tmp_path, forward_args(src, upstream, "--max-retries", "2", "--retry-backoff-ms", "10")) as tailer:
         assert wait_until(lambda: dead_letters(tmp_path)), tailer.stderr()
-        assert "(HTTP 503, still failing after 2 retries)" in tailer.stderr()
+        # the line is logged once the dead letter is written: wait for it, as for the file
+        assert wait_until(lambda: "(HTTP 503, still failing after 2 retries)" in tailer.stderr()), tailer.stderr()
         assert len(upstream.received()) == 3
         tailer.stop()
 
