@@ -30,12 +30,10 @@ from edge.formats.errors import UndecodableBody
 from edge.formats.otlp.body import is_protobuf
 from edge.formats.protobuf_wire import LENGTH, WireError, fields, length_field, tag
 from edge.tailsampling.interfaces import TraceFragment, TraceId
+from edge.tailsampling.spans import RESOURCE_SPANS, SCOPE_SPANS, SPANS
 
 UNTRACED: TraceId = bytes(16)
 
-_RESOURCE_SPANS = tag(1, LENGTH)  # ExportTraceServiceRequest.resource_spans
-_SCOPE_SPANS = tag(2, LENGTH)  # ResourceSpans.scope_spans
-_SPANS = tag(2, LENGTH)  # ScopeSpans.spans
 _TRACE_ID = tag(1, LENGTH)  # Span.trace_id
 _LOG_TRACE_ID = tag(9, LENGTH)  # LogRecord.trace_id
 _TRACE_ID_LENGTH = 16
@@ -61,7 +59,7 @@ def split_protobuf(body: bytes, trace_id_tag: int = _TRACE_ID, what: str = "trac
     counts: dict[TraceId, int] = {}
     try:
         for key, _, start, end in fields(body):
-            if key == _RESOURCE_SPANS:
+            if key == RESOURCE_SPANS:
                 _split_resource(body, start, end, groups, counts, trace_id_tag)
     except WireError as exc:
         raise UndecodableBody(f"not an OTLP {what} request: {exc}") from None
@@ -74,7 +72,7 @@ def _split_resource(data: bytes, start: int, end: int, groups: Groups, counts: d
     head: list[bytes] = []  # the resource, schema_url and any other field but scope_spans
     scopes: Groups = {}
     for key, at, value, stop in fields(data, start, end):
-        if key == _SCOPE_SPANS:
+        if key == SCOPE_SPANS:
             _split_scope(data, value, stop, scopes, counts, trace_id_tag)
         else:
             head.append(data[at:stop])
@@ -89,7 +87,7 @@ def _split_scope(data: bytes, start: int, end: int, scopes: Groups, counts: dict
     head: list[bytes] = []  # the scope, schema_url and any other field but spans
     spans: Groups = {}
     for key, at, value, stop in fields(data, start, end):
-        if key == _SPANS:
+        if key == SPANS:
             trace_id = _trace_id(data, value, stop, trace_id_tag)
             spans.setdefault(trace_id, []).append(data[at:stop])
             counts[trace_id] = counts.get(trace_id, 0) + 1

@@ -11,9 +11,11 @@ from collections.abc import Iterable
 
 from edge.formats.protobuf_wire import LENGTH, WireError, fields, tag
 
-_RESOURCE_SPANS = tag(1, LENGTH)  # ExportTraceServiceRequest.resource_spans
-_SCOPE_SPANS = tag(2, LENGTH)  # ResourceSpans.scope_spans
-_SPANS = tag(2, LENGTH)  # ScopeSpans.spans
+# The envelope of spans on the wire (a logs request's has the same numbers: resource_logs, scope_logs,
+# log_records), which `edge.tailsampling.grouping` walks too.
+RESOURCE_SPANS = tag(1, LENGTH)  # ExportTraceServiceRequest.resource_spans
+SCOPE_SPANS = tag(2, LENGTH)  # ResourceSpans.scope_spans
+SPANS = tag(2, LENGTH)  # ScopeSpans.spans
 
 
 def span_count(payloads: Iterable[bytes]) -> int:
@@ -22,7 +24,7 @@ def span_count(payloads: Iterable[bytes]) -> int:
     for payload in payloads:
         try:
             for key, _, start, end in fields(payload):
-                if key == _RESOURCE_SPANS:
+                if key == RESOURCE_SPANS:
                     total += _in_resource(payload, start, end)
         except WireError:
             continue
@@ -32,6 +34,6 @@ def span_count(payloads: Iterable[bytes]) -> int:
 def _in_resource(data: bytes, start: int, end: int) -> int:
     count = 0
     for key, _, scope_start, scope_end in fields(data, start, end):
-        if key == _SCOPE_SPANS:
-            count += sum(1 for k, *_ in fields(data, scope_start, scope_end) if k == _SPANS)
+        if key == SCOPE_SPANS:
+            count += sum(1 for k, *_ in fields(data, scope_start, scope_end) if k == SPANS)
     return count
