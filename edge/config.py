@@ -273,10 +273,16 @@ def _read_section(spec: Section, kind: Any, path: str, raw: Any, env: Mapping[st
     """A section without a reader of its own is an object of its class's keys; absent or empty: all defaults."""
     if spec.read is not None:
         return spec.read(path, raw, env)
+    return _read_object(kind, path, raw, env)
+
+
+def _read_object(cls: type[_T], path: str, raw: Any, env: Mapping[str, str]) -> tuple[_T, list[str]]:
+    """An object of `cls`'s keys at `path` (absent or empty: all defaults); readers with checks of their
+    own start here."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config key {path}: expected an object")
-    return _read(kind, raw, f"{path}.", env)
+    return _read(cls, raw, f"{path}.", env)
 
 
 # ── the sections ──
@@ -379,10 +385,7 @@ class OtlpConfig:
 
 def _otlp(key: str, raw: Any, env: Mapping[str, str]) -> tuple[OtlpConfig, list[str]]:
     """The otlp section: one path per signal, no two signals on the same path."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key {key}: expected an object")
-    config, warnings = _read(OtlpConfig, raw, f"{key}.", env)
+    config, warnings = _read_object(OtlpConfig, key, raw, env)
     paths = list(config.paths().values())
     if len(set(paths)) != len(paths):
         raise ConfigError(f"config key {key}: logs_path, metrics_path and traces_path must differ, got {paths}")
@@ -493,10 +496,7 @@ class GrpcConfig:
 
 def _grpc(key: str, raw: Any, env: Mapping[str, str]) -> tuple[GrpcConfig, list[str]]:
     """The grpc section: TLS needs both files, and both readable (checked here, not in every worker)."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key {key}: expected an object")
-    config, warnings = _read(GrpcConfig, raw, f"{key}.", env)
+    config, warnings = _read_object(GrpcConfig, key, raw, env)
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
         raise ConfigError(f"config key {key}: tls_cert_file and tls_key_file must be set together")
     for name in ("tls_cert_file", "tls_key_file"):
@@ -568,10 +568,7 @@ def _export_headers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[tuple[t
 
 def _peers(key: str, raw: Any, env: Mapping[str, str]) -> tuple[PeersConfig, list[str]]:
     """One way of finding the members: a static list or a DNS name."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key {key}: expected an object")
-    config, warnings = _read(PeersConfig, raw, f"{key}.", env)
+    config, warnings = _read_object(PeersConfig, key, raw, env)
     if config.static and config.dns:
         raise ConfigError(f"config key {key}: static and dns exclude each other; set one")
     if config.advertise:
@@ -636,10 +633,7 @@ class TailSamplingConfig:
 
 def _tail_sampling(key: str, raw: Any, env: Mapping[str, str]) -> tuple[TailSamplingConfig, list[str]]:
     """The tail_sampling section: enabled without a policy would drop every trace, so it is an error."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key {key}: expected an object")
-    config, warnings = _read(TailSamplingConfig, raw, f"{key}.", env)
+    config, warnings = _read_object(TailSamplingConfig, key, raw, env)
     if config.enabled and not config.policies:
         raise ConfigError(f"config key {key}.policies: {key} is enabled but has no policy: no trace would be sampled")
     return config, warnings
