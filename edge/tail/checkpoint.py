@@ -75,6 +75,11 @@ class FileIdentity:
     fingerprint: int  # fingerprint() of the first `fingerprint_len` bytes of the file
     fingerprint_len: int  # how many leading bytes the fingerprint covers (0..FINGERPRINT_BYTES)
 
+    @property
+    def key(self) -> Key:
+        """(device, inode): what tells files apart while they exist (the fingerprint tells reuse apart)."""
+        return self.device, self.inode
+
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
@@ -86,10 +91,6 @@ class Checkpoint:
 
 class StateDirInUse(OSError):
     """Another process holds the state dir's lock: two tailers would overwrite each other's checkpoints."""
-
-
-def _key(identity: FileIdentity) -> Key:
-    return identity.device, identity.inode
 
 
 def encode_record(checkpoint: Checkpoint, *, tombstone: bool = False) -> bytes:
@@ -299,7 +300,7 @@ class CheckpointStore:
         records skipped on restart means some sent twice, never one lost."""
         checkpoint = Checkpoint(identity, offset, now_ms(), min(ahead, MAX_AHEAD))
         record = encode_record(checkpoint)  # raises here, in the caller, for out-of-range values
-        key = _key(identity)
+        key = identity.key
         with self._cond:
             self._check_open()
             self._slots[key] = checkpoint
@@ -312,9 +313,9 @@ class CheckpointStore:
         reused, the identity differs) is kept: forgetting it would make that file be read again."""
         with self._cond:
             self._check_open()
-            slot = self._slots.get(_key(identity))
+            slot = self._slots.get(identity.key)
             if slot is not None and slot.identity == identity:
-                self._drop(_key(identity))
+                self._drop(identity.key)
 
     def flush(self) -> None:
         """Block until every update queued so far is written and fsynced."""
@@ -475,7 +476,7 @@ class CheckpointStore:
                 log.warning("checkpoint snapshot %s is corrupt: set aside as %s, replaying the WAL alone",
                             snapshot_path, aside.name)
             else:
-                slots = {_key(c.identity): c for c in checkpoints}
+                slots = {c.identity.key: c for c in checkpoints}
         wal_path = self._dir / WAL_NAME
         scan = scan_wal(wal_path.read_bytes() if wal_path.exists() else b"")
         for key, checkpoint in scan.records:

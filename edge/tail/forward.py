@@ -176,7 +176,7 @@ class ForwardSink:
     def resume(self, position: Position, ahead: int) -> None:
         """A file is read from `position`, and its first `ahead` urgent records were acknowledged before."""
         self.ledger.start(position)
-        key = (position[0].device, position[0].inode)
+        key = position[0].key
         if ahead:
             self.skips[key] = ahead
         else:
@@ -207,7 +207,7 @@ class ForwardSink:
 
     def _skip(self, parsed: list[Record], urgent: list[bool], position: Position) -> int:
         """Drop the urgent records a restart must not send again (see `resume`); how many were dropped."""
-        key = (position[0].device, position[0].inode)
+        key = position[0].key
         left = self.skips.get(key, 0)
         if not left or not any(urgent):
             return 0

@@ -47,7 +47,7 @@ class Ticket:
 
     @property
     def key(self) -> FileKey | None:
-        return (self.position[0].device, self.position[0].inode) if self.position is not None else None
+        return self.position[0].key if self.position is not None else None
 
 
 class Ledger:
@@ -62,7 +62,7 @@ class Ledger:
     def start(self, position: Position) -> None:
         """A file is read from `position` (nothing before it needs delivering)."""
         with self.lock:
-            self.released[(position[0].device, position[0].inode)] = position
+            self.released[position[0].key] = position
 
     def open(self, position: Position | None, outstanding: int, urgent: int, skipped_urgent: int) -> Ticket:
         """A ticket for a block of `outstanding` records to send, `urgent` of them urgent, after

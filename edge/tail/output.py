@@ -79,7 +79,7 @@ class FileSink:
             self.lines += lines
         if position is not None:
             identity = position[0]
-            self.positions[(identity.device, identity.inode)] = position
+            self.positions[identity.key] = position
         if self.first_at is None and (data or position is not None):
             self.first_at = time.monotonic()
         if self.size >= self.write_buf or self.lines >= self.flush_lines:

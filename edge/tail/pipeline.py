@@ -390,4 +390,4 @@ class CheckpointRecorder:
     def __call__(self, positions: list[Position], ahead: Mapping[FileKey, int] | None = None) -> None:
         if self.store is not None:
             for identity, offset in positions:
-                self.store.update(identity, offset, ahead.get((identity.device, identity.inode), 0) if ahead else 0)
+                self.store.update(identity, offset, ahead.get(identity.key, 0) if ahead else 0)
