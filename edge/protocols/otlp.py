@@ -145,9 +145,7 @@ class OtlpRoute:
             log.exception("choosing where to decode a %s body failed", self.signal)
             offload = False
         if offload:
-            loop = asyncio.get_running_loop()
-            decoded = await loop.run_in_executor(decode_pool(), self.decode, body, head)
-            return self.filter(body, head, decoded)
+            return self.filter(body, head, await self.decode_in_thread(body, head))
         return self.filter(body, head)
 
     async def sample(self, body: bytes, head: RequestHead) -> Ack | bytes | None:
@@ -157,15 +155,11 @@ class OtlpRoute:
         trace id is not the sampler's: the bytes to forward (or Refused under `unfiltered: reject`)."""
         codec = codec_of(head.content_encoding)
         if codec is None:
-            self.unfiltered(UNKNOWN_CODEC, f"Content-Encoding {head.content_encoding!r}")
+            self.unknown_codec(head)
             return body
-        if decoded_off_loop(body, head):
-            decoded = await asyncio.get_running_loop().run_in_executor(decode_pool(), self.decode, body, head)
-        else:
-            decoded = self.decode(body, head)
+        decoded = await self.decode_in_thread(body, head) if decoded_off_loop(body, head) else self.decode(body, head)
         if isinstance(decoded, DecodeFailed):
-            self.unfiltered(DECODE_LIMIT if isinstance(decoded, TooLarge) else UNDECODABLE,
-                            f"{codec or 'identity'}: {decoded}")
+            self.undecodable(decoded, codec)
             return body
         plain = dataclasses.replace(head, content_encoding=None)
         kept = self.filter(decoded, plain, decoded)
@@ -195,6 +189,19 @@ class OtlpRoute:
         except DecodeFailed as exc:
             return exc
 
+    async def decode_in_thread(self, body: bytes, head: RequestHead) -> bytes | DecodeFailed:
+        """`decode` on the worker's decoding threads, the event loop free meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(decode_pool(), self.decode, body, head)
+
+    def unknown_codec(self, head: RequestHead) -> None:
+        """Count and log a body in a Content-Encoding edge does not decode (`unfiltered`)."""
+        self.unfiltered(UNKNOWN_CODEC, f"Content-Encoding {head.content_encoding!r}")
+
+    def undecodable(self, failure: DecodeFailed, codec: str) -> None:
+        """Count and log a body that `decode` could not decode (`unfiltered`)."""
+        self.unfiltered(DECODE_LIMIT if isinstance(failure, TooLarge) else UNDECODABLE,
+                        f"{codec or 'identity'}: {failure}")
+
     def unfiltered(self, reason: Reason, detail: str = "") -> None:
         """Count and log a body forwarded as received; raises Refused under `unfiltered: reject`."""
         note(self.metrics, self.route, self.signal, self.reject, reason, detail)
@@ -219,7 +226,7 @@ class OtlpRoute:
                 return body  # nothing to do: never parse
             codec = codec_of(head.content_encoding)
             if codec is None:
-                self.unfiltered(UNKNOWN_CODEC, f"Content-Encoding {head.content_encoding!r}")
+                self.unknown_codec(head)
                 return body  # br, compress, ...: forwarded raw
             if not self.filters(head):
                 self.unfiltered(UNSUPPORTED_FORMAT, f"Content-Type {head.content_type!r}")
@@ -227,8 +234,7 @@ class OtlpRoute:
             if isinstance(decoded, Undecoded):
                 decoded = self.decode(body, head)
             if isinstance(decoded, DecodeFailed):
-                self.unfiltered(DECODE_LIMIT if isinstance(decoded, TooLarge) else UNDECODABLE,
-                                f"{codec or 'identity'}: {decoded}")
+                self.undecodable(decoded, codec)
                 return body
             try:
                 result = self.evaluate(engine, decoded, head)
