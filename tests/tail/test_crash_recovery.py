@@ -30,6 +30,7 @@ REPO = Path(__file__).parents[2]
 FAST = ["--read-from", "checkpoint", "--poll-ms", "20", "--flush-interval-ms", "20", "--glob-interval-ms", "200",
         "--checkpoint-interval-ms", "50", "--checkpoint-sync-batch", "8"]
 LINE = re.compile(rb"(f\d) (\d{7}) (x*)")
+STARTED = "start offsets:"  # in edge-tail's start-up line, logged once it takes SIGTERM itself
 
 
 def line(name: str, seq: int) -> bytes:
@@ -72,8 +73,10 @@ class Tailer:
                      str(self.state_dir), *FAST, *(extra or [])]
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
+        self.started_at = 0  # length of the stderr log when the current process started
 
     def start(self) -> None:
+        self.started_at = len(self.stderr())
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(self.args, cwd=REPO, stdin=subprocess.DEVNULL, stderr=stderr)
 
@@ -84,7 +87,10 @@ class Tailer:
         self.kills += 1
 
     def stop(self) -> None:
+        """SIGTERM once the tailer is running (its start-up line logged): a SIGTERM while the interpreter
+        is still starting, before edge-tail takes the signal, ends it by the signal's default action."""
         assert self.proc is not None
+        assert wait_until(lambda: STARTED in self.stderr()[self.started_at:]), self.stderr()
         assert terminate(self.proc, self.stderr) == 0, self.stderr()
 
     def ensure_dead(self) -> None:
